@@ -1,0 +1,85 @@
+/* fsev.h: the one definition of every kernel -> user record and its enums.
+ *
+ * Included by the BPF programs (bpf/fsev.bpf.c) and mirrored, field for field, by
+ * fsev/records.py; tests/test_records_contract.py checks that mirror against
+ * the struct bcc compiles from this file. Change both or neither.
+ *
+ * Every enum reserves 0, so a zeroed record never decodes as a real event.
+ * Field types are bcc's u64/u32/s32 (not __u64): bcc's event decoder maps
+ * only those names, and the contract test decodes through it.
+ */
+#ifndef FSEV_H
+#define FSEV_H
+
+#define FSEV_COMM_LEN 16
+#define FSEV_FUNC_LEN 48
+#define FSEV_PATH_LEN 64
+
+enum fsev_class {
+	FSEV_CLASS_NONE = 0,
+	FSEV_CLASS_INFO = 1, /* unmount, mount changes */
+	FSEV_CLASS_WARN = 2, /* ENOSPC */
+	FSEV_CLASS_ERR = 3,  /* fs errors, read-only, I/O errors */
+	FSEV_CLASS_THR = 4,  /* free-space thresholds */
+};
+
+/* Bit (1 << class) of the load-time class mask FSEV_CLASS_MASK. */
+#define FSEV_CLASS_BIT(c) (1u << (c))
+
+enum fsev_type {
+	FSEV_TYPE_NONE = 0,
+	FSEV_TYPE_FS_ERROR = 1,  /* an ext4 error was raised */
+	FSEV_TYPE_UMOUNT = 2,    /* a mount was dropped */
+	FSEV_TYPE_THRESHOLD = 3, /* available blocks crossed a level */
+};
+
+/* How the record was obtained: the rung of the probe ladder. */
+enum fsev_rung {
+	FSEV_RUNG_NONE = 0,
+	FSEV_RUNG_KPROBE = 1,
+	FSEV_RUNG_TRACEPOINT = 2,
+	FSEV_RUNG_RAW_TRACEPOINT = 3,
+};
+
+/* Which optional fields the rung filled in (fsev_record.fields). */
+enum fsev_field {
+	FSEV_F_ERRNO = 1 << 0,
+	FSEV_F_INODE = 1 << 1,
+	FSEV_F_BLOCK = 1 << 2,
+	FSEV_F_LINE = 1 << 3,
+	FSEV_F_FUNC = 1 << 4,
+	FSEV_F_PATH = 1 << 5,
+	FSEV_F_MNT_ID = 1 << 6,
+	FSEV_F_LAZY = 1 << 7, /* umount with MNT_DETACH */
+};
+
+/* Threshold crossing direction (fsev_record.direction). */
+enum fsev_direction {
+	FSEV_DIR_NONE = 0,
+	FSEV_DIR_DOWN = 1, /* available blocks fell to the level */
+	FSEV_DIR_UP = 2,   /* available blocks rose back above it */
+};
+
+struct fsev_record {
+	u64 ts_ns;  /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	u64 ino;    /* inode number (FSEV_F_INODE) */
+	u64 block;  /* fs block number (FSEV_F_BLOCK) */
+	u64 value;  /* threshold: available blocks seen at the crossing */
+	u32 type;   /* enum fsev_type */
+	u32 cls;    /* enum fsev_class */
+	u32 rung;   /* enum fsev_rung */
+	u32 fields; /* enum fsev_field bits */
+	u32 dev;    /* kernel dev_t: major << 20 | minor */
+	u32 pid;    /* thread id */
+	u32 tgid;   /* process id */
+	s32 err;    /* positive errno (FSEV_F_ERRNO) */
+	u32 line;   /* source line of the error (FSEV_F_LINE) */
+	u32 mnt_id; /* mount id as in /proc/self/mountinfo (FSEV_F_MNT_ID) */
+	u32 level;  /* threshold level index: 1 = L1, 2 = L2 */
+	u32 direction; /* enum fsev_direction */
+	char comm[FSEV_COMM_LEN];
+	char func[FSEV_FUNC_LEN]; /* kernel function that raised the error */
+	char path[FSEV_PATH_LEN]; /* umount(2) target as the caller passed it */
+};
+
+#endif /* FSEV_H */

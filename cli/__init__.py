@@ -1,0 +1,1 @@
+"""fsev's command line (installed as fsev.cli)."""

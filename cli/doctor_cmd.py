@@ -1,0 +1,54 @@
+"""`fsev doctor`: can this host trace, and with which rung per probe point?"""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+from rich.table import Table
+
+from fsev.plan import plan_probes
+from fsev.privilege import can_trace
+from fsev.session import kernel_facts
+from fsev.setup_checks import Check, check_bcc, check_btf, check_headers, check_tracefs
+
+
+def run_doctor() -> int:
+    console = Console(highlight=False)
+    checks: list[Check] = [
+        Check("kernel", True, f"{os.uname().release} {os.uname().version}"),
+        Check("privilege", can_trace(), "root: may trace" if can_trace() else "not root: cannot load BPF",
+              "run fsev with sudo"),
+        check_btf(),
+        check_tracefs(),
+        check_headers(),
+        check_bcc(),
+    ]
+    t = Table(title="fsev doctor", show_lines=False)
+    t.add_column("check")
+    t.add_column("result")
+    t.add_column("detail / fix", overflow="fold")
+    for c in checks:
+        t.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail if c.ok else f"{c.detail}\nfix: {c.fix}")
+    console.print(t)
+
+    facts = kernel_facts()
+    plan = plan_probes(facts)
+    p = Table(title="probe plan (richest rung this kernel offers)")
+    p.add_column("probe point")
+    p.add_column("rung")
+    p.add_column("attaches")
+    p.add_column("why not richer / what it misses", overflow="fold")
+    for r in plan.rungs:
+        why = "\n".join(r.skipped)
+        if r.misses:
+            why += ("\n" if why else "") + f"misses: {r.misses}"
+        p.add_row(r.point.value, r.kind.value, ", ".join(r.targets) or "-", why or "-")
+    console.print(p)
+
+    failed = [c for c in checks if not c.ok] + [r for r in plan.rungs if not r.usable]
+    if failed:
+        console.print("[red]fsev cannot trace on this host[/]: fix the rows marked FAIL above.")
+        return 1
+    console.print("[green]fsev can trace on this host.[/]")
+    return 0

@@ -1,0 +1,124 @@
+"""`fsev trace`: validate, plan, attach, stream until stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from fsev.errors import FsevError
+from fsev.events import EventType
+from fsev.mountinfo import MountTable
+from fsev.output import HumanSink, JsonSink
+from fsev.plan import Plan
+from fsev.privilege import NEED_ROOT, can_trace
+from fsev.selection import parse_classes, resolve_mounts
+from fsev.setup_checks import check_bcc, check_btf, check_tracefs, require
+from fsev.thresholds import ThresholdError, parse_thr, resolve_levels
+
+
+@dataclass
+class TraceRequest:
+    mounts: list[str] = field(default_factory=list)
+    events: str | None = None
+    thr: str | None = None
+    thr_hysteresis: str | None = None
+    json_out: bool = False
+    count: int | None = None
+    duration: float | None = None
+    dry_run: bool = False
+    print_bpf: bool = False
+    ringbuf_pages: int = 256
+
+
+def _say(msg: str) -> None:
+    print(f"fsev: {msg}", file=sys.stderr, flush=True)
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    lines = []
+    for r in plan.rungs:
+        line = f"{r.point.value}: {r.kind.value}"
+        if r.targets:
+            line += f" ({', '.join(r.targets)})"
+        if r.skipped:
+            line += f"; skipped {'; '.join(r.skipped)}"
+        lines.append(line)
+    return lines
+
+
+def _check_thresholds(req: TraceRequest, mount_points: list[str]) -> None:
+    """--thr is validated here; the threshold probes themselves come with the thresholds work."""
+    if req.thr is None:
+        if req.thr_hysteresis is not None:
+            raise FsevError("--thr-hysteresis needs --thr")
+        return
+    try:
+        spec = parse_thr(req.thr)
+    except ThresholdError as e:
+        raise FsevError(str(e)) from None
+    if not mount_points:
+        raise FsevError("--thr needs --mount: free-space levels are set per mount")
+    for mp in mount_points:
+        st = os.statvfs(mp)
+        try:
+            resolve_levels(spec, st.f_frsize, st.f_blocks)
+        except ThresholdError as e:
+            raise FsevError(f"{mp}: {e}") from None
+
+
+def run_trace(req: TraceRequest) -> None:
+    from fsev.session import TraceOptions, TraceSession, build_source, kernel_facts
+    from fsev.plan import plan_probes
+
+    classes = parse_classes(req.events)
+    if req.thr is not None:
+        try:
+            parse_thr(req.thr)
+        except ThresholdError as e:
+            raise FsevError(str(e)) from None
+    if req.ringbuf_pages < 1 or req.ringbuf_pages & (req.ringbuf_pages - 1):
+        raise FsevError(f"--ringbuf-pages must be a power of two, not {req.ringbuf_pages}")
+    if not can_trace():
+        raise FsevError(NEED_ROOT)
+    require(check_btf(), check_tracefs(mount_if_missing=True))
+    table = MountTable.read()
+    mounts = resolve_mounts(req.mounts, table)
+    _check_thresholds(req, [m.mount_point for m in mounts])
+    opts = TraceOptions(mounts=mounts, classes=classes, ringbuf_pages=req.ringbuf_pages)
+
+    if req.print_bpf:
+        print(build_source(plan_probes(kernel_facts()), opts))
+        return
+    require(check_bcc())
+
+    session = TraceSession(opts)
+    for line in describe_plan(session.plan):
+        _say(line)
+    stop = lambda *_: session.stop()  # noqa: E731
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    sink = JsonSink() if req.json_out else HumanSink()
+    shown = 0
+    try:
+        t0 = time.monotonic()
+        session.start()
+        where = ", ".join(m.mount_point for m in mounts) or "every mount"
+        _say(f"attached in {time.monotonic() - t0:.2f}s; watching {where}")
+        if req.dry_run:
+            _say("dry run: compiled, attached and detached")
+            return
+        deadline = None if req.duration is None else time.monotonic() + req.duration
+        for ev in session.events(until=deadline):
+            sink.emit(ev)
+            if ev.type is not EventType.LOSS:
+                shown += 1
+            if req.count is not None and shown >= req.count:
+                session.stop()
+    finally:
+        session.close()
+        sink.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    _say(f"{shown} events, {session.lost_total} lost")

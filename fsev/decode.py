@@ -1,0 +1,146 @@
+"""Kernel records -> typed Events, and enrichment with the mount they concern.
+
+This is the boundary: past it nothing sees raw bytes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .events import Event, EventClass, EventType
+from .mountinfo import Mount, MountTable
+from .records import Field, Record, RecordClass, RecordType, Rung
+
+_CLASS = {
+    RecordClass.INFO: EventClass.INFO,
+    RecordClass.WARN: EventClass.WARN,
+    RecordClass.ERR: EventClass.ERR,
+    RecordClass.THR: EventClass.THR,
+}
+_TYPE = {
+    RecordType.FS_ERROR: EventType.FS_ERROR,
+    RecordType.UMOUNT: EventType.UMOUNT,
+    RecordType.THRESHOLD: EventType.THRESHOLD,
+}
+_RUNG = {Rung.KPROBE: "kprobe", Rung.TRACEPOINT: "tracepoint", Rung.RAW_TRACEPOINT: "raw_tracepoint"}
+
+
+class DecodeError(ValueError):
+    pass
+
+
+class Clock:
+    """Maps kernel CLOCK_MONOTONIC nanoseconds to wall time."""
+
+    def __init__(self) -> None:
+        # time.monotonic_ns() is CLOCK_MONOTONIC on Linux, as bpf_ktime_get_ns().
+        self.offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def wall(self, ts_ns: int) -> float:
+        return (ts_ns + self.offset_ns) / 1e9
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
+
+
+# Plain-int lookups: enum construction per record would double decode time.
+_CLASS_BY_INT = {int(k): v for k, v in _CLASS.items()}
+_TYPE_BY_INT = {int(k): v for k, v in _TYPE.items()}
+_DIRECTION = {1: "down", 2: "up"}
+F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY = (int(x) for x in (
+    Field.ERRNO, Field.INODE, Field.BLOCK, Field.LINE, Field.FUNC, Field.PATH, Field.MNT_ID, Field.LAZY))
+
+
+def decode(rec: Record, seq: int, clock: Clock) -> Event:
+    """One kernel record -> Event (not yet enriched)."""
+    cls = _CLASS_BY_INT.get(rec.cls)
+    typ = _TYPE_BY_INT.get(rec.type)
+    if cls is None or typ is None:
+        raise DecodeError(f"record with unknown class {rec.cls} or type {rec.type}")
+    f = rec.fields
+    dev = rec.dev
+    ts = rec.ts_ns
+    is_thr = typ is EventType.THRESHOLD
+    return Event(
+        seq=seq,
+        ts_ns=ts,
+        wall_time=(ts + clock.offset_ns) / 1e9,
+        cls=cls,
+        type=typ,
+        rung=_RUNG.get(rec.rung, "unknown"),
+        dev=f"{dev >> 20}:{dev & 0xFFFFF}" if dev else None,
+        mnt_id=rec.mnt_id if f & F_MNT_ID else None,
+        pid=rec.pid,
+        tgid=rec.tgid,
+        comm=_text(rec.comm),
+        function=_text(rec.func) if f & F_FUNC else None,
+        line=rec.line if f & F_LINE else None,
+        errno=rec.err if f & F_ERRNO else None,
+        inode=rec.ino if f & F_INODE else None,
+        block=rec.block if f & F_BLOCK else None,
+        path=_text(rec.path) if f & F_PATH else None,
+        lazy=bool(f & F_LAZY) if typ is EventType.UMOUNT and f & F_PATH else None,
+        avail_blocks=rec.value if is_thr else None,
+        level=f"L{rec.level}" if is_thr else None,
+        direction=_DIRECTION.get(rec.direction) if is_thr else None,
+    )
+
+
+def with_mount(ev: Event, m: Mount | None) -> Event:
+    """Fill the mount fields in place (events are fresh values at this point)."""
+    if m is not None:
+        ev.mount_point = m.mount_point
+        ev.fs_type = m.fs_type
+        ev.source = m.source
+        ev.dev = ev.dev or m.dev
+        if ev.mnt_id is None:
+            ev.mnt_id = m.mnt_id
+    return ev
+
+
+class Enricher:
+    """Names the mount an event concerns, preferring the mounts the user watches."""
+
+    def __init__(self, table: MountTable, watched_mount_points: frozenset[str] = frozenset()) -> None:
+        self.table = table
+        self.watched = watched_mount_points
+        # A flood of errors names the same mount again and again: remember the
+        # answer until the mount table changes.
+        self._cache: dict[tuple[str | None, int | None, str | None], Mount | None] = {}
+        self._generation = table.generation
+
+    def _pick(self, mounts: list[Mount]) -> Mount | None:
+        if not mounts:
+            return None
+        for m in mounts:
+            if m.mount_point in self.watched:
+                return m
+        return mounts[0]
+
+    def mount_for(self, ev: Event) -> Mount | None:
+        if ev.mnt_id is not None:
+            m = self.table.by_id(ev.mnt_id)
+            if m is not None:
+                return m
+        if ev.path is not None:
+            m = self.table.by_mount_point(ev.path) or self.table.departed_by_mount_point(ev.path)
+            if m is not None:
+                return m
+        if ev.dev is not None:
+            major, _, minor = ev.dev.partition(":")
+            return self._pick(self.table.by_dev(int(major), int(minor))) or self._pick(
+                self.table.departed_by_dev(int(major), int(minor))
+            )
+        return None
+
+    def enrich(self, ev: Event) -> Event:
+        if self._generation != self.table.generation:
+            self._cache.clear()
+            self._generation = self.table.generation
+        key = (ev.dev, ev.mnt_id, ev.path)
+        try:
+            m = self._cache[key]
+        except KeyError:
+            m = self._cache[key] = self.mount_for(ev)
+        return with_mount(ev, m)

@@ -1,0 +1,138 @@
+"""Probe planning: per probe point, the richest rung the running kernel offers.
+
+plan_probes() is a pure function of KernelFacts. Each rung that is skipped
+says why, and fsev shows the plan (`fsev doctor`, start of `fsev trace`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .kernel_facts import KernelFacts
+
+
+class ProbePoint(str, enum.Enum):
+    EXT4_ERROR = "ext4_error"
+    MOUNT_DROP = "mount_drop"
+
+
+class RungKind(str, enum.Enum):
+    KPROBE = "kprobe"
+    TRACEPOINT = "tracepoint"
+    NONE = "none"
+
+
+# ext4 error entry points, richest first. Known signatures (the kprobe program
+# reads arguments by these positions; see bpf/fsev.bpf.c):
+#   __ext4_error(sb, function, line, force_ro, error, block, fmt, ...)   5.11+
+#   __ext4_error_inode(inode, function, line, block, error, fmt, ...)    5.10+
+#   __ext4_error_file(file, function, line, block, fmt, ...)             errno is EFSCORRUPTED
+#   __ext4_std_error(sb, function, line, errno)
+EXT4_ERROR_FUNCTIONS = ("__ext4_error", "__ext4_error_inode", "__ext4_error_file", "__ext4_std_error")
+EXT4_ERROR_TRACEPOINT = "ext4:ext4_error"
+
+# Every drop of a mount, including lazy unmounts and namespace teardown, ends in
+# cleanup_mnt(struct mount *) (since 4.x; fs/namespace.c).
+MOUNT_DROP_FUNCTION = "cleanup_mnt"
+UMOUNT_TRACEPOINTS = ("syscalls:sys_enter_umount", "syscalls:sys_exit_umount")
+
+ALL_TRACEPOINTS = {EXT4_ERROR_TRACEPOINT, *UMOUNT_TRACEPOINTS}
+ALL_KPROBE_FUNCTIONS = {*EXT4_ERROR_FUNCTIONS, MOUNT_DROP_FUNCTION}
+
+
+@dataclass(frozen=True)
+class Rung:
+    point: ProbePoint
+    kind: RungKind
+    targets: tuple[str, ...] = ()  # functions or tracepoints attached
+    gives: str = ""  # what this rung reports
+    misses: str = ""  # what it cannot see
+    skipped: tuple[str, ...] = field(default_factory=tuple)  # why richer rungs were not used
+
+    @property
+    def usable(self) -> bool:
+        return self.kind is not RungKind.NONE
+
+
+@dataclass(frozen=True)
+class Plan:
+    rungs: tuple[Rung, ...]
+
+    def rung(self, point: ProbePoint) -> Rung | None:
+        for r in self.rungs:
+            if r.point is point:
+                return r
+        return None
+
+    def summary(self) -> dict[str, str]:
+        return {r.point.value: r.kind.value for r in self.rungs}
+
+
+def _kprobe_skip_reason(facts: KernelFacts, functions: tuple[str, ...]) -> str | None:
+    if not facts.kprobes:
+        return f"kprobe: {facts.kprobes_why_not or 'kprobes unavailable'}"
+    if not any(f in facts.kprobe_functions for f in functions):
+        return f"kprobe: none of {', '.join(functions)} is a traceable symbol in this kernel"
+    return None
+
+
+def _plan_ext4_error(facts: KernelFacts) -> Rung:
+    point = ProbePoint.EXT4_ERROR
+    why = _kprobe_skip_reason(facts, EXT4_ERROR_FUNCTIONS)
+    if why is None:
+        return Rung(
+            point,
+            RungKind.KPROBE,
+            tuple(f for f in EXT4_ERROR_FUNCTIONS if f in facts.kprobe_functions),
+            gives="device, function, line, errno, inode, block, from the function arguments",
+        )
+    skipped = (why,)
+    if facts.has_tracepoint(EXT4_ERROR_TRACEPOINT):
+        return Rung(
+            point,
+            RungKind.TRACEPOINT,
+            (EXT4_ERROR_TRACEPOINT,),
+            gives="device, function, line",
+            misses="errno, inode and block (the tracepoint does not carry them)",
+            skipped=skipped,
+        )
+    return Rung(point, RungKind.NONE, skipped=skipped + (f"tracepoint: {EXT4_ERROR_TRACEPOINT} not present",))
+
+
+def _plan_mount_drop(facts: KernelFacts) -> Rung:
+    point = ProbePoint.MOUNT_DROP
+    why = _kprobe_skip_reason(facts, (MOUNT_DROP_FUNCTION,))
+    if why is None:
+        return Rung(
+            point,
+            RungKind.KPROBE,
+            (MOUNT_DROP_FUNCTION,),
+            gives="every drop of a mount when its last reference goes: umount, lazy umount, namespace teardown",
+        )
+    skipped = (why,)
+    if all(facts.has_tracepoint(t) for t in UMOUNT_TRACEPOINTS):
+        return Rung(
+            point,
+            RungKind.TRACEPOINT,
+            UMOUNT_TRACEPOINTS,
+            gives="successful umount(2) calls (path, flags, caller); superblock teardown "
+            "through inotify IN_UNMOUNT (a lazy unmount when its last user lets go)",
+            misses="lazy unmounts of a bind mount whose superblock lives on are reported at "
+            "detach time; drops in other mount namespaces that fsev never saw; the kernel "
+            "filter matches the umount path as the caller spelled it",
+            skipped=skipped,
+        )
+    return Rung(point, RungKind.NONE, skipped=skipped + ("tracepoint: syscalls:sys_*_umount not present",))
+
+
+_PLANNERS = {
+    ProbePoint.EXT4_ERROR: _plan_ext4_error,
+    ProbePoint.MOUNT_DROP: _plan_mount_drop,
+}
+
+
+def plan_probes(facts: KernelFacts, points: "set[ProbePoint] | None" = None) -> Plan:
+    """Choose a rung for each probe point (all of them by default)."""
+    wanted = [p for p in ProbePoint if points is None or p in points]
+    return Plan(tuple(_PLANNERS[p](facts) for p in wanted))

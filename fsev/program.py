@@ -1,0 +1,103 @@
+"""The BPF program text: bpf/fsev.bpf.c behind a preamble of load-time constants.
+
+Settings reach the kernel side as #defines written here (never as edits to the
+C text), so `fsev trace --print-bpf` shows exactly what bcc compiles.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .plan import Plan, ProbePoint, RungKind
+from .records import RecordClass, class_mask
+
+MAIN_SOURCE = "fsev.bpf.c"
+
+# Kernel struct fields read by the kprobe programs, as BTF specs.
+KPROBE_OFFSETS = {
+    ProbePoint.EXT4_ERROR: ("super_block.s_dev", "inode.i_sb", "inode.i_ino", "file.f_inode"),
+    ProbePoint.MOUNT_DROP: ("super_block.s_dev", "mount.mnt.mnt_sb", "mount.mnt_id"),
+}
+
+# Argument positions that moved between kernel versions (see plan.py's table).
+# __ext4_error gained `error, block` in 5.10 and `force_ro` before them in 5.11.
+EXT4_ERROR_ARGS_5_11 = {"ARG___EXT4_ERROR_ERRNO": 5, "ARG___EXT4_ERROR_BLOCK": 6}
+EXT4_ERROR_ARGS_5_10 = {"ARG___EXT4_ERROR_ERRNO": 4, "ARG___EXT4_ERROR_BLOCK": 5}
+
+
+@dataclass(frozen=True)
+class ProgramConfig:
+    classes: frozenset[RecordClass]
+    watch_all: bool
+    ringbuf_pages: int = 256  # 1 MiB: about 5000 records of slack
+
+    def __post_init__(self) -> None:
+        p = self.ringbuf_pages
+        if p < 1 or p & (p - 1):
+            raise ValueError(f"ring buffer pages must be a power of two, not {p}")
+
+
+def bpf_dir() -> Path:
+    """Where the C ships: inside the installed package (fsev.bpf)."""
+    return Path(str(resources.files("fsev.bpf")))
+
+
+def offset_macro(spec: str) -> str:
+    return "OFF_" + re.sub(r"[^A-Za-z0-9]", "_", spec).upper()
+
+
+def required_offsets(plan: Plan) -> list[str]:
+    specs: list[str] = []
+    for r in plan.rungs:
+        if r.kind is RungKind.KPROBE:
+            for s in KPROBE_OFFSETS.get(r.point, ()):
+                if s not in specs:
+                    specs.append(s)
+    return specs
+
+
+def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_error_args: dict[str, int] | None = None) -> str:
+    """The #define block for this plan. Pure: tests check it without a kernel."""
+    d: dict[str, str] = {
+        "FSEV_RINGBUF_PAGES": str(config.ringbuf_pages),
+        "FSEV_CLASS_MASK": hex(class_mask(set(config.classes))),
+        "FSEV_WATCH_ALL": "1" if config.watch_all else "0",
+    }
+    ext4 = plan.rung(ProbePoint.EXT4_ERROR)
+    drop = plan.rung(ProbePoint.MOUNT_DROP)
+    err_on = RecordClass.ERR in config.classes
+    info_on = RecordClass.INFO in config.classes
+    d["FSEV_EXT4_ERROR_KPROBE"] = "1" if err_on and ext4 and ext4.kind is RungKind.KPROBE else "0"
+    d["FSEV_EXT4_ERROR_TRACEPOINT"] = "1" if err_on and ext4 and ext4.kind is RungKind.TRACEPOINT else "0"
+    d["FSEV_MOUNT_DROP_KPROBE"] = "1" if info_on and drop and drop.kind is RungKind.KPROBE else "0"
+    d["FSEV_MOUNT_DROP_TRACEPOINT"] = "1" if info_on and drop and drop.kind is RungKind.TRACEPOINT else "0"
+    lines = [f"#define {k} {v}" for k, v in d.items()]
+    if d["FSEV_EXT4_ERROR_KPROBE"] == "1" and ext4:
+        for fn in ext4.targets:
+            lines.append(f"#define ATTACH_{fn.upper()} 1")
+        for name, pos in (ext4_error_args or EXT4_ERROR_ARGS_5_11).items():
+            lines.append(f"#define {name}(ctx) PT_REGS_PARM{pos}(ctx)")
+    for spec, off in sorted(offsets.items()):
+        lines.append(f"#define {offset_macro(spec)} {off}")
+    return "/* fsev load-time constants */\n" + "\n".join(lines) + "\n"
+
+
+def source(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_error_args: dict[str, int] | None = None) -> str:
+    body = (bpf_dir() / MAIN_SOURCE).read_text()
+    return preamble(plan, config, offsets, ext4_error_args) + body
+
+
+def kprobe_attachments(plan: Plan, config: ProgramConfig) -> list[tuple[str, str]]:
+    """(kernel function, BPF function name) pairs the loader attaches."""
+    out: list[tuple[str, str]] = []
+    for r in plan.rungs:
+        if r.kind is not RungKind.KPROBE:
+            continue
+        if r.point is ProbePoint.EXT4_ERROR and RecordClass.ERR in config.classes:
+            out += [(fn, "kp_" + fn) for fn in r.targets]
+        if r.point is ProbePoint.MOUNT_DROP and RecordClass.INFO in config.classes:
+            out += [(fn, "kp_" + fn) for fn in r.targets]
+    return out

@@ -1,0 +1,99 @@
+"""The Python mirror of bpf/fsev.h: record layout and enums, defined here once.
+
+tests/test_records_contract.py compiles bpf/fsev.h with bcc and checks that
+field names, offsets and sizeof agree with this module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+
+COMM_LEN = 16
+FUNC_LEN = 48
+PATH_LEN = 64
+
+
+class RecordClass(enum.IntEnum):
+    NONE = 0
+    INFO = 1
+    WARN = 2
+    ERR = 3
+    THR = 4
+
+
+class RecordType(enum.IntEnum):
+    NONE = 0
+    FS_ERROR = 1
+    UMOUNT = 2
+    THRESHOLD = 3
+
+
+class Rung(enum.IntEnum):
+    NONE = 0
+    KPROBE = 1
+    TRACEPOINT = 2
+    RAW_TRACEPOINT = 3
+
+
+class Field(enum.IntFlag):
+    ERRNO = 1 << 0
+    INODE = 1 << 1
+    BLOCK = 1 << 2
+    LINE = 1 << 3
+    FUNC = 1 << 4
+    PATH = 1 << 5
+    MNT_ID = 1 << 6
+    LAZY = 1 << 7
+
+
+class Direction(enum.IntEnum):
+    NONE = 0
+    DOWN = 1
+    UP = 2
+
+
+class Record(ctypes.Structure):
+    """struct fsev_record."""
+
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("ino", ctypes.c_uint64),
+        ("block", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),
+        ("type", ctypes.c_uint32),
+        ("cls", ctypes.c_uint32),
+        ("rung", ctypes.c_uint32),
+        ("fields", ctypes.c_uint32),
+        ("dev", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("tgid", ctypes.c_uint32),
+        ("err", ctypes.c_int32),
+        ("line", ctypes.c_uint32),
+        ("mnt_id", ctypes.c_uint32),
+        ("level", ctypes.c_uint32),
+        ("direction", ctypes.c_uint32),
+        ("comm", ctypes.c_char * COMM_LEN),
+        ("func", ctypes.c_char * FUNC_LEN),
+        ("path", ctypes.c_char * PATH_LEN),
+    ]
+
+
+RECORD_SIZE = ctypes.sizeof(Record)
+
+
+def class_mask(classes: "set[RecordClass] | frozenset[RecordClass]") -> int:
+    """The load-time FSEV_CLASS_MASK for a set of classes (FSEV_CLASS_BIT in C)."""
+    mask = 0
+    for c in classes:
+        mask |= 1 << int(c)
+    return mask
+
+
+def kernel_dev(major: int, minor: int) -> int:
+    """Kernel-internal dev_t (MINORBITS = 20), as BPF programs see s_dev."""
+    return (major << 20) | minor
+
+
+def split_kernel_dev(dev: int) -> tuple[int, int]:
+    return dev >> 20, dev & ((1 << 20) - 1)

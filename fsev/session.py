@@ -1,0 +1,247 @@
+"""A tracing session: plan, load, consume, decode, enrich; yields Events.
+
+The CLI (trace, top, record) drives a TraceSession; it never touches bcc.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .decode import Clock, DecodeError, Enricher, decode
+from .errors import FsevError
+from .events import ALL_CLASSES, Event, EventClass, EventType
+from .inotify import UnmountWatcher
+from .kernel_facts import KernelFacts, gather
+from .mountinfo import Mount, MountTable
+from .plan import ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, Plan, ProbePoint, RungKind, plan_probes
+from .program import ProgramConfig, bpf_dir, kprobe_attachments, required_offsets, source
+from .records import Record, RecordClass, kernel_dev
+
+_TO_RECORD_CLASS = {
+    EventClass.INFO: RecordClass.INFO,
+    EventClass.WARN: RecordClass.WARN,
+    EventClass.ERR: RecordClass.ERR,
+    EventClass.THR: RecordClass.THR,
+}
+# An IN_UNMOUNT is held this long so that the umount(2) record for the same
+# teardown, which the kernel sends after it, can claim it first.
+INOTIFY_GRACE_S = 0.05
+LOSS_CHECK_S = 0.1
+
+
+@dataclass
+class TraceOptions:
+    mounts: list[Mount] = field(default_factory=list)  # empty: every mount
+    classes: frozenset[EventClass] = ALL_CLASSES
+    ringbuf_pages: int = 256
+
+    @property
+    def watch_all(self) -> bool:
+        return not self.mounts
+
+
+def kernel_facts() -> KernelFacts:
+    return gather(set(ALL_TRACEPOINTS), set(ALL_KPROBE_FUNCTIONS))
+
+
+def resolve_offsets(plan: Plan) -> dict[str, int]:
+    specs = required_offsets(plan)
+    if not specs:
+        return {}
+    from .btf import resolve  # imported only when a rung reads kernel structs
+
+    got = resolve(specs)
+    missing = [s for s in specs if got.get(s) is None]
+    if missing:
+        raise FsevError(f"kernel BTF lacks {', '.join(missing)}: cannot read those structs safely")
+    return {s: int(got[s]) for s in specs}  # type: ignore[arg-type]
+
+
+def build_source(plan: Plan, opts: TraceOptions) -> str:
+    return source(plan, program_config(opts), resolve_offsets(plan))
+
+
+def program_config(opts: TraceOptions) -> ProgramConfig:
+    return ProgramConfig(
+        classes=frozenset(_TO_RECORD_CLASS[c] for c in opts.classes),
+        watch_all=opts.watch_all,
+        ringbuf_pages=opts.ringbuf_pages,
+    )
+
+
+class TraceSession:
+    def __init__(self, opts: TraceOptions, facts: KernelFacts | None = None) -> None:
+        self.opts = opts
+        self.facts = facts or kernel_facts()
+        self.plan = plan_probes(self.facts)
+        self.clock = Clock()
+        self.table = MountTable.read()
+        self.enricher = Enricher(self.table, frozenset(m.mount_point for m in opts.mounts))
+        self._records: list[Record] = []
+        self._seq = 0
+        self._stop = False
+        self._probes = None
+        self._unmounts: UnmountWatcher | None = None
+        self._pending_unmounts: list[tuple[float, str, Mount | None]] = []
+        self._recent_umount_devs: dict[str, float] = {}
+        self._lost_total = 0
+        self._loss_window_start = time.time()
+        self._last_loss_check = 0.0
+        self._mounts_fd: int | None = None
+        self.started_at = time.time()
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        from .bpf_loader import KernelProbes  # the only bcc user
+
+        text = build_source(self.plan, self.opts)
+        config = program_config(self.opts)
+        self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record)
+        if not self.opts.watch_all:
+            self._probes.watch_devs([kernel_dev(m.major, m.minor) for m in self.opts.mounts])
+            self._probes.watch_paths([m.mount_point for m in self.opts.mounts])
+        drop = self.plan.rung(ProbePoint.MOUNT_DROP)
+        if EventClass.INFO in self.opts.classes and drop and drop.kind is RungKind.TRACEPOINT:
+            self._unmounts = UnmountWatcher()
+            self._watch_roots()
+        # /proc/self/mounts polls POLLPRI when the mount table changes.
+        self._mounts_fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
+        self._mounts_poll = select.poll()
+        self._mounts_poll.register(self._mounts_fd, select.POLLPRI | select.POLLERR)
+        self.started_at = time.time()
+
+    def _watch_roots(self) -> None:
+        assert self._unmounts is not None
+        roots = [m.mount_point for m in self.opts.mounts] if not self.opts.watch_all else [
+            m.mount_point for m in self.table if not m.pseudo
+        ]
+        have = self._unmounts.watching()
+        for r in roots:
+            if r not in have:
+                self._unmounts.watch(r)
+
+    def _on_record(self, rec: Record) -> None:
+        self._records.append(rec)
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        if self._probes is not None:
+            self._probes.close()
+            self._probes = None
+        if self._unmounts is not None:
+            self._unmounts.close()
+            self._unmounts = None
+        if self._mounts_fd is not None:
+            os.close(self._mounts_fd)
+            self._mounts_fd = None
+
+    def __enter__(self) -> "TraceSession":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the loop ----------------------------------------------------------
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _refresh_mounts_if_changed(self) -> None:
+        if self._mounts_fd is not None and self._mounts_poll.poll(0):
+            self.table.refresh()
+            # Re-arm the POLLPRI notification by reading from the start.
+            os.lseek(self._mounts_fd, 0, os.SEEK_SET)
+            while os.read(self._mounts_fd, 65536):
+                pass
+            if self._unmounts is not None and self.opts.watch_all:
+                self._watch_roots()
+
+    def _loss_events(self, now: float) -> Iterator[Event]:
+        if self._probes is None or now - self._last_loss_check < LOSS_CHECK_S:
+            return
+        self._last_loss_check = now
+        total = self._probes.drops()
+        if total > self._lost_total:
+            lost = total - self._lost_total
+            self._lost_total = total
+            ts = time.monotonic_ns()
+            yield Event(
+                seq=self._next_seq(), ts_ns=ts, wall_time=self.clock.wall(ts), cls=EventClass.WARN,
+                type=EventType.LOSS, rung="ringbuf", lost=lost, lost_total=total,
+                since_wall_time=self._loss_window_start,
+            )
+        self._loss_window_start = now
+
+    def _unmount_events(self, now: float) -> Iterator[Event]:
+        if self._unmounts is None:
+            return
+        for root in self._unmounts.read():
+            m = self.table.by_mount_point(root) or self.table.departed_by_mount_point(root)
+            self._pending_unmounts.append((now, root, m))
+        keep = []
+        for seen, root, m in self._pending_unmounts:
+            if now - seen < INOTIFY_GRACE_S:
+                keep.append((seen, root, m))
+                continue
+            dev = m.dev if m else None
+            claimed = dev is not None and self._recent_umount_devs.get(dev, 0) >= seen - 1.0
+            if not claimed:
+                ts = time.monotonic_ns()
+                ev = Event(
+                    seq=self._next_seq(), ts_ns=ts, wall_time=self.clock.wall(ts), cls=EventClass.INFO,
+                    type=EventType.UMOUNT, rung="inotify", mount_point=root, dev=dev,
+                    fs_type=m.fs_type if m else None, source=m.source if m else None,
+                    mnt_id=m.mnt_id if m else None, extra={"superblock_gone": True},
+                )
+                yield ev
+        self._pending_unmounts = keep
+
+    def _kernel_events(self) -> Iterator[Event]:
+        records, self._records = self._records, []
+        for rec in records:
+            try:
+                ev = decode(rec, 0, self.clock)
+            except DecodeError:
+                continue
+            if ev.type is EventType.UMOUNT:
+                self.table.refresh()
+            ev = self.enricher.enrich(ev)
+            if ev.type is EventType.UMOUNT and ev.dev:
+                self._recent_umount_devs[ev.dev] = time.time()
+            self._seq += 1
+            ev.seq = self._seq
+            yield ev
+
+    @property
+    def lost_total(self) -> int:
+        return self._lost_total
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    def events(self, poll_ms: int = 100, until: float | None = None) -> Iterator[Event]:
+        """Events until stop(), the monotonic deadline `until`, or the caller stops iterating."""
+        if self._probes is None:
+            self.start()
+        assert self._probes is not None
+        while not self._stop:
+            if until is not None and time.monotonic() >= until:
+                break
+            self._probes.poll(poll_ms)
+            self._refresh_mounts_if_changed()
+            yield from self._kernel_events()
+            now = time.time()
+            yield from self._unmount_events(now)
+            yield from self._loss_events(now)
+        # Drain what the kernel already sent before stopping.
+        self._probes.drain()
+        yield from self._kernel_events()
+        yield from self._loss_events(time.time() + LOSS_CHECK_S)
