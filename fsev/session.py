@@ -88,6 +88,9 @@ class TraceSession:
         self._unmounts: UnmountWatcher | None = None
         self._pending_unmounts: list[tuple[float, str, Mount | None]] = []
         self._recent_umount_devs: dict[str, float] = {}
+        # Lazy unmounts seen at umount(2) whose superblock may still be busy:
+        # reported when inotify says it was torn down (tracepoint rung only).
+        self._held_lazy: dict[str, Event] = {}
         self._lost_total = 0
         self._loss_window_start = time.time()
         self._last_loss_check = 0.0
@@ -191,6 +194,13 @@ class TraceSession:
                 keep.append((seen, root, m))
                 continue
             dev = m.dev if m else None
+            held = self._held_lazy.pop(dev, None) if dev else None
+            if held is not None:
+                held.extra["superblock_gone"] = True
+                self._seq += 1
+                held.seq = self._seq
+                yield held
+                continue
             claimed = dev is not None and self._recent_umount_devs.get(dev, 0) >= seen - 1.0
             if not claimed:
                 ts = time.monotonic_ns()
@@ -214,6 +224,9 @@ class TraceSession:
                 self.table.refresh()
             ev = self.enricher.enrich(ev)
             if ev.type is EventType.UMOUNT and ev.dev:
+                if ev.lazy and self._unmounts is not None and not self._superblock_still_mounted(ev.dev):
+                    self._held_lazy[ev.dev] = ev
+                    continue
                 self._recent_umount_devs[ev.dev] = time.time()
             self._seq += 1
             ev.seq = self._seq
@@ -226,6 +239,10 @@ class TraceSession:
     @property
     def stopping(self) -> bool:
         return self._stop
+
+    def _superblock_still_mounted(self, dev: str) -> bool:
+        major, _, minor = dev.partition(":")
+        return bool(self.table.by_dev(int(major), int(minor)))
 
     def events(self, poll_ms: int = 100, until: float | None = None) -> Iterator[Event]:
         """Events until stop(), the monotonic deadline `until`, or the caller stops iterating."""
