@@ -10,6 +10,8 @@ on PyPI reads it, and libbpf's Python bindings are not packaged.
 from __future__ import annotations
 
 import array
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -70,11 +72,10 @@ class Btf:
         # Split BTF (a module's, on top of vmlinux) numbers its types after the
         # base's and its string offsets after the base's strings, so gluing the
         # two together yields one ordinary BTF that every lookup below can use.
-        self._strs = (base._strs if base else b"") + data[s0:s0 + str_len]
-        self._words = (base._words + words) if base else words
+        self._strs: bytes = (base._strs if base else b"") + data[s0:s0 + str_len]
+        self._words: array.array[int] = (base._words + words) if base else words
         self._starts: list[int] = list(base._starts) if base else [0]  # id 0 is void
         self._named: dict[int, list[int]] = {k: list(v) for k, v in base._named.items()} if base else {}
-        self._enums: dict[int, set[int]] | None = None
         self._index(len(base._words) if base else 0)
 
     def _index(self, i: int) -> None:
@@ -103,11 +104,6 @@ class Btf:
         except OSError as e:
             raise BtfError(f"cannot read kernel BTF {path}: {e.strerror}") from None
         return cls(data, name=f"kernel BTF {path}" if path != VMLINUX else "kernel BTF", base=base)
-
-    # -- raw access ---------------------------------------------------------
-
-    def _str(self, off: int) -> str:
-        return self._strs[off:self._strs.index(b"\0", off)].decode(errors="replace")
 
     def _str_offs(self, name: str) -> list[int]:
         # Strings are NUL-separated, so "\0name\0" finds whole names only; a
@@ -145,10 +141,16 @@ class Btf:
         if kind in _SIZED:
             return self._words[i + 2]
         if kind == PTR:
-            return self._sizeof_named("long unsigned int", (INT,), 8)
+            return self._pointer_size
         if kind == ARRAY:  # btf_array: elem type, index type, nelems
             return self._words[i + 5] * self._size_of(self._words[i + 3])
         raise BtfError(f"{self.name}: type id {tid} ({_KIND_NAMES[kind]}) has no size")
+
+    @functools.cached_property
+    def _pointer_size(self) -> int:
+        # BTF does not record it; libbpf takes the size of `long` too.
+        longs = self._by_name("long unsigned int", (INT,))
+        return self._words[self._starts[longs[0]] + 2] if longs else 8
 
     def _members(self, tid: int) -> Iterable[tuple[int, int, int, int]]:
         """(name offset, type id, bit offset, bitfield size or 0) of each member."""
@@ -159,12 +161,6 @@ class Btf:
             # With kind_flag the offset word packs bitfield size (high 8 bits)
             # over the bit offset; without it, bitfields show as narrow INTs.
             yield (w[j], w[j + 1], off & 0xFFFFFF, off >> 24) if kflag else (w[j], w[j + 1], off, 0)
-
-    def _describe(self, tid: int) -> str:
-        kind, _, _, i = self._info(tid)
-        return f"{_KIND_NAMES[kind]} {self._str(self._words[i]) or '(anonymous)'}"
-
-    # -- member walks -------------------------------------------------------
 
     def _find(self, tid: int, offs: list[int]) -> tuple[int, int, int] | None:
         for name_off, mtype, bit, bits in self._members(tid):
@@ -186,7 +182,10 @@ class Btf:
                               f" not an embedded struct or union (offsets do not follow pointers)")
             hit = self._find(outer, self._str_offs(name))
             if hit is None:
-                raise _Absent(f"kernel BTF has no member {name!r} in {self._describe(outer)}")
+                kind, _, _, i = self._info(outer)
+                off = self._words[i]
+                described = self._strs[off:self._strs.index(b"\0", off)].decode() or "(anonymous)"
+                raise _Absent(f"kernel BTF has no member {name!r} in {_KIND_NAMES[kind]} {described}")
             bit, mtype, bits = bit + hit[0], hit[1], hit[2]
         return bit, mtype, bits
 
@@ -224,8 +223,6 @@ class Btf:
             raise _Absent(f"kernel BTF: {spec} is a bitfield, it has no byte offset")
         return bit // 8, mtype
 
-    # -- public API ---------------------------------------------------------
-
     def offsetof(self, spec: str) -> int:
         """Byte offset of "struct.member.member..." from the start of the struct."""
         return self._byte_member(spec)[0]
@@ -245,17 +242,13 @@ class Btf:
         word, _, rest = type_name.partition(" ")
         keyed = {"struct": (STRUCT,), "union": (UNION,), "enum": (ENUM, ENUM64)}
         kinds = keyed.get(word) or (STRUCT, UNION, TYPEDEF, INT, FLOAT, ENUM, ENUM64)
-        return self._sizeof_named(rest if word in keyed else type_name, kinds, None)
-
-    def _sizeof_named(self, name: str, kinds: tuple[int, ...], default: int | None) -> int:
+        name = rest if word in keyed else type_name
         for kind in kinds:  # the first kind that has the name decides
             sizes = {self._size_of(tid) for tid in self._by_name(name, (kind,))}
             if len(sizes) > 1:
                 raise BtfError(f"kernel BTF has {_KIND_NAMES[kind]}s named {name!r} of sizes {sorted(sizes)}")
             if sizes:
                 return sizes.pop()
-        if default is not None:
-            return default
         raise _Absent(f"kernel BTF has no type {name!r}")
 
     def has_func(self, name: str) -> bool:
@@ -263,30 +256,23 @@ class Btf:
 
     def enum_value(self, name: str) -> int | None:
         """Value of the enumerator `name` in any enum; None if no enum has it."""
-        if self._enums is None:
-            self._enums = self._index_enumerators()
-        values = {v for off in self._str_offs(name) for v in self._enums.get(off, ())}
+        offs, w, values = self._str_offs(name), self._words, set()
+        for tid in self._enum_ids if offs else ():
+            kind, signed, vlen, i = self._info(tid)
+            step, bits = (2, 32) if kind == ENUM else (3, 64)
+            names = w[i + 3:i + 3 + step * vlen:step]  # a C-level slice: scanning is cheap
+            for off in offs:
+                if off in names:
+                    j = i + 3 + step * names.index(off)
+                    v = w[j + 1] if kind == ENUM else w[j + 1] | w[j + 2] << 32
+                    values.add(v - (1 << bits) if signed and v >> (bits - 1) else v)
         if len(values) > 1:
             raise BtfError(f"kernel BTF has enumerators named {name!r} with values {sorted(values)}")
-        return next(iter(values)) if values else None
+        return values.pop() if values else None
 
-    def _index_enumerators(self) -> dict[int, set[int]]:
-        # Built on first use only: ~20k enumerators that most runs never ask for.
-        out: dict[int, set[int]] = {}
-        w = self._words
-        for key, tids in self._named.items():
-            if key & 0x1F not in (ENUM, ENUM64):
-                continue
-            for tid in tids:
-                kind, signed, vlen, i = self._info(tid)
-                step = 2 if kind == ENUM else 3
-                for j in range(i + 3, i + 3 + step * vlen, step):
-                    v = w[j + 1] if kind == ENUM else w[j + 1] | w[j + 2] << 32
-                    bits = 32 if kind == ENUM else 64
-                    if signed and v >> (bits - 1):
-                        v -= 1 << bits
-                    out.setdefault(w[j], set()).add(v)
-        return out
+    @functools.cached_property
+    def _enum_ids(self) -> list[int]:
+        return [tid for key, tids in self._named.items() if key & 0x1F in (ENUM, ENUM64) for tid in tids]
 
 
 def _file_size(path: str) -> int:
@@ -363,7 +349,7 @@ def _read_cache(path: str, key: str) -> dict[str, int | None]:
 
 def _write_cache(cache_dir: str, path: str, key: str, values: dict[str, int | None]) -> None:
     # Best effort: a read-only or missing cache dir only costs the next start a parse.
-    tmp = None
+    tmp = ""
     try:
         os.makedirs(cache_dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".btf-", suffix=".tmp")
@@ -372,8 +358,6 @@ def _write_cache(cache_dir: str, path: str, key: str, values: dict[str, int | No
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)  # readers see the old file or the new one, never half of one
     except OSError:
-        if tmp is not None:
-            try:
+        with contextlib.suppress(OSError):
+            if tmp:
                 os.unlink(tmp)
-            except OSError:
-                pass

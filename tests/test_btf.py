@@ -56,10 +56,10 @@ def _pack_small_enums(header: str, raw_dump: str) -> str:
     libbpf adds an attribute, which is what this does, from bpftool's own
     plain-text dump so the oracle stays independent of fsev.btf.
     """
-    for name, size in re.findall(r"^\[\d+\] ENUM '(\w+)' .*size=(\d+) ", raw_dump, re.M):
+    for name, size in re.findall(r"^\[\d+\] ENUM '(\w+)' .*size=(\d+) ", raw_dump, re.MULTILINE):
         if size in ("1", "2"):
             header = re.sub(rf"^(enum {name} \{{.*?^\}})\s*;", r"\1 __attribute__((packed));",
-                            header, count=1, flags=re.M | re.S)
+                            header, count=1, flags=re.MULTILINE | re.DOTALL)
     return header
 
 
@@ -99,9 +99,9 @@ def clang_layout() -> Iterator[dict[str, int]]:
         src = Path(tmp, "layout.c")
         src.write_text("\n".join(lines) + "\n")
         ir = subprocess.run([clang, "-target", "bpf", "-S", "-emit-llvm", "-o", "-", str(src)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, check=False)
         assert ir.returncode == 0, ir.stderr[-3000:]
-        values = {names[m[1]]: int(m[2]) for m in re.finditer(r"^@(\w+) = .*global i64 (-?\d+)", ir.stdout, re.M)}
+        values = {names[m[1]]: int(m[2]) for m in re.finditer(r"^@(\w+) = .*global i64 (-?\d+)", ir.stdout, re.MULTILINE)}
         assert len(values) == len(names), f"clang output lacks some globals: {sorted(set(names.values()) - set(values))}"
         yield values
 

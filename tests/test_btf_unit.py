@@ -6,6 +6,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -321,7 +322,8 @@ def test_resolve_consults_module_btf_when_loaded(tmp_path: Path) -> None:
     base_blob, mod_blob = split_pair()
     (tmp_path / "vmlinux").write_bytes(base_blob)
     specs = ["ext4_sb_info.s_cluster_bits", "super_block.s_fs_info", "func:__ext4_error"]
-    kwargs = {"btf_path": str(tmp_path / "vmlinux"), "cache_dir": str(tmp_path / "c"), "modules": ["ext4"]}
+    kwargs: dict[str, Any] = {"btf_path": str(tmp_path / "vmlinux"), "cache_dir": str(tmp_path / "c"),
+                              "modules": ["ext4"]}
     assert resolve(specs, **kwargs) == {specs[0]: None, specs[1]: 8, specs[2]: None}
     (tmp_path / "ext4").write_bytes(mod_blob)  # the module is loaded: a different cache key
     assert resolve(specs, **kwargs) == {specs[0]: 4, specs[1]: 8, specs[2]: 1}
