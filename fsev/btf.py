@@ -293,9 +293,10 @@ def resolve(specs: Iterable[str], *, btf_path: str = VMLINUX, cache_dir: str = C
     """Answer specs from BTF, cached per kernel build so a warm start parses nothing.
 
     "struct.member..." -> byte offset, "func:NAME" -> 1, "sizeof:NAME" -> size,
-    "enum:NAME" -> value; None when this kernel lacks it. `modules` names split
-    BTF files beside `btf_path` (e.g. "ext4", a module on Debian kernels) to
-    consult too; each is skipped while the module is not loaded.
+    "enum:NAME" -> value; None when this kernel lacks it (a bitfield, having no
+    byte offset, counts as lacking). `modules` names split BTF files beside
+    `btf_path` to consult too (e.g. "ext4": a module on Debian kernels, so its
+    structs are not in vmlinux); each is skipped while its module is not loaded.
     """
     wanted = list(dict.fromkeys(specs))
     btf_dir = os.path.dirname(btf_path)
