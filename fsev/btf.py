@@ -76,6 +76,7 @@ class Btf:
         self._words: array.array[int] = (base._words + words) if base else words
         self._starts: list[int] = list(base._starts) if base else [0]  # id 0 is void
         self._named: dict[int, list[int]] = {k: list(v) for k, v in base._named.items()} if base else {}
+        self._offs_memo: dict[str, list[int]] = {}
         self._index(len(base._words) if base else 0)
 
     def _index(self, i: int) -> None:
@@ -108,9 +109,12 @@ class Btf:
     def _str_offs(self, name: str) -> list[int]:
         # Strings are NUL-separated, so "\0name\0" finds whole names only; a
         # deduplicated BTF holds each string once, so this is usually one hit.
-        needle, offs, pos = b"\0" + name.encode() + b"\0", [], -1
-        while (pos := self._strs.find(needle, pos + 1)) >= 0:
-            offs.append(pos + 1)
+        # A search costs 1-4 ms; struct names recur across specs, so keep them.
+        if (offs := self._offs_memo.get(name)) is None:
+            needle, offs, pos = b"\0" + name.encode() + b"\0", [], -1
+            while (pos := self._strs.find(needle, pos + 1)) >= 0:
+                offs.append(pos + 1)
+            self._offs_memo[name] = offs
         return offs
 
     def _info(self, tid: int) -> tuple[int, int, int, int]:
