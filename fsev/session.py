@@ -19,7 +19,8 @@ from .kernel_facts import KernelFacts, gather
 from .mountinfo import Mount, MountTable
 from .plan import ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, Plan, ProbePoint, RungKind, plan_probes
 from .program import ProgramConfig, bpf_dir, kprobe_attachments, required_offsets, source
-from .records import Record, RecordClass, kernel_dev
+from .records import RECORD_SIZE, RecordClass, kernel_dev
+from .ringbuf import PAGE
 
 _TO_RECORD_CLASS = {
     EventClass.INFO: RecordClass.INFO,
@@ -31,6 +32,9 @@ _TO_RECORD_CLASS = {
 # teardown, which the kernel sends after it, can claim it first.
 INOTIFY_GRACE_S = 0.05
 LOSS_CHECK_S = 0.1
+# Records taken from the ring buffer per poll before they are decoded and
+# emitted: bounds memory and keeps stop/deadline checks responsive in a flood.
+RECORD_BATCH = 4096
 
 
 @dataclass
@@ -54,7 +58,7 @@ def resolve_offsets(plan: Plan) -> dict[str, int]:
         return {}
     from .btf import resolve  # imported only when a rung reads kernel structs
 
-    got = resolve(specs)
+    got = resolve(specs, modules=("ext4",))
     missing = [s for s in specs if got.get(s) is None]
     if missing:
         raise FsevError(f"kernel BTF lacks {', '.join(missing)}: cannot read those structs safely")
@@ -81,7 +85,7 @@ class TraceSession:
         self.clock = Clock()
         self.table = MountTable.read()
         self.enricher = Enricher(self.table, frozenset(m.mount_point for m in opts.mounts))
-        self._records: list[Record] = []
+        self._records: list[bytes] = []
         self._seq = 0
         self._stop = False
         self._probes = None
@@ -103,7 +107,8 @@ class TraceSession:
 
         text = build_source(self.plan, self.opts)
         config = program_config(self.opts)
-        self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record)
+        self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record,
+                                    ringbuf_bytes=self.opts.ringbuf_pages * PAGE, batch=RECORD_BATCH)
         if not self.opts.watch_all:
             self._probes.watch_devs([kernel_dev(m.major, m.minor) for m in self.opts.mounts])
             self._probes.watch_paths([m.mount_point for m in self.opts.mounts])
@@ -127,8 +132,9 @@ class TraceSession:
             if r not in have:
                 self._unmounts.watch(r)
 
-    def _on_record(self, rec: Record) -> None:
-        self._records.append(rec)
+    def _on_record(self, raw: bytes) -> bool:
+        self._records.append(raw)
+        return len(self._records) >= RECORD_BATCH
 
     def stop(self) -> None:
         self._stop = True
@@ -258,7 +264,13 @@ class TraceSession:
             now = time.time()
             yield from self._unmount_events(now)
             yield from self._loss_events(now)
-        # Drain what the kernel already sent before stopping.
-        self._probes.drain()
-        yield from self._kernel_events()
+        # Drain what the kernel already sent before stopping: at most one ring
+        # buffer's worth, so a flood that goes on cannot keep fsev alive.
+        budget = self.opts.ringbuf_pages * PAGE // RECORD_SIZE + RECORD_BATCH
+        while budget > 0:
+            self._probes.drain()
+            if not self._records:
+                break
+            budget -= len(self._records)
+            yield from self._kernel_events()
         yield from self._loss_events(time.time() + LOSS_CHECK_S)

@@ -51,7 +51,7 @@ def test_decode_tracepoint_fs_error_leaves_what_the_rung_cannot_know_empty():
     r = record(ts_ns=5_000_000_000, type=RecordType.FS_ERROR, cls=RecordClass.ERR, rung=Rung.TRACEPOINT,
                fields=Field.LINE | Field.FUNC, dev=kernel_dev(7, 0), pid=42, tgid=41, line=1051,
                comm=b"ls", func=b"htree_dirblock_to_tree", err=99, ino=12)
-    ev = decode(r, 7, Clock())
+    ev = decode(bytes(r), 7, Clock())
     assert (ev.seq, ev.cls, ev.type, ev.rung) == (7, EventClass.ERR, EventType.FS_ERROR, "tracepoint")
     assert (ev.dev, ev.pid, ev.tgid, ev.comm) == ("7:0", 42, 41, "ls")
     assert (ev.function, ev.line) == ("htree_dirblock_to_tree", 1051)
@@ -62,7 +62,7 @@ def test_decode_kprobe_fs_error_carries_errno_inode_block():
     r = record(type=RecordType.FS_ERROR, cls=RecordClass.ERR, rung=Rung.KPROBE,
                fields=Field.LINE | Field.FUNC | Field.ERRNO | Field.INODE | Field.BLOCK,
                dev=kernel_dev(8, 1), err=117, ino=12, block=1549, func=b"ext4_lookup", line=1799)
-    ev = decode(r, 1, Clock())
+    ev = decode(bytes(r), 1, Clock())
     assert (ev.errno, ev.errno_name, ev.inode, ev.block) == (117, "EUCLEAN", 12, 1549)
     d = ev.to_json_dict()
     assert d["errno_name"] == "EUCLEAN" and d["rung"] == "kprobe"
@@ -71,14 +71,14 @@ def test_decode_kprobe_fs_error_carries_errno_inode_block():
 def test_decode_umount_record():
     r = record(type=RecordType.UMOUNT, cls=RecordClass.INFO, rung=Rung.TRACEPOINT,
                fields=Field.PATH | Field.LAZY, path=b"/mnt/data", comm=b"umount")
-    ev = decode(r, 1, Clock())
+    ev = decode(bytes(r), 1, Clock())
     assert ev.type is EventType.UMOUNT and ev.path == "/mnt/data" and ev.lazy is True and ev.dev is None
 
 
 @pytest.mark.parametrize("cls, typ", [(0, 1), (3, 0), (9, 1), (3, 77)])
 def test_zeroed_or_unknown_records_never_decode(cls, typ):
     with pytest.raises(DecodeError):
-        decode(record(cls=cls, type=typ), 1, Clock())
+        decode(bytes(record(cls=cls, type=typ)), 1, Clock())
 
 
 def test_clock_maps_monotonic_to_wall_time():
@@ -248,3 +248,14 @@ def test_plan_kprobe_rung_needs_the_central_ext4_error_functions():
                         tracepoints=NO_KPROBE_KERNEL.tracepoints)
     r = plan_probes(facts).rung(ProbePoint.EXT4_ERROR)
     assert r.kind is RungKind.TRACEPOINT and "__ext4_error_inode not a traceable" in r.skipped[0]
+
+
+def test_struct_format_is_derived_from_the_ctypes_mirror():
+    from fsev.records import RECORD_FIELDS, RECORD_SIZE, RECORD_STRUCT
+
+    r = record(ts_ns=1, ino=2, block=3, value=4, type=5, cls=6, rung=7, fields=8, dev=9, pid=10, tgid=11,
+               err=-12, line=13, mnt_id=14, level=15, direction=16, comm=b"c", func=b"f", path=b"p")
+    assert RECORD_STRUCT.size == RECORD_SIZE
+    got = dict(zip(RECORD_FIELDS, RECORD_STRUCT.unpack(bytes(r))))
+    assert [got[k] for k in RECORD_FIELDS[:16]] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, -12, 13, 14, 15, 16]
+    assert got["comm"].rstrip(b"\0") == b"c" and got["path"].rstrip(b"\0") == b"p"
