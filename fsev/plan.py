@@ -15,11 +15,21 @@ from .kernel_facts import KernelFacts
 class ProbePoint(str, enum.Enum):
     EXT4_ERROR = "ext4_error"
     MOUNT_DROP = "mount_drop"
+    # health events: planned in fsev/plan_health.py
+    EXT4_ERROR_DETAIL = "ext4_error_detail"
+    READ_ONLY = "read_only"
+    ENOSPC = "enospc"
+    BLOCK_IO_ERROR = "block_io_error"
+    WB_ERROR = "wb_error"
+    MOUNT_TOPOLOGY = "mount_topology"
 
 
 class RungKind(str, enum.Enum):
     KPROBE = "kprobe"
     TRACEPOINT = "tracepoint"
+    RAW_TRACEPOINT = "raw_tracepoint"
+    FANOTIFY = "fanotify"  # fanotify(7) marks from user space (with tracepoints beside them)
+    POLLED = "polled"  # read from /sys or /proc by user space: no kernel probe at all
     NONE = "none"
 
 
@@ -44,6 +54,15 @@ ALL_TRACEPOINTS = {EXT4_ERROR_TRACEPOINT, *UMOUNT_TRACEPOINTS}
 ALL_KPROBE_FUNCTIONS = {*EXT4_ERROR_FUNCTIONS, MOUNT_DROP_FUNCTION}
 
 
+def _health_planners() -> dict:
+    # Imported late: plan_health builds on the types above.
+    from .plan_health import HEALTH_KPROBE_FUNCTIONS, HEALTH_PLANNERS, HEALTH_TRACEPOINTS
+
+    ALL_TRACEPOINTS.update(HEALTH_TRACEPOINTS)
+    ALL_KPROBE_FUNCTIONS.update(HEALTH_KPROBE_FUNCTIONS)
+    return HEALTH_PLANNERS
+
+
 @dataclass(frozen=True)
 class Rung:
     point: ProbePoint
@@ -52,6 +71,9 @@ class Rung:
     gives: str = ""  # what this rung reports
     misses: str = ""  # what it cannot see
     skipped: tuple[str, ...] = field(default_factory=tuple)  # why richer rungs were not used
+    # BTF facts beyond struct offsets that the rung's programs read (e.g.
+    # "enum:EXT4_FLAGS_EMERGENCY_RO"); resolved with the offsets.
+    reads: tuple[str, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -134,6 +156,7 @@ _PLANNERS = {
     ProbePoint.EXT4_ERROR: _plan_ext4_error,
     ProbePoint.MOUNT_DROP: _plan_mount_drop,
 }
+_PLANNERS.update(_health_planners())
 
 
 def plan_probes(facts: KernelFacts, points: "set[ProbePoint] | None" = None) -> Plan:

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from .plan import Plan, ProbePoint, RungKind
+from .program_health import HEALTH_SOURCE, health_defines, health_kprobes, health_offsets
 from .records import RecordClass, class_mask
 
 MAIN_SOURCE = "fsev.bpf.c"
@@ -49,13 +50,14 @@ def offset_macro(spec: str) -> str:
     return "OFF_" + re.sub(r"[^A-Za-z0-9]", "_", spec).upper()
 
 
-def required_offsets(plan: Plan) -> list[str]:
+def required_offsets(plan: Plan, config: ProgramConfig | None = None) -> list[str]:
     specs: list[str] = []
     for r in plan.rungs:
         if r.kind is RungKind.KPROBE:
             for s in KPROBE_OFFSETS.get(r.point, ()):
                 if s not in specs:
                     specs.append(s)
+    specs += [s for s in health_offsets(plan, config) if s not in specs]
     return specs
 
 
@@ -75,6 +77,7 @@ def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_er
     d["FSEV_MOUNT_DROP_KPROBE"] = "1" if info_on and drop and drop.kind is RungKind.KPROBE else "0"
     d["FSEV_MOUNT_DROP_TRACEPOINT"] = "1" if info_on and drop and drop.kind is RungKind.TRACEPOINT else "0"
     lines = [f"#define {k} {v}" for k, v in d.items()]
+    lines += health_defines(plan, config)
     if d["FSEV_EXT4_ERROR_KPROBE"] == "1" and ext4:
         for fn in ext4.targets:
             lines.append(f"#define ATTACH_{fn.upper()} 1")
@@ -86,7 +89,7 @@ def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_er
 
 
 def source(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_error_args: dict[str, int] | None = None) -> str:
-    body = (bpf_dir() / MAIN_SOURCE).read_text()
+    body = (bpf_dir() / MAIN_SOURCE).read_text() + "\n" + (bpf_dir() / HEALTH_SOURCE).read_text()
     return preamble(plan, config, offsets, ext4_error_args) + body
 
 
@@ -100,4 +103,4 @@ def kprobe_attachments(plan: Plan, config: ProgramConfig) -> list[tuple[str, str
             out += [(fn, "kp_" + fn) for fn in r.targets]
         if r.point is ProbePoint.MOUNT_DROP and RecordClass.INFO in config.classes:
             out += [(fn, "kp_" + fn) for fn in r.targets]
-    return out
+    return out + health_kprobes(plan, config)

@@ -1,0 +1,29 @@
+"""The kernel facts the health probe points plan on, beyond tracepoints and
+kprobes: the machine, fanotify's features, and ext4's emergency read-only
+flag. Taken from the running kernel's BTF, so no feature is tried by acting.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Types that exist exactly when the feature does.
+FANOTIFY_FS_ERROR_TYPE = "sizeof:fanotify_error_event"  # FAN_FS_ERROR, 5.16
+FANOTIFY_MNT_TYPE = "sizeof:fanotify_mnt_event"  # FAN_MNT_ATTACH/DETACH, FAN_MARK_MNTNS, 6.15
+# ext4 >= 6.12: errors=remount-ro sets this bit of ext4_sb_info.s_ext4_flags
+# instead of SB_RDONLY. Its presence decides which state the programs read.
+EXT4_EMERGENCY_RO = "enum:EXT4_FLAGS_EMERGENCY_RO"
+
+
+def gather_health_facts() -> dict:
+    out: dict = {"machine": os.uname().machine}
+    try:
+        from .btf import BtfError, resolve
+
+        got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, EXT4_EMERGENCY_RO], modules=("ext4",))
+    except (ImportError, OSError, ValueError, BtfError):  # no BTF: fsev cannot trace anyway
+        return out
+    out["fanotify_fs_error"] = got[FANOTIFY_FS_ERROR_TYPE] is not None
+    out["fanotify_mntns"] = got[FANOTIFY_MNT_TYPE] is not None
+    out["ext4_emergency_ro_bit"] = got[EXT4_EMERGENCY_RO]
+    return out
