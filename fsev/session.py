@@ -14,6 +14,7 @@ from typing import Iterator
 from .decode import Clock, DecodeError, Enricher, decode
 from .errors import FsevError
 from .events import ALL_CLASSES, Event, EventClass, EventType
+from .health import HealthMonitor
 from .inotify import UnmountWatcher
 from .unmounts import UnmountTracker
 from .kernel_facts import KernelFacts, gather
@@ -50,8 +51,8 @@ def kernel_facts() -> KernelFacts:
     return gather(set(ALL_TRACEPOINTS), set(ALL_KPROBE_FUNCTIONS))
 
 
-def resolve_offsets(plan: Plan) -> dict[str, int]:
-    specs = required_offsets(plan)
+def resolve_offsets(plan: Plan, config: ProgramConfig | None = None) -> dict[str, int]:
+    specs = required_offsets(plan, config)
     if not specs:
         return {}
     from .btf import resolve  # imported only when a rung reads kernel structs
@@ -64,7 +65,8 @@ def resolve_offsets(plan: Plan) -> dict[str, int]:
 
 
 def build_source(plan: Plan, opts: TraceOptions) -> str:
-    return source(plan, program_config(opts), resolve_offsets(plan))
+    config = program_config(opts)
+    return source(plan, config, resolve_offsets(plan, config))
 
 
 def program_config(opts: TraceOptions) -> ProgramConfig:
@@ -88,6 +90,7 @@ class TraceSession:
         self._stop = False
         self._probes = None
         self._unmounts: UnmountTracker | None = None
+        self._health: HealthMonitor | None = None
         self._lost_total = 0
         self._loss_window_start = time.time()
         self._last_loss_check = 0.0
@@ -109,6 +112,8 @@ class TraceSession:
         if EventClass.INFO in self.opts.classes and drop and drop.kind is RungKind.TRACEPOINT:
             self._unmounts = UnmountTracker(self.table, UnmountWatcher())
             self._watch_roots()
+        self._health = HealthMonitor(self.plan, self.opts.classes, self.table, self.clock, self.opts.mounts,
+                                     self._probes, self._number)
         # /proc/self/mounts polls POLLPRI when the mount table changes.
         self._mounts_fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
         self._mounts_poll = select.poll()
@@ -135,6 +140,9 @@ class TraceSession:
         if self._unmounts is not None:
             self._unmounts.close()
             self._unmounts = None
+        if self._health is not None:
+            self._health.close()
+            self._health = None
         if self._mounts_fd is not None:
             os.close(self._mounts_fd)
             self._mounts_fd = None
@@ -169,6 +177,11 @@ class TraceSession:
                                    lost_total=total, since_wall_time=self._loss_window_start)
         self._loss_window_start = now
 
+    def _number(self, ev: Event) -> Event:
+        self._seq += 1
+        ev.seq = self._seq
+        return ev
+
     def _user_event(self, **fields: object) -> Event:
         """An event fsev makes in user space (not from a kernel record)."""
         ts = time.monotonic_ns()
@@ -197,6 +210,9 @@ class TraceSession:
             if ev.type is EventType.UMOUNT and self._unmounts is not None:
                 if self._unmounts.on_syscall_umount(ev) is None:
                     continue  # held until the superblock is torn down
+            if self._health is not None:
+                yield from self._health.process(ev)  # numbered there; some wait a moment
+                continue
             self._seq += 1
             ev.seq = self._seq
             yield ev
@@ -217,10 +233,12 @@ class TraceSession:
         while not self._stop:
             if until is not None and time.monotonic() >= until:
                 break
-            self._probes.poll(poll_ms)
+            self._probes.poll(self._health.timeout_ms(poll_ms) if self._health else poll_ms)
             self._refresh_mounts_if_changed()
             yield from self._kernel_events()
             yield from self._unmount_events()
+            if self._health is not None:
+                yield from self._health.poll()
             yield from self._loss_events(time.time())
         # Drain what the kernel already sent before stopping: at most one ring
         # buffer's worth, so a flood that goes on cannot keep fsev alive.
@@ -231,4 +249,6 @@ class TraceSession:
                 break
             budget -= len(self._records)
             yield from self._kernel_events()
+        if self._health is not None:
+            yield from self._health.flush()
         yield from self._loss_events(time.time() + LOSS_CHECK_S)

@@ -1,0 +1,167 @@
+"""Read-only state of mounts, and its transitions.
+
+mount_read_only() answers "is this mount read-only, and why" from
+/proc/self/mountinfo, which shows ext4's emergency read-only flag (6.12+)
+where statfs does not. ReadOnlyTracker turns changes into `read_only`
+events: `err` when an error caused them (linked to that error's seq),
+`info` when an admin remounted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .events import Event, EventClass, EventType
+from .mountinfo import Mount, MountTable
+
+EMERGENCY_RO = "emergency_ro"  # ext4 6.12+, after an error with errors=remount-ro
+SB_RDONLY = "sb_rdonly"  # the superblock is read-only (every mount of it)
+MNT_READONLY = "mnt_readonly"  # only this mount is (mount -o remount,ro,bind)
+
+DESCRIPTIONS = {
+    EMERGENCY_RO: "read-only after an error (ext4 emergency_ro; statfs still says read-write)",
+    SB_RDONLY: "filesystem read-only",
+    MNT_READONLY: "this mount read-only",
+}
+
+
+def mount_read_only(m: Mount) -> str | None:
+    """Why a mount is read-only now (EMERGENCY_RO, SB_RDONLY, MNT_READONLY), or None."""
+    if EMERGENCY_RO in m.super_options:
+        return EMERGENCY_RO
+    if "ro" in m.super_options:
+        return SB_RDONLY
+    if "ro" in m.options:
+        return MNT_READONLY
+    return None
+
+
+# Re-read mountinfo this long after an ext4 error, for transitions no kernel
+# record reported (errors raised outside a syscall on the raw rung).
+CHECK_DELAYS_S = (0.05, 0.3, 1.0)
+# A transition this soon after an error on its device, or a remount call on
+# its mount point, is attributed to it.
+CAUSE_WINDOW_S = 3.0
+
+
+@dataclass
+class _Cause:
+    seq: int
+    at: float
+    pid: int | None
+
+
+class ReadOnlyTracker:
+    def __init__(self, table: MountTable, watched: Callable[[Mount], bool],
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.table = table
+        self.watched = watched
+        self.now = now
+        self._state: dict[int, str | None] = {m.mnt_id: mount_read_only(m) for m in table}
+        self._generation = table.generation
+        self._errors: dict[str, _Cause] = {}  # dev -> the last fs_error on it
+        self._calls: list[tuple[float, Event]] = []  # recent remount-like calls
+        self._due: list[float] = []
+
+    # -- inputs ------------------------------------------------------------
+    def on_fs_error(self, ev: Event) -> None:
+        """An emitted (numbered) fs_error event."""
+        if ev.dev is None:
+            return
+        t = self.now()
+        self._errors[ev.dev] = _Cause(ev.seq, t, ev.pid)
+        self._due += [t + d for d in CHECK_DELAYS_S]
+
+    def on_mount_call(self, ev: Event) -> None:
+        if ev.extra.get("action") in ("remount", "reconfigure", "setattr"):
+            self._calls.append((self.now(), ev))
+
+    def on_kernel_record(self, ev: Event) -> Event | None:
+        """A kernel read_only record: the event to emit, or None when the
+        mount table already told (and fsev reported) this transition."""
+        read_only = bool(ev.extra.get("read_only"))
+        flag = ev.extra.get("flag")
+        new = flag if read_only else None
+        mounts = self._mounts_of(ev.dev)
+        changed = not mounts or any(self._state.get(m.mnt_id) != new for m in mounts)
+        for m in mounts:
+            self._state[m.mnt_id] = new
+        if not changed:
+            return None
+        if ev.extra.get("cause") == "error":
+            ev.cls = EventClass.ERR
+            self._link_error(ev, prefer_pid=ev.pid)
+        else:
+            ev.cls = EventClass.INFO
+        return ev
+
+    # -- the mount table ---------------------------------------------------
+    def poll(self, make_event: Callable[..., Event]) -> list[Event]:
+        now = self.now()
+        if self._due and min(self._due) <= now:
+            self._due = [t for t in self._due if t > now]
+            self.table.refresh()
+        self._calls = [(t, e) for t, e in self._calls if now - t < CAUSE_WINDOW_S]
+        if self.table.generation == self._generation:
+            return []
+        self._generation = self.table.generation
+        out: list[Event] = []
+        seen: set[int] = set()
+        for m in self.table:
+            seen.add(m.mnt_id)
+            new = mount_read_only(m)
+            if m.mnt_id not in self._state:
+                self._state[m.mnt_id] = new  # a new mount: no transition
+                continue
+            old = self._state[m.mnt_id]
+            if new == old:
+                continue
+            self._state[m.mnt_id] = new
+            if self.watched(m):
+                out.append(self._transition(m, old, new, make_event))
+        for gone in set(self._state) - seen:
+            del self._state[gone]
+        return out
+
+    def _transition(self, m: Mount, old: str | None, new: str | None, make_event: Callable[..., Event]) -> Event:
+        now = self.now()
+        call = next((e for t, e in reversed(self._calls) if self._call_names(e, m)), None)
+        err = self._errors.get(m.dev)
+        recent_error = err is not None and now - err.at < CAUSE_WINDOW_S
+        by_error = new == EMERGENCY_RO or (new is not None and call is None and recent_error)
+        ev = make_event(
+            cls=EventClass.ERR if by_error else EventClass.INFO, type=EventType.READ_ONLY, rung="polled",
+            dev=m.dev, mount_point=m.mount_point, fs_type=m.fs_type, source=m.source, mnt_id=m.mnt_id,
+            extra={"read_only": new is not None, "flag": new or old,
+                   "cause": "error" if by_error else "remount"},
+        )
+        if by_error:
+            self._link_error(ev, prefer_pid=None)
+        elif call is not None:
+            ev.pid, ev.tgid, ev.comm = call.pid, call.tgid, call.comm
+            if "call" in call.extra:
+                ev.extra["call"] = call.extra["call"]
+        return ev
+
+    @staticmethod
+    def _call_names(call: Event, m: Mount) -> bool:
+        # fsconfig works on an fd: any recent reconfigure may be the one.
+        return call.extra.get("action") == "reconfigure" or call.mount_point == m.mount_point \
+            or call.path == m.mount_point
+
+    def _link_error(self, ev: Event, prefer_pid: int | None) -> None:
+        err = self._errors.get(ev.dev or "")
+        if err is not None and self.now() - err.at < CAUSE_WINDOW_S:
+            ev.extra["caused_by_seq"] = err.seq
+
+    def _mounts_of(self, dev: str | None) -> list[Mount]:
+        if dev is None:
+            return []
+        major, _, minor = dev.partition(":")
+        return self.table.by_dev(int(major), int(minor))
+
+    def read_only_mounts(self) -> dict[str, str]:
+        """Mount point -> reason, for every mount read-only now (for `top`)."""
+        return {m.mount_point: r for m in self.table if (r := mount_read_only(m))}
