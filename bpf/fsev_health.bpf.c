@@ -9,7 +9,7 @@
  *                                               the kernel has it (6.12+)
  *   FSEV_ENOSPC_RAW_TP / FSEV_ENOSPC_KPROBE     ENOSPC from write-ish calls
  *   FSEV_BLOCK_IO_TRACEPOINT / _KPROBE          block request errors
- *   FSEV_WB_TRACEPOINT / FSEV_WB_KPROBE         writeback errors
+ *   FSEV_WB_RAW_TP / FSEV_WB_KPROBE             writeback errors
  *   FSEV_TOPOLOGY_TRACEPOINT / FSEV_TOPOLOGY_NS mount calls / new mount namespaces
  * The raw sys_exit program decodes x86-64 syscall numbers and pt_regs.
  */
@@ -472,22 +472,27 @@ int kp_blk_update_request(struct pt_regs *ctx)
 
 #define FSEV_MAX_ERRNO 4095
 
-#if FSEV_WB_TRACEPOINT
-#include <linux/errseq.h> /* the tracepoint's field type; a typedef, no layout */
-/* filemap_set_wb_err(mapping, eseq) (4.14+, with errseq_t): the errno is in
- * the low bits of the errseq. */
-TRACEPOINT_PROBE(filemap, filemap_set_wb_err)
+#if FSEV_WB_RAW_TP
+/* filemap_set_wb_err(struct address_space *mapping, errseq_t eseq) (4.14+).
+ * The traced eseq is errseq_set()'s return, the value *before* the set (0
+ * on a file's first error), so the errseq is read from mapping->wb_err. */
+RAW_TRACEPOINT_PROBE(filemap_set_wb_err)
 {
-	u32 dev = args->s_dev;
+	void *mapping = (void *)ctx->args[0], *inode = 0, *sb = 0;
+	READ_KERNEL(inode, mapping, OFF_ADDRESS_SPACE_HOST);
+	READ_KERNEL(sb, inode, OFF_INODE_I_SB);
+	u32 dev = health_sb_dev(sb);
 	if (!dev_watched(dev))
 		return 0;
-	struct fsev_record *r = new_record(FSEV_TYPE_WB_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_TRACEPOINT);
+	struct fsev_record *r = new_record(FSEV_TYPE_WB_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_RAW_TRACEPOINT);
 	if (!r)
 		return 0;
+	u32 eseq = 0;
+	READ_KERNEL(eseq, mapping, OFF_ADDRESS_SPACE_WB_ERR);
+	READ_KERNEL(r->ino, inode, OFF_INODE_I_INO);
 	r->dev = dev;
-	r->ino = args->i_ino;
-	r->value = args->errseq;
-	r->err = args->errseq & FSEV_MAX_ERRNO;
+	r->value = eseq;
+	r->err = eseq & FSEV_MAX_ERRNO;
 	r->fields = FSEV_F_INODE | FSEV_F_ERRNO;
 	events.ringbuf_submit(r, 0);
 	return 0;

@@ -30,6 +30,7 @@ class _Key:
     summarized: int = 0  # every failure <= this is in some emitted event
     details: list[int] = field(default_factory=list)  # ordinals > summarized reported one by one
     last_detail: Event | None = None  # names the mount and call of a summary
+    last_summary: float = -1e18
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class EnospcAggregator:
         for dev, total in totals.items():
             k = self._keys.setdefault(dev, _Key())
             k.snapshots.append((now, total.failures))
+            if not final and now - k.last_summary < TICK_S - 1e-9:
+                continue  # at most one summary a second
             # The newest snapshot at least one tick old; at the end, the last.
             due = [s for s in k.snapshots if final or now - s[0] >= TICK_S - 1e-9]
             if not due:
@@ -85,6 +88,7 @@ class EnospcAggregator:
             k.summarized = upto
             if count <= 0:
                 continue
+            k.last_summary = now
             out.append(self._summary(dev, k, total, count, first, upto, make_event))
         return out
 

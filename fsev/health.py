@@ -50,6 +50,7 @@ class HealthMonitor:
         self._points = {m.mount_point for m in watched}
         self._devs = {m.dev for m in watched}
         self._generation = -1
+        self._wb_errseq: dict[tuple[str | None, int | None], object] = {}
 
         def usable(point: ProbePoint) -> RungKind | None:
             r = plan.rung(point)
@@ -125,6 +126,16 @@ class HealthMonitor:
                 out += self._emit([self._enospc(ev)])
             elif t is EventType.BLOCK_IO_ERROR:
                 out += self._emit([self._block(ev)])
+            elif t is EventType.WB_ERROR:
+                # An errseq that did not change records nothing new: the error
+                # is set already and nobody has seen it yet (measured: ext4
+                # records a failed write-back twice).
+                key = (ev.dev, ev.inode)
+                if ev.extra.get("errseq") != self._wb_errseq.get(key):
+                    if len(self._wb_errseq) > 4096:
+                        self._wb_errseq.clear()
+                    self._wb_errseq[key] = ev.extra.get("errseq")
+                    out += self._emit([ev])
             elif t is EventType.MOUNT:
                 done = self.topology.on_record(ev) if self.topology is not None else []
                 out += self._mount_events(done)

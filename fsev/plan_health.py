@@ -131,16 +131,20 @@ def _plan_block_io(facts: KernelFacts) -> Rung:
 
 def _plan_wb(facts: KernelFacts) -> Rung:
     point = ProbePoint.WB_ERROR
-    misses = "the task is whoever completed the I/O (often a kworker); the file's path"
-    if facts.has_tracepoint(FILEMAP_SET_WB_ERR):
-        return Rung(point, RungKind.TRACEPOINT, (FILEMAP_SET_WB_ERR,),
-                    gives="device, inode, errseq (errno in its low bits) of each recorded writeback error",
+    misses = "the task is whoever completed the I/O (often a kworker or an interrupt); the file's path"
+    # The tracepoint's own errseq field is errseq_set()'s return: the value
+    # before the set (0 on a file's first error). The raw tracepoint reads
+    # mapping->wb_err instead, so no perf-tracepoint rung is offered.
+    why = _raw_skip(facts, (FILEMAP_SET_WB_ERR,))
+    if why is None:
+        return Rung(point, RungKind.RAW_TRACEPOINT, ("filemap_set_wb_err",),
+                    gives="device, inode, errseq after the error was recorded (errno in its low bits)",
                     misses=misses)
-    skipped = (f"tracepoint: {FILEMAP_SET_WB_ERR} not present",)
+    skipped = (why,)
     why = _kprobe_skip_reason(facts, (WB_KPROBE,))
     if why is None:
-        return Rung(point, RungKind.KPROBE, (WB_KPROBE,), gives="device, inode, errno", misses=misses,
-                    skipped=skipped)
+        return Rung(point, RungKind.KPROBE, (WB_KPROBE,), gives="device, inode, errno (the function's argument)",
+                    misses=misses + "; the errseq", skipped=skipped)
     return Rung(point, RungKind.NONE, skipped=skipped + (why,))
 
 

@@ -33,6 +33,8 @@ HEALTH_OFFSETS = {
     (ProbePoint.ENOSPC, RungKind.KPROBE): _ENOSPC,
     (ProbePoint.BLOCK_IO_ERROR, RungKind.KPROBE): ("request.part", "block_device.bd_dev", "request.__sector"),
     (ProbePoint.WB_ERROR, RungKind.KPROBE): (*_SB, "address_space.host", "inode.i_sb", "inode.i_ino"),
+    (ProbePoint.WB_ERROR, RungKind.RAW_TRACEPOINT): (*_SB, "address_space.host", "address_space.wb_err",
+                                                     "inode.i_sb", "inode.i_ino"),
     (ProbePoint.MOUNT_TOPOLOGY, RungKind.TRACEPOINT): _MNTNS,
     (ProbePoint.MOUNT_TOPOLOGY, RungKind.FANOTIFY): _MNTNS,
 }
@@ -84,7 +86,7 @@ def health_defines(plan: Plan, config: "ProgramConfig") -> list[str]:
         "FSEV_ENOSPC_KPROBE": _on(plan, config, ProbePoint.ENOSPC, RungKind.KPROBE),
         "FSEV_BLOCK_IO_TRACEPOINT": _on(plan, config, ProbePoint.BLOCK_IO_ERROR, RungKind.TRACEPOINT),
         "FSEV_BLOCK_IO_KPROBE": _on(plan, config, ProbePoint.BLOCK_IO_ERROR, RungKind.KPROBE),
-        "FSEV_WB_TRACEPOINT": _on(plan, config, ProbePoint.WB_ERROR, RungKind.TRACEPOINT),
+        "FSEV_WB_RAW_TP": _on(plan, config, ProbePoint.WB_ERROR, RungKind.RAW_TRACEPOINT),
         "FSEV_WB_KPROBE": _on(plan, config, ProbePoint.WB_ERROR, RungKind.KPROBE),
         "FSEV_TOPOLOGY_TRACEPOINT": topo_on,
         # New namespaces matter only to the fanotify rung, which marks them.

@@ -1,5 +1,6 @@
 """Every rung's program compiles and passes this kernel's verifier, even the
-kprobe ones this kernel cannot attach (loading needs no kprobe support)."""
+kprobe ones this kernel cannot attach (loading needs no kprobe support).
+Return probes (kretp_*) are BPF_PROG_TYPE_KPROBE programs too."""
 
 from __future__ import annotations
 
@@ -17,9 +18,18 @@ ALL = frozenset({RecordClass.INFO, RecordClass.WARN, RecordClass.ERR, RecordClas
 KPROBE_FACTS = KernelFacts(
     release="any", kprobes=True,
     kprobe_functions=frozenset({"__ext4_error", "__ext4_error_inode", "__ext4_error_file", "__ext4_std_error",
-                                "cleanup_mnt"}),
-    tracepoints=frozenset(),
+                                "cleanup_mnt",
+                                # health: read-only, ENOSPC, block I/O, writeback
+                                "ext4_handle_error", "reconfigure_super", "security_inode_create",
+                                "security_inode_mkdir", "blk_update_request", "__filemap_set_wb_err"}),
+    # the ENOSPC kprobe rung pairs its kprobes with the raw sys_exit; no
+    # block/filemap tracepoints, so those points plan their kprobe rungs
+    tracepoints=frozenset({"raw_syscalls:sys_exit"}),
+    ext4_emergency_ro_bit=3,
 )
+HEALTH_KPROBES = {"kp_ext4_handle_error", "kretp_ext4_handle_error", "kp_reconfigure_super", "kretp_reconfigure_super",
+                  "kp_security_inode_create", "kp_security_inode_mkdir", "kp_blk_update_request",
+                  "kp___filemap_set_wb_err"}
 
 
 @pytest.mark.parametrize("watch_all", [True, False])
@@ -28,10 +38,10 @@ def test_kprobe_programs_pass_the_verifier(watch_all):
 
     plan = plan_probes(KPROBE_FACTS)
     cfg = ProgramConfig(classes=ALL, watch_all=watch_all)
-    b = BPF(text=source(plan, cfg, resolve_offsets(plan)).encode(), cflags=[f"-I{bpf_dir()}"])
+    b = BPF(text=source(plan, cfg, resolve_offsets(plan, cfg)).encode(), cflags=[f"-I{bpf_dir()}"])
     try:
         names = [prog for _, prog in kprobe_attachments(plan, cfg)]
-        assert len(names) == 5
+        assert len(names) == 5 + len(HEALTH_KPROBES) and HEALTH_KPROBES <= set(names)
         for name in names:
             fn = b.load_func(name.encode(), BPF.KPROBE)
             assert fn.fd >= 0
