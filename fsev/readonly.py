@@ -147,9 +147,10 @@ class ReadOnlyTracker:
 
     @staticmethod
     def _call_names(call: Event, m: Mount) -> bool:
-        # fsconfig works on an fd: any recent reconfigure may be the one.
+        # fsconfig works on an fd: any recent reconfigure may be the one. A
+        # remount changes the superblock, so every mount of it follows.
         return call.extra.get("action") == "reconfigure" or call.mount_point == m.mount_point \
-            or call.path == m.mount_point
+            or call.path == m.mount_point or (call.dev == m.dev and call.extra.get("action") == "remount")
 
     def _link_error(self, ev: Event, prefer_pid: int | None) -> None:
         err = self._errors.get(ev.dev or "")

@@ -439,3 +439,20 @@ def test_a_sector_maps_to_its_partition(tmp_path):
     assert partition_of("8:0", 2048, root) == "8:1"
     assert partition_of("8:0", 10, root) == "8:0"  # outside every partition
     assert disk_of("8:2", root) == "8:0" and disk_of("8:0", root) == "8:0"
+
+
+# -- the schema document ---------------------------------------------------------
+
+HEALTH_KEYS = ("read_only", "flag", "cause", "caused_by_seq", "call", "space", "count", "count_total", "storm",
+               "sector", "bytes", "rwbs", "blk_status", "disk", "mount_points", "errseq", "action", "from",
+               "mnt_id_unique", "mnt_ns", "errno_source", "inode_source", "block_source")
+
+
+def test_the_schema_document_covers_every_type_and_key():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "events.md").read_text()
+    for t in EventType:
+        assert f"## `{t.value}`" in doc, t
+    for key in HEALTH_KEYS:
+        assert f"`{key}`" in doc, key
