@@ -11,7 +11,10 @@ where it came from (`errno_source`, `inode_source`, `block_source`):
   the first error of a queued event gets its errno and inode, errors merged
   behind it get none from fanotify.
 - the superblock's recorded last error (/sys/fs/ext4/<dev>/last_error_*),
-  used only when its function and line are the event's.
+  used only when its function and line are the event's: for an error
+  fanotify did not tell (no mark, or nothing came in time) its errno, inode
+  and block; for an error fanotify merged, its errno only (the inode of the
+  last error may be another error's).
 
 Events of a device wait behind an error whose fanotify event has not come
 yet (at most HOLD_S), so that order is kept.
@@ -29,7 +32,11 @@ from .events import Event, EventType
 from .fanotify import FanEvent, FsErrorWatch
 from .mountinfo import Mount
 
+_FS_ERROR = EventType.FS_ERROR  # an enum member lookup costs on the flood path
 HOLD_S = 0.1
+# The superblock's last error is re-read at most this often per device (in
+# event time): a flood of errors would otherwise cost five sysfs reads each.
+SYSFS_TTL_NS = 50_000_000
 # ext4's own error codes (fs/ext4/ext4.h EXT4_ERR_*, 5.9+), as
 # /sys/fs/ext4/<dev>/last_error_errcode shows them -> errno. They are
 # #defines, not in BTF.
@@ -62,14 +69,22 @@ class _Queued:
     untold: int  # errors still to match: the first carries errno/inode
 
 
-def sysfs_last_error(name: str, root: str = "/sys/fs/ext4") -> dict[str, str] | None:
-    out = {}
+def sysfs_last_error(name: str, root: str = "/sys/fs/ext4") -> dict | None:
+    """The superblock's last recorded error: func (str); line, errcode, ino, block (int)."""
+    out: dict = {}
     for key in ("func", "line", "errcode", "ino", "block"):
         try:
             with open(os.path.join(root, name, f"last_error_{key}")) as f:
-                out[key] = f.read().strip()
+                text = f.read().strip()
         except OSError:
             return None
+        if key == "func":
+            out[key] = text
+        else:
+            try:
+                out[key] = int(text)
+            except ValueError:
+                return None
     return out
 
 
@@ -81,17 +96,14 @@ def block_dev_name(dev: str) -> str | None:
         return None
 
 
-def fill_from_sysfs(ev: Event, last: dict[str, str] | None) -> bool:
+def fill_from_sysfs(ev: Event, last: dict | None) -> bool:
     """Take errno, inode, block from the superblock's last error if it is this
     event's error (same function and line)."""
-    if not last or last.get("func") != ev.function or str(ev.line) != last.get("line"):
+    if not last or last.get("func") != ev.function or last.get("line") != ev.line:
         return False
-    try:
-        code, ino, block = int(last["errcode"]), int(last["ino"]), int(last["block"])
-    except (KeyError, ValueError):
-        return False
+    code, ino, block = last.get("errcode"), last.get("ino"), last.get("block")
     if ev.errno is None and code in EXT4_ERRCODE_ERRNO:
-        ev.errno = EXT4_ERRCODE_ERRNO[code]
+        ev.errno = EXT4_ERRCODE_ERRNO[code]  # type: ignore[index]
         ev.extra["errno_source"] = "sysfs"
     if ev.inode is None and ino:
         ev.inode = ino
@@ -104,14 +116,16 @@ def fill_from_sysfs(ev: Event, last: dict[str, str] | None) -> bool:
 
 class Ext4ErrorDetail:
     def __init__(self, watch: FsErrorWatch | None, now: Callable[[], float] = time.monotonic,
-                 last_error: Callable[[str], dict[str, str] | None] | None = None) -> None:
+                 last_error: Callable[[str], dict | None] | None = None) -> None:
         self.fan = watch
         self.now = now
         self._last_error = last_error or self._read_sysfs
         self._fsid_dev: dict[int, str] = {}
+        self._fan_devs: set[str] = set()  # devices with a FAN_FS_ERROR mark
         self._queued: dict[str, deque[_Queued]] = {}
         self._held: dict[str, deque[tuple[float, Event]]] = {}
         self._names: dict[str, str | None] = {}
+        self._sysfs: dict[str, tuple[int, dict | None]] = {}
 
     # -- which filesystems -------------------------------------------------
     def watch(self, mounts: list[Mount]) -> None:
@@ -124,6 +138,8 @@ class Ext4ErrorDetail:
                 continue
             if self.fan is None or self.fan.watch(m.mount_point):
                 self._fsid_dev[fsid] = m.dev
+                if self.fan is not None:
+                    self._fan_devs.add(m.dev)
 
     def on_fanotify(self, events: list[FanEvent]) -> None:
         for fe in events:
@@ -136,32 +152,45 @@ class Ext4ErrorDetail:
     def process(self, ev: Event) -> list[Event]:
         """Events ready to go on, in order; fs_errors may wait for fanotify."""
         dev = ev.dev or ""
-        if ev.type is EventType.FS_ERROR:
-            if ev.errno is not None:
-                ev.extra["errno_source"] = ev.rung
-                if ev.inode is not None:
-                    ev.extra["inode_source"] = ev.rung
-            elif self.fan is not None and self.fan.fd >= 0 and not self._queued.get(dev):
-                self.on_fanotify(self.fan.read())
         held = self._held.get(dev)
-        if held or (ev.type is EventType.FS_ERROR and ev.errno is None):
-            self._held.setdefault(dev, deque()).append((self.now(), ev))
-            return self._release(dev)
-        return [ev]
+        if ev.type is not _FS_ERROR:
+            if held:
+                held.append((0.0, ev))
+                return self._release(dev)
+            return [ev]
+        if ev.errno is not None:  # the kprobe rung had it from the arguments
+            ev.extra["errno_source"] = ev.rung
+            if ev.inode is not None:
+                ev.extra["inode_source"] = ev.rung
+            if not held:
+                return [ev]
+        elif not held:
+            # The common case, a flood too: fanotify told already (or merged
+            # this error into one it told), or there is nothing to wait for.
+            if dev in self._fan_devs:
+                if not self._queued.get(dev):
+                    self.on_fanotify(self._read_fanotify())
+                if self._take(dev, ev):
+                    return [ev]
+            else:
+                fill_from_sysfs(ev, self._cached_last_error(dev, ev.ts_ns))
+                return [ev]
+        if held is None:
+            held = self._held[dev] = deque()
+        held.append((self.now(), ev))
+        return self._release(dev)
 
     def poll(self) -> list[Event]:
-        if not any(self._held.values()):
+        if not self._held:
             return []
-        if self.fan is not None and self.fan.fd >= 0:
-            self.on_fanotify(self.fan.read())
+        self.on_fanotify(self._read_fanotify())
         out: list[Event] = []
         for dev in list(self._held):
             out += self._release(dev)
         return out
 
     def flush(self) -> list[Event]:
-        if self.fan is not None and self.fan.fd >= 0:
-            self.on_fanotify(self.fan.read())
+        self.on_fanotify(self._read_fanotify())
         out: list[Event] = []
         for dev in list(self._held):
             out += self._release(dev, force=True)
@@ -169,30 +198,29 @@ class Ext4ErrorDetail:
 
     @property
     def holding(self) -> bool:
-        return any(self._held.values())
+        return bool(self._held)
+
+    def _read_fanotify(self) -> list[FanEvent]:
+        return self.fan.read() if self.fan is not None and self.fan.fd >= 0 else []
 
     def _release(self, dev: str, force: bool = False) -> list[Event]:
-        held = self._held.get(dev)
+        held = self._held[dev]
         out: list[Event] = []
         now = self.now()
         while held:
             since, ev = held[0]
-            if ev.type is EventType.FS_ERROR and ev.errno is None and "errno_source" not in ev.extra:
-                told = self._fill(dev, ev)
-                if not told and not force and now - since < HOLD_S and self._fanotify_covers(dev):
-                    break
-                if "errno_source" not in ev.extra:
-                    fill_from_sysfs(ev, self._last_error(dev))
+            if ev.type is _FS_ERROR and "errno_source" not in ev.extra:
+                if not self._take(dev, ev):
+                    if not force and now - since < HOLD_S and dev in self._fan_devs:
+                        break
+                    fill_from_sysfs(ev, self._cached_last_error(dev, ev.ts_ns))  # fanotify never told
             held.popleft()
             out.append(ev)
         if not held:
-            self._held.pop(dev, None)
+            del self._held[dev]
         return out
 
-    def _fanotify_covers(self, dev: str) -> bool:
-        return self.fan is not None and self.fan.fd >= 0 and dev in self._fsid_dev.values()
-
-    def _fill(self, dev: str, ev: Event) -> bool:
+    def _take(self, dev: str, ev: Event) -> bool:
         """Match the next fanotify error of this device; False if none came yet."""
         q = self._queued.get(dev)
         if not q:
@@ -205,12 +233,28 @@ class Ext4ErrorDetail:
                 ev.inode = head.ino
                 ev.extra["inode_source"] = "fanotify"
             head.errno = None
+        else:  # merged into it: fanotify kept only a count
+            got = self._sysfs.get(dev)
+            last = got[1] if got is not None and 0 <= ev.ts_ns - got[0] < SYSFS_TTL_NS else \
+                self._cached_last_error(dev, ev.ts_ns)
+            if last and last["func"] == ev.function and last["line"] == ev.line and last["errno"]:
+                ev.errno = last["errno"]
+                ev.extra["errno_source"] = "sysfs"
         head.untold -= 1
         if head.untold <= 0:
             q.popleft()
         return True
 
-    def _read_sysfs(self, dev: str) -> dict[str, str] | None:
+    def _cached_last_error(self, dev: str, ts_ns: int) -> dict | None:
+        got = self._sysfs.get(dev)
+        if got is None or ts_ns - got[0] >= SYSFS_TTL_NS or ts_ns < got[0]:
+            last = self._last_error(dev)
+            if last is not None:
+                last["errno"] = EXT4_ERRCODE_ERRNO.get(last.get("errcode", 0))
+            got = self._sysfs[dev] = (ts_ns, last)
+        return got[1]
+
+    def _read_sysfs(self, dev: str) -> dict | None:
         if dev not in self._names:
             self._names[dev] = block_dev_name(dev)
         name = self._names[dev]

@@ -29,6 +29,9 @@ from .records import kernel_dev
 from .topology import Topology
 
 _HELD_POLL_MS = 2  # loop turn while events wait for fanotify
+# Types whose decoding leaves fsev-internal "_" keys in extra (health_records).
+_WITH_PRIVATE_KEYS = frozenset({EventType.ENOSPC, EventType.MOUNT})
+_FS_ERROR = EventType.FS_ERROR
 
 
 def _parse_dev(dev: str) -> tuple[int, int]:
@@ -99,8 +102,9 @@ class HealthMonitor:
     def _emit(self, events: Iterable[Event]) -> list[Event]:
         out: list[Event] = []
         for ev in events:
-            for k in [k for k in ev.extra if k.startswith("_")]:
-                del ev.extra[k]
+            if ev.type in _WITH_PRIVATE_KEYS:
+                for k in [k for k in ev.extra if k.startswith("_")]:
+                    del ev.extra[k]
             if not self._wanted(ev):
                 continue
             self.number(ev)
@@ -113,6 +117,13 @@ class HealthMonitor:
     def process(self, ev: Event) -> list[Event]:
         """One decoded, enriched kernel event -> the events to emit now."""
         ready = self.detail.process(ev) if self.detail is not None else [ev]
+        if ev.type is _FS_ERROR and len(ready) == 1 and ready[0] is ev:
+            # The flood path (fs_errors by the hundred thousand a second): the
+            # kernel filtered class and mount already.
+            self.number(ev)
+            if self.readonly is not None:
+                self.readonly.on_fs_error(ev)
+            return ready
         return self._dispatch(ready)
 
     def _dispatch(self, ready: list[Event]) -> list[Event]:

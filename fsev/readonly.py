@@ -10,7 +10,6 @@ events: `err` when an error caused them (linked to that error's seq),
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from .events import Event, EventClass, EventType
@@ -46,13 +45,6 @@ CHECK_DELAYS_S = (0.05, 0.3, 1.0)
 CAUSE_WINDOW_S = 3.0
 
 
-@dataclass
-class _Cause:
-    seq: int
-    at: float
-    pid: int | None
-
-
 class ReadOnlyTracker:
     def __init__(self, table: MountTable, watched: Callable[[Mount], bool],
                  now: Callable[[], float] = time.monotonic) -> None:
@@ -61,18 +53,17 @@ class ReadOnlyTracker:
         self.now = now
         self._state: dict[int, str | None] = {m.mnt_id: mount_read_only(m) for m in table}
         self._generation = table.generation
-        self._errors: dict[str, _Cause] = {}  # dev -> the last fs_error on it
+        self._errors: dict[str, tuple[int, float]] = {}  # dev -> (seq, when) of the last fs_error on it
         self._calls: list[tuple[float, Event]] = []  # recent remount-like calls
         self._due: list[float] = []
 
     # -- inputs ------------------------------------------------------------
     def on_fs_error(self, ev: Event) -> None:
-        """An emitted (numbered) fs_error event."""
-        if ev.dev is None:
-            return
-        t = self.now()
-        self._errors[ev.dev] = _Cause(ev.seq, t, ev.pid)
-        self._due += [t + d for d in CHECK_DELAYS_S]
+        """An emitted (numbered) fs_error event. On the flood path: cheap."""
+        t = ev.ts_ns * 1e-9  # CLOCK_MONOTONIC, as self.now()
+        self._errors[ev.dev] = (ev.seq, t)  # type: ignore[index]
+        if not self._due or self._due[-1] < t:  # a flood of errors shares one round of checks
+            self._due += [t + d for d in CHECK_DELAYS_S]
 
     def on_mount_call(self, ev: Event) -> None:
         if ev.extra.get("action") in ("remount", "reconfigure", "setattr"):
@@ -92,7 +83,7 @@ class ReadOnlyTracker:
             return None
         if ev.extra.get("cause") == "error":
             ev.cls = EventClass.ERR
-            self._link_error(ev, prefer_pid=ev.pid)
+            self._link_error(ev)
         else:
             ev.cls = EventClass.INFO
         return ev
@@ -100,7 +91,7 @@ class ReadOnlyTracker:
     # -- the mount table ---------------------------------------------------
     def poll(self, make_event: Callable[..., Event]) -> list[Event]:
         now = self.now()
-        if self._due and min(self._due) <= now:
+        if self._due and self._due[0] <= now:
             self._due = [t for t in self._due if t > now]
             self.table.refresh()
         self._calls = [(t, e) for t, e in self._calls if now - t < CAUSE_WINDOW_S]
@@ -129,7 +120,7 @@ class ReadOnlyTracker:
         now = self.now()
         call = next((e for t, e in reversed(self._calls) if self._call_names(e, m)), None)
         err = self._errors.get(m.dev)
-        recent_error = err is not None and now - err.at < CAUSE_WINDOW_S
+        recent_error = err is not None and now - err[1] < CAUSE_WINDOW_S
         by_error = new == EMERGENCY_RO or (new is not None and call is None and recent_error)
         ev = make_event(
             cls=EventClass.ERR if by_error else EventClass.INFO, type=EventType.READ_ONLY, rung="polled",
@@ -138,7 +129,7 @@ class ReadOnlyTracker:
                    "cause": "error" if by_error else "remount"},
         )
         if by_error:
-            self._link_error(ev, prefer_pid=None)
+            self._link_error(ev)
         elif call is not None:
             ev.pid, ev.tgid, ev.comm = call.pid, call.tgid, call.comm
             if "call" in call.extra:
@@ -152,10 +143,12 @@ class ReadOnlyTracker:
         return call.extra.get("action") == "reconfigure" or call.mount_point == m.mount_point \
             or call.path == m.mount_point or (call.dev == m.dev and call.extra.get("action") == "remount")
 
-    def _link_error(self, ev: Event, prefer_pid: int | None) -> None:
+    def _link_error(self, ev: Event) -> None:
+        """The error that caused a transition: the last one on its device
+        (ext4 turns read-only inside the error's own handling)."""
         err = self._errors.get(ev.dev or "")
-        if err is not None and self.now() - err.at < CAUSE_WINDOW_S:
-            ev.extra["caused_by_seq"] = err.seq
+        if err is not None and self.now() - err[1] < CAUSE_WINDOW_S:
+            ev.extra["caused_by_seq"] = err[0]
 
     def _mounts_of(self, dev: str | None) -> list[Mount]:
         if dev is None:

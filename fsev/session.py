@@ -211,7 +211,9 @@ class TraceSession:
                 if self._unmounts.on_syscall_umount(ev) is None:
                     continue  # held until the superblock is torn down
             if self._health is not None:
-                yield from self._health.process(ev)  # numbered there; some wait a moment
+                out = self._health.process(ev)  # numbered there; some wait a moment
+                if out:
+                    yield from out
                 continue
             self._seq += 1
             ev.seq = self._seq

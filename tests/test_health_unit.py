@@ -288,12 +288,13 @@ def _detail(now, last=None):
     fan = FakeFan()
     d = Ext4ErrorDetail(fan, now, last_error=lambda dev: last)  # type: ignore[arg-type]
     d._fsid_dev[42] = "7:3"
+    d._fan_devs.add("7:3")
     return d, fan
 
 
 def test_fanotify_errno_and_inode_fill_the_first_error_and_merged_ones_fall_back_to_sysfs():
     now = Clockwork()
-    d, fan = _detail(now, last={"func": "trigger_test_error", "line": "0", "errcode": "5", "ino": "0", "block": "0"})
+    d, fan = _detail(now, last={"func": "trigger_test_error", "line": 0, "errcode": 5, "ino": 0, "block": 0})
     fan.pending = [FanEvent(FAN_FS_ERROR, 1, fsid=42, ino=12, error=74, error_count=2)]
     a = d.process(_fs_error())
     b = d.process(_fs_error(function="trigger_test_error", line=0))
@@ -318,8 +319,8 @@ def test_an_error_waits_for_its_fanotify_event_and_keeps_order():
 
 def test_a_wait_ends_with_the_superblock_last_error_when_it_matches():
     now = Clockwork()
-    d, fan = _detail(now, last={"func": "htree_dirblock_to_tree", "line": "1051", "errcode": "4", "ino": "12",
-                                "block": "0"})
+    d, fan = _detail(now, last={"func": "htree_dirblock_to_tree", "line": 1051, "errcode": 4, "ino": 12,
+                                "block": 0})
     assert d.process(_fs_error()) == []
     now.t += 1
     (ev,) = d.poll()
@@ -329,7 +330,7 @@ def test_a_wait_ends_with_the_superblock_last_error_when_it_matches():
 
 def test_sysfs_last_error_of_another_error_is_not_taken():
     ev = _fs_error()
-    assert not fill_from_sysfs(ev, {"func": "ext4_lookup", "line": "1799", "errcode": "5", "ino": "3", "block": "0"})
+    assert not fill_from_sysfs(ev, {"func": "ext4_lookup", "line": 1799, "errcode": 5, "ino": 3, "block": 0})
     assert ev.errno is None and ev.inode is None
 
 
@@ -374,7 +375,7 @@ def test_emergency_ro_in_mountinfo_is_an_error_transition_linked_to_the_error():
     table = StaticTable(MI)
     ro = ReadOnlyTracker(table, lambda m: True, now)
     err = _fs_error(dev="7:0")
-    err.seq = 41
+    err.seq, err.ts_ns = 41, int(now.t * 1e9)
     ro.on_fs_error(err)
     table.text = MI.replace("errors=remount-ro", "errors=remount-ro,emergency_ro")
     now.t += 0.1
@@ -407,7 +408,7 @@ def test_kernel_error_record_links_and_the_table_does_not_repeat_it():
     table = StaticTable(MI)
     ro = ReadOnlyTracker(table, lambda m: True, now)
     err = _fs_error(dev="7:0")
-    err.seq = 3
+    err.seq, err.ts_ns = 3, int(now.t * 1e9)
     ro.on_fs_error(err)
     rec = Event(0, 0, 0.0, EventClass.ERR, EventType.READ_ONLY, "raw_tracepoint", dev="7:0",
                 extra={"read_only": True, "flag": "emergency_ro", "cause": "error"})
