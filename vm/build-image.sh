@@ -85,18 +85,23 @@ import sys, urllib.request
 urllib.request.urlopen(sys.argv[1], timeout=20).read(1)
 EOF
 
+# Removes a build directory; first the chroot's mounts, and never rm -rf across
+# a mount point, which would reach into the host.
+remove_build() {
+  local dir=$1 m
+  for m in "$dir/root/proc" "$dir/root/sys"; do mountpoint -q "$m" 2>/dev/null && umount "$m"; done
+  if findmnt -rn -o TARGET | grep -q "^$dir/"; then
+    say "mounts left under $dir; not removing it"; return 0
+  fi
+  rm -rf "$dir"
+}
+# A build killed outright (SIGKILL, power loss) leaves its directory: we hold
+# the lock, so any other build-* here is such a leftover.
+for stale in "$CACHE"/build-*; do [ -d "$stale" ] && remove_build "$stale"; done
+
 WORK=$CACHE/build-$KEY.$$
 ROOT=$WORK/root
-cleanup() {
-  local m
-  for m in "$ROOT/proc" "$ROOT/sys"; do mountpoint -q "$m" 2>/dev/null && umount "$m"; done
-  # Never rm -rf across a mount point: that would reach into the host.
-  if findmnt -rn -o TARGET | grep -q "^$WORK"; then
-    say "mounts left under $WORK; not removing it"; return
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap 'remove_build "$WORK"' EXIT
 mkdir -p "$WORK/out" "$CACHE/debs"
 
 say "debootstrap $SUITE (minbase) with: $PKGS"

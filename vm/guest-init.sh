@@ -73,6 +73,10 @@ fact installed_s "$(uptime_s)"
 
 if [ "$install_rc" = 0 ]; then
   VENV=${FSEV_VENV:-/opt/fsev/venv}
+  # The probe plan this kernel gets (which rung per probe point), for the host's log.
+  COLUMNS=120 timeout 300 "$VENV/bin/fsev" doctor >"$R/doctor.txt" 2>&1
+  echo "$?" >"$R/doctor.rc"
+  cat "$R/doctor.txt"
   say "pytest -m kprobe (limit ${FSEV_VM_PYTEST_TIMEOUT} s)"
   # tests/vm is the host side of this run: it would boot a VM inside the VM.
   # shellcheck disable=SC2086

@@ -42,7 +42,7 @@ packages() {
 
 case "${1:-}" in
   --packages)
-    [ "${2:-}" = image ] && packages image || packages
+    if [ "${2:-}" = image ]; then packages image; else packages; fi
     exit 0 ;;
   "") ;;
   *) echo "usage: $0 [--packages [image]]" >&2; exit 2 ;;

@@ -178,12 +178,9 @@ def _boot(out: Path) -> None:
 
 @pytest.fixture(scope="session")
 def guest_run(request, tmp_path_factory) -> GuestRun:
+    # Session scope: pytest runs this once and replays its result, skip or
+    # failure included, to every test. config.stash only feeds the summary.
     config = request.config
-    cached = config.stash.get(_RUN, None)
-    if isinstance(cached, GuestRun):
-        return cached
-    if isinstance(cached, str):
-        pytest.skip(cached)
     why = _why_not_run()
     if why:
         config.stash[_RUN] = why
@@ -194,6 +191,9 @@ def guest_run(request, tmp_path_factory) -> GuestRun:
         _boot(out)
     except pytest.skip.Exception as e:
         config.stash[_RUN] = str(e.msg)
+        raise
+    except pytest.fail.Exception:
+        config.stash[_RUN] = f"the VM run failed (see the test errors); its files are in {out}"
         raise
     run = load_run(out)
     config.stash[_RUN] = run
@@ -238,6 +238,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_line(f"guest kernel {run.kernel} (host {os.uname().release}); kprobe_events: "
                   f"{run.facts.get('kprobe_events', '?')}; image {t.get('image_s', '?')} s, "
                   f"guest {t.get('boot_to_results_s', '?')} s, total {t.get('total_s', '?')} s")
+    doctor = run.out / "results" / "doctor.txt"
+    if doctor.exists():
+        tr.write_line(f"`fsev doctor` in the guest:")
+        for line in doctor.read_text(errors="replace").splitlines():
+            tr.write_line(f"  {line}")
     expected = {junit_key(n): n for n in config.stash.get(_EXPECTED, [])}
     for key, case in run.cases.items():
         tr.write_line(f"  {case.outcome.upper():7} {expected.get(key, case.label)}  [in guest {run.kernel}]")
