@@ -64,3 +64,25 @@ def test_cleanup_mnt_sees_namespace_teardown():
     drops = [e for e in evs if e["type"] == "umount" and e.get("dev") == out]
     assert len(drops) == 1, (out, evs)
     assert drops[0]["rung"] == "kprobe" and drops[0]["class"] == "info"
+
+
+def test_lazy_umount_on_cleanup_mnt_fires_when_the_last_user_lets_go():
+    from kernel_env import run, tmpfs
+
+    with tmpfs() as mp:
+        with FsevTrace(["--mount", mp, "--events", "info"]) as t:
+            t.wait_attached(timeout=300)
+            busy = subprocess.Popen(["sleep", "60"], cwd=mp)
+            try:
+                run("umount", "-l", mp)
+                time.sleep(1)
+                assert [e for e in t.events() if e["type"] == "umount"] == []
+            finally:
+                busy.kill()
+                busy.wait()
+            evs = t.wait_for(lambda e: any(x["type"] == "umount" for x in e), timeout=20)
+            assert t.stop() == 0
+    drops = [e for e in evs if e["type"] == "umount"]
+    assert len(drops) == 1 and drops[0]["rung"] == "kprobe" and drops[0]["mount_point"] == mp
+    # cleanup_mnt runs in the task that dropped the last reference: the sleeper.
+    assert drops[0]["pid"] == busy.pid or drops[0]["comm"] in ("sleep", "kworker")
