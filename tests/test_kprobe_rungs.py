@@ -85,4 +85,4 @@ def test_lazy_umount_on_cleanup_mnt_fires_when_the_last_user_lets_go():
     drops = [e for e in evs if e["type"] == "umount"]
     assert len(drops) == 1 and drops[0]["rung"] == "kprobe" and drops[0]["mount_point"] == mp
     # cleanup_mnt runs in the task that dropped the last reference: the sleeper.
-    assert drops[0]["pid"] == busy.pid or drops[0]["comm"] in ("sleep", "kworker")
+    assert drops[0]["tgid"] == busy.pid and drops[0]["comm"] == "sleep"
