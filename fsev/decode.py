@@ -48,8 +48,9 @@ def _text(b: bytes) -> str:
 _CLASS_BY_INT = {int(k): v for k, v in _CLASS.items()}
 _TYPE_BY_INT = {int(k): v for k, v in _TYPE.items()}
 _DIRECTION = {1: "down", 2: "up"}
-F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY = (int(x) for x in (
-    Field.ERRNO, Field.INODE, Field.BLOCK, Field.LINE, Field.FUNC, Field.PATH, Field.MNT_ID, Field.LAZY))
+F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY, F_SETTLE = (int(x) for x in (
+    Field.ERRNO, Field.INODE, Field.BLOCK, Field.LINE, Field.FUNC, Field.PATH, Field.MNT_ID, Field.LAZY,
+    Field.SETTLE))
 
 
 def decode(rec: Record, seq: int, clock: Clock) -> Event:
@@ -62,7 +63,7 @@ def decode(rec: Record, seq: int, clock: Clock) -> Event:
     dev = rec.dev
     ts = rec.ts_ns
     is_thr = typ is EventType.THRESHOLD
-    return Event(
+    ev = Event(
         seq=seq,
         ts_ns=ts,
         wall_time=(ts + clock.offset_ns) / 1e9,
@@ -85,6 +86,10 @@ def decode(rec: Record, seq: int, clock: Clock) -> Event:
         level=f"L{rec.level}" if is_thr else None,
         direction=_DIRECTION.get(rec.direction) if is_thr else None,
     )
+    if is_thr and f & F_SETTLE:
+        # A kernel threshold hint whose change comes after it (fsev/thr_monitor.py).
+        ev.extra["settle"] = True
+    return ev
 
 
 def with_mount(ev: Event, m: Mount | None) -> Event:

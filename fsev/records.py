@@ -45,6 +45,7 @@ class Field(enum.IntFlag):
     PATH = 1 << 5
     MNT_ID = 1 << 6
     LAZY = 1 << 7
+    SETTLE = 1 << 8
 
 
 class Direction(enum.IntEnum):
@@ -80,6 +81,28 @@ class Record(ctypes.Structure):
 
 
 RECORD_SIZE = ctypes.sizeof(Record)
+
+
+class ThrKind(enum.IntEnum):
+    NONE = 0
+    SHMEM = 1
+    EXT4 = 2
+
+
+class ThrState(ctypes.Structure):
+    """struct fsev_thr_state: the thr_state map value (user space -> kernel)."""
+
+    _fields_ = [
+        ("l1", ctypes.c_uint64),
+        ("l2", ctypes.c_uint64),
+        ("hysteresis", ctypes.c_uint64),
+        ("band", ctypes.c_uint64),
+        ("last_hint_ns", ctypes.c_uint64),
+        ("kind", ctypes.c_uint32),
+        ("nlevels", ctypes.c_uint32),
+        ("depth", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
 
 
 def class_mask(classes: "set[RecordClass] | frozenset[RecordClass]") -> int:
