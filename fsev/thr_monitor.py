@@ -48,6 +48,33 @@ class _Cause:
     comm: str | None = None
 
 
+PF_KTHREAD = 0x00200000
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    """/proc/PID/stat field 9 (flags) has PF_KTHREAD; gone or unreadable: not one."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return bool(int(stat.rsplit(b")", 1)[1].split()[6]) & PF_KTHREAD)
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def causes_charge(ev: Event, own_tgid: int) -> bool:
+    """Whether the task a hint names plausibly caused the change.
+
+    A kernel event fires in the context of whoever runs the code path: for
+    tmpfs on the raw-tracepoint rung that is the task that flushed a CPU's LRU
+    batch, which is usually the writer but may be any task on that CPU
+    (fsev itself included), and for ext4 writeback it is a kworker. Those are
+    never the cause; the previous hint's task is kept instead.
+    """
+    if ev.pid is None or ev.tgid == own_tgid:
+        return False
+    return not _is_kernel_thread(ev.pid)
+
+
 class PolledStatfs:
     """statfs of one mount every interval, in its own daemon thread.
 
@@ -123,6 +150,7 @@ class ThresholdMonitor:
         self._statfs = statfs
         self._notice = notice or (lambda msg: print(f"fsev: {msg}", file=sys.stderr, flush=True))
         self._poll_interval = poll_interval
+        self._own_tgid = os.getpid()
         self._watches: list[_Watch] = []
         self._by_key: dict[int, _Watch] = {}
         for a in armed:
@@ -152,7 +180,8 @@ class ThresholdMonitor:
         if w is None:
             return
         now = time.monotonic() if now is None else now
-        w.cause = _Cause(ev.pid, ev.tgid, ev.comm)
+        if ev.pid != w.cause.pid and causes_charge(ev, self._own_tgid):
+            w.cause = _Cause(ev.pid, ev.tgid, ev.comm)
         w.confirm_now = True
         window = SETTLE_S if ev.extra.get("settle") else TRAIL_S
         w.poll_until = max(w.poll_until, now + window)
