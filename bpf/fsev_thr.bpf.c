@@ -33,9 +33,11 @@ BPF_HASH(thr_state, u32, struct fsev_thr_state, 1024);
 /* avail: available blocks as the counters give them, corrected by the change
  * this event announces when that change comes after it and its size is known.
  * settle: the change comes after this event by an amount it cannot see (a
- * free): while below a level, hint so that user space re-checks. */
+ * free): while below a level, hint so that user space re-checks.
+ * own_folio: when set, hint only if the current task holds this folio's lock,
+ * i.e. is the task that charged it (see mm_lru_insertion). */
 static __always_inline void thr_check(u32 dev, struct fsev_thr_state *st, s64 avail, u32 rung,
-				      u32 settle)
+				      u32 settle, void *own_folio)
 {
 	s64 band = st->band;
 	u32 depth = st->depth;
@@ -63,6 +65,14 @@ static __always_inline void thr_check(u32 dev, struct fsev_thr_state *st, s64 av
 	u64 now = bpf_ktime_get_ns();
 	if (now - st->last_hint_ns < THR_HINT_GAP_NS)
 		return;
+#ifdef OFF_FOLIO_FLAGS
+	if (own_folio) {
+		u64 flags = 0;
+		READ_KERNEL(flags, own_folio, OFF_FOLIO_FLAGS);
+		if (!((flags >> OFF_ENUM_PG_LOCKED) & 1))
+			return;
+	}
+#endif
 	st->last_hint_ns = now;
 	struct fsev_record *r = new_record(FSEV_TYPE_THRESHOLD, FSEV_CLASS_THR, rung);
 	if (!r)
@@ -129,14 +139,20 @@ static __always_inline void *folio_sb(void *folio)
 
 /* A tmpfs folio enters the LRU after shmem charged used_blocks for it. The
  * LRU batches up to 31 folios per CPU first: the band includes that lag, and
- * user space keeps re-reading statfs while a crossing hides in it. */
+ * user space keeps re-reading statfs while a crossing hides in it.
+ * Whoever fills or drains a CPU's batch runs this, often another task than
+ * the writer; shmem locks a new folio before folio_add_lru, so only a folio
+ * still locked here was added by the current task: only that one may hint,
+ * and the hint's pid is the writer's. (Flushes by others are covered by the
+ * lag polling in user space.) */
 RAW_TRACEPOINT_PROBE(mm_lru_insertion)
 {
 	u32 dev = 0;
-	void *sb = folio_sb((void *)ctx->args[0]);
+	void *folio = (void *)ctx->args[0];
+	void *sb = folio_sb(folio);
 	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_SHMEM, &dev);
 	if (st)
-		thr_check(dev, st, shmem_avail(sb), FSEV_RUNG_RAW_TRACEPOINT, 0);
+		thr_check(dev, st, shmem_avail(sb), FSEV_RUNG_RAW_TRACEPOINT, 0, folio);
 	return 0;
 }
 
@@ -148,7 +164,7 @@ RAW_TRACEPOINT_PROBE(mm_filemap_delete_from_page_cache)
 	void *sb = folio_sb((void *)ctx->args[0]);
 	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_SHMEM, &dev);
 	if (st)
-		thr_check(dev, st, shmem_avail(sb), FSEV_RUNG_RAW_TRACEPOINT, 1);
+		thr_check(dev, st, shmem_avail(sb), FSEV_RUNG_RAW_TRACEPOINT, 1, 0);
 	return 0;
 }
 #endif
@@ -163,7 +179,7 @@ int kp_thr_shmem_acct(struct pt_regs *ctx)
 	void *sb = inode_sb_of((void *)THR_KP_ACCT_INODE(ctx));
 	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_SHMEM, &dev);
 	if (st)
-		thr_check(dev, st, shmem_avail(sb) - (s64)THR_KP_ACCT_PAGES(ctx), FSEV_RUNG_KPROBE, 0);
+		thr_check(dev, st, shmem_avail(sb) - (s64)THR_KP_ACCT_PAGES(ctx), FSEV_RUNG_KPROBE, 0, 0);
 	return 0;
 }
 
@@ -174,7 +190,7 @@ int kp_thr_shmem_unacct(struct pt_regs *ctx)
 	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_SHMEM, &dev);
 	if (st)
 		thr_check(dev, st, shmem_avail(sb) + (s64)THR_KP_UNACCT_PAGES(ctx), FSEV_RUNG_KPROBE,
-			  THR_KP_UNACCT_SETTLE);
+			  THR_KP_UNACCT_SETTLE, 0);
 	return 0;
 }
 #endif
@@ -220,7 +236,7 @@ static __always_inline int ext4_thr(void *inode, s64 later_clusters, s64 later_b
 	void *sb = inode_sb_of(inode);
 	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_EXT4, &dev);
 	if (st)
-		thr_check(dev, st, ext4_avail(sb, later_clusters, later_blocks), FSEV_RUNG_RAW_TRACEPOINT, settle);
+		thr_check(dev, st, ext4_avail(sb, later_clusters, later_blocks), FSEV_RUNG_RAW_TRACEPOINT, settle, 0);
 	return 0;
 }
 

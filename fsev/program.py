@@ -28,7 +28,9 @@ KPROBE_OFFSETS = {
 _SB_FIELDS = ("super_block.s_dev", "super_block.s_fs_info", "inode.i_sb")
 _SHMEM_FIELDS = ("shmem_sb_info.max_blocks", "shmem_sb_info.used_blocks.count")
 THR_OFFSETS = {
-    (ProbePoint.THR_TMPFS, RungKind.RAW_TRACEPOINT): (*_SB_FIELDS, *_SHMEM_FIELDS, "folio.mapping", "address_space.host"),
+    (ProbePoint.THR_TMPFS, RungKind.RAW_TRACEPOINT): (
+        *_SB_FIELDS, *_SHMEM_FIELDS, "folio.mapping", "address_space.host", "folio.flags", "enum:PG_locked",
+    ),
     (ProbePoint.THR_TMPFS, RungKind.KPROBE): (*_SB_FIELDS, *_SHMEM_FIELDS),
     (ProbePoint.THR_EXT4, RungKind.RAW_TRACEPOINT): (
         *_SB_FIELDS,

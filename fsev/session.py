@@ -5,6 +5,7 @@ The CLI (trace, top, record) drives a TraceSession; it never touches bcc.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import time
@@ -19,7 +20,7 @@ from .kernel_facts import KernelFacts, gather
 from .mountinfo import Mount, MountTable
 from .plan import ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, Plan, ProbePoint, RungKind, plan_probes
 from .program import ProgramConfig, bpf_dir, kprobe_attachments, required_offsets, source
-from .records import Record, RecordClass, kernel_dev
+from .records import Record, RecordClass, RecordType, kernel_dev
 from .thr_monitor import ThresholdMonitor
 from .thresholds_kernel import ArmedMount, kernel_points
 
@@ -111,7 +112,8 @@ class TraceSession:
         config = program_config(self.opts)
         self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record)
         if self.opts.thresholds:
-            self._thr = ThresholdMonitor(self.opts.thresholds, self.clock, self._probes.write_thr_state)
+            self._thr = ThresholdMonitor(self.opts.thresholds, self.clock, self._probes.write_thr_state,
+                                         catch_up=self._catch_up_hints)
         if not self.opts.watch_all:
             self._probes.watch_devs([kernel_dev(m.major, m.minor) for m in self.opts.mounts])
             self._probes.watch_paths([m.mount_point for m in self.opts.mounts])
@@ -252,6 +254,21 @@ class TraceSession:
     def _poll_timeout_ms(self, poll_ms: int) -> int:
         due = self._thr.due_in(time.monotonic()) if self._thr is not None else None
         return poll_ms if due is None else max(0, min(poll_ms, int(due * 1000)))
+
+    def _catch_up_hints(self) -> None:
+        """Read the ring buffer now and hand threshold hints to the monitor;
+        other records wait in order for _kernel_events."""
+        if self._probes is None or self._thr is None:
+            return
+        self._probes.drain()
+        keep: list[Record] = []
+        for rec in self._records:
+            if rec.type == RecordType.THRESHOLD:
+                with contextlib.suppress(DecodeError):
+                    self._thr.on_hint(decode(rec, 0, self.clock))
+            else:
+                keep.append(rec)
+        self._records = keep
 
     def _threshold_events(self) -> Iterator[Event]:
         if self._thr is None:

@@ -65,10 +65,9 @@ def causes_charge(ev: Event, own_tgid: int) -> bool:
     """Whether the task a hint names plausibly caused the change.
 
     A kernel event fires in the context of whoever runs the code path: for
-    tmpfs on the raw-tracepoint rung that is the task that flushed a CPU's LRU
-    batch, which is usually the writer but may be any task on that CPU
-    (fsev itself included), and for ext4 writeback it is a kworker. Those are
-    never the cause; the previous hint's task is kept instead.
+    ext4 writeback that is a kworker, and fsev itself may flush a CPU's LRU
+    batch of tmpfs folios (the BPF side already drops hints for folios the
+    current task did not add). Neither is a cause; the previous one is kept.
     """
     if ev.pid is None or ev.tgid == own_tgid:
         return False
@@ -144,6 +143,7 @@ class ThresholdMonitor:
         statfs: Statfs = os.statvfs,
         notice: Callable[[str], None] | None = None,
         poll_interval: float = POLL_S,
+        catch_up: Callable[[], None] | None = None,
     ) -> None:
         self.clock = clock
         self._write_state = write_state
@@ -151,6 +151,8 @@ class ThresholdMonitor:
         self._notice = notice or (lambda msg: print(f"fsev: {msg}", file=sys.stderr, flush=True))
         self._poll_interval = poll_interval
         self._own_tgid = os.getpid()
+        # Hands over the hints the kernel sent since the last poll (on_hint).
+        self._catch_up = catch_up
         self._watches: list[_Watch] = []
         self._by_key: dict[int, _Watch] = {}
         for a in armed:
@@ -240,6 +242,11 @@ class ThresholdMonitor:
         crossings = w.machine.update(avail)
         if not crossings:
             return
+        if self._catch_up is not None and not w.armed.polled:
+            # The kernel sends its hint before the change statfs just saw, so
+            # the hint naming the task that caused it is in the ring buffer
+            # now, unread if the change happened after the last poll.
+            self._catch_up()
         if not w.armed.polled and self._write_state is not None:
             self._write_state(w.armed.key, w.armed.state(w.machine.depth))
         for c in crossings:
