@@ -107,10 +107,13 @@ struct fsev_thr_state {
 	u64 hysteresis;   /* blocks above a level before it re-arms */
 	u64 band;         /* bound on |counter estimate - statfs| in blocks */
 	u64 last_hint_ns; /* BPF side: rate limit of hints */
+	s64 budget;       /* BPF side: blocks that may change before a crossing is
+			   * possible; while it lasts the counters are not read */
+	u32 step;         /* blocks one event may move: tmpfs, a huge folio's
+			   * pages; ext4, blocks per cluster (times the count) */
 	u32 kind;         /* enum fsev_thr_kind */
 	u32 nlevels;      /* 1 or 2 */
 	u32 depth;        /* confirmed: 0 above L1, 1 at/below L1, 2 at/below L2 */
-	u32 pad;
 };
 
 #endif /* FSEV_H */

@@ -30,38 +30,12 @@ BPF_HASH(thr_state, u32, struct fsev_thr_state, 1024);
  * keeps re-reading statfs for a while (fsev/thr_monitor.py). */
 #define THR_HINT_GAP_NS 1000000ULL
 
-/* avail: available blocks as the counters give them, corrected by the change
- * this event announces when that change comes after it and its size is known.
- * settle: the change comes after this event by an amount it cannot see (a
- * free): while below a level, hint so that user space re-checks.
- * own_folio: when set, hint only if the current task holds this folio's lock,
+/* Send one hint, at most one per superblock per THR_HINT_GAP_NS.
+ * own_folio: when set, only if the current task holds this folio's lock,
  * i.e. is the task that charged it (see mm_lru_insertion). */
-static __always_inline void thr_check(u32 dev, struct fsev_thr_state *st, s64 avail, u32 rung,
-				      u32 settle, void *own_folio)
+static __always_inline void thr_hint(u32 dev, struct fsev_thr_state *st, s64 avail, u32 rung,
+				     u32 level, u32 dir, u32 fields, void *own_folio)
 {
-	s64 band = st->band;
-	u32 depth = st->depth;
-	u32 level = 0, dir = FSEV_DIR_NONE;
-
-	if (depth == 0) {
-		if (avail - band <= (s64)st->l1) {
-			level = 1;
-			dir = FSEV_DIR_DOWN;
-		}
-	} else if (depth == 1) {
-		if (st->nlevels > 1 && avail - band <= (s64)st->l2) {
-			level = 2;
-			dir = FSEV_DIR_DOWN;
-		} else if (avail + band > (s64)(st->l1 + st->hysteresis)) {
-			level = 1;
-			dir = FSEV_DIR_UP;
-		}
-	} else if (avail + band > (s64)(st->l2 + st->hysteresis)) {
-		level = 2;
-		dir = FSEV_DIR_UP;
-	}
-	if (dir == FSEV_DIR_NONE && !(settle && depth > 0))
-		return;
 	u64 now = bpf_ktime_get_ns();
 	if (now - st->last_hint_ns < THR_HINT_GAP_NS)
 		return;
@@ -81,8 +55,62 @@ static __always_inline void thr_check(u32 dev, struct fsev_thr_state *st, s64 av
 	r->value = avail < 0 ? 0 : avail;
 	r->level = level;
 	r->direction = dir;
-	r->fields = settle ? FSEV_F_SETTLE : 0;
+	r->fields = fields;
 	events.ringbuf_submit(r, 0);
+}
+
+/* The cheap part of every event: spend `step` blocks of the budget. While it
+ * lasts no crossing is possible within the band, so the counters are not
+ * read. (Atomic: two CPUs may spend it at once.) */
+static __always_inline int thr_quiet(struct fsev_thr_state *st, s64 step)
+{
+	lock_xadd(&st->budget, -step);
+	return st->budget > 0;
+}
+
+/* avail: available blocks as the counters give them, corrected by the change
+ * this event announces when that change comes after it and its size is known.
+ * Hints when the exact value, within the band of avail, may have crossed the
+ * next level down or the re-arm point up; otherwise sets the budget to the
+ * blocks that must change before that can be so. */
+static __always_inline void thr_check(u32 dev, struct fsev_thr_state *st, s64 avail, u32 rung,
+				      void *own_folio)
+{
+	s64 band = st->band;
+	u32 depth = st->depth;
+	u32 level = 0, dir = FSEV_DIR_NONE;
+	s64 down = 0x7fffffffffffffffLL, up = 0x7fffffffffffffffLL;
+
+	if (depth == 0) {
+		down = avail - band - (s64)st->l1;
+	} else if (depth == 1) {
+		if (st->nlevels > 1)
+			down = avail - band - (s64)st->l2;
+		up = (s64)(st->l1 + st->hysteresis) - (avail + band) + 1;
+	} else {
+		up = (s64)(st->l2 + st->hysteresis) - (avail + band) + 1;
+	}
+	if (down <= 0) {
+		level = depth + 1;
+		dir = FSEV_DIR_DOWN;
+	} else if (up <= 0) {
+		level = depth;
+		dir = FSEV_DIR_UP;
+	}
+	if (dir == FSEV_DIR_NONE) {
+		st->budget = down < up ? down : up;
+		return;
+	}
+	st->budget = 0; /* near a level: check every event */
+	thr_hint(dev, st, avail, rung, level, dir, 0, own_folio);
+}
+
+/* A free whose size this event cannot see comes after it: below a level,
+ * ask user space to re-read statfs for a while (no counter read needed). */
+static __always_inline void thr_settle(u32 dev, struct fsev_thr_state *st, u32 rung)
+{
+	if (st->depth > 0)
+		thr_hint(dev, st, 0, rung, 0, FSEV_DIR_NONE, FSEV_F_SETTLE, 0);
 }
 
 /* The watched superblock an inode belongs to, or 0 (the common, cheap case). */
@@ -151,20 +179,23 @@ RAW_TRACEPOINT_PROBE(mm_lru_insertion)
 	void *folio = (void *)ctx->args[0];
 	void *sb = folio_sb(folio);
 	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_SHMEM, &dev);
-	if (st)
-		thr_check(dev, st, shmem_avail(sb), FSEV_RUNG_RAW_TRACEPOINT, 0, folio);
+	if (st && !thr_quiet(st, st->step))
+		thr_check(dev, st, shmem_avail(sb), FSEV_RUNG_RAW_TRACEPOINT, folio);
 	return 0;
 }
 
 /* A folio leaves the page cache; shmem un-charges it later, in
- * shmem_recalc_inode after the whole truncated range: a settle hint. */
+ * shmem_recalc_inode after the whole truncated range: a settle hint. Above
+ * every level a free cannot cross, and it only widens the budget's margin. */
 RAW_TRACEPOINT_PROBE(mm_filemap_delete_from_page_cache)
 {
 	u32 dev = 0;
 	void *sb = folio_sb((void *)ctx->args[0]);
 	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_SHMEM, &dev);
-	if (st)
-		thr_check(dev, st, shmem_avail(sb), FSEV_RUNG_RAW_TRACEPOINT, 1, 0);
+	if (st) {
+		lock_xadd(&st->budget, -(s64)st->step); /* the up margin shrinks */
+		thr_settle(dev, st, FSEV_RUNG_RAW_TRACEPOINT);
+	}
 	return 0;
 }
 #endif
@@ -178,8 +209,8 @@ int kp_thr_shmem_acct(struct pt_regs *ctx)
 	u32 dev = 0;
 	void *sb = inode_sb_of((void *)THR_KP_ACCT_INODE(ctx));
 	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_SHMEM, &dev);
-	if (st)
-		thr_check(dev, st, shmem_avail(sb) - (s64)THR_KP_ACCT_PAGES(ctx), FSEV_RUNG_KPROBE, 0, 0);
+	if (st && !thr_quiet(st, st->step))
+		thr_check(dev, st, shmem_avail(sb) - (s64)THR_KP_ACCT_PAGES(ctx), FSEV_RUNG_KPROBE, 0);
 	return 0;
 }
 
@@ -188,9 +219,14 @@ int kp_thr_shmem_unacct(struct pt_regs *ctx)
 	u32 dev = 0;
 	void *sb = inode_sb_of((void *)THR_KP_UNACCT_INODE(ctx));
 	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_SHMEM, &dev);
-	if (st)
-		thr_check(dev, st, shmem_avail(sb) + (s64)THR_KP_UNACCT_PAGES(ctx), FSEV_RUNG_KPROBE,
-			  THR_KP_UNACCT_SETTLE, 0);
+	if (!st)
+		return 0;
+	if (THR_KP_UNACCT_SETTLE) {
+		lock_xadd(&st->budget, -(s64)st->step);
+		thr_settle(dev, st, FSEV_RUNG_KPROBE);
+	} else if (!thr_quiet(st, (s64)THR_KP_UNACCT_PAGES(ctx))) {
+		thr_check(dev, st, shmem_avail(sb) + (s64)THR_KP_UNACCT_PAGES(ctx), FSEV_RUNG_KPROBE, 0);
+	}
 	return 0;
 }
 #endif
@@ -230,20 +266,36 @@ static __always_inline s64 ext4_avail(void *sb, s64 later_clusters, s64 later_bl
 	return (bfree << cbits) - (s64)(((u64)r_hi << 32) | r_lo) - (resv_c << cbits);
 }
 
-static __always_inline int ext4_thr(void *inode, s64 later_clusters, s64 later_blocks, u32 settle)
+/* Rare events (one per extent or per truncate): always a full check. */
+static __always_inline int ext4_thr(void *inode, s64 later_clusters, s64 later_blocks)
 {
 	u32 dev = 0;
 	void *sb = inode_sb_of(inode);
 	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_EXT4, &dev);
 	if (st)
-		thr_check(dev, st, ext4_avail(sb, later_clusters, later_blocks), FSEV_RUNG_RAW_TRACEPOINT, settle, 0);
+		thr_check(dev, st, ext4_avail(sb, later_clusters, later_blocks), FSEV_RUNG_RAW_TRACEPOINT, 0);
 	return 0;
 }
 
-/* After its change: the delayed-allocation reservation, once per page written. */
+static __always_inline int ext4_settle(void *inode)
+{
+	u32 dev = 0;
+	struct fsev_thr_state *st = thr_lookup_sb(inode_sb_of(inode), FSEV_THR_EXT4, &dev);
+	if (st)
+		thr_settle(dev, st, FSEV_RUNG_RAW_TRACEPOINT);
+	return 0;
+}
+
+/* After its change: the delayed-allocation reservation, once per page
+ * written: the hot one, so it spends the budget (nr_resv clusters) first. */
 RAW_TRACEPOINT_PROBE(ext4_da_reserve_space)
 {
-	return ext4_thr((void *)ctx->args[0], 0, 0, 0);
+	u32 dev = 0;
+	void *sb = inode_sb_of((void *)ctx->args[0]);
+	struct fsev_thr_state *st = thr_lookup_sb(sb, FSEV_THR_EXT4, &dev);
+	if (st && !thr_quiet(st, (s64)(int)ctx->args[1] * st->step))
+		thr_check(dev, st, ext4_avail(sb, 0, 0), FSEV_RUNG_RAW_TRACEPOINT, 0);
+	return 0;
 }
 
 /* After the allocation took free clusters. A delayed allocation still counts
@@ -257,25 +309,25 @@ RAW_TRACEPOINT_PROBE(ext4_allocate_blocks)
 	READ_KERNEL(flags, ar, OFF_EXT4_ALLOCATION_REQUEST_FLAGS);
 	if (flags & EXT4_MB_DELALLOC_RESERVED)
 		READ_KERNEL(len, ar, OFF_EXT4_ALLOCATION_REQUEST_LEN);
-	return ext4_thr(inode, 0, len, 0); /* len counts blocks */
+	return ext4_thr(inode, 0, len); /* len counts blocks */
 }
 
 /* Before its change: used_blocks (clusters) leave the dirty count after it. */
 RAW_TRACEPOINT_PROBE(ext4_da_update_reserve_space)
 {
-	return ext4_thr((void *)ctx->args[0], (s64)(int)ctx->args[1], 0, 0);
+	return ext4_thr((void *)ctx->args[0], (s64)(int)ctx->args[1], 0);
 }
 
-/* Before their change (space comes back after them, by an amount the
- * projection would get wrong for bigalloc and partial clusters): settle. */
+/* Before their change: space comes back after them (for a journalled free,
+ * as the transaction allows): settle hints below a level. Above every level
+ * a free cannot cross and only widens the budget's margin. */
 RAW_TRACEPOINT_PROBE(ext4_da_release_space)
 {
-	return ext4_thr((void *)ctx->args[0], (s64)(int)ctx->args[1], 0, 1);
+	return ext4_settle((void *)ctx->args[0]);
 }
 
 RAW_TRACEPOINT_PROBE(ext4_free_blocks)
 {
-	/* ext4_free_blocks(inode, block, count, flags): count in blocks */
-	return ext4_thr((void *)ctx->args[0], 0, (s64)ctx->args[2], 1);
+	return ext4_settle((void *)ctx->args[0]);
 }
 #endif

@@ -98,10 +98,11 @@ class ThrState(ctypes.Structure):
         ("hysteresis", ctypes.c_uint64),
         ("band", ctypes.c_uint64),
         ("last_hint_ns", ctypes.c_uint64),
+        ("budget", ctypes.c_int64),
+        ("step", ctypes.c_uint32),
         ("kind", ctypes.c_uint32),
         ("nlevels", ctypes.c_uint32),
         ("depth", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
     ]
 
 

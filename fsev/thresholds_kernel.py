@@ -53,6 +53,7 @@ class ArmedMount:
     total_blocks: int
     band: int  # kernel rungs: |counter estimate - statfs| bound, in blocks
     lag: int  # blocks a charge can stay unseen by the kernel rung (tmpfs LRU batching)
+    step: int = 1  # kernel budget per event: tmpfs, pages of the largest folio; ext4, blocks per cluster
 
     @property
     def polled(self) -> bool:
@@ -67,7 +68,8 @@ class ArmedMount:
         lv = self.levels
         return ThrState(
             l1=lv.l1, l2=lv.l2 if lv.l2 is not None else 0, hysteresis=lv.hysteresis, band=self.band,
-            last_hint_ns=0, kind=int(_KIND[self.point]), nlevels=len(lv.as_list()), depth=depth,
+            last_hint_ns=0, budget=0, step=self.step, kind=int(_KIND[self.point]), nlevels=len(lv.as_list()),
+            depth=depth,
         )
 
     def describe(self) -> str:
@@ -178,7 +180,10 @@ def arm_thresholds(
             rung = RungKind.POLLED
         bits = cluster_bits(m.source) if point is ProbePoint.THR_EXT4 and rung is not RungKind.POLLED else 0
         band, lag = band_for(point, rung, plan, cpus, bits)
-        armed.append(ArmedMount(m, levels, point, rung, st.f_frsize, st.f_blocks, band, lag))
+        # tmpfs: an LRU event is one folio, up to a PMD huge page (huge=...);
+        # ext4: reservations count clusters.
+        step = HPAGE_PMD_NR if point is ProbePoint.THR_TMPFS else 1 << bits
+        armed.append(ArmedMount(m, levels, point, rung, st.f_frsize, st.f_blocks, band, lag, step))
     return armed
 
 

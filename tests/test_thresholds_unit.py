@@ -143,7 +143,8 @@ def test_arming_picks_rung_by_fs_type_and_sizes_the_band():
     assert o.band == 0
     assert kernel_points(armed) == {ProbePoint.THR_TMPFS, ProbePoint.THR_EXT4}
     st = t.state(depth=1)
-    assert (st.l1, st.l2, st.hysteresis, st.nlevels, st.depth, st.kind) == (1000, 500, 10, 2, 1, ThrKind.SHMEM)
+    assert (st.l1, st.l2, st.hysteresis, st.nlevels, st.depth, st.kind, st.step) == (1000, 500, 10, 2, 1, ThrKind.SHMEM, 512)
+    assert e.state(0).step == 1 and e.state(0).budget == 0
     assert t.key == 40 and e.key == (7 << 20) | 1
 
 
