@@ -116,6 +116,11 @@ static __always_inline int emit_ext4_error(void *sb, const char *function, u32 l
 	r->ino = ino;
 	r->block = block;
 	bpf_probe_read_kernel_str(r->func, sizeof(r->func), function);
+	/* ext4_error() passes error 0 and block 0 for "unknown": say so. */
+	if (!r->err)
+		fields &= ~FSEV_F_ERRNO;
+	if (!block)
+		fields &= ~FSEV_F_BLOCK;
 	r->fields = FSEV_F_LINE | FSEV_F_FUNC | fields;
 	events.ringbuf_submit(r, 0);
 	return 0;

@@ -8,9 +8,15 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import FsevError
-from .records import PATH_LEN, RECORD_SIZE, Record, ThrState
+from . import ringbuf
+from .records import PATH_LEN, RECORD_SIZE, ThrState
+from .ringbuf import RingReader
 
-RecordSink = Callable[[Record], None]
+# The record sink returns True when its batch is full: the callback then
+# returns -1 so libbpf stops consuming (that record is already copied) and
+# ring_buffer_poll() comes back. Under a flood, libbpf would otherwise keep
+# consuming for ever inside one poll, and nothing could stop or emit.
+RecordSink = Callable[[bytes], bool]
 
 
 def bcc_available() -> tuple[bool, str]:
@@ -24,7 +30,8 @@ def bcc_available() -> tuple[bool, str]:
 class KernelProbes:
     """A compiled and attached fsev program; close() detaches everything."""
 
-    def __init__(self, text: str, include_dir: Path, kprobes: list[tuple[str, str]], on_record: RecordSink) -> None:
+    def __init__(self, text: str, include_dir: Path, kprobes: list[tuple[str, str]], on_record: RecordSink,
+                 ringbuf_bytes: int, batch: int = 4096) -> None:
         ok, why = bcc_available()
         if not ok:
             raise FsevError(f"cannot import bcc ({why}); install python3-bpfcc (sudo make install)")
@@ -40,16 +47,20 @@ class KernelProbes:
         try:
             for fn, prog in kprobes:
                 self.bpf.attach_kprobe(event=fn, fn_name=prog)
-            self.bpf["events"].open_ring_buffer(self._callback)
+            self._reader: RingReader | None = None
+            self._batch = batch
+            if ringbuf.supported() and not os.environ.get("FSEV_BCC_RINGBUF"):
+                self._reader = RingReader(self.bpf["events"].map_fd, ringbuf_bytes)
+            else:
+                self.bpf["events"].open_ring_buffer(self._callback)
         except Exception as e:
             self.close()
             raise FsevError(f"attaching fsev's probes failed: {_one_line(e)}") from None
 
     def _callback(self, _ctx: object, data: int, size: int) -> int:
-        rec = Record()
-        ctypes.memmove(ctypes.addressof(rec), data, min(size, RECORD_SIZE))
-        self._on_record(rec)
-        return 0
+        # Copy out the raw bytes only: decoding happens past this boundary in
+        # batches (fsev.decode), and a ctypes object per record costs more.
+        return -1 if self._on_record(ctypes.string_at(data, RECORD_SIZE if size >= RECORD_SIZE else size)) else 0
 
     def watch_devs(self, devs: list[int]) -> None:
         t = self.bpf["watched_devs"]
@@ -75,15 +86,30 @@ class KernelProbes:
         t[t.Key(dev)] = leaf
 
     def poll(self, timeout_ms: int) -> None:
-        self.bpf.ring_buffer_poll(timeout_ms)
+        """Wait up to timeout_ms for records, then hand at most one batch to on_record."""
+        if self._reader is None:
+            self.bpf.ring_buffer_poll(timeout_ms)
+            return
+        self._reader.wait(timeout_ms)
+        self.drain()
 
     def drain(self) -> None:
-        self.bpf.ring_buffer_consume()
+        if self._reader is None:
+            self.bpf.ring_buffer_consume()
+            return
+        batch: list[bytes] = []
+        self._reader.read(self._batch, batch, RECORD_SIZE)
+        for raw in batch:
+            self._on_record(raw)
 
     def drops(self) -> int:
         return int(sum(self.bpf["drops"][0]))
 
     def close(self) -> None:
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.close()
+            self._reader = None
         b = getattr(self, "bpf", None)
         if b is not None:
             b.cleanup()

@@ -9,7 +9,7 @@ import time
 
 from .events import Event, EventClass, EventType
 from .mountinfo import Mount, MountTable
-from .records import Field, Record, RecordClass, RecordType, Rung
+from .records import RECORD_STRUCT, Field, RecordClass, RecordType, Rung
 
 _CLASS = {
     RecordClass.INFO: EventClass.INFO,
@@ -40,8 +40,18 @@ class Clock:
         return (ts_ns + self.offset_ns) / 1e9
 
 
+_TEXT_CACHE: dict[bytes, str] = {}
+
+
 def _text(b: bytes) -> str:
-    return b.decode("utf-8", "replace")
+    """NUL-terminated kernel string -> str. comm and function names repeat
+    endlessly in a flood, so the answers are kept (in a bounded cache)."""
+    s = _TEXT_CACHE.get(b)
+    if s is None:
+        if len(_TEXT_CACHE) > 8192:
+            _TEXT_CACHE.clear()
+        s = _TEXT_CACHE[b] = b.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return s
 
 
 # Plain-int lookups: enum construction per record would double decode time.
@@ -51,44 +61,48 @@ _DIRECTION = {1: "down", 2: "up"}
 F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY, F_SETTLE = (int(x) for x in (
     Field.ERRNO, Field.INODE, Field.BLOCK, Field.LINE, Field.FUNC, Field.PATH, Field.MNT_ID, Field.LAZY,
     Field.SETTLE))
+_unpack = RECORD_STRUCT.unpack_from
 
 
-def decode(rec: Record, seq: int, clock: Clock) -> Event:
-    """One kernel record -> Event (not yet enriched)."""
-    cls = _CLASS_BY_INT.get(rec.cls)
-    typ = _TYPE_BY_INT.get(rec.type)
+def decode(raw: bytes, seq: int, clock: Clock) -> Event:
+    """One raw struct fsev_record -> Event (not yet enriched)."""
+    (ts, ino, block, value, typ_i, cls_i, rung, f, dev, pid, tgid, err, line, mnt_id, level, direction,
+     comm, func, path) = _unpack(raw)
+    cls = _CLASS_BY_INT.get(cls_i)
+    typ = _TYPE_BY_INT.get(typ_i)
     if cls is None or typ is None:
-        raise DecodeError(f"record with unknown class {rec.cls} or type {rec.type}")
-    f = rec.fields
-    dev = rec.dev
-    ts = rec.ts_ns
-    is_thr = typ is EventType.THRESHOLD
-    ev = Event(
-        seq=seq,
-        ts_ns=ts,
-        wall_time=(ts + clock.offset_ns) / 1e9,
-        cls=cls,
-        type=typ,
-        rung=_RUNG.get(rec.rung, "unknown"),
-        dev=f"{dev >> 20}:{dev & 0xFFFFF}" if dev else None,
-        mnt_id=rec.mnt_id if f & F_MNT_ID else None,
-        pid=rec.pid,
-        tgid=rec.tgid,
-        comm=_text(rec.comm),
-        function=_text(rec.func) if f & F_FUNC else None,
-        line=rec.line if f & F_LINE else None,
-        errno=rec.err if f & F_ERRNO else None,
-        inode=rec.ino if f & F_INODE else None,
-        block=rec.block if f & F_BLOCK else None,
-        path=_text(rec.path) if f & F_PATH else None,
-        lazy=bool(f & F_LAZY) if typ is EventType.UMOUNT and f & F_PATH else None,
-        avail_blocks=rec.value if is_thr else None,
-        level=f"L{rec.level}" if is_thr else None,
-        direction=_DIRECTION.get(rec.direction) if is_thr else None,
-    )
-    if is_thr and f & F_SETTLE:
-        # A kernel threshold hint whose change comes after it (fsev/thr_monitor.py).
-        ev.extra["settle"] = True
+        raise DecodeError(f"record with unknown class {cls_i} or type {typ_i}")
+    # Positional core, then only the fields this record has: a dataclass call
+    # with all thirty keywords costs twice as much, and this is the hot path.
+    ev = Event(seq, ts, (ts + clock.offset_ns) / 1e9, cls, typ, _RUNG.get(rung, "unknown"))
+    if dev:
+        ev.dev = f"{dev >> 20}:{dev & 0xFFFFF}"
+    ev.pid = pid
+    ev.tgid = tgid
+    ev.comm = _text(comm)
+    if f & F_FUNC:
+        ev.function = _text(func)
+    if f & F_LINE:
+        ev.line = line
+    if f & F_ERRNO:
+        ev.errno = err
+    if f & F_INODE:
+        ev.inode = ino
+    if f & F_BLOCK:
+        ev.block = block
+    if f & F_MNT_ID:
+        ev.mnt_id = mnt_id
+    if f & F_PATH:
+        ev.path = _text(path)
+        if typ is EventType.UMOUNT:
+            ev.lazy = bool(f & F_LAZY)
+    if typ is EventType.THRESHOLD:
+        ev.avail_blocks = value
+        ev.level = f"L{level}"
+        ev.direction = _DIRECTION.get(direction)
+        if f & F_SETTLE:
+            # A kernel threshold hint whose change comes after it (fsev/thr_monitor.py).
+            ev.extra["settle"] = True
     return ev
 
 

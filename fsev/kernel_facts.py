@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-TRACEFS = "/sys/kernel/tracing"
-BTF_PATH = "/sys/kernel/btf/vmlinux"
+TRACEFS = os.environ.get("FSEV_TRACEFS", "/sys/kernel/tracing")
+BTF_PATH = os.environ.get("FSEV_BTF_PATH", "/sys/kernel/btf/vmlinux")
 # bcc attaches kprobes through the perf "kprobe" PMU (or kprobe_events on old
 # kernels); either one existing means CONFIG_KPROBES=y.
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"

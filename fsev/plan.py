@@ -35,6 +35,9 @@ class RungKind(str, enum.Enum):
 #   __ext4_error_file(file, function, line, block, fmt, ...)             errno is EFSCORRUPTED
 #   __ext4_std_error(sb, function, line, errno)
 EXT4_ERROR_FUNCTIONS = ("__ext4_error", "__ext4_error_inode", "__ext4_error_file", "__ext4_std_error")
+# Most errors come through these two: without both, kprobes would miss some
+# errors entirely, so the tracepoint (which sees all of them) is richer.
+EXT4_ERROR_REQUIRED = ("__ext4_error", "__ext4_error_inode")
 EXT4_ERROR_TRACEPOINT = "ext4:ext4_error"
 
 # Every drop of a mount, including lazy unmounts and namespace teardown, ends in
@@ -125,17 +128,18 @@ class Plan:
         return {r.point.value: r.kind.value for r in self.rungs}
 
 
-def _kprobe_skip_reason(facts: KernelFacts, functions: tuple[str, ...]) -> str | None:
+def _kprobe_skip_reason(facts: KernelFacts, required: tuple[str, ...]) -> str | None:
     if not facts.kprobes:
         return f"kprobe: {facts.kprobes_why_not or 'kprobes unavailable'}"
-    if not any(f in facts.kprobe_functions for f in functions):
-        return f"kprobe: none of {', '.join(functions)} is a traceable symbol in this kernel"
+    missing = [f for f in required if f not in facts.kprobe_functions]
+    if missing:
+        return f"kprobe: {', '.join(missing)} not a traceable symbol in this kernel (inlined or renamed)"
     return None
 
 
 def _plan_ext4_error(facts: KernelFacts) -> Rung:
     point = ProbePoint.EXT4_ERROR
-    why = _kprobe_skip_reason(facts, EXT4_ERROR_FUNCTIONS)
+    why = _kprobe_skip_reason(facts, EXT4_ERROR_REQUIRED)
     if why is None:
         return Rung(
             point,

@@ -5,7 +5,6 @@ The CLI (trace, top, record) drives a TraceSession; it never touches bcc.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import time
@@ -16,11 +15,13 @@ from .decode import Clock, DecodeError, Enricher, decode
 from .errors import FsevError
 from .events import ALL_CLASSES, Event, EventClass, EventType
 from .inotify import UnmountWatcher
+from .unmounts import UnmountTracker
 from .kernel_facts import KernelFacts, gather
 from .mountinfo import Mount, MountTable
 from .plan import ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, Plan, ProbePoint, RungKind, plan_probes
 from .program import ProgramConfig, bpf_dir, kprobe_attachments, required_offsets, source
-from .records import Record, RecordClass, RecordType, kernel_dev
+from .records import RECORD_SIZE, RecordClass, kernel_dev
+from .ringbuf import PAGE
 from .thr_monitor import ThresholdMonitor
 from .thresholds_kernel import ArmedMount, kernel_points
 
@@ -30,10 +31,10 @@ _TO_RECORD_CLASS = {
     EventClass.ERR: RecordClass.ERR,
     EventClass.THR: RecordClass.THR,
 }
-# An IN_UNMOUNT is held this long so that the umount(2) record for the same
-# teardown, which the kernel sends after it, can claim it first.
-INOTIFY_GRACE_S = 0.05
 LOSS_CHECK_S = 0.1
+# Records taken from the ring buffer per poll before they are decoded and
+# emitted: bounds memory and keeps stop/deadline checks responsive in a flood.
+RECORD_BATCH = 4096
 
 
 @dataclass
@@ -87,16 +88,11 @@ class TraceSession:
         self.clock = Clock()
         self.table = MountTable.read()
         self.enricher = Enricher(self.table, frozenset(m.mount_point for m in opts.mounts))
-        self._records: list[Record] = []
+        self._records: list[bytes] = []
         self._seq = 0
         self._stop = False
         self._probes = None
-        self._unmounts: UnmountWatcher | None = None
-        self._pending_unmounts: list[tuple[float, str, Mount | None]] = []
-        self._recent_umount_devs: dict[str, float] = {}
-        # Lazy unmounts seen at umount(2) whose superblock may still be busy:
-        # reported when inotify says it was torn down (tracepoint rung only).
-        self._held_lazy: dict[str, Event] = {}
+        self._unmounts: UnmountTracker | None = None
         self._lost_total = 0
         self._loss_window_start = time.time()
         self._last_loss_check = 0.0
@@ -110,7 +106,8 @@ class TraceSession:
 
         text = build_source(self.plan, self.opts)
         config = program_config(self.opts)
-        self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record)
+        self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record,
+                                    ringbuf_bytes=self.opts.ringbuf_pages * PAGE, batch=RECORD_BATCH)
         if self.opts.thresholds:
             self._thr = ThresholdMonitor(self.opts.thresholds, self.clock, self._probes.write_thr_state,
                                          catch_up=self._catch_up_hints)
@@ -119,7 +116,7 @@ class TraceSession:
             self._probes.watch_paths([m.mount_point for m in self.opts.mounts])
         drop = self.plan.rung(ProbePoint.MOUNT_DROP)
         if EventClass.INFO in self.opts.classes and drop and drop.kind is RungKind.TRACEPOINT:
-            self._unmounts = UnmountWatcher()
+            self._unmounts = UnmountTracker(self.table, UnmountWatcher())
             self._watch_roots()
         # /proc/self/mounts polls POLLPRI when the mount table changes.
         self._mounts_fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
@@ -129,16 +126,13 @@ class TraceSession:
 
     def _watch_roots(self) -> None:
         assert self._unmounts is not None
-        roots = [m.mount_point for m in self.opts.mounts] if not self.opts.watch_all else [
+        self._unmounts.watch([m.mount_point for m in self.opts.mounts] if not self.opts.watch_all else [
             m.mount_point for m in self.table if not m.pseudo
-        ]
-        have = self._unmounts.watching()
-        for r in roots:
-            if r not in have:
-                self._unmounts.watch(r)
+        ])
 
-    def _on_record(self, rec: Record) -> None:
-        self._records.append(rec)
+    def _on_record(self, raw: bytes) -> bool:
+        self._records.append(raw)
+        return len(self._records) >= RECORD_BATCH
 
     def stop(self) -> None:
         self._stop = True
@@ -165,10 +159,6 @@ class TraceSession:
         self.close()
 
     # -- the loop ----------------------------------------------------------
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def _refresh_mounts_if_changed(self) -> None:
         if self._mounts_fd is not None and self._mounts_poll.poll(0):
             self.table.refresh()
@@ -187,44 +177,24 @@ class TraceSession:
         if total > self._lost_total:
             lost = total - self._lost_total
             self._lost_total = total
-            ts = time.monotonic_ns()
-            yield Event(
-                seq=self._next_seq(), ts_ns=ts, wall_time=self.clock.wall(ts), cls=EventClass.WARN,
-                type=EventType.LOSS, rung="ringbuf", lost=lost, lost_total=total,
-                since_wall_time=self._loss_window_start,
-            )
+            yield self._user_event(cls=EventClass.WARN, type=EventType.LOSS, rung="ringbuf", lost=lost,
+                                   lost_total=total, since_wall_time=self._loss_window_start)
         self._loss_window_start = now
 
-    def _unmount_events(self, now: float) -> Iterator[Event]:
+    def _user_event(self, **fields: object) -> Event:
+        """An event fsev makes in user space (not from a kernel record)."""
+        ts = time.monotonic_ns()
+        self._seq += 1
+        return Event(seq=self._seq, ts_ns=ts, wall_time=self.clock.wall(ts), **fields)  # type: ignore[arg-type]
+
+    def _unmount_events(self) -> Iterator[Event]:
         if self._unmounts is None:
             return
-        for root in self._unmounts.read():
-            m = self.table.by_mount_point(root) or self.table.departed_by_mount_point(root)
-            self._pending_unmounts.append((now, root, m))
-        keep = []
-        for seen, root, m in self._pending_unmounts:
-            if now - seen < INOTIFY_GRACE_S:
-                keep.append((seen, root, m))
-                continue
-            dev = m.dev if m else None
-            held = self._held_lazy.pop(dev, None) if dev else None
-            if held is not None:
-                held.extra["superblock_gone"] = True
+        for ev in self._unmounts.poll(self._user_event):
+            if ev.seq == 0:  # a held kernel event, numbered when it is emitted
                 self._seq += 1
-                held.seq = self._seq
-                yield held
-                continue
-            claimed = dev is not None and self._recent_umount_devs.get(dev, 0) >= seen - 1.0
-            if not claimed:
-                ts = time.monotonic_ns()
-                ev = Event(
-                    seq=self._next_seq(), ts_ns=ts, wall_time=self.clock.wall(ts), cls=EventClass.INFO,
-                    type=EventType.UMOUNT, rung="inotify", mount_point=root, dev=dev,
-                    fs_type=m.fs_type if m else None, source=m.source if m else None,
-                    mnt_id=m.mnt_id if m else None, extra={"superblock_gone": True},
-                )
-                yield ev
-        self._pending_unmounts = keep
+                ev.seq = self._seq
+            yield ev
 
     def _kernel_events(self) -> Iterator[Event]:
         records, self._records = self._records, []
@@ -241,11 +211,9 @@ class TraceSession:
             if ev.type is EventType.UMOUNT:
                 self.table.refresh()
             ev = self.enricher.enrich(ev)
-            if ev.type is EventType.UMOUNT and ev.dev:
-                if ev.lazy and self._unmounts is not None and not self._superblock_still_mounted(ev.dev):
-                    self._held_lazy[ev.dev] = ev
-                    continue
-                self._recent_umount_devs[ev.dev] = time.time()
+            if ev.type is EventType.UMOUNT and self._unmounts is not None:
+                if self._unmounts.on_syscall_umount(ev) is None:
+                    continue  # held until the superblock is torn down
             self._seq += 1
             ev.seq = self._seq
             yield ev
@@ -261,13 +229,16 @@ class TraceSession:
         if self._probes is None or self._thr is None:
             return
         self._probes.drain()
-        keep: list[Record] = []
-        for rec in self._records:
-            if rec.type == RecordType.THRESHOLD:
-                with contextlib.suppress(DecodeError):
-                    self._thr.on_hint(decode(rec, 0, self.clock))
+        keep: list[bytes] = []
+        for raw in self._records:
+            try:
+                ev = decode(raw, 0, self.clock)
+            except DecodeError:
+                continue
+            if ev.type is EventType.THRESHOLD:
+                self._thr.on_hint(ev)
             else:
-                keep.append(rec)
+                keep.append(raw)
         self._records = keep
 
     def _threshold_events(self) -> Iterator[Event]:
@@ -285,10 +256,6 @@ class TraceSession:
     def stopping(self) -> bool:
         return self._stop
 
-    def _superblock_still_mounted(self, dev: str) -> bool:
-        major, _, minor = dev.partition(":")
-        return bool(self.table.by_dev(int(major), int(minor)))
-
     def events(self, poll_ms: int = 100, until: float | None = None) -> Iterator[Event]:
         """Events until stop(), the monotonic deadline `until`, or the caller stops iterating."""
         if self._probes is None:
@@ -301,11 +268,16 @@ class TraceSession:
             self._refresh_mounts_if_changed()
             yield from self._kernel_events()
             yield from self._threshold_events()
-            now = time.time()
-            yield from self._unmount_events(now)
-            yield from self._loss_events(now)
-        # Drain what the kernel already sent before stopping.
-        self._probes.drain()
-        yield from self._kernel_events()
+            yield from self._unmount_events()
+            yield from self._loss_events(time.time())
+        # Drain what the kernel already sent before stopping: at most one ring
+        # buffer's worth, so a flood that goes on cannot keep fsev alive.
+        budget = self.opts.ringbuf_pages * PAGE // RECORD_SIZE + RECORD_BATCH
+        while budget > 0:
+            self._probes.drain()
+            if not self._records:
+                break
+            budget -= len(self._records)
+            yield from self._kernel_events()
         yield from self._threshold_events()
         yield from self._loss_events(time.time() + LOSS_CHECK_S)

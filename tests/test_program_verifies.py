@@ -1,0 +1,39 @@
+"""Every rung's program compiles and passes this kernel's verifier, even the
+kprobe ones this kernel cannot attach (loading needs no kprobe support)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fsev.kernel_facts import KernelFacts
+from fsev.plan import plan_probes
+from fsev.program import ProgramConfig, bpf_dir, kprobe_attachments, source
+from fsev.records import RecordClass
+from fsev.session import resolve_offsets
+
+pytestmark = pytest.mark.root
+
+ALL = frozenset({RecordClass.INFO, RecordClass.WARN, RecordClass.ERR, RecordClass.THR})
+KPROBE_FACTS = KernelFacts(
+    release="any", kprobes=True,
+    kprobe_functions=frozenset({"__ext4_error", "__ext4_error_inode", "__ext4_error_file", "__ext4_std_error",
+                                "cleanup_mnt"}),
+    tracepoints=frozenset(),
+)
+
+
+@pytest.mark.parametrize("watch_all", [True, False])
+def test_kprobe_programs_pass_the_verifier(watch_all):
+    from bcc import BPF
+
+    plan = plan_probes(KPROBE_FACTS)
+    cfg = ProgramConfig(classes=ALL, watch_all=watch_all)
+    b = BPF(text=source(plan, cfg, resolve_offsets(plan)).encode(), cflags=[f"-I{bpf_dir()}"])
+    try:
+        names = [prog for _, prog in kprobe_attachments(plan, cfg)]
+        assert len(names) == 5
+        for name in names:
+            fn = b.load_func(name.encode(), BPF.KPROBE)
+            assert fn.fd >= 0
+    finally:
+        b.cleanup()
