@@ -245,7 +245,8 @@ class TraceSession:
         if self._thr is None:
             return
         for ev in self._thr.events():
-            ev.seq = self._next_seq()
+            self._seq += 1
+            ev.seq = self._seq
             yield ev
 
     @property
