@@ -253,3 +253,31 @@ def test_bad_thr_input_is_one_line_and_exit_2():
         _bad(["--mount", mp, "--thr-hysteresis", "10"], "--thr-hysteresis needs --thr")
         _bad(["--mount", mp, "--thr", "1000", "--events", "err"], "leave out thr")
         _bad(["--mount", unlimited, "--thr", "10%"], "tmpfs without a size limit")
+
+
+@pytest.mark.parametrize("funcs", [
+    {"shmem_inode_acct_blocks", "shmem_inode_unacct_blocks"},  # 6.6+
+    {"shmem_alloc_and_acct_folio", "shmem_recalc_inode"},  # Debian 12's 6.1
+])
+def test_tmpfs_kprobe_rung_programs_pass_the_verifier_here(funcs):
+    """No kprobes to attach here, but the programs of that rung load (verify)."""
+    from bcc import BPF
+
+    from fsev.btf import resolve
+    from fsev.kernel_facts import KernelFacts
+    from fsev.plan import ALL_TRACEPOINTS, ProbePoint, plan_probes
+    from fsev.program import ProgramConfig, bpf_dir, required_offsets, source
+    from fsev.records import RecordClass
+
+    facts = KernelFacts(release="x", kprobes=True, kprobe_functions=frozenset(funcs),
+                        tracepoints=frozenset(ALL_TRACEPOINTS))
+    plan = plan_probes(facts)
+    cfg = ProgramConfig(classes=frozenset({RecordClass.THR}), watch_all=False,
+                        thr_points=frozenset({ProbePoint.THR_TMPFS}))
+    offsets = {s: int(v) for s, v in resolve(required_offsets(plan, cfg)).items()}
+    b = BPF(text=source(plan, cfg, offsets), cflags=[f"-I{bpf_dir()}", "-Wno-unused-function"])
+    try:
+        for fn in ("kp_thr_shmem_acct", "kp_thr_shmem_unacct"):
+            b.load_func(fn, BPF.KPROBE)
+    finally:
+        b.cleanup()
