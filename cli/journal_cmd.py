@@ -6,8 +6,6 @@ import json
 import signal
 import sys
 
-from rich.console import Console
-
 from fsev.replay import ReplayOptions, replay
 from fsev.report import print_report, report_journal
 
@@ -32,4 +30,4 @@ def run_report(path: str, json_out: bool) -> None:
         json.dump(rep, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print_report(rep, Console(highlight=False))
+        print_report(rep)

@@ -140,6 +140,10 @@ def _open_output(path: str, journal: Journal, consumer: str | None) -> tuple[int
                     # Written after the last acknowledgement by a run that was killed: written again below.
                     os.ftruncate(fd, state.output_offset)
                     os.fsync(fd)
+            else:
+                # A new output for this consumer: bind it at its current size before writing a
+                # byte, so that even a run killed before its first acknowledgement is cut back.
+                journal.ack(consumer, state.acked, real, size)
     except BaseException:
         os.close(fd)
         raise

@@ -117,6 +117,7 @@ def build_report(
             "first_event": pr["first"], "last_event": pr["last"],
         })
     starts = [r.started_at for r in recordings]
+    starts += [pr["first"] for pr in per_recording.values() if pr["first"] is not None]
     ends = [r.stopped_at or r.last_commit_at or r.started_at for r in recordings]
     ends += [pr["last"] for pr in per_recording.values() if pr["last"] is not None]
     span = {"start": min(starts), "end": max(ends), "seconds": max(ends) - min(starts)} if starts else None
@@ -181,38 +182,37 @@ def render_report(rep: dict[str, Any]) -> Group:
     head.append("fsev report ", style="bold")
     head.append(inert(rep["journal"]))
     if span:
-        head.append(f"\nspan {_t(span['start'])} → {_t(span['end'])} ({_duration(span['seconds'])}), "
-                    f"times local ({time.strftime('%z')})")
+        head.append(f"\nspan: {_t(span['start'])} → {_t(span['end'])} ({_duration(span['seconds'])}); "
+                    f"times are local ({time.strftime('%z')})")
     drops = rep["drops"]
     head.append("\ndrops: ")
     head.append(f"{drops['lost_total']} events lost in the kernel ring buffer",
                 style="bold red" if drops["lost_total"] else "green")
     if drops["unclean_stops"]:
-        head.append(f"; recording(s) {', '.join(map(str, drops['unclean_stops']))} ended without a clean stop "
-                    "(events of their last batch interval may be missing)", style="bold yellow")
-    parts.append(head)
-
-    rt = Table(title="recordings", title_justify="left")
-    for col in ("#", "command", "host", "kernel", "fsev", "started", "stopped", "events", "lost"):
-        rt.add_column(col)
+        head.append(f"; recording {', '.join(map(str, drops['unclean_stops']))} ended without a clean stop "
+                    "(events of its last batch interval may be missing)", style="bold yellow")
     for r in rep["recordings"]:
-        stopped = _t(r["stopped_at"]) if r["clean_stop"] else Text(f"unclean (last commit {_t(r['last_commit_at'])})",
-                                                                    style="yellow")
-        rt.add_row(str(r["id"]), r["command"], _cell(r["host"]), _cell(r["kernel"]), _cell(r["fsev_version"]),
-                   _t(r["started_at"]), stopped, str(r["events"]), str(r["lost"]))
-    parts.append(rt)
-
-    pt = Table(title="probe plan", title_justify="left")
-    for col in ("#", "probe point", "rung", "attaches", "misses / skipped"):
-        pt.add_column(col, overflow="fold")
-    for r in rep["recordings"]:
+        head.append(f"\n\nrecording {r['id']} ({r['command']})", style="bold")
+        head.append(f": host {inert(r['host'])}, kernel {inert(r['kernel'])}, fsev {inert(r['fsev_version'])}")
+        head.append(f"\n  started {_t(r['started_at'])}, ")
+        if r["clean_stop"]:
+            head.append(f"stopped {_t(r['stopped_at'])} ({inert(r['stop_reason'])})")
+        else:
+            head.append(f"ended without a clean stop; last commit {_t(r['last_commit_at'])}", style="yellow")
+        head.append(f"; {r['events']} events, {r['lost']} lost")
+        argv = r["options"].get("argv")
+        if argv:
+            head.append(f"\n  started as: fsev {inert(' '.join(argv))}")
         for p in r["plan"]:
-            notes = "; ".join(x for x in [p.get("misses"), *(p.get("skipped") or [])] if x)
-            pt.add_row(str(r["id"]), p["point"], p["kind"], ", ".join(p.get("targets") or []), _cell(notes))
-    parts.append(pt)
-
+            targets = ", ".join(p.get("targets") or [])
+            head.append(f"\n  {p['point']}: {p['kind']}" + (f" ({inert(targets)})" if targets else ""))
+            if p.get("misses"):
+                head.append(f"; misses {inert(p['misses'])}", style="dim")
+            for why in p.get("skipped") or []:
+                head.append(f"; skipped {inert(why)}", style="dim")
+    parts.append(head)
     if not rep["mounts"]:
-        parts.append(Text("no events recorded"))
+        parts.append(Text("\nno events recorded"))
     for m in rep["mounts"]:
         parts.extend(_render_mount(m))
     return Group(*parts)
@@ -233,8 +233,12 @@ def _render_mount(m: dict[str, Any]) -> list[Any]:
     out.append(title)
     if m["errors"]:
         t = Table(title="errors", title_justify="left")
-        for col in ("function:line", "errno", "count", "first", "last", "by"):
-            t.add_column(col)
+        t.add_column("function:line", overflow="fold")
+        t.add_column("errno")
+        t.add_column("count", justify="right")
+        t.add_column("first", no_wrap=True)
+        t.add_column("last", no_wrap=True)
+        t.add_column("by", overflow="fold")
         for g in m["errors"]:
             where = f"{g['function']}:{g['line']}" if g["line"] else (g["function"] or "?")
             err = f"{g['errno_name']} ({g['errno']})" if g["errno"] is not None else "-"
@@ -262,4 +266,8 @@ def _render_mount(m: dict[str, Any]) -> list[Any]:
 
 
 def print_report(rep: dict[str, Any], console: Console | None = None) -> None:
-    (console or Console(highlight=False)).print(render_report(rep))
+    if console is None:
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            console.width = max(console.width, 120)  # for pasting into a ticket, not 80 columns
+    console.print(render_report(rep))
