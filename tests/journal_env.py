@@ -87,3 +87,58 @@ def popen(args: list[str], **kw) -> Iterator[subprocess.Popen]:
         if p.poll() is None:
             os.kill(p.pid, signal.SIGKILL)
         p.wait(30)
+
+
+class FsevProc:
+    """A running fsev command (record, trace, top), its output collected by reader threads.
+    Ended by its PID only; __exit__ kills it if the test did not stop it."""
+
+    def __init__(self, *args: str) -> None:
+        import threading
+
+        self.args = list(args)
+        self.proc = subprocess.Popen([FSEV, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stdout_lines: list[str] = []
+        self.stderr_lines: list[str] = []
+        self._threads = [
+            threading.Thread(target=lambda: self.stdout_lines.extend(self.proc.stdout), daemon=True),
+            threading.Thread(target=lambda: self.stderr_lines.extend(self.proc.stderr), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def wait_attached(self, timeout: float = 60) -> None:
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any("attached in" in line for line in self.stderr_lines):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.kill()
+        raise AssertionError(f"fsev {self.args[0]} did not attach:\n" + "".join(self.stderr_lines))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        rc = self.proc.wait(timeout)
+        self.join()
+        return rc
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join(10)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def __enter__(self) -> "FsevProc":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+        self.join()
