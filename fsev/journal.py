@@ -8,12 +8,15 @@ hand-made append-only log:
   neither blocks the recorder;
 - a consumer's acknowledgement is one row updated in its own transaction,
   so "done up to record X" is atomic without any protocol of our own.
-SQLite pages carry no checksum, so every event row carries a CRC-32 of its
-body, checked on every read: a damaged record is reported, never replayed.
 
-Format (docs/journal.md): PRAGMA application_id identifies an fsev journal,
-PRAGMA user_version is the format version. A record is one row of `event`;
-its id (the rowid) is the record number that consumers acknowledge.
+Layout (docs/journal.md). PRAGMA application_id says "fsev journal", PRAGMA
+user_version is the format version. Events are numbered 1, 2, ... across the
+whole journal: that number is what consumers acknowledge. Each commit writes
+one `segment` row: a JSON array of its events, one per line, each line
+exactly as `fsev trace --json` prints it, with a CRC-32 of the text (SQLite
+pages carry no checksum: a damaged segment is reported, never replayed).
+A row per commit rather than per event is what lets the recorder keep up
+with a flood; the `event` view still gives SQL one row per event.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, Iterator
 
 from . import __version__
 from .errors import FsevError
+from .event_json import event_json
 from .events import Event, EventType
 
 FORMAT_VERSION = 1
@@ -64,23 +68,19 @@ CREATE TABLE recording (
     stop_reason TEXT,
     events INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE event (
-    id INTEGER PRIMARY KEY,         -- the record number consumers acknowledge
+CREATE TABLE segment (
+    id INTEGER PRIMARY KEY,
     recording INTEGER NOT NULL REFERENCES recording(id),
-    seq INTEGER NOT NULL,
-    ts_ns INTEGER NOT NULL,
-    wall_time REAL NOT NULL,
-    class TEXT NOT NULL,
-    type TEXT NOT NULL,
-    mount_point TEXT,
-    crc INTEGER NOT NULL,           -- CRC-32 of body
-    body TEXT NOT NULL              -- the event exactly as `fsev trace --json` prints it
+    first INTEGER NOT NULL UNIQUE,  -- the number of its first event
+    count INTEGER NOT NULL CHECK (count > 0),
+    crc INTEGER NOT NULL,           -- CRC-32 of events (UTF-8)
+    events TEXT NOT NULL            -- JSON array, one event per line as `fsev trace --json` prints it
 );
 CREATE TABLE loss (
     id INTEGER PRIMARY KEY,
     recording INTEGER NOT NULL REFERENCES recording(id),
-    event INTEGER NOT NULL REFERENCES event(id),  -- the loss record in the event stream
-    source TEXT NOT NULL,           -- where events were dropped (the rung: ringbuf)
+    event INTEGER NOT NULL,         -- the number of the loss record in the event stream
+    source TEXT NOT NULL,           -- where events were dropped (ringbuf)
     lost INTEGER NOT NULL,
     lost_total INTEGER,
     since_wall_time REAL,
@@ -88,28 +88,41 @@ CREATE TABLE loss (
 );
 CREATE TABLE consumer (
     name TEXT PRIMARY KEY,
-    acked INTEGER NOT NULL,         -- the last record this consumer is done with (0: none)
+    acked INTEGER NOT NULL,         -- the last event this consumer is done with (0: none)
     output TEXT,                    -- its output file, when it writes one (exactly-once mode)
-    output_offset INTEGER,          -- that file's size right after record `acked`
+    output_offset INTEGER,          -- that file's size right after event `acked`
     updated_at REAL NOT NULL
 );
+CREATE VIEW event AS
+    SELECT s.first + j.key AS id, s.recording AS recording,
+           json_extract(j.value, '$.seq') AS seq, json_extract(j.value, '$.wall_time') AS wall_time,
+           json_extract(j.value, '$.class') AS class, json_extract(j.value, '$.type') AS type,
+           json_extract(j.value, '$.mount_point') AS mount_point, j.value AS body
+    FROM segment AS s, json_each(s.events) AS j;
 """
 
-_INSERT_EVENT = (
-    "INSERT INTO event (recording, seq, ts_ns, wall_time, class, type, mount_point, crc, body)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_INSERT_SEGMENT = "INSERT INTO segment (recording, first, count, crc, events) VALUES (?, ?, ?, ?, ?)"
 _INSERT_LOSS = (
     "INSERT INTO loss (recording, event, source, lost, lost_total, since_wall_time, wall_time)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_NEXT_NUMBER = "SELECT first + count FROM segment ORDER BY first DESC LIMIT 1"
+_SEPARATOR = ",\n"  # between events in a segment; json.dumps never puts a raw newline in a line
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+def pack(lines: list[str]) -> str:
+    return "[" + _SEPARATOR.join(lines) + "]"
 
 
-def event_body(ev: Event) -> str:
-    """The JSON text of an event, byte for byte what JsonSink prints."""
-    return _dumps(ev.to_json_dict())
+def unpack(text: str, count: int) -> list[str] | None:
+    """The lines of a segment, or None when the text is not `count` lines in a JSON array."""
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    lines = text[1:-1].split(_SEPARATOR)
+    return lines if len(lines) == count else None
+
+
+event_body = event_json  # an event's line in a segment: exactly what JsonSink prints
 
 
 class JournalError(FsevError):
@@ -342,37 +355,55 @@ class Journal:
         except (sqlite3.Error, ValueError) as e:
             raise self._read_error(e) from None
 
-    def records(self, after: int = 0, page: int = 1000) -> Iterator[JournalRecord]:
-        """Records with id > after, in order, each checked against its CRC.
+    def records(self, after: int = 0, page: int = 4) -> Iterator[JournalRecord]:
+        """Events numbered above `after`, in order, each segment checked against its CRC.
 
-        Read a page at a time, each in its own short read transaction, so a
-        long replay never holds the recorder's WAL from being checkpointed.
+        Read a few segments at a time, each query its own short read
+        transaction, so a long replay never keeps the recorder's WAL from
+        being checkpointed.
         """
+        try:
+            row = self.conn.execute(
+                "SELECT first FROM segment WHERE first <= ? ORDER BY first DESC LIMIT 1", (after + 1,)
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise self._read_error(e) from None
+        start = row[0] if row else 0
         while True:
             try:
                 rows = self.conn.execute(
-                    "SELECT id, recording, crc, CAST(body AS BLOB) FROM event WHERE id > ? ORDER BY id LIMIT ?",
-                    (after, page),
+                    "SELECT recording, first, count, crc, CAST(events AS BLOB) FROM segment"
+                    " WHERE first >= ? ORDER BY first LIMIT ?", (start, page),
                 ).fetchall()
             except sqlite3.Error as e:
                 raise self._read_error(e) from None
             if not rows:
                 return
-            for rid, rec, crc, raw in rows:
-                if raw is None or zlib.crc32(raw) != crc:
-                    raise JournalError(f"{self.path}: record {rid} is corrupted (checksum mismatch)")
-                try:
-                    body = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise JournalError(f"{self.path}: record {rid} is corrupted (not UTF-8)") from None
-                yield JournalRecord(rid, rec, body)
-            after = rows[-1][0]
+            for rec, first, count, crc, raw in rows:
+                for i, line in enumerate(self._lines(first, count, crc, raw)):
+                    if first + i > after:
+                        yield JournalRecord(first + i, rec, line)
+                start = first + count
+
+    def _lines(self, first: int, count: int, crc: int, raw: bytes | None) -> list[str]:
+        where = f"{self.path}: events {first}-{first + count - 1} are corrupted"
+        if raw is None or zlib.crc32(raw) != crc:
+            raise JournalError(f"{where} (checksum mismatch)")
+        try:
+            lines = unpack(raw.decode("utf-8"), count)
+        except UnicodeDecodeError:
+            lines = None
+        if lines is None:
+            raise JournalError(f"{where} (not {count} JSON lines)")
+        return lines
 
     def last_id(self) -> int:
+        """The number of the newest committed event (0: none)."""
         try:
-            return self.conn.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
+            row = self.conn.execute(_NEXT_NUMBER).fetchone()
         except sqlite3.Error as e:
             raise self._read_error(e) from None
+        return row[0] - 1 if row else 0
 
     def losses(self) -> list[dict[str, Any]]:
         try:
@@ -437,8 +468,8 @@ class Journal:
 class JournalWriter:
     """Appends the events of one recording, committing in batches from a thread of its own.
 
-    append() is cheap and never touches the disk: the committer thread
-    serializes and commits, so an fsync never stalls the ring-buffer reader.
+    append() serializes and queues; it never touches the disk. The committer
+    thread inserts and commits, so an fsync never stalls the ring-buffer reader.
     """
 
     def __init__(
@@ -453,7 +484,8 @@ class JournalWriter:
         self.committed = 0
         self.commits = 0
         self._cond = threading.Condition()
-        self._pending: list[Event] = []
+        self._pending: list[str] = []  # JSON lines
+        self._losses: list[tuple[int, Event]] = []  # (index in _pending, loss record)
         self._first_at = 0.0
         self._uncommitted = 0
         self._closing = False
@@ -462,13 +494,18 @@ class JournalWriter:
         self._thread.start()
 
     def append(self, ev: Event) -> None:
+        # Serialized here, by the caller: the committer thread then spends its time in
+        # SQLite and in fsync, which run without the GIL, in parallel with this thread.
+        line = event_json(ev)
         with self._cond:
             if self._error is not None:
                 raise self._failure()
             if not self._pending:
                 self._first_at = time.monotonic()
                 self._cond.notify()
-            self._pending.append(ev)
+            self._pending.append(line)
+            if ev.type is EventType.LOSS:
+                self._losses.append((len(self._pending) - 1, ev))
             self._uncommitted += 1
             if len(self._pending) == self.batch:
                 self._cond.notify()
@@ -516,7 +553,8 @@ class JournalWriter:
                             break
                         self._cond.wait(left)
                     batch, self._pending = self._pending, []
-                self._commit(batch)
+                    losses, self._losses = self._losses, []
+                self._commit(batch, losses)
                 with self._cond:
                     self._uncommitted -= len(batch)
                     self.committed += len(batch)
@@ -527,27 +565,19 @@ class JournalWriter:
                 self._error = e
                 self._cond.notify_all()
 
-    def _commit(self, batch: list[Event]) -> None:
+    def _commit(self, batch: list[str], losses: list[tuple[int, Event]]) -> None:
         rec = self.recording
-        rows = []
-        for ev in batch:
-            body = _dumps(ev.to_json_dict())
-            rows.append((rec, ev.seq, ev.ts_ns, ev.wall_time, ev.cls.value, ev.type.value, ev.mount_point,
-                         zlib.crc32(body.encode()), body))
+        text = pack(batch)
+        data = text.encode()
         conn = self.journal.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            start = 0
-            for i, ev in enumerate(batch):
-                if ev.type is not EventType.LOSS:
-                    continue
-                # A loss record also goes to the loss table, pointing at its row.
-                conn.executemany(_INSERT_EVENT, rows[start:i])
-                cur = conn.execute(_INSERT_EVENT, rows[i])
-                conn.execute(_INSERT_LOSS, (rec, cur.lastrowid, ev.rung, ev.lost or 0, ev.lost_total,
+            row = conn.execute(_NEXT_NUMBER).fetchone()  # inside the write lock: another recorder may append too
+            first = row[0] if row else 1
+            conn.execute(_INSERT_SEGMENT, (rec, first, len(batch), zlib.crc32(data), text))
+            for i, ev in losses:
+                conn.execute(_INSERT_LOSS, (rec, first + i, ev.rung, ev.lost or 0, ev.lost_total,
                                             ev.since_wall_time, ev.wall_time))
-                start = i + 1
-            conn.executemany(_INSERT_EVENT, rows[start:])
             conn.execute(
                 "UPDATE recording SET last_commit_at = ?, events = events + ? WHERE id = ?",
                 (time.time(), len(batch), rec),

@@ -167,9 +167,9 @@ def test_uncommitted_events_never_exceed_the_cap(jpath, monkeypatch):
     w = JournalWriter(j, j.begin_recording("record", PLAN, {}), interval=0.01, batch=10, max_uncommitted=50)
     slow = w._commit
 
-    def slow_commit(batch):
+    def slow_commit(*batch):
         time.sleep(0.02)
-        slow(batch)
+        slow(*batch)
 
     monkeypatch.setattr(w, "_commit", slow_commit)
     peak = 0
@@ -194,7 +194,7 @@ def test_a_write_failure_reaches_the_appending_thread_as_one_line(jpath, monkeyp
     j = Journal.open(jpath, write=True, create=True)
     w = JournalWriter(j, j.begin_recording("record", PLAN, {}), interval=0.01)
 
-    def broken(batch):
+    def broken(*batch):
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(w, "_commit", broken)
@@ -310,7 +310,7 @@ def test_damaged_record_body_fails_its_checksum(jpath):
     data[at : at + 7] = b"TRIGGER"
     open(jpath, "wb").write(bytes(data))
     with Journal.open(jpath) as j:  # the page structure is intact: quick_check passes
-        with pytest.raises(JournalError, match=r"record \d+ is corrupted \(checksum mismatch\)"):
+        with pytest.raises(JournalError, match=r"events \d+-\d+ are corrupted \(checksum mismatch\)"):
             list(j.records())
 
 
@@ -331,3 +331,31 @@ def test_directory_is_not_a_journal(tmp_path):
 def test_create_in_a_missing_directory(tmp_path):
     with pytest.raises(JournalError, match="does not exist"):
         Journal.open(str(tmp_path / "nope" / "j.fsev"), write=True, create=True)
+
+
+# -- the fast JSON line -------------------------------------------------------
+
+_scalars = st.one_of(st.none(), st.integers(-2**70, 2**70), st.text(max_size=12), st.booleans(),
+                     st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(seq=st.one_of(st.integers(0, 2**64), st.floats(), st.none()), wall=st.floats(),
+       rung=st.text(max_size=8), comm=_scalars, inode=_scalars, errno=st.one_of(st.none(), st.integers(-3, 300)),
+       lazy=_scalars, mount=_scalars,
+       extra=st.dictionaries(st.text(min_size=1, max_size=5), _scalars, max_size=2))
+def test_fast_json_line_is_exactly_what_json_sink_prints(seq, wall, rung, comm, inode, errno, lazy, mount, extra):
+    from fsev.event_json import _dumps, event_json
+
+    ev = fs_error(1, seq=seq, wall_time=wall, rung=rung, comm=comm, inode=inode, errno=errno, lazy=lazy,
+                  mount_point=mount, extra=extra)
+    assert event_json(ev) == _dumps(ev.to_json_dict())
+
+
+def test_sql_sees_one_row_per_event_through_the_event_view(jpath):
+    write_journal(jpath, [fs_error(1), umount(2), fs_error(3, mount="/mnt/b")])
+    c = sqlite3.connect(jpath)
+    rows = c.execute("SELECT id, seq, class, type, mount_point FROM event ORDER BY id").fetchall()
+    c.close()
+    assert rows == [(1, 1, "err", "fs_error", "/mnt/a"), (2, 2, "info", "umount", "/mnt/t"),
+                    (3, 3, "err", "fs_error", "/mnt/b")]

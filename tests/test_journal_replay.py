@@ -61,8 +61,9 @@ def test_an_event_type_newer_than_this_fsev_still_replays(jpath):
     body = json.dumps({"seq": 2, "ts_ns": 5, "wall_time": 1.7e9, "class": "err", "type": "read_only",
                        "rung": "tracepoint", "mount_point": "/mnt/a"}, separators=(",", ":"))
     c = sqlite3.connect(jpath)
-    c.execute("INSERT INTO event (recording, seq, ts_ns, wall_time, class, type, mount_point, crc, body)"
-              " VALUES (1, 2, 5, 1.7e9, 'err', 'read_only', '/mnt/a', ?, ?)", (zlib.crc32(body.encode()), body))
+    text = "[" + body + "]"
+    c.execute("INSERT INTO segment (recording, first, count, crc, events) VALUES (1, 2, 1, ?, ?)",
+              (zlib.crc32(text.encode()), text))
     c.commit()
     c.close()
     p = fsev("replay", jpath, "--json")
