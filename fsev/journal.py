@@ -27,7 +27,6 @@ import secrets
 import socket
 import sqlite3
 import stat
-import threading
 import time
 import urllib.parse
 import zlib
@@ -37,20 +36,12 @@ from typing import Any, Iterator
 from . import __version__
 from .errors import FsevError
 from .event_json import event_json
-from .events import Event, EventType
+from .events import Event
 
 FORMAT_VERSION = 1
 APPLICATION_ID = 0x66736576  # "fsev"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
-# A batch is committed when it holds BATCH_EVENTS events or its oldest event
-# has waited BATCH_INTERVAL_S, whichever comes first. At most MAX_UNCOMMITTED
-# events are ever held in memory: beyond that, append() waits for the commit,
-# so a flood backs up into the kernel ring buffer, whose drops are counted.
-# These bound what a crash can lose (docs/journal.md, "Loss window").
-BATCH_INTERVAL_S = 0.1
-BATCH_EVENTS = 1000
-MAX_UNCOMMITTED = 10_000
 
 SCHEMA = """
 CREATE TABLE recording (
@@ -464,126 +455,28 @@ class Journal:
         except sqlite3.Error as e:
             raise _sqlite_error(self.path, e) from None
 
+    def commit_segment(self, recording: int, lines: list[str], losses: list[tuple[int, Event]]) -> None:
+        """Append events (their JSON lines) as one segment, in one transaction.
 
-class JournalWriter:
-    """Appends the events of one recording, committing in batches from a thread of its own.
-
-    append() serializes and queues; it never touches the disk. The committer
-    thread inserts and commits, so an fsync never stalls the ring-buffer reader.
-    """
-
-    def __init__(
-        self, journal: Journal, recording: int, *, interval: float = BATCH_INTERVAL_S,
-        batch: int = BATCH_EVENTS, max_uncommitted: int = MAX_UNCOMMITTED,
-    ) -> None:
-        self.journal = journal
-        self.recording = recording
-        self.interval = interval
-        self.batch = batch
-        self.max_uncommitted = max_uncommitted
-        self.committed = 0
-        self.commits = 0
-        self._cond = threading.Condition()
-        self._pending: list[str] = []  # JSON lines
-        self._losses: list[tuple[int, Event]] = []  # (index in _pending, loss record)
-        self._first_at = 0.0
-        self._uncommitted = 0
-        self._closing = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="fsev-journal", daemon=True)
-        self._thread.start()
-
-    def append(self, ev: Event) -> None:
-        # Serialized here, by the caller: the committer thread then spends its time in
-        # SQLite and in fsync, which run without the GIL, in parallel with this thread.
-        line = event_json(ev)
-        with self._cond:
-            if self._error is not None:
-                raise self._failure()
-            if not self._pending:
-                self._first_at = time.monotonic()
-                self._cond.notify()
-            self._pending.append(line)
-            if ev.type is EventType.LOSS:
-                self._losses.append((len(self._pending) - 1, ev))
-            self._uncommitted += 1
-            if len(self._pending) == self.batch:
-                self._cond.notify()
-            while self._uncommitted >= self.max_uncommitted and self._error is None:
-                self._cond.wait()
-
-    def flush(self) -> None:
-        """Wait until everything appended so far is committed."""
-        with self._cond:
-            self._first_at = 0.0  # due now
-            self._cond.notify()
-            while self._uncommitted and self._error is None:
-                self._cond.wait()
-            if self._error is not None:
-                raise self._failure()
-
-    def close(self) -> None:
-        """Commit what is pending and stop the committer thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join()
-        if self._error is not None:
-            raise self._failure()
-
-    def _failure(self) -> JournalError:
-        e = self._error
-        if isinstance(e, JournalError):
-            return e
-        if isinstance(e, sqlite3.Error):
-            return _sqlite_error(self.journal.path, e)
-        return JournalError(f"{self.journal.path}: writing the journal failed: {e}")
-
-    def _run(self) -> None:
+        losses: (index in lines, loss record) pairs, also written to the loss table.
+        """
+        text = pack(lines)
+        conn = self.conn
         try:
-            while True:
-                with self._cond:
-                    while not self._pending and not self._closing:
-                        self._cond.wait()
-                    if not self._pending:
-                        return
-                    while not self._closing and len(self._pending) < self.batch:
-                        left = self._first_at + self.interval - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cond.wait(left)
-                    batch, self._pending = self._pending, []
-                    losses, self._losses = self._losses, []
-                self._commit(batch, losses)
-                with self._cond:
-                    self._uncommitted -= len(batch)
-                    self.committed += len(batch)
-                    self.commits += 1
-                    self._cond.notify_all()
-        except BaseException as e:  # reported to the appending thread
-            with self._cond:
-                self._error = e
-                self._cond.notify_all()
-
-    def _commit(self, batch: list[str], losses: list[tuple[int, Event]]) -> None:
-        rec = self.recording
-        text = pack(batch)
-        data = text.encode()
-        conn = self.journal.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(_NEXT_NUMBER).fetchone()  # inside the write lock: another recorder may append too
-            first = row[0] if row else 1
-            conn.execute(_INSERT_SEGMENT, (rec, first, len(batch), zlib.crc32(data), text))
-            for i, ev in losses:
-                conn.execute(_INSERT_LOSS, (rec, first + i, ev.rung, ev.lost or 0, ev.lost_total,
-                                            ev.since_wall_time, ev.wall_time))
-            conn.execute(
-                "UPDATE recording SET last_commit_at = ?, events = events + ? WHERE id = ?",
-                (time.time(), len(batch), rec),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(_NEXT_NUMBER).fetchone()  # under the write lock: another recorder may append
+                first = row[0] if row else 1
+                conn.execute(_INSERT_SEGMENT, (recording, first, len(lines), zlib.crc32(text.encode()), text))
+                for i, ev in losses:
+                    conn.execute(_INSERT_LOSS, (recording, first + i, ev.rung, ev.lost or 0, ev.lost_total,
+                                                ev.since_wall_time, ev.wall_time))
+                conn.execute("UPDATE recording SET last_commit_at = ?, events = events + ? WHERE id = ?",
+                             (time.time(), len(lines), recording))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise _sqlite_error(self.path, e) from None

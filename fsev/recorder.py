@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 from .events import Event
-from .journal import Journal, JournalError, JournalWriter
+from .journal import Journal, JournalError
+from .journal_writer import JournalWriter
 from .output import EventSink
 from .plan import Plan
 

@@ -30,7 +30,8 @@ from rich.console import Console
 from . import __version__
 from .events import Event
 from .inert import inert
-from .journal import BATCH_EVENTS, BATCH_INTERVAL_S, Journal, JournalError, JournalRecord, Recording
+from .journal import Journal, JournalError, JournalRecord, Recording
+from .journal_writer import BATCH_EVENTS, BATCH_INTERVAL_S
 from .output import EventSink, HumanSink, JsonSink
 
 FOLLOW_POLL_S = 0.1

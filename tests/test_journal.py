@@ -14,9 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsev.events import Event, EventClass, EventType
-from fsev.journal import (
-    APPLICATION_ID, FORMAT_VERSION, MAX_UNCOMMITTED, Journal, JournalError, JournalWriter, event_body,
-)
+from fsev.journal import APPLICATION_ID, FORMAT_VERSION, Journal, JournalError, event_body
+from fsev.journal_writer import MAX_UNCOMMITTED, JournalWriter
 from fsev.output import JsonSink
 
 from journal_env import PLAN, digest, fs_error, loss, umount, write_journal

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from fsev.journal import FORMAT_VERSION, MAX_UNCOMMITTED, Journal
+from fsev.journal import FORMAT_VERSION, Journal
+from fsev.journal_writer import MAX_UNCOMMITTED
 from fsev.records import RECORD_SIZE
 from fsev.session import LOSS_CHECK_S
 
