@@ -2,9 +2,14 @@
 
 event_json(ev) returns exactly the text JsonSink prints for ev
 (json.dumps(ev.to_json_dict(), separators=(",", ":"))), in about half the
-time, by formatting the scalar fields directly with the json module's own C
-string escaper. Anything it does not handle the same way for certain (extra
-keys, a non-finite float, a value of another type) takes the general path.
+time. Two things make it fast:
+- scalars are formatted directly, strings with the json module's own C
+  escaper (what json.dumps uses with ensure_ascii);
+- in a flood, events differ in seq and time but rarely in the rest (same
+  mount, function, task): the text of the optional fields is remembered,
+  keyed by their values *and types* (True == 1 in a dict key, but not in JSON).
+Anything it does not handle the same way for certain (extra keys, a
+non-finite float, a value of another type) takes the general path.
 tests/test_journal.py checks the two agree on arbitrary events.
 """
 
@@ -12,23 +17,23 @@ from __future__ import annotations
 
 import json
 import math
-from json.encoder import encode_basestring_ascii as _str  # what json.dumps uses with ensure_ascii
+from json.encoder import encode_basestring_ascii as _str
 from operator import attrgetter
+from typing import Any
 
-from .events import _OPTIONAL_FIELDS, Event
+from .events import _OPTIONAL_FIELDS, Event, errno_name
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _optional = attrgetter(*_OPTIONAL_FIELDS)
 _KEYS = tuple(f',"{name}":' for name in _OPTIONAL_FIELDS)
+_ERRNO = _OPTIONAL_FIELDS.index("errno")
 _int = int.__repr__
 _float = float.__repr__
+_MEMO_MAX = 1024
+_memo: dict[tuple[Any, ...], str | None] = {}
 
 
-class _General(Exception):
-    pass
-
-
-def _scalar(v: object) -> str:
+def _scalar(v: object) -> str | None:
     t = type(v)
     if t is str:
         return _str(v)
@@ -36,26 +41,45 @@ def _scalar(v: object) -> str:
         return _int(v)
     if t is bool:
         return "true" if v else "false"
-    if t is float and math.isfinite(v):
+    if t is float and math.isfinite(v):  # type: ignore[arg-type]
         return _float(v)
-    raise _General
+    return None
+
+
+def _optional_text(values: tuple[Any, ...]) -> str | None:
+    out = []
+    for key, v in zip(_KEYS, values):
+        if v is None:
+            continue
+        text = _scalar(v)
+        if text is None:
+            return None
+        out.append(key)
+        out.append(text)
+    err = values[_ERRNO]
+    if err is not None:
+        name = _scalar(errno_name(err))
+        if name is None:
+            return None
+        out.append(',"errno_name":')
+        out.append(name)
+    return "".join(out)
 
 
 def event_json(ev: Event) -> str:
-    if ev.extra:
-        return _dumps(ev.to_json_dict())
-    try:
-        out = ['{"seq":', _scalar(ev.seq), ',"ts_ns":', _scalar(ev.ts_ns), ',"wall_time":', _scalar(ev.wall_time),
-               ',"class":', _str(ev.cls.value), ',"type":', _str(ev.type.value), ',"rung":', _scalar(ev.rung)]
-        for key, v in zip(_KEYS, _optional(ev)):
-            if v is not None:
-                out.append(key)
-                out.append(_scalar(v))
-        if ev.errno is not None:
-            name = ev.errno_name
-            out.append(',"errno_name":')
-            out.append(_scalar(name))
-    except _General:
-        return _dumps(ev.to_json_dict())
-    out.append("}")
-    return "".join(out)
+    if not ev.extra:
+        values = _optional(ev)
+        key = (values, tuple(map(type, values)))
+        try:
+            tail = _memo[key]
+        except KeyError:
+            if len(_memo) >= _MEMO_MAX:
+                _memo.clear()
+            tail = _memo[key] = _optional_text(values)
+        except TypeError:  # an unhashable value: not a scalar anyway
+            tail = None
+        head = (_scalar(ev.seq), _scalar(ev.ts_ns), _scalar(ev.wall_time), _scalar(ev.rung))
+        if tail is not None and None not in head:
+            return (f'{{"seq":{head[0]},"ts_ns":{head[1]},"wall_time":{head[2]},"class":{_str(ev.cls.value)},'
+                    f'"type":{_str(ev.type.value)},"rung":{head[3]}{tail}}}')
+    return _dumps(ev.to_json_dict())
