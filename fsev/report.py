@@ -222,7 +222,8 @@ def _render_mount(m: dict[str, Any]) -> list[Any]:
     out: list[Any] = []
     title = Text("\n")
     title.append(inert(m["mount_point"]), style="bold underline")
-    meta = ", ".join(inert(x) for x in m["fs_types"] + m["devs"] + m["sources"])
+    meta = "; ".join(f"{name} {', '.join(inert(x) for x in m[key])}"
+                     for key, name in (("fs_types", "type"), ("devs", "dev"), ("sources", "source")) if m[key])
     title.append(f"  ({meta})" if meta else "")
     title.append(f"  {m['events']} events, {_t(m['first'])} → {_t(m['last'])}")
     enospc = m["enospc"]

@@ -265,6 +265,17 @@ def test_a_journal_is_private_to_root(workdir):
     assert digest(j) == before
 
 
+def test_record_needs_root_and_then_writes_nothing(workdir):
+    from journal_env import FSEV
+
+    j = os.path.join(workdir, "n.fsev")
+    os.chmod(workdir, 0o777)
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", FSEV, "record", "-o", j,
+                        "-d", "0.2"], capture_output=True, text=True)
+    assert "needs root" in one_line_error(p)
+    assert not os.path.exists(j)
+
+
 def test_record_default_path_is_a_private_file_under_var_lib_fsev():
     from fsev.cli.record_cmd import DEFAULT_DIR
 

@@ -297,6 +297,28 @@ def test_report_json_and_human(jpath):
         assert needle in h.stdout, needle
 
 
+def test_report_threshold_timeline_unclean_stop_and_inert_strings(jpath):
+    from fsev.events import Event, EventClass, EventType
+
+    def thr(i, level, direction, avail):
+        return Event(seq=i, ts_ns=i, wall_time=1_700_000_000.0 + i, cls=EventClass.THR, type=EventType.THRESHOLD,
+                     rung="tracepoint", dev="0:50", mount_point="/mnt/t", fs_type="tmpfs", pid=77, tgid=77,
+                     comm="dd", avail_blocks=avail, level=level, level_blocks=1000 if level == "L1" else 500,
+                     direction=direction)
+
+    evs = [thr(1, "L1", "down", 990), thr(2, "L2", "down", 480), thr(3, "L2", "up", 600), thr(4, "L1", "up", 1200),
+           fs_error(5, mount="/mnt/[red]x[/red]\x1b[2J", comm="[blink]c")]
+    write_journal(jpath, evs, close=False)
+    rep = json.loads(fsev("report", jpath, "--json").stdout)
+    (t,) = [m for m in rep["mounts"] if m["mount_point"] == "/mnt/t"]
+    assert [(x["level"], x["direction"], x["avail_blocks"], x["comm"]) for x in t["thresholds"]] == [
+        ("L1", "down", 990, "dd"), ("L2", "down", 480, "dd"), ("L2", "up", 600, "dd"), ("L1", "up", 1200, "dd")]
+    assert rep["drops"]["unclean_stops"] == [1] and rep["recordings"][0]["clean_stop"] is False
+    h = fsev("report", jpath).stdout
+    assert "threshold crossings" in h and "ended without a clean stop" in h
+    assert "\x1b" not in h and "[red]x[/red]\\x1b[2J" in h and "[blink]c" in h  # shown, not interpreted
+
+
 # -- bad input: one line, exit 2, nothing overwritten ---------------------------
 
 def _bad(path: str, needle: str, *extra: str) -> None:
