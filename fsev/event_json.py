@@ -7,7 +7,8 @@ time. Two things make it fast:
   escaper (what json.dumps uses with ensure_ascii);
 - in a flood, events differ in seq and time but rarely in the rest (same
   mount, function, task): the text of the optional fields is remembered,
-  keyed by their values *and types* (True == 1 in a dict key, but not in JSON).
+  keyed by their values *and types* (True == 1 in a dict key, but not in JSON;
+  floats, where 0.0 == -0.0, are never remembered).
 Anything it does not handle the same way for certain (extra keys, a
 non-finite float, a value of another type) takes the general path.
 tests/test_journal.py checks the two agree on arbitrary events.
@@ -69,15 +70,19 @@ def _optional_text(values: tuple[Any, ...]) -> str | None:
 def event_json(ev: Event) -> str:
     if not ev.extra:
         values = _optional(ev)
-        key = (values, tuple(map(type, values)))
-        try:
-            tail = _memo[key]
-        except KeyError:
-            if len(_memo) >= _MEMO_MAX:
-                _memo.clear()
-            tail = _memo[key] = _optional_text(values)
-        except TypeError:  # an unhashable value: not a scalar anyway
-            tail = None
+        types = tuple(map(type, values))
+        if float in types:  # 0.0 == -0.0 as keys, not in JSON; no optional field is a float anyway
+            tail = _optional_text(values)
+        else:
+            key = (values, types)
+            try:
+                tail = _memo[key]
+            except KeyError:
+                if len(_memo) >= _MEMO_MAX:
+                    _memo.clear()
+                tail = _memo[key] = _optional_text(values)
+            except TypeError:  # an unhashable value: not a scalar anyway
+                tail = None
         head = (_scalar(ev.seq), _scalar(ev.ts_ns), _scalar(ev.wall_time), _scalar(ev.rung))
         if tail is not None and None not in head:
             return (f'{{"seq":{head[0]},"ts_ns":{head[1]},"wall_time":{head[2]},"class":{_str(ev.cls.value)},'

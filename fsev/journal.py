@@ -155,7 +155,7 @@ def _check_ids(path: str, app_id: int, version: int) -> None:
     if version > FORMAT_VERSION:
         raise JournalError(
             f"{path}: journal format version {version} is newer than this fsev reads "
-            f"({FORMAT_VERSION}): use fsev {__version__} or later"
+            f"(fsev {__version__} reads up to {FORMAT_VERSION}): use a newer fsev"
         )
     if version < 1:
         raise JournalError(f"{path}: an fsev journal without a format version: not readable")
@@ -276,10 +276,9 @@ class ConsumerState:
 class Journal:
     """An open journal. Every sqlite3 error leaves as a one-line JournalError."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection, writable: bool) -> None:
+    def __init__(self, path: str, conn: sqlite3.Connection) -> None:
         self.path = path
         self.conn = conn
-        self.writable = writable
 
     @classmethod
     def open(cls, path: str, *, write: bool = False, create: bool = False, check: bool = True,
@@ -318,7 +317,7 @@ class Journal:
                 raise
         except sqlite3.Error as e:
             raise _sqlite_error(path, e) from None
-        return cls(path, conn, write)
+        return cls(path, conn)
 
     def close(self) -> None:
         try:

@@ -58,11 +58,12 @@ class Recorder:
 
     # -- EventSink ---------------------------------------------------------
     def emit(self, ev: Event) -> None:
-        self.display.emit(ev)
+        # Journal first: if the display fails (a closed pipe), the event is still recorded.
         assert self.writer is not None, "Recorder.start() was not called"
         self.writer.append(ev)
         if ev.lost:
             self.lost += ev.lost
+        self.display.emit(ev)
 
     def close(self, reason: str | None = None) -> None:
         """Final commit and the clean-stop mark; safe to call once after any failure."""

@@ -1,14 +1,14 @@
 """Replay: a journal's records, printed the way `fsev trace` prints events.
 
-Consumers (`--consumer NAME`). A consumer's position is the id of the last
-record it acknowledged, stored in the journal. Two delivery modes:
+Consumers (`--consumer NAME`). A consumer's position is the number of the
+last event it acknowledged, stored in the journal. Two delivery modes:
 
 - Output to a file (`--output FILE`): exactly once. Lines are written, the
-  file is fsynced, and only then is (record id, file size) acknowledged in one
-  transaction. On restart the file is cut back to the acknowledged size and
-  replay resumes after the acknowledged record. Whatever a kill interrupts
+  file is fsynced, and only then is (event number, file size) acknowledged in
+  one transaction. On restart the file is cut back to the acknowledged size
+  and replay resumes after the acknowledged event. Whatever a kill interrupts
   (a line half written, lines written but not acknowledged) is cut away and
-  written again, so the file holds every record exactly once, in order.
+  written again, so the file holds every event exactly once, in order.
 - Output to stdout (a pipe or terminal cannot take a line back): each line is
   written and flushed, then acknowledged. A kill between the two repeats that
   one line on restart: at least once, with at most one repeated line per kill.
@@ -193,7 +193,7 @@ def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
             journal.conn.execute("PRAGMA synchronous=NORMAL")
         after = journal.consumer(opts.consumer).acked if opts.consumer else 0
         if opts.consumer:
-            _say(f"consumer {opts.consumer!r} resumes after record {after}")
+            _say(f"consumer {opts.consumer!r} resumes after event {after}")
         recordings = {r.id: r for r in journal.recordings()}
         shown_recording: int | None = None
         pace: tuple[float, float] | None = None  # (monotonic, wall_time) of the first record paced

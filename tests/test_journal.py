@@ -364,6 +364,6 @@ def test_fast_json_line_never_confuses_equal_values_of_other_types():
     """True == 1 == 1.0 as dict keys; in JSON they are true, 1 and 1.0."""
     from fsev.event_json import _dumps, event_json
 
-    for v in (True, 1, 1.0, False, 0, 0.0, True, 1):
+    for v in (True, 1, 1.0, False, 0, 0.0, -0.0, 0.0, True, 1):
         ev = fs_error(1, lazy=v, line=v)
         assert event_json(ev) == _dumps(ev.to_json_dict())
