@@ -6,6 +6,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from fsev.mountinfo import Mount
     from fsev.thresholds_kernel import ArmedMount
 
+if TYPE_CHECKING:
+    from .record_cmd import RecordTarget
+
 
 @dataclass
 class TraceRequest:
@@ -37,6 +41,7 @@ class TraceRequest:
     dry_run: bool = False
     print_bpf: bool = False
     ringbuf_pages: int = 256
+    record: "RecordTarget | None" = None  # also write every event to a journal (cli/record_cmd.py)
 
 
 def _say(msg: str) -> None:
@@ -106,6 +111,11 @@ def run_trace(req: TraceRequest) -> None:
         print(build_source(plan_probes(kernel_facts()), opts))
         return
     require(check_bcc())
+    recorder = None
+    if req.record is not None:  # the journal is checked before anything attaches
+        from .record_cmd import open_recorder, recording_options
+
+        recorder = open_recorder(req.record)
 
     session = TraceSession(opts)
     for line in describe_plan(session.plan):
@@ -115,6 +125,8 @@ def run_trace(req: TraceRequest) -> None:
     stop = lambda *_: session.stop()  # noqa: E731
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     sink = JsonSink() if req.json_out else HumanSink()
+    if recorder is not None and req.record is not None:
+        sink = recorder.start(session.plan, recording_options(req, opts), sink if req.record.show else None)
     shown = 0
     try:
         t0 = time.monotonic()
