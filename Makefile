@@ -19,7 +19,7 @@ trace: install
 	$(VENV)/bin/fsev trace
 
 test-vm: install
-	$(VENV)/bin/pytest -p no:cacheprovider tests/vm
+	FSEV_VM=1 $(VENV)/bin/pytest -p no:cacheprovider -v tests/vm
 
 bench: install
 	@bash scripts/run-bench.sh

@@ -57,6 +57,9 @@ enum fsev_field {
 	FSEV_F_PATH = 1 << 5,
 	FSEV_F_MNT_ID = 1 << 6,
 	FSEV_F_LAZY = 1 << 7, /* umount with MNT_DETACH */
+	/* threshold hint: the accounting change this event announces happens
+	 * after it, by an amount it cannot see; user space re-checks a while */
+	FSEV_F_SETTLE = 1 << 8,
 	/* health events; high bits, so other additions below stay clear of them */
 	FSEV_F_MNTNS = 1 << 16,      /* fsev_record.mntns is the task's mount namespace */
 	FSEV_F_PATH_EXACT = 1 << 17, /* ENOSPC: dev is the created entry's parent directory's */
@@ -126,6 +129,37 @@ struct fsev_record {
 	u64 mntns;  /* mount namespace inode number of the task (FSEV_F_MNTNS) */
 	u32 call;   /* enum fsev_call */
 	u32 arg;    /* call flags (mount(2) MS_*, fsconfig cmd), or read-only bits before */
+};
+
+/* Threshold records (FSEV_TYPE_THRESHOLD) from the kernel are hints, never
+ * crossings: `value` is the approximate available blocks the per-CPU counters
+ * gave, `level`/`direction` the crossing that may have happened. User space
+ * confirms with statfs before it reports anything (fsev/thr_monitor.py). */
+
+/* Which counters a watched superblock's available blocks come from. */
+enum fsev_thr_kind {
+	FSEV_THR_NONE = 0,
+	FSEV_THR_SHMEM = 1, /* tmpfs: shmem_sb_info max_blocks - used_blocks */
+	FSEV_THR_EXT4 = 2,  /* ext4: as ext4_statfs computes f_bavail */
+};
+
+/* Value of the thr_state map (key: kernel dev_t of the superblock).
+ * Written by user space at start and after each confirmed crossing (depth);
+ * last_hint_ns alone is written by the BPF side. Mirrored by
+ * fsev/records.py ThrState. */
+struct fsev_thr_state {
+	u64 l1;           /* L1 in available blocks */
+	u64 l2;           /* L2 (used only when nlevels == 2) */
+	u64 hysteresis;   /* blocks above a level before it re-arms */
+	u64 band;         /* bound on |counter estimate - statfs| in blocks */
+	u64 last_hint_ns; /* BPF side: rate limit of hints */
+	s64 budget;       /* BPF side: blocks that may change before a crossing is
+			   * possible; while it lasts the counters are not read */
+	u32 step;         /* blocks one event may move: tmpfs, a huge folio's
+			   * pages; ext4, blocks per cluster (times the count) */
+	u32 kind;         /* enum fsev_thr_kind */
+	u32 nlevels;      /* 1 or 2 */
+	u32 depth;        /* confirmed: 0 above L1, 1 at/below L1, 2 at/below L2 */
 };
 
 #endif /* FSEV_H */

@@ -1,4 +1,4 @@
-"""The fsev command line: trace, top, doctor.
+"""The fsev command line: trace, top, doctor; record, replay, report.
 
 Every user mistake leaves through FsevError: one line on stderr, exit 2.
 """
@@ -30,6 +30,7 @@ MountOpt = typer.Option(None, "--mount", "-m", help="Watch this mount point (rep
 EventsOpt = typer.Option(None, "--events", "-e", help="Classes to show: info,warn,err,thr (default: all).")
 ThrOpt = typer.Option(None, "--thr", help="Free-space levels L1[,L2] in available blocks (or 10G, 10%); needs --mount.")
 HystOpt = typer.Option(None, "--thr-hysteresis", help="Blocks (or size/%) above a level before it re-arms.")
+RecordOpt = typer.Option(None, "--record", metavar="FILE", help="Also write every event to this journal (fsev replay, fsev report).")
 
 
 def _version(value: bool) -> None:
@@ -57,14 +58,17 @@ def trace(
     dry_run: bool = typer.Option(False, "--dry-run", help="Compile, attach, detach, exit 0."),
     print_bpf: bool = typer.Option(False, "--print-bpf", hidden=True, help="Print the final BPF C and exit."),
     ringbuf_pages: int = typer.Option(256, "--ringbuf-pages", hidden=True, help="Ring buffer size in pages."),
+    record: Optional[str] = RecordOpt,
 ) -> None:
     """Stream filesystem health events, one line each."""
+    from .record_cmd import record_to
     from .trace_cmd import TraceRequest, run_trace
 
     run_trace(
         TraceRequest(
             mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis, json_out=json_out,
             count=count, duration=duration, dry_run=dry_run, print_bpf=print_bpf, ringbuf_pages=ringbuf_pages,
+            record=record_to(record, "trace"),
         )
     )
 
@@ -75,11 +79,14 @@ def top(
     events: Optional[str] = EventsOpt,
     thr: Optional[str] = ThrOpt,
     thr_hysteresis: Optional[str] = HystOpt,
+    record: Optional[str] = RecordOpt,
 ) -> None:
     """Live view of filesystem health (until the TUI lands: the event stream)."""
+    from .record_cmd import record_to
     from .trace_cmd import TraceRequest, run_trace
 
-    run_trace(TraceRequest(mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis))
+    run_trace(TraceRequest(mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
+                           record=record_to(record, "top")))
 
 
 @app.command()
@@ -88,6 +95,58 @@ def doctor() -> None:
     from .doctor_cmd import run_doctor
 
     raise typer.Exit(run_doctor())
+
+
+# -- journals: record, replay, report (cli/record_cmd.py, cli/journal_cmd.py) ----
+@app.command()
+def record(
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                         help="Journal to write (default: /var/lib/fsev/<time>.fsev; an existing journal is appended to)."),
+    mount: Optional[List[str]] = MountOpt,
+    events: Optional[str] = EventsOpt,
+    thr: Optional[str] = ThrOpt,
+    thr_hysteresis: Optional[str] = HystOpt,
+    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="Stop after N events."),
+    duration: Optional[float] = typer.Option(None, "--duration", "-d", min=0.0, help="Stop after SECONDS."),
+    ringbuf_pages: int = typer.Option(256, "--ringbuf-pages", hidden=True, help="Ring buffer size in pages."),
+) -> None:
+    """Record everything trace would show into a crash-safe journal, until stopped."""
+    from .record_cmd import RecordTarget, default_journal_path
+    from .trace_cmd import TraceRequest, run_trace
+
+    target = RecordTarget(output or default_journal_path(), "record", show=False)
+    run_trace(TraceRequest(mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
+                           count=count, duration=duration, ringbuf_pages=ringbuf_pages, record=target))
+
+
+@app.command()
+def replay(
+    journal: str = typer.Argument(..., metavar="FILE", help="A journal written by fsev record."),
+    consumer: Optional[str] = typer.Option(None, "--consumer", "-c", metavar="NAME",
+                                           help="Resume after what NAME acknowledged; acknowledge as it goes."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep reading while the journal is being written."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per line, as trace --json."),
+    speed: Optional[float] = typer.Option(None, "--speed", metavar="X", help="Replay at X times the recorded pace (default: at once)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                         help="Append to FILE instead of stdout; with --consumer, exactly once."),
+) -> None:
+    """Print a journal's events as trace did (docs/journal.md: consumers)."""
+    from fsev.replay import ReplayOptions
+
+    from .journal_cmd import run_replay
+
+    run_replay(journal, ReplayOptions(consumer=consumer, follow=follow, json_out=json_out, speed=speed, output=output))
+
+
+@app.command()
+def report(
+    journal: str = typer.Argument(..., metavar="FILE", help="A journal written by fsev record."),
+    json_out: bool = typer.Option(False, "--json", help="The report as one JSON document."),
+) -> None:
+    """Summarize a journal per mount: errors, thresholds, read-only, unmounts, ENOSPC, drops."""
+    from .journal_cmd import run_report
+
+    run_report(journal, json_out)
 
 
 def run() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from typing import TYPE_CHECKING
 
 from fsev.errors import FsevError
 from fsev.events import EventType
@@ -16,7 +18,15 @@ from fsev.plan import Plan
 from fsev.privilege import NEED_ROOT, can_trace
 from fsev.selection import parse_classes, resolve_mounts
 from fsev.setup_checks import check_bcc, check_btf, check_tracefs, require
-from fsev.thresholds import ThresholdError, parse_thr, resolve_levels
+from fsev.thresholds import ThresholdError, parse_thr
+
+if TYPE_CHECKING:
+    from fsev.events import EventClass
+    from fsev.mountinfo import Mount
+    from fsev.thresholds_kernel import ArmedMount
+
+if TYPE_CHECKING:
+    from .record_cmd import RecordTarget
 
 
 @dataclass
@@ -31,6 +41,7 @@ class TraceRequest:
     dry_run: bool = False
     print_bpf: bool = False
     ringbuf_pages: int = 256
+    record: "RecordTarget | None" = None  # also write every event to a journal (cli/record_cmd.py)
 
 
 def _say(msg: str) -> None:
@@ -49,24 +60,31 @@ def describe_plan(plan: Plan) -> list[str]:
     return lines
 
 
-def _check_thresholds(req: TraceRequest, mount_points: list[str]) -> None:
-    """--thr is validated here; the threshold probes themselves come with the thresholds work."""
+def _check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozenset[EventClass]") -> "list[ArmedMount]":
+    """--thr on each --mount: levels in blocks and the rung that watches it (fsev/thresholds_kernel.py)."""
+    from fsev.events import EventClass
+    from fsev.plan import plan_probes
+    from fsev.session import kernel_facts
+    from fsev.thresholds import parse_hysteresis
+    from fsev.thresholds_kernel import arm_thresholds
+
     if req.thr is None:
         if req.thr_hysteresis is not None:
             raise FsevError("--thr-hysteresis needs --thr")
-        return
+        return []
     try:
         spec = parse_thr(req.thr)
+        hyst = parse_hysteresis(req.thr_hysteresis) if req.thr_hysteresis is not None else None
     except ThresholdError as e:
         raise FsevError(str(e)) from None
-    if not mount_points:
+    if not mounts:
         raise FsevError("--thr needs --mount: free-space levels are set per mount")
-    for mp in mount_points:
-        st = os.statvfs(mp)
-        try:
-            resolve_levels(spec, st.f_frsize, st.f_blocks)
-        except ThresholdError as e:
-            raise FsevError(f"{mp}: {e}") from None
+    if EventClass.THR not in classes:
+        raise FsevError("--thr with --events that leave out thr would never show a crossing: add thr")
+    try:
+        return arm_thresholds(plan_probes(kernel_facts()), mounts, spec, hyst)
+    except ThresholdError as e:
+        raise FsevError(str(e)) from None
 
 
 def run_trace(req: TraceRequest) -> None:
@@ -86,20 +104,29 @@ def run_trace(req: TraceRequest) -> None:
     require(check_btf(), check_tracefs(mount_if_missing=True))
     table = MountTable.read()
     mounts = resolve_mounts(req.mounts, table)
-    _check_thresholds(req, [m.mount_point for m in mounts])
-    opts = TraceOptions(mounts=mounts, classes=classes, ringbuf_pages=req.ringbuf_pages)
+    armed = _check_thresholds(req, mounts, classes)
+    opts = TraceOptions(mounts=mounts, classes=classes, ringbuf_pages=req.ringbuf_pages, thresholds=armed)
 
     if req.print_bpf:
         print(build_source(plan_probes(kernel_facts()), opts))
         return
     require(check_bcc())
+    recorder = None
+    if req.record is not None:  # the journal is checked before anything attaches
+        from .record_cmd import open_recorder, recording_options
+
+        recorder = open_recorder(req.record)
 
     session = TraceSession(opts)
     for line in describe_plan(session.plan):
         _say(line)
+    for a in armed:
+        _say(f"thr {a.mount.mount_point} ({a.mount.fs_type}): {a.describe()}")
     stop = lambda *_: session.stop()  # noqa: E731
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     sink = JsonSink() if req.json_out else HumanSink()
+    if recorder is not None and req.record is not None:
+        sink = recorder.start(session.plan, recording_options(req, opts), sink if req.record.show else None)
     shown = 0
     try:
         t0 = time.monotonic()

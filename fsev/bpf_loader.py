@@ -9,7 +9,7 @@ from typing import Callable
 
 from .errors import FsevError
 from . import ringbuf
-from .records import PATH_LEN, RECORD_SIZE
+from .records import PATH_LEN, RECORD_SIZE, ThrState
 from .ringbuf import RingReader
 
 # The record sink returns True when its batch is full: the callback then
@@ -92,6 +92,15 @@ class KernelProbes:
         if not _has_table(self.bpf, table):
             return []
         return [(k.value, v) for k, v in self.bpf[table].items()]
+
+    def write_thr_state(self, dev: int, state: ThrState) -> None:
+        """Set one watched superblock's threshold state (struct fsev_thr_state)."""
+        t = self.bpf["thr_state"]
+        leaf = t.Leaf()
+        if ctypes.sizeof(leaf) != ctypes.sizeof(state):
+            raise FsevError("struct fsev_thr_state differs between bpf/fsev.h and fsev/records.py")
+        ctypes.memmove(ctypes.addressof(leaf), ctypes.addressof(state), ctypes.sizeof(state))
+        t[t.Key(dev)] = leaf
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for records, then hand at most one batch to on_record."""

@@ -64,8 +64,9 @@ def _text(b: bytes) -> str:
 _CLASS_BY_INT = {int(k): v for k, v in _CLASS.items()}
 _TYPE_BY_INT = {int(k): v for k, v in _TYPE.items()}
 _DIRECTION = {1: "down", 2: "up"}
-F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY = (int(x) for x in (
-    Field.ERRNO, Field.INODE, Field.BLOCK, Field.LINE, Field.FUNC, Field.PATH, Field.MNT_ID, Field.LAZY))
+F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY, F_SETTLE = (int(x) for x in (
+    Field.ERRNO, Field.INODE, Field.BLOCK, Field.LINE, Field.FUNC, Field.PATH, Field.MNT_ID, Field.LAZY,
+    Field.SETTLE))
 _unpack = RECORD_STRUCT.unpack_from
 _FIRST_HEALTH_TYPE = int(RecordType.READ_ONLY)
 
@@ -106,6 +107,9 @@ def decode(raw: bytes, seq: int, clock: Clock) -> Event:
         ev.avail_blocks = value
         ev.level = f"L{level}"
         ev.direction = _DIRECTION.get(direction)
+        if f & F_SETTLE:
+            # A kernel threshold hint whose change comes after it (fsev/thr_monitor.py).
+            ev.extra["settle"] = True
     elif typ_i >= _FIRST_HEALTH_TYPE:
         decode_health(ev, f, value, mntns, call, arg, func)
     return ev

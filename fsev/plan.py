@@ -15,6 +15,9 @@ from .kernel_facts import KernelFacts
 class ProbePoint(str, enum.Enum):
     EXT4_ERROR = "ext4_error"
     MOUNT_DROP = "mount_drop"
+    THR_TMPFS = "thr_tmpfs"  # free-space thresholds, by filesystem type
+    THR_EXT4 = "thr_ext4"
+    THR_OTHER = "thr_other"
     # health events: planned in fsev/plan_health.py
     EXT4_ERROR_DETAIL = "ext4_error_detail"
     READ_ONLY = "read_only"
@@ -29,7 +32,7 @@ class RungKind(str, enum.Enum):
     TRACEPOINT = "tracepoint"
     RAW_TRACEPOINT = "raw_tracepoint"
     FANOTIFY = "fanotify"  # fanotify(7) marks from user space (with tracepoints beside them)
-    POLLED = "polled"  # read from /sys or /proc by user space: no kernel probe at all
+    POLLED = "polled"  # statfs, /sys or /proc read by user space: no kernel probe at all
     NONE = "none"
 
 
@@ -50,8 +53,59 @@ EXT4_ERROR_TRACEPOINT = "ext4:ext4_error"
 MOUNT_DROP_FUNCTION = "cleanup_mnt"
 UMOUNT_TRACEPOINTS = ("syscalls:sys_enter_umount", "syscalls:sys_exit_umount")
 
-ALL_TRACEPOINTS = {EXT4_ERROR_TRACEPOINT, *UMOUNT_TRACEPOINTS}
-ALL_KPROBE_FUNCTIONS = {*EXT4_ERROR_FUNCTIONS, MOUNT_DROP_FUNCTION}
+
+
+@dataclass(frozen=True)
+class ShmemAccounting:
+    """One kernel generation's shmem block accounting, for the tmpfs kprobe rung.
+
+    Argument positions are 1-based; pages 0: the signature has no page count
+    (the charge is then assumed up to a huge page, and frees are settle hints).
+    """
+
+    acct: str
+    acct_inode: int
+    acct_pages: int
+    unacct: str
+    unacct_inode: int
+    unacct_pages: int
+    kernels: str
+
+
+# Every known shape of shmem's used_blocks accounting, newest first; the
+# planner takes the first whose two functions are traceable symbols here.
+SHMEM_ACCOUNTING = (
+    # 6.6+ (tmpfs quotas): int shmem_inode_acct_blocks(struct inode *, long pages);
+    #                      void shmem_inode_unacct_blocks(struct inode *, long pages)
+    ShmemAccounting("shmem_inode_acct_blocks", 1, 2, "shmem_inode_unacct_blocks", 1, 2, "6.6+"),
+    # 4.16-6.5 where the compiler kept it out of line:
+    #   bool shmem_inode_acct_block(struct inode *, long pages)
+    ShmemAccounting("shmem_inode_acct_block", 1, 2, "shmem_inode_unacct_blocks", 1, 2, "4.16-6.5"),
+    # 6.1 as Debian 12 builds it: shmem_inode_acct_block and _unacct_blocks are
+    # inlined. The charge happens inside
+    #   struct folio *shmem_alloc_and_acct_folio(gfp_t, struct inode *, pgoff_t, bool huge)
+    # and frees are un-charged inside void shmem_recalc_inode(struct inode *).
+    ShmemAccounting("shmem_alloc_and_acct_folio", 2, 0, "shmem_recalc_inode", 1, 0, "5.17-6.5 (Debian 12)"),
+)
+SHMEM_FUNCTIONS = tuple(dict.fromkeys(f for s in SHMEM_ACCOUNTING for f in (s.acct, s.unacct)))
+# Raw tracepoints (bare pointers; fields read at BTF offsets), with the tracefs
+# name that says they exist.
+SHMEM_TRACEPOINTS = ("pagemap:mm_lru_insertion", "filemap:mm_filemap_delete_from_page_cache")
+EXT4_THR_TRACEPOINTS = (
+    "ext4:ext4_da_reserve_space", "ext4:ext4_allocate_blocks", "ext4:ext4_da_update_reserve_space",
+    "ext4:ext4_da_release_space", "ext4:ext4_free_blocks",
+)
+
+ALL_TRACEPOINTS = {EXT4_ERROR_TRACEPOINT, *UMOUNT_TRACEPOINTS, *SHMEM_TRACEPOINTS, *EXT4_THR_TRACEPOINTS}
+ALL_KPROBE_FUNCTIONS = {*EXT4_ERROR_FUNCTIONS, MOUNT_DROP_FUNCTION, *SHMEM_FUNCTIONS}
+
+
+def shmem_accounting(functions: tuple[str, ...]) -> ShmemAccounting | None:
+    """The table row a kprobe rung's targets came from."""
+    for s in SHMEM_ACCOUNTING:
+        if functions == (s.acct, s.unacct):
+            return s
+    return None
 
 
 def _health_planners() -> dict:
@@ -152,9 +206,70 @@ def _plan_mount_drop(facts: KernelFacts) -> Rung:
     return Rung(point, RungKind.NONE, skipped=skipped + ("tracepoint: syscalls:sys_*_umount not present",))
 
 
+POLLED_GIVES = "statfs every few hundred ms from user space, with a per-mount timeout"
+POLLED_MISSES = "the pid and comm of the task that caused a crossing; crossings shorter than the poll interval"
+
+
+def _raw_tp_skip_reason(facts: KernelFacts, tracepoints: tuple[str, ...]) -> str | None:
+    if not facts.raw_tracepoints:
+        return "raw_tracepoint: not supported by this kernel"
+    missing = [t for t in tracepoints if not facts.has_tracepoint(t)]
+    if missing:
+        return f"raw_tracepoint: {', '.join(missing)} not present"
+    if not facts.btf:
+        return "raw_tracepoint: no kernel BTF to read the raw arguments safely"
+    return None
+
+
+def _polled(point: ProbePoint, skipped: tuple[str, ...]) -> Rung:
+    return Rung(point, RungKind.POLLED, ("statfs",), gives=POLLED_GIVES, misses=POLLED_MISSES, skipped=skipped)
+
+
+def _plan_thr_tmpfs(facts: KernelFacts) -> Rung:
+    point = ProbePoint.THR_TMPFS
+    skipped: tuple[str, ...] = ()
+    if not facts.kprobes:
+        skipped += (f"kprobe: {facts.kprobes_why_not or 'kprobes unavailable'}",)
+    else:
+        row = next((s for s in SHMEM_ACCOUNTING if {s.acct, s.unacct} <= facts.kprobe_functions), None)
+        if row is not None:
+            return Rung(point, RungKind.KPROBE, (row.acct, row.unacct),
+                        gives=f"every shmem charge and un-charge as it happens (signature of {row.kernels})")
+        skipped += ("kprobe: no known pair of shmem accounting functions is traceable "
+                    f"(tried {', '.join(SHMEM_FUNCTIONS)})",)
+    why = _raw_tp_skip_reason(facts, SHMEM_TRACEPOINTS)
+    if why is None:
+        return Rung(
+            point, RungKind.RAW_TRACEPOINT, tuple(t.split(":")[1] for t in SHMEM_TRACEPOINTS),
+            gives="tmpfs folios entering the LRU (after the charge) and leaving the page cache",
+            misses="up to 31 folios per CPU batched before the LRU sees them: fsev re-reads statfs "
+            "while a crossing may hide in that lag",
+            skipped=skipped,
+        )
+    return _polled(point, skipped + (why,))
+
+
+def _plan_thr_ext4(facts: KernelFacts) -> Rung:
+    point = ProbePoint.THR_EXT4
+    why = _raw_tp_skip_reason(facts, EXT4_THR_TRACEPOINTS)
+    if why is None:
+        return Rung(
+            point, RungKind.RAW_TRACEPOINT, tuple(t.split(":")[1] for t in EXT4_THR_TRACEPOINTS),
+            gives="every delayed-allocation reservation, block allocation and free",
+        )
+    return _polled(point, (why,))
+
+
+def _plan_thr_other(facts: KernelFacts) -> Rung:
+    return _polled(ProbePoint.THR_OTHER, ("no kernel rung: fsev knows the block accounting of tmpfs and ext4 only",))
+
+
 _PLANNERS = {
     ProbePoint.EXT4_ERROR: _plan_ext4_error,
     ProbePoint.MOUNT_DROP: _plan_mount_drop,
+    ProbePoint.THR_TMPFS: _plan_thr_tmpfs,
+    ProbePoint.THR_EXT4: _plan_thr_ext4,
+    ProbePoint.THR_OTHER: _plan_thr_other,
 }
 _PLANNERS.update(_health_planners())
 

@@ -11,16 +11,36 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .plan import Plan, ProbePoint, RungKind
+from .plan import Plan, ProbePoint, RungKind, shmem_accounting
 from .program_health import HEALTH_SOURCE, health_defines, health_kprobes, health_offsets
 from .records import RecordClass, class_mask
 
 MAIN_SOURCE = "fsev.bpf.c"
+# Free-space thresholds: appended to MAIN_SOURCE, whose ring buffer it shares.
+THR_SOURCE = "fsev_thr.bpf.c"
 
 # Kernel struct fields read by the kprobe programs, as BTF specs.
 KPROBE_OFFSETS = {
     ProbePoint.EXT4_ERROR: ("super_block.s_dev", "inode.i_sb", "inode.i_ino", "file.f_inode"),
     ProbePoint.MOUNT_DROP: ("super_block.s_dev", "mount.mnt.mnt_sb", "mount.mnt_id"),
+}
+
+# Kernel struct fields read by the threshold programs, per probe point and rung.
+_SB_FIELDS = ("super_block.s_dev", "super_block.s_fs_info", "inode.i_sb")
+_SHMEM_FIELDS = ("shmem_sb_info.max_blocks", "shmem_sb_info.used_blocks.count")
+THR_OFFSETS = {
+    (ProbePoint.THR_TMPFS, RungKind.RAW_TRACEPOINT): (
+        *_SB_FIELDS, *_SHMEM_FIELDS, "folio.mapping", "address_space.host", "folio.flags", "enum:PG_locked",
+    ),
+    (ProbePoint.THR_TMPFS, RungKind.KPROBE): (*_SB_FIELDS, *_SHMEM_FIELDS),
+    (ProbePoint.THR_EXT4, RungKind.RAW_TRACEPOINT): (
+        *_SB_FIELDS,
+        "ext4_sb_info.s_freeclusters_counter.count", "ext4_sb_info.s_dirtyclusters_counter.count",
+        "ext4_sb_info.s_resv_clusters", "ext4_sb_info.s_cluster_bits", "ext4_sb_info.s_es",
+        "ext4_super_block.s_r_blocks_count_lo", "ext4_super_block.s_r_blocks_count_hi",
+        "ext4_super_block.s_feature_incompat",
+        "ext4_allocation_request.inode", "ext4_allocation_request.flags", "ext4_allocation_request.len",
+    ),
 }
 
 # Argument positions that moved between kernel versions (see plan.py's table).
@@ -34,6 +54,8 @@ class ProgramConfig:
     classes: frozenset[RecordClass]
     watch_all: bool
     ringbuf_pages: int = 256  # 1 MiB: about 5000 records of slack
+    # Threshold probe points with a kernel rung armed on at least one mount.
+    thr_points: frozenset[ProbePoint] = frozenset()
 
     def __post_init__(self) -> None:
         p = self.ringbuf_pages
@@ -53,12 +75,44 @@ def offset_macro(spec: str) -> str:
 def required_offsets(plan: Plan, config: ProgramConfig | None = None) -> list[str]:
     specs: list[str] = []
     for r in plan.rungs:
+        wanted: tuple[str, ...] = ()
         if r.kind is RungKind.KPROBE:
-            for s in KPROBE_OFFSETS.get(r.point, ()):
-                if s not in specs:
-                    specs.append(s)
+            wanted = KPROBE_OFFSETS.get(r.point, ())
+        if config is not None and r.point in config.thr_points:
+            wanted = THR_OFFSETS.get((r.point, r.kind), ())
+        for s in wanted:
+            if s not in specs:
+                specs.append(s)
     specs += [s for s in health_offsets(plan, config) if s not in specs]
     return specs
+
+
+def _thr_defines(plan: Plan, config: ProgramConfig) -> tuple[dict[str, str], list[str]]:
+    """FSEV_THR_* switches, and the kprobe argument macros of the tmpfs rung."""
+    def on(point: ProbePoint, kind: RungKind) -> bool:
+        r = plan.rung(point)
+        return point in config.thr_points and r is not None and r.kind is kind
+
+    d = {
+        "FSEV_THR_SHMEM_RAW_TP": "1" if on(ProbePoint.THR_TMPFS, RungKind.RAW_TRACEPOINT) else "0",
+        "FSEV_THR_SHMEM_KPROBE": "1" if on(ProbePoint.THR_TMPFS, RungKind.KPROBE) else "0",
+        "FSEV_THR_EXT4_RAW_TP": "1" if on(ProbePoint.THR_EXT4, RungKind.RAW_TRACEPOINT) else "0",
+    }
+    macros: list[str] = []
+    tmpfs = plan.rung(ProbePoint.THR_TMPFS)
+    row = shmem_accounting(tmpfs.targets) if tmpfs and d["FSEV_THR_SHMEM_KPROBE"] == "1" else None
+    if row is not None:
+        def arg(pos: int) -> str:
+            return f"PT_REGS_PARM{pos}(ctx)" if pos else "0"
+
+        macros += [
+            f"#define THR_KP_ACCT_INODE(ctx) {arg(row.acct_inode)}",
+            f"#define THR_KP_ACCT_PAGES(ctx) {arg(row.acct_pages)}",
+            f"#define THR_KP_UNACCT_INODE(ctx) {arg(row.unacct_inode)}",
+            f"#define THR_KP_UNACCT_PAGES(ctx) {arg(row.unacct_pages)}",
+            f"#define THR_KP_UNACCT_SETTLE {0 if row.unacct_pages else 1}",
+        ]
+    return d, macros
 
 
 def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_error_args: dict[str, int] | None = None) -> str:
@@ -76,7 +130,9 @@ def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_er
     d["FSEV_EXT4_ERROR_TRACEPOINT"] = "1" if err_on and ext4 and ext4.kind is RungKind.TRACEPOINT else "0"
     d["FSEV_MOUNT_DROP_KPROBE"] = "1" if info_on and drop and drop.kind is RungKind.KPROBE else "0"
     d["FSEV_MOUNT_DROP_TRACEPOINT"] = "1" if info_on and drop and drop.kind is RungKind.TRACEPOINT else "0"
-    lines = [f"#define {k} {v}" for k, v in d.items()]
+    thr, thr_macros = _thr_defines(plan, config)
+    d.update(thr)
+    lines = [f"#define {k} {v}" for k, v in d.items()] + thr_macros
     lines += health_defines(plan, config)
     if d["FSEV_EXT4_ERROR_KPROBE"] == "1" and ext4:
         for fn in ext4.targets:
@@ -89,7 +145,7 @@ def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_er
 
 
 def source(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_error_args: dict[str, int] | None = None) -> str:
-    body = (bpf_dir() / MAIN_SOURCE).read_text() + "\n" + (bpf_dir() / HEALTH_SOURCE).read_text()
+    body = "\n".join((bpf_dir() / name).read_text() for name in (MAIN_SOURCE, THR_SOURCE, HEALTH_SOURCE))
     return preamble(plan, config, offsets, ext4_error_args) + body
 
 
@@ -103,4 +159,7 @@ def kprobe_attachments(plan: Plan, config: ProgramConfig) -> list[tuple[str, str
             out += [(fn, "kp_" + fn) for fn in r.targets]
         if r.point is ProbePoint.MOUNT_DROP and RecordClass.INFO in config.classes:
             out += [(fn, "kp_" + fn) for fn in r.targets]
+        if r.point is ProbePoint.THR_TMPFS and r.point in config.thr_points:
+            acct, unacct = r.targets
+            out += [(acct, "kp_thr_shmem_acct"), (unacct, "kp_thr_shmem_unacct")]
     return out + health_kprobes(plan, config)

@@ -51,6 +51,7 @@ class Field(enum.IntFlag):
     PATH = 1 << 5
     MNT_ID = 1 << 6
     LAZY = 1 << 7
+    SETTLE = 1 << 8
     MNTNS = 1 << 16
     PATH_EXACT = 1 << 17
 
@@ -147,6 +148,29 @@ def _struct_format(rec: type[ctypes.Structure]) -> str:
 
 RECORD_STRUCT = struct.Struct(_struct_format(Record))
 RECORD_FIELDS: tuple[str, ...] = tuple(name for name, _ in Record._fields_)
+
+
+class ThrKind(enum.IntEnum):
+    NONE = 0
+    SHMEM = 1
+    EXT4 = 2
+
+
+class ThrState(ctypes.Structure):
+    """struct fsev_thr_state: the thr_state map value (user space -> kernel)."""
+
+    _fields_ = [
+        ("l1", ctypes.c_uint64),
+        ("l2", ctypes.c_uint64),
+        ("hysteresis", ctypes.c_uint64),
+        ("band", ctypes.c_uint64),
+        ("last_hint_ns", ctypes.c_uint64),
+        ("budget", ctypes.c_int64),
+        ("step", ctypes.c_uint32),
+        ("kind", ctypes.c_uint32),
+        ("nlevels", ctypes.c_uint32),
+        ("depth", ctypes.c_uint32),
+    ]
 
 
 def class_mask(classes: "set[RecordClass] | frozenset[RecordClass]") -> int:

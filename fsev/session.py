@@ -23,6 +23,8 @@ from .plan import ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, Plan, ProbePoint, RungK
 from .program import ProgramConfig, bpf_dir, kprobe_attachments, required_offsets, source
 from .records import RECORD_SIZE, RecordClass, kernel_dev
 from .ringbuf import PAGE
+from .thr_monitor import ThresholdMonitor
+from .thresholds_kernel import ArmedMount, kernel_points
 
 _TO_RECORD_CLASS = {
     EventClass.INFO: RecordClass.INFO,
@@ -41,6 +43,7 @@ class TraceOptions:
     mounts: list[Mount] = field(default_factory=list)  # empty: every mount
     classes: frozenset[EventClass] = ALL_CLASSES
     ringbuf_pages: int = 256
+    thresholds: list[ArmedMount] = field(default_factory=list)  # --thr, armed per mount
 
     @property
     def watch_all(self) -> bool:
@@ -57,7 +60,7 @@ def resolve_offsets(plan: Plan, config: ProgramConfig | None = None) -> dict[str
         return {}
     from .btf import resolve  # imported only when a rung reads kernel structs
 
-    got = resolve(specs, modules=("ext4",))
+    got = resolve(specs, modules=("ext4",))  # ext4 is a module on distribution kernels
     missing = [s for s in specs if got.get(s) is None]
     if missing:
         raise FsevError(f"kernel BTF lacks {', '.join(missing)}: cannot read those structs safely")
@@ -74,6 +77,7 @@ def program_config(opts: TraceOptions) -> ProgramConfig:
         classes=frozenset(_TO_RECORD_CLASS[c] for c in opts.classes),
         watch_all=opts.watch_all,
         ringbuf_pages=opts.ringbuf_pages,
+        thr_points=kernel_points(opts.thresholds),
     )
 
 
@@ -95,6 +99,7 @@ class TraceSession:
         self._loss_window_start = time.time()
         self._last_loss_check = 0.0
         self._mounts_fd: int | None = None
+        self._thr: ThresholdMonitor | None = None
         self.started_at = time.time()
 
     # -- lifecycle ---------------------------------------------------------
@@ -105,6 +110,9 @@ class TraceSession:
         config = program_config(self.opts)
         self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record,
                                     ringbuf_bytes=self.opts.ringbuf_pages * PAGE, batch=RECORD_BATCH)
+        if self.opts.thresholds:
+            self._thr = ThresholdMonitor(self.opts.thresholds, self.clock, self._probes.write_thr_state,
+                                         catch_up=self._catch_up_hints)
         if not self.opts.watch_all:
             self._probes.watch_devs([kernel_dev(m.major, m.minor) for m in self.opts.mounts])
             self._probes.watch_paths([m.mount_point for m in self.opts.mounts])
@@ -134,6 +142,9 @@ class TraceSession:
         self._stop = True
 
     def close(self) -> None:
+        if self._thr is not None:
+            self._thr.close()
+            self._thr = None
         if self._probes is not None:
             self._probes.close()
             self._probes = None
@@ -204,6 +215,11 @@ class TraceSession:
                 ev = decode(rec, 0, self.clock)
             except DecodeError:
                 continue
+            if ev.type is EventType.THRESHOLD:
+                # Kernel threshold records are hints: the monitor confirms them.
+                if self._thr is not None:
+                    self._thr.on_hint(ev)
+                continue
             if ev.type is EventType.UMOUNT:
                 self.table.refresh()
             ev = self.enricher.enrich(ev)
@@ -215,6 +231,39 @@ class TraceSession:
                 if out:
                     yield from out
                 continue
+            self._seq += 1
+            ev.seq = self._seq
+            yield ev
+
+    # -- thresholds (fsev/thr_monitor.py does the work) ---------------------
+    def _poll_timeout_ms(self, poll_ms: int) -> int:
+        due = self._thr.due_in(time.monotonic()) if self._thr is not None else None
+        if self._health is not None:  # short while events wait for fanotify
+            poll_ms = self._health.timeout_ms(poll_ms)
+        return poll_ms if due is None else max(0, min(poll_ms, int(due * 1000)))
+
+    def _catch_up_hints(self) -> None:
+        """Read the ring buffer now and hand threshold hints to the monitor;
+        other records wait in order for _kernel_events."""
+        if self._probes is None or self._thr is None:
+            return
+        self._probes.drain()
+        keep: list[bytes] = []
+        for raw in self._records:
+            try:
+                ev = decode(raw, 0, self.clock)
+            except DecodeError:
+                continue
+            if ev.type is EventType.THRESHOLD:
+                self._thr.on_hint(ev)
+            else:
+                keep.append(raw)
+        self._records = keep
+
+    def _threshold_events(self) -> Iterator[Event]:
+        if self._thr is None:
+            return
+        for ev in self._thr.events():
             self._seq += 1
             ev.seq = self._seq
             yield ev
@@ -235,9 +284,10 @@ class TraceSession:
         while not self._stop:
             if until is not None and time.monotonic() >= until:
                 break
-            self._probes.poll(self._health.timeout_ms(poll_ms) if self._health else poll_ms)
+            self._probes.poll(self._poll_timeout_ms(poll_ms))
             self._refresh_mounts_if_changed()
             yield from self._kernel_events()
+            yield from self._threshold_events()
             yield from self._unmount_events()
             if self._health is not None:
                 yield from self._health.poll()
@@ -251,6 +301,7 @@ class TraceSession:
                 break
             budget -= len(self._records)
             yield from self._kernel_events()
+        yield from self._threshold_events()
         if self._health is not None:
             yield from self._health.flush()
         yield from self._loss_events(time.time() + LOSS_CHECK_S)

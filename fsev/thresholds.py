@@ -107,8 +107,23 @@ def parse_thr(text: str) -> ThresholdSpec:
     return ThresholdSpec(l1, l2)
 
 
+def parse_hysteresis(text: str) -> LevelSpec:
+    """`--thr-hysteresis`: blocks (100), a size (64M) or a percentage of the filesystem (1%)."""
+    try:
+        return _parse_level(text)
+    except ThresholdError:
+        raise ThresholdError(
+            f"bad --thr-hysteresis {text!r}: expected blocks (100), a size (64M) or a percentage (1%)"
+        ) from None
+
+
 def resolve_levels(spec: ThresholdSpec, block_size: int, total_blocks: int, hysteresis: int = 0) -> Levels:
     """Convert to blocks for one filesystem, rejecting levels it can never reach."""
+    if total_blocks <= 0:
+        raise ThresholdError(
+            "the filesystem reports no size (statfs f_blocks is 0, e.g. tmpfs mounted with size=0): "
+            "free-space levels cannot apply; give it a size limit"
+        )
     l1 = spec.l1.to_blocks(block_size, total_blocks)
     l2 = spec.l2.to_blocks(block_size, total_blocks) if spec.l2 else None
     for name, v, s in (("L1", l1, spec.l1), ("L2", l2, spec.l2)):

@@ -38,10 +38,6 @@ NO_KPROBE_KERNEL = KernelFacts(
 )
 
 
-# The health probe points have their own planning tests (test_health_unit.py).
-FOUNDATION_POINTS = (ProbePoint.EXT4_ERROR, ProbePoint.MOUNT_DROP)
-
-
 def record(**kw) -> Record:
     r = Record()
     for k, v in kw.items():
@@ -165,14 +161,13 @@ def test_plan_prefers_kprobes_when_the_kernel_has_them():
 
 
 def test_plan_falls_back_to_tracepoints_and_says_why():
-    plan = plan_probes(NO_KPROBE_KERNEL)
-    for point in FOUNDATION_POINTS:
+    plan = plan_probes(NO_KPROBE_KERNEL, {ProbePoint.EXT4_ERROR, ProbePoint.MOUNT_DROP})
+    for point in (ProbePoint.EXT4_ERROR, ProbePoint.MOUNT_DROP):
         r = plan.rung(point)
         assert r.kind is RungKind.TRACEPOINT
         assert any("CONFIG_KPROBES" in s for s in r.skipped)
         assert r.misses
-    assert {p: k for p, k in plan.summary().items() if p in ("ext4_error", "mount_drop")} == {
-        "ext4_error": "tracepoint", "mount_drop": "tracepoint"}
+    assert plan.summary() == {"ext4_error": "tracepoint", "mount_drop": "tracepoint"}
 
 
 def test_plan_kprobes_present_but_function_inlined():
@@ -184,10 +179,11 @@ def test_plan_kprobes_present_but_function_inlined():
 
 def test_plan_nothing_usable():
     facts = KernelFacts(release="x", kprobes=False, kprobes_why_not="no", tracepoints=frozenset())
-    plan = plan_probes(facts)
-    rungs = [plan.rung(p) for p in FOUNDATION_POINTS]
-    assert all(not r.usable for r in rungs)
-    assert all(len(r.skipped) == 2 for r in rungs)
+    plan = plan_probes(facts, {ProbePoint.EXT4_ERROR, ProbePoint.MOUNT_DROP})
+    assert all(not r.usable for r in plan.rungs)
+    assert all(len(r.skipped) == 2 for r in plan.rungs)
+    # free-space thresholds always have a rung left: statfs polling
+    assert all(r.kind is RungKind.POLLED for r in plan_probes(facts).rungs if r.point.value.startswith("thr_"))
 
 
 # -- program preamble -------------------------------------------------------

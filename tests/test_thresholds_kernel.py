@@ -1,0 +1,283 @@
+"""Free-space thresholds on the real kernel: tmpfs and ext4 in the kernel, others polled.
+
+Each phase runs in its own process so that the pid an event names can be
+checked: one writer down to below L1, another down to below L2, then `rm`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Iterator
+
+import pytest
+
+from kernel_env import FSEV, FsevTrace, ext4, live_prog_ids, fsev_prog_ids, run, tmpfs, unmount
+
+pytestmark = pytest.mark.root
+
+# Writes 64 KiB at a time into FILE until statfs says fewer than TARGET blocks
+# are available, then prints the available blocks. PAUSE seconds between writes.
+WRITER = r"""
+import os, sys, time
+path, target, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+mp = os.path.dirname(path)
+fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+while os.statvfs(mp).f_bavail >= target:
+    os.write(fd, b"x" * 65536)
+    if pause:
+        time.sleep(pause)
+os.close(fd)
+print(os.statvfs(mp).f_bavail)
+"""
+
+
+def write_until(path: str, target: int, pause: float = 0.0) -> tuple[int, int]:
+    """(pid of the writer, available blocks when it stopped)."""
+    p = subprocess.Popen([sys.executable, "-c", WRITER, path, str(target), str(pause)],
+                         stdout=subprocess.PIPE, text=True)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0
+    return p.pid, int(out)
+
+
+def thr_events(t: FsevTrace) -> list[dict]:
+    return [e for e in t.events() if e["type"] == "threshold"]
+
+
+def wait_thr(t: FsevTrace, n: int, timeout: float = 5) -> list[dict]:
+    t.wait_for(lambda evs: len([e for e in evs if e["type"] == "threshold"]) >= n, timeout)
+    return thr_events(t)
+
+
+@contextlib.contextmanager
+def overlay_on_tmpfs(size: str = "8m") -> Iterator[str]:
+    """An overlay mount (another fs type, no kernel rung) whose upper dir is a small tmpfs."""
+    with tmpfs(size) as upper:
+        work = tempfile.mkdtemp(prefix="fsev-ovl-")
+        lower, mp = os.path.join(work, "lower"), os.path.join(work, "mnt")
+        os.mkdir(lower)
+        os.mkdir(mp)
+        os.mkdir(os.path.join(upper, "u"))
+        os.mkdir(os.path.join(upper, "w"))
+        try:
+            run("mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir={lower},upperdir={upper}/u,workdir={upper}/w", mp)
+            yield mp
+        finally:
+            unmount(mp)
+            with contextlib.suppress(OSError):
+                os.rmdir(mp)
+                os.rmdir(lower)
+                os.rmdir(work)
+
+
+def four_crossings(mp: str, rung: str, with_pids: bool = True) -> None:
+    """--thr 1000,500 on mp: L1 down, L2 down, L2 up, L1 up, each confirmed."""
+    f = os.path.join(mp, "fill")
+    with FsevTrace(["--mount", mp, "--thr", "1000,500"]) as t:
+        t.wait_attached()
+        assert any(f"thr {mp} " in l and rung in l for l in t.stderr_lines), t.stderr_lines
+        w1, avail1 = write_until(f, 1000)
+        assert avail1 < 1000
+        evs = wait_thr(t, 1)
+        assert len(evs) == 1, evs
+        w2, avail2 = write_until(f, 500)
+        assert avail2 < 500
+        evs = wait_thr(t, 2)
+        assert len(evs) == 2, evs
+        rm = subprocess.Popen(["rm", f])
+        assert rm.wait() == 0
+        evs = wait_thr(t, 4)
+        time.sleep(0.5)  # room for a wrong fifth event
+        assert t.stop() == 0
+    evs = thr_events(t)
+    assert [(e["level"], e["direction"]) for e in evs] == [("L1", "down"), ("L2", "down"), ("L2", "up"), ("L1", "up")]
+    for e in evs:
+        assert e["class"] == "thr" and e["rung"] == rung
+        assert e["mount_point"] == mp
+        lvl = e["level_blocks"]
+        assert lvl == (1000 if e["level"] == "L1" else 500)
+        assert e["avail_blocks"] <= lvl if e["direction"] == "down" else e["avail_blocks"] > lvl
+    assert 500 < evs[0]["avail_blocks"] <= 1000
+    if with_pids:
+        assert [e["pid"] for e in evs] == [w1, w2, rm.pid, rm.pid]
+        assert [e["comm"] for e in evs][2:] == ["rm", "rm"]
+    else:
+        assert all("pid" not in e for e in evs)  # polling cannot know who
+    assert not any("Traceback" in l for l in t.stderr_lines)
+
+
+def test_tmpfs_four_crossings_in_order_with_the_pids_that_caused_them():
+    with tmpfs("8m") as mp:
+        four_crossings(mp, "raw_tracepoint")
+
+
+def test_ext4_four_crossings_in_order_with_the_pids_that_caused_them():
+    with ext4(size_mb=32) as fs:
+        four_crossings(fs.mount_point, "raw_tracepoint")
+
+
+def test_other_fs_type_falls_back_to_statfs_polling_and_still_reports_crossings():
+    with overlay_on_tmpfs("8m") as mp:
+        four_crossings(mp, "polled", with_pids=False)
+
+
+def test_size_and_percent_forms_arm_the_same_block_levels():
+    """tmpfs size=8m is 2048 blocks of 4 KiB: 1000 blocks = 4000K = 48.828125%."""
+    with tmpfs("8m") as mp:
+        lines = []
+        for form in ("1000,500", "4000K,2000K", "48.828125%,24.4140625%"):
+            r = run(FSEV, "trace", "--dry-run", "--mount", mp, "--thr", form, check=False)
+            assert r.returncode == 0, r.stderr
+            [line] = [l for l in r.stderr.splitlines() if l.startswith(f"fsev: thr {mp} ")]
+            lines.append(line)
+        assert len(set(lines)) == 1 and "L1 1000, L2 500 blocks of 4096 bytes" in lines[0]
+
+
+def test_crossing_reported_within_10ms_of_the_write():
+    with tmpfs("8m") as mp:
+        f = os.path.join(mp, "fill")
+        with FsevTrace(["--mount", mp, "--thr", "1000"]) as t:
+            t.wait_attached()
+            with open(f, "wb", buffering=0) as out:
+                while os.statvfs(mp).f_bavail >= 1000:
+                    out.write(b"x" * 65536)
+                crossed = time.time()
+            evs = wait_thr(t, 1)
+            assert t.stop() == 0
+        assert len(evs) == 1
+        assert evs[0]["wall_time"] - crossed < 0.010, evs[0]["wall_time"] - crossed
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "ext4"])
+def test_kernel_estimate_stays_within_the_band_of_statfs(kind):
+    """Checks the kernel arithmetic itself (BTF offsets, the ext4_statfs formula):
+    every hint's counter estimate is within the band of statfs read while the
+    writer pauses."""
+    from fsev.mountinfo import MountTable
+    from fsev.plan import plan_probes
+    from fsev.session import TraceOptions, TraceSession, kernel_facts
+    from fsev.thresholds import parse_thr
+    from fsev.thresholds_kernel import arm_thresholds
+
+    ctx = tmpfs("8m") if kind == "tmpfs" else ext4(size_mb=32)
+    with ctx as fs:
+        mp = fs if kind == "tmpfs" else fs.mount_point
+        m = MountTable.read().by_mount_point(mp)
+        armed = arm_thresholds(plan_probes(kernel_facts()), [m], parse_thr("1000,500"))
+        session = TraceSession(TraceOptions(mounts=[m], thresholds=armed))
+        seen: list[tuple[int, int, bool]] = []
+        try:
+            session.start()
+            assert session._thr is not None
+            real_hint = session._thr.on_hint
+
+            def spy(ev, now=None):
+                seen.append((ev.avail_blocks, os.statvfs(mp).f_bavail, bool(ev.extra.get("settle"))))
+                real_hint(ev, now)
+
+            session._thr.on_hint = spy
+            crossings = []
+            consumer = threading.Thread(
+                target=lambda: crossings.extend(session.events(until=time.monotonic() + 30)), daemon=True)
+            consumer.start()
+            write_until(os.path.join(mp, "fill"), 450, pause=0.02)
+            time.sleep(0.2)
+            session.stop()
+            consumer.join(10)
+        finally:
+            session.close()
+    band = armed[0].band
+    estimates = [(a, s) for a, s, settle in seen if not settle]
+    assert estimates, "no hint from the kernel"
+    worst = max(abs(a - s) for a, s in estimates)
+    assert worst <= band, (worst, band, estimates)
+    assert [(c.level, c.direction) for c in crossings] == [("L1", "down"), ("L2", "down")]
+
+
+def test_thr_state_mirror_matches_what_bcc_compiles():
+    from bcc import BPF
+
+    from fsev.program import bpf_dir
+    from fsev.records import ThrState
+
+    b = BPF(text='#include "fsev.h"\nBPF_HASH(thr, u32, struct fsev_thr_state, 1);\n',
+            cflags=[f"-I{bpf_dir()}"])
+    try:
+        leaf = b["thr"].Leaf
+        assert [f[0] for f in leaf._fields_] == [f[0] for f in ThrState._fields_]
+        for name, _ in ThrState._fields_:
+            assert getattr(leaf, name).offset == getattr(ThrState, name).offset, name
+        assert __import__("ctypes").sizeof(leaf) == __import__("ctypes").sizeof(ThrState)
+    finally:
+        b.cleanup()
+
+
+def test_no_program_left_after_a_threshold_trace():
+    with tmpfs("8m") as mp, ext4() as fs:
+        with FsevTrace(["--mount", mp, "--mount", fs.mount_point, "--thr", "10%"]) as t:
+            t.wait_attached()
+            ids = fsev_prog_ids(t.proc.pid)
+            assert len(ids) >= 7  # the error/umount programs plus 2 tmpfs and 5 ext4 threshold programs
+            assert t.stop() == 0
+        assert not (ids & live_prog_ids())
+
+
+# ---- bad input: one line, exit 2, no traceback ---------------------------
+
+def _bad(args: list[str], want: str) -> None:
+    r = run(FSEV, "trace", *args, check=False)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fsev: "), r.stderr
+    assert want in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_thr_input_is_one_line_and_exit_2():
+    with tmpfs("8m") as mp, tmpfs("0") as unlimited:
+        _bad(["--mount", mp, "--thr", "500,1000"], "L2 (1000) exceeds L1 (500)")
+        _bad(["--mount", mp, "--thr", "1M,50%"], "must not exceed L1")
+        _bad(["--mount", mp, "--thr", "3000"], "more than the filesystem has (2048 blocks")
+        _bad(["--mount", mp, "--thr", "9m"], "more than the filesystem has")
+        _bad(["--thr", "1000"], "--thr needs --mount")
+        _bad(["--mount", mp, "--thr", "lots"], "bad threshold level 'lots'")
+        _bad(["--mount", mp, "--thr", "10,abc"], "bad threshold level 'abc'")
+        _bad(["--mount", mp, "--thr", "1000", "--thr-hysteresis", "x"], "bad --thr-hysteresis")
+        _bad(["--mount", mp, "--thr-hysteresis", "10"], "--thr-hysteresis needs --thr")
+        _bad(["--mount", mp, "--thr", "1000", "--events", "err"], "leave out thr")
+        _bad(["--mount", unlimited, "--thr", "10%"], "tmpfs without a size limit")
+
+
+@pytest.mark.parametrize("funcs", [
+    {"shmem_inode_acct_blocks", "shmem_inode_unacct_blocks"},  # 6.6+
+    {"shmem_alloc_and_acct_folio", "shmem_recalc_inode"},  # Debian 12's 6.1
+])
+def test_tmpfs_kprobe_rung_programs_pass_the_verifier_here(funcs):
+    """No kprobes to attach here, but the programs of that rung load (verify)."""
+    from bcc import BPF
+
+    from fsev.btf import resolve
+    from fsev.kernel_facts import KernelFacts
+    from fsev.plan import ALL_TRACEPOINTS, ProbePoint, plan_probes
+    from fsev.program import ProgramConfig, bpf_dir, required_offsets, source
+    from fsev.records import RecordClass
+
+    facts = KernelFacts(release="x", kprobes=True, kprobe_functions=frozenset(funcs),
+                        tracepoints=frozenset(ALL_TRACEPOINTS))
+    plan = plan_probes(facts)
+    cfg = ProgramConfig(classes=frozenset({RecordClass.THR}), watch_all=False,
+                        thr_points=frozenset({ProbePoint.THR_TMPFS}))
+    offsets = {s: int(v) for s, v in resolve(required_offsets(plan, cfg)).items()}
+    b = BPF(text=source(plan, cfg, offsets), cflags=[f"-I{bpf_dir()}", "-Wno-unused-function"])
+    try:
+        for fn in ("kp_thr_shmem_acct", "kp_thr_shmem_unacct"):
+            b.load_func(fn, BPF.KPROBE)
+    finally:
+        b.cleanup()
