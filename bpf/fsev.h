@@ -96,6 +96,8 @@ enum fsev_call {
 enum fsev_ro_bits {
 	FSEV_RO_SB_RDONLY = 1 << 0, /* super_block.s_flags & SB_RDONLY (ext4 errors=remount-ro < 6.12) */
 	FSEV_RO_EMERGENCY = 1 << 1, /* ext4_sb_info.s_ext4_flags EXT4_FLAGS_EMERGENCY_RO (6.12+) */
+	FSEV_RO_SHUTDOWN = 1 << 2,  /* EXT4_FLAGS_SHUTDOWN: what errors=remount-ro set from 6.7 to
+				     * 6.11 (and stable backports, e.g. Debian 6.1), and the shutdown ioctl */
 };
 
 /* Threshold crossing direction (fsev_record.direction). */

@@ -5,8 +5,8 @@
  * buffer, new_record(), dev_watched(), READ_KERNEL() and drops counter it
  * uses. Switches and offsets come from the preamble (fsev/program_health.py):
  *   FSEV_RO_RAW_TP / FSEV_RO_KPROBE             read-only after an ext4 error
- *   OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO            the bit's number, defined when
- *                                               the kernel has it (6.12+)
+ *   OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO / _SHUTDOWN the bits' numbers, defined
+ *                                               when the kernel's BTF has them
  *   FSEV_ENOSPC_RAW_TP / FSEV_ENOSPC_KPROBE     ENOSPC from write-ish calls
  *   FSEV_BLOCK_IO_TRACEPOINT / _KPROBE          block request errors
  *   FSEV_WB_RAW_TP / FSEV_WB_KPROBE             writeback errors
@@ -60,23 +60,34 @@ static __always_inline u32 health_sb_dev(void *sb)
 /* ---- read-only state of a superblock ----------------------------------- */
 
 #if FSEV_RO_RAW_TP || FSEV_RO_KPROBE
-/* Before 6.12 ext4's errors=remount-ro sets SB_RDONLY; since 6.12 it sets its
- * own EXT4_FLAGS_EMERGENCY_RO bit in ext4_sb_info.s_ext4_flags instead (shown
- * as `emergency_ro` in /proc/mounts; statfs does not see it). Both are read. */
-static __always_inline u32 ro_bits(void *sb)
+/* What ext4's errors=remount-ro sets after an error: SB_RDONLY up to 6.6;
+ * EXT4_FLAGS_SHUTDOWN in ext4_sb_info.s_ext4_flags from 6.7 (commit "ext4:
+ * don't set SB_RDONLY after filesystem errors", also in stable kernels such as
+ * Debian's 6.1); EXT4_FLAGS_EMERGENCY_RO from 6.12 (shown as `emergency_ro`
+ * in /proc/mounts; statfs sees neither flag). Each flag the kernel's BTF has
+ * is read. */
+static __always_inline u32 ro_bits(void *sb, int ext4)
 {
 	u64 sflags = 0;
 	u32 bits = 0;
 	READ_KERNEL(sflags, sb, OFF_SUPER_BLOCK_S_FLAGS);
 	if (sflags & FSEV_SB_RDONLY)
 		bits |= FSEV_RO_SB_RDONLY;
-#ifdef OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO
+#if defined(OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO) || defined(OFF_ENUM_EXT4_FLAGS_SHUTDOWN)
+	if (!ext4) /* s_fs_info is an ext4_sb_info only on ext4 */
+		return bits;
 	void *sbi = 0;
 	u64 ext4_flags = 0;
 	READ_KERNEL(sbi, sb, OFF_SUPER_BLOCK_S_FS_INFO);
 	READ_KERNEL(ext4_flags, sbi, OFF_EXT4_SB_INFO_S_EXT4_FLAGS);
+#ifdef OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO
 	if (ext4_flags & (1ull << OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO))
 		bits |= FSEV_RO_EMERGENCY;
+#endif
+#ifdef OFF_ENUM_EXT4_FLAGS_SHUTDOWN
+	if (ext4_flags & (1ull << OFF_ENUM_EXT4_FLAGS_SHUTDOWN))
+		bits |= FSEV_RO_SHUTDOWN;
+#endif
 #endif
 	return bits;
 }
@@ -118,7 +129,7 @@ RAW_TRACEPOINT_PROBE(ext4_error)
 	w.dev = health_sb_dev(sb);
 	if (!dev_watched(w.dev))
 		return 0;
-	w.before = ro_bits(sb);
+	w.before = ro_bits(sb, 1);
 	if (w.before)
 		return 0; /* read-only already: no transition to see */
 	w.sb = (u64)sb;
@@ -145,7 +156,7 @@ static __always_inline void ro_check_at_exit(void)
 	struct ro_watch *w = ro_watch.lookup(&tid);
 	if (!w)
 		return;
-	u32 after = ro_bits((void *)w->sb);
+	u32 after = ro_bits((void *)w->sb, 1);
 	if (after & ~w->before)
 		ro_emit(w, after, FSEV_CALL_EXT4_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_RAW_TRACEPOINT);
 	ro_watch.delete(&tid);
@@ -165,7 +176,7 @@ int kp_ext4_handle_error(struct pt_regs *ctx)
 	if (!dev_watched(w.dev))
 		return 0;
 	w.sb = (u64)sb;
-	w.before = ro_bits(sb);
+	w.before = ro_bits(sb, 1);
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	ro_watch.update(&tid, &w);
 	return 0;
@@ -177,7 +188,7 @@ int kretp_ext4_handle_error(struct pt_regs *ctx)
 	struct ro_watch *w = ro_watch.lookup(&tid);
 	if (!w)
 		return 0;
-	u32 after = ro_bits((void *)w->sb);
+	u32 after = ro_bits((void *)w->sb, 1);
 	if (after & ~w->before)
 		ro_emit(w, after, FSEV_CALL_EXT4_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_KPROBE);
 	ro_watch.delete(&tid);
@@ -199,7 +210,7 @@ int kp_reconfigure_super(struct pt_regs *ctx)
 	if (!dev_watched(w.dev))
 		return 0;
 	w.sb = (u64)sb;
-	w.before = ro_bits(sb);
+	w.before = ro_bits(sb, 0); /* any filesystem: its SB_RDONLY only */
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	remount_watch.update(&tid, &w);
 	return 0;
@@ -211,8 +222,8 @@ int kretp_reconfigure_super(struct pt_regs *ctx)
 	struct ro_watch *w = remount_watch.lookup(&tid);
 	if (!w)
 		return 0;
-	u32 after = ro_bits((void *)w->sb);
-	if (PT_REGS_RC(ctx) == 0 && (after & FSEV_RO_SB_RDONLY) != (w->before & FSEV_RO_SB_RDONLY))
+	u32 after = ro_bits((void *)w->sb, 0);
+	if (PT_REGS_RC(ctx) == 0 && after != w->before)
 		ro_emit(w, after, FSEV_CALL_RECONFIGURE_SUPER, FSEV_CLASS_INFO, FSEV_RUNG_KPROBE);
 	remount_watch.delete(&tid);
 	return 0;

@@ -13,6 +13,8 @@ FANOTIFY_MNT_TYPE = "sizeof:fanotify_mnt_event"  # FAN_MNT_ATTACH/DETACH, FAN_MA
 # ext4 >= 6.12: errors=remount-ro sets this bit of ext4_sb_info.s_ext4_flags
 # instead of SB_RDONLY. Its presence decides which state the programs read.
 EXT4_EMERGENCY_RO = "enum:EXT4_FLAGS_EMERGENCY_RO"
+# 4.10+ (the shutdown ioctl); what errors=remount-ro sets from 6.7 to 6.11.
+EXT4_SHUTDOWN = "enum:EXT4_FLAGS_SHUTDOWN"
 
 
 def gather_health_facts() -> dict:
@@ -20,10 +22,12 @@ def gather_health_facts() -> dict:
     try:
         from .btf import BtfError, resolve
 
-        got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, EXT4_EMERGENCY_RO], modules=("ext4",))
+        got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN],
+                      modules=("ext4",))
     except (ImportError, OSError, ValueError, BtfError):  # no BTF: fsev cannot trace anyway
         return out
     out["fanotify_fs_error"] = got[FANOTIFY_FS_ERROR_TYPE] is not None
     out["fanotify_mntns"] = got[FANOTIFY_MNT_TYPE] is not None
     out["ext4_emergency_ro_bit"] = got[EXT4_EMERGENCY_RO]
+    out["ext4_shutdown_bit"] = got[EXT4_SHUTDOWN]
     return out

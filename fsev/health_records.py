@@ -42,9 +42,11 @@ def _text(b: bytes) -> str:
 
 
 def ro_flag_name(bits: int) -> str | None:
-    """The read-only mechanism a superblock's bits show (emergency_ro wins)."""
+    """The read-only mechanism a superblock's bits show (emergency_ro, then shutdown, win)."""
     if bits & RoBits.EMERGENCY:
         return "emergency_ro"
+    if bits & RoBits.SHUTDOWN:
+        return "shutdown"
     if bits & RoBits.SB_RDONLY:
         return "sb_rdonly"
     return None

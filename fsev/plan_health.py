@@ -5,7 +5,7 @@ registers these planners.
 
 from __future__ import annotations
 
-from .health_facts import EXT4_EMERGENCY_RO
+from .health_facts import EXT4_EMERGENCY_RO, EXT4_SHUTDOWN
 from .kernel_facts import KernelFacts
 from .plan import ProbePoint, Rung, RungKind, _kprobe_skip_reason, _plan_ext4_error
 
@@ -56,16 +56,22 @@ def _raw_skip(facts: KernelFacts, tracepoints: tuple[str, ...], x86_64: bool = F
 
 
 def ro_flag_description(facts: KernelFacts) -> str:
+    """Which read-only states the programs read: what this kernel's BTF has."""
+    flags = ["super_block.s_flags SB_RDONLY (up to 6.6)"]
+    if facts.ext4_shutdown_bit is not None:
+        flags.append(f"ext4_sb_info.s_ext4_flags EXT4_FLAGS_SHUTDOWN ({facts.ext4_shutdown_bit}; 6.7-6.11, backports)")
     if facts.ext4_emergency_ro_bit is not None:
-        return (f"ext4_sb_info.s_ext4_flags bit EXT4_FLAGS_EMERGENCY_RO ({facts.ext4_emergency_ro_bit}) "
-                "and super_block.s_flags SB_RDONLY")
-    return "super_block.s_flags SB_RDONLY (no EXT4_FLAGS_EMERGENCY_RO: a kernel before 6.12)"
+        flags.append(f"EXT4_FLAGS_EMERGENCY_RO ({facts.ext4_emergency_ro_bit}; 6.12+)")
+    else:
+        flags.append("no EXT4_FLAGS_EMERGENCY_RO (a kernel before 6.12)")
+    return ", ".join(flags)
 
 
 def _plan_read_only(facts: KernelFacts) -> Rung:
     point = ProbePoint.READ_ONLY
     flag = ro_flag_description(facts)
-    reads = (EXT4_EMERGENCY_RO,) if facts.ext4_emergency_ro_bit is not None else ()
+    reads = tuple(spec for spec, bit in ((EXT4_EMERGENCY_RO, facts.ext4_emergency_ro_bit),
+                                         (EXT4_SHUTDOWN, facts.ext4_shutdown_bit)) if bit is not None)
     admin = "; admin remounts ro/rw from /proc/self/mountinfo changes and mount(2) calls"
     why = _kprobe_skip_reason(facts, (RO_KPROBE,))
     if why is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .health_facts import EXT4_EMERGENCY_RO
+from .health_facts import EXT4_EMERGENCY_RO, EXT4_SHUTDOWN
 from .plan import Plan, ProbePoint, RungKind
 from .plan_health import ENOSPC_KPROBES, MOUNT_CALL_TRACEPOINTS, NS_TRACEPOINTS, RO_KPROBE, RO_KPROBE_REMOUNT
 from .records import RecordClass
@@ -69,8 +69,9 @@ def health_offsets(plan: Plan, config: "ProgramConfig | None") -> list[str]:
         if _on(plan, config, point, kind):
             specs += wanted
             r = plan.rung(point)
-            if r is not None and EXT4_EMERGENCY_RO in r.reads:
-                specs += [*_RO_EXT4, EXT4_EMERGENCY_RO]
+            ext4_bits = [s for s in (EXT4_EMERGENCY_RO, EXT4_SHUTDOWN) if r is not None and s in r.reads]
+            if ext4_bits:
+                specs += [*_RO_EXT4, *ext4_bits]
     return list(dict.fromkeys(specs))
 
 

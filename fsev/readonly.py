@@ -16,20 +16,26 @@ from .events import Event, EventClass, EventType
 from .mountinfo import Mount, MountTable
 
 EMERGENCY_RO = "emergency_ro"  # ext4 6.12+, after an error with errors=remount-ro
+SHUTDOWN = "shutdown"  # ext4 shut down: errors=remount-ro on 6.7-6.11 (and backports), or the shutdown ioctl
 SB_RDONLY = "sb_rdonly"  # the superblock is read-only (every mount of it)
 MNT_READONLY = "mnt_readonly"  # only this mount is (mount -o remount,ro,bind)
 
 DESCRIPTIONS = {
     EMERGENCY_RO: "read-only after an error (ext4 emergency_ro; statfs still says read-write)",
+    SHUTDOWN: "shut down: no reads or writes (ext4; statfs still says read-write)",
     SB_RDONLY: "filesystem read-only",
     MNT_READONLY: "this mount read-only",
 }
 
 
 def mount_read_only(m: Mount) -> str | None:
-    """Why a mount is read-only now (EMERGENCY_RO, SB_RDONLY, MNT_READONLY), or None."""
+    """Why a mount is read-only now (EMERGENCY_RO, SHUTDOWN, SB_RDONLY, MNT_READONLY), or
+    None. Kernels from 6.7 to 6.11 set ext4's shutdown flag after an error
+    without showing it in mountinfo: only the kernel record tells those."""
     if EMERGENCY_RO in m.super_options:
         return EMERGENCY_RO
+    if SHUTDOWN in m.super_options:
+        return SHUTDOWN
     if "ro" in m.super_options:
         return SB_RDONLY
     if "ro" in m.options:
@@ -122,6 +128,8 @@ class ReadOnlyTracker:
         err = self._errors.get(m.dev)
         recent_error = err is not None and now - err[1] < CAUSE_WINDOW_S
         by_error = new == EMERGENCY_RO or (new is not None and call is None and recent_error)
+        if new == SHUTDOWN:  # the ioctl (a tool asked) unless an error just came
+            by_error = recent_error
         ev = make_event(
             cls=EventClass.ERR if by_error else EventClass.INFO, type=EventType.READ_ONLY, rung="polled",
             dev=m.dev, mount_point=m.mount_point, fs_type=m.fs_type, source=m.source, mnt_id=m.mnt_id,

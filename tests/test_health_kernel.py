@@ -136,11 +136,15 @@ def test_mkdir_on_a_full_tmpfs_names_the_mount_from_the_path():
 
 # -- mount topology ------------------------------------------------------------------
 
-def test_mount_bind_move_remount_umount_and_namespace_teardown():
+def topology_scenario(attach_timeout: float = 60) -> tuple[list[dict], tuple[str, str, str, str], str]:
+    """Mount a tmpfs, bind it, move the bind, remount it read-only, unmount
+    both; then a tmpfs that only a short-lived mount namespace ever has (no
+    umount(2) drops it, the namespace's end does). The events, the four
+    paths and the mount_topology rung. (Also run in the stock-kernel VM.)"""
     a, b, c, ns_dir = (tempfile.mkdtemp(prefix=f"fsev-topo-{x}-") for x in "abcn")
     try:
         with FsevTrace(["--events", "info"]) as t:
-            t.wait_attached()
+            t.wait_attached(timeout=attach_timeout)
             rung = _rung_for(t, "mount_topology")
             run("mount", "-t", "tmpfs", "-o", "size=1m", "fsev-topo", a)
             run("mount", "--bind", a, b)
@@ -149,34 +153,46 @@ def test_mount_bind_move_remount_umount_and_namespace_teardown():
             time.sleep(0.3)
             run("umount", c)
             run("umount", a)
-            # A tmpfs only a short-lived namespace ever has: no umount(2) drops
-            # it, the namespace's end does.
             subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
                             f"mount -t tmpfs -o size=1m fsev-ns {ns_dir} && exit"], check=True)
             t.wait_for(lambda e: any(x["type"] == "umount" and x.get("cause") == "namespace_teardown" for x in e),
-                       timeout=5)
+                       timeout=5 if rung == "fanotify" else 2)
             time.sleep(0.3)
             assert t.stop() == 0
     finally:
         for d in (c, b, a, ns_dir):
             unmount(d)
             os.rmdir(d)
-    evs = t.events()
-    mine = [e for e in evs if e.get("mount_point") in (a, b, c, ns_dir) or e.get("path") in (a, b, c, ns_dir)]
-    mounts = [(e.get("action"), e["mount_point"]) for e in mine if e["type"] == "mount"]
-    assert mounts[:4] == [("mount", a), ("bind", b), ("move", c), ("remount", a)], mine
-    assert [e for e in mine if e["type"] == "mount"][1]["from"] == a
-    assert [e for e in mine if e["type"] == "mount"][2]["from"] == b
-    new = [e for e in mine if e["type"] == "mount"][0]
+    return t.events(), (a, b, c, ns_dir), rung
+
+
+def check_topology(evs: list[dict], paths: tuple[str, str, str, str], rung: str) -> list[dict]:
+    """The events every rung gives; returns those of the other namespace."""
+    a, b, c, ns_dir = paths
+    mine = [e for e in evs if e.get("mount_point") in paths or e.get("path") in paths]
+    mounts = [e for e in mine if e["type"] == "mount"]
+    assert [(e.get("action"), e["mount_point"]) for e in mounts][:4] == [
+        ("mount", a), ("bind", b), ("move", c), ("remount", a)], mine
+    assert mounts[1]["from"] == a and mounts[2]["from"] == b and mounts[3]["read_only"] is True
+    new = mounts[0]
     assert new["fs_type"] == "tmpfs" and new["comm"] == "mount" and new["mnt_id"] > 0 and new["class"] == "info"
     assert new["rung"] == rung
     drops = [(e["mount_point"], e.get("cause")) for e in mine if e["type"] == "umount"]
     assert (c, None) in drops and (a, None) in drops
     ro = [e for e in mine if e["type"] == "read_only"]
-    assert ro and ro[0]["class"] == "info" and ro[0]["read_only"] is True
+    assert ro and ro[0]["class"] == "info" and ro[0]["read_only"] is True and ro[0]["cause"] == "remount"
+    own_ns = os.stat("/proc/self/ns/mnt").st_ino
+    inside = [e for e in mine if e.get("mnt_ns") and e["mnt_ns"] != own_ns]
+    assert inside and (inside[0]["type"], inside[0]["mount_point"]) == ("mount", ns_dir), inside
+    return inside
+
+
+def test_mount_bind_move_remount_umount_and_namespace_teardown():
+    evs, paths, rung = topology_scenario()
+    inside = check_topology(evs, paths, rung)
     if rung != "fanotify":
         pytest.skip(f"mount_topology rung {rung}: namespace teardown is seen on the fanotify rung (6.15+)")
-    inside = [e for e in mine if e.get("mnt_ns") and e["mnt_ns"] != os.stat("/proc/self/ns/mnt").st_ino]
+    ns_dir = paths[3]
     assert [(e["type"], e["mount_point"]) for e in inside] == [("mount", ns_dir), ("umount", ns_dir)], inside
     assert inside[1]["cause"] == "namespace_teardown" and inside[1]["fs_type"] == "tmpfs"
     assert inside[1]["rung"] == "fanotify" and inside[1]["class"] == "info"

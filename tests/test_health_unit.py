@@ -23,7 +23,7 @@ from fsev.kernel_facts import KernelFacts
 from fsev.mountinfo import MountTable, parse_mountinfo
 from fsev.plan import ProbePoint, RungKind, plan_probes
 from fsev.program import ProgramConfig, kprobe_attachments, preamble, required_offsets
-from fsev.readonly import EMERGENCY_RO, MNT_READONLY, SB_RDONLY, ReadOnlyTracker, mount_read_only
+from fsev.readonly import EMERGENCY_RO, MNT_READONLY, SB_RDONLY, SHUTDOWN, ReadOnlyTracker, mount_read_only
 from fsev.records import Call, Field, Record, RecordClass, RecordType, RoBits, Rung, kernel_dev
 
 ALL = frozenset(RecordClass(c) for c in (1, 2, 3, 4))
@@ -35,13 +35,14 @@ HERE_TPS = frozenset({
 })
 # This machine: 6.18, no kprobes, fanotify FS_ERROR and mount-namespace marks.
 HERE = KernelFacts(release="6.18", kprobes=False, kprobes_why_not="kernel built without CONFIG_KPROBES",
-                   tracepoints=HERE_TPS, fanotify_fs_error=True, fanotify_mntns=True, ext4_emergency_ro_bit=3)
+                   tracepoints=HERE_TPS, fanotify_fs_error=True, fanotify_mntns=True, ext4_emergency_ro_bit=3,
+                   ext4_shutdown_bit=1)
 # A Debian 12 kernel (6.1): kprobes, no emergency_ro, no mount-namespace marks.
 DEBIAN = KernelFacts(release="6.1.0-13-amd64", kprobes=True,
                      kprobe_functions=frozenset({"__ext4_error", "__ext4_error_inode", "cleanup_mnt",
                                                  "ext4_handle_error", "reconfigure_super", "security_inode_create",
                                                  "security_inode_mkdir", "blk_update_request"}),
-                     tracepoints=HERE_TPS - {"block:block_rq_error"}, fanotify_fs_error=True)
+                     tracepoints=HERE_TPS - {"block:block_rq_error"}, fanotify_fs_error=True, ext4_shutdown_bit=1)
 
 
 def record(**kw) -> bytes:
@@ -61,7 +62,8 @@ def test_read_only_record_names_the_flag_and_cause():
 
 
 @pytest.mark.parametrize("bits, name", [(0, None), (RoBits.SB_RDONLY, "sb_rdonly"), (RoBits.EMERGENCY, "emergency_ro"),
-                                        (RoBits.SB_RDONLY | RoBits.EMERGENCY, "emergency_ro")])
+                                        (RoBits.SB_RDONLY | RoBits.EMERGENCY, "emergency_ro"),
+                                        (RoBits.SHUTDOWN, "shutdown"), (RoBits.SHUTDOWN | RoBits.SB_RDONLY, "shutdown")])
 def test_ro_flag_decoding(bits, name):
     assert ro_flag_name(int(bits)) == name
 
@@ -109,7 +111,8 @@ def test_ladders_here_use_tracepoints_raw_tracepoints_and_fanotify():
                    ProbePoint.ENOSPC: RungKind.RAW_TRACEPOINT, ProbePoint.BLOCK_IO_ERROR: RungKind.TRACEPOINT,
                    ProbePoint.WB_ERROR: RungKind.RAW_TRACEPOINT, ProbePoint.MOUNT_TOPOLOGY: RungKind.FANOTIFY}
     ro = plan.rung(ProbePoint.READ_ONLY)
-    assert ro.reads == ("enum:EXT4_FLAGS_EMERGENCY_RO",) and "EMERGENCY_RO (3)" in ro.gives
+    assert ro.reads == ("enum:EXT4_FLAGS_EMERGENCY_RO", "enum:EXT4_FLAGS_SHUTDOWN")
+    assert "EXT4_FLAGS_EMERGENCY_RO (3; 6.12+)" in ro.gives and "EXT4_FLAGS_SHUTDOWN (1;" in ro.gives
     assert all("CONFIG_KPROBES" in r.skipped[0] for r in (ro, plan.rung(ProbePoint.ENOSPC)))
     assert ro.misses and plan.rung(ProbePoint.ENOSPC).misses
 
@@ -118,7 +121,8 @@ def test_ladders_on_a_kprobe_kernel_before_6_12():
     plan = plan_probes(DEBIAN)
     ro = plan.rung(ProbePoint.READ_ONLY)
     assert ro.kind is RungKind.KPROBE and ro.targets == ("ext4_handle_error", "reconfigure_super")
-    assert ro.reads == () and "SB_RDONLY (no EXT4_FLAGS_EMERGENCY_RO" in ro.gives  # the flag decides
+    # the flags the kernel's BTF has decide what the programs read
+    assert ro.reads == ("enum:EXT4_FLAGS_SHUTDOWN",) and "no EXT4_FLAGS_EMERGENCY_RO" in ro.gives
     assert plan.rung(ProbePoint.ENOSPC).kind is RungKind.KPROBE
     blk = plan.rung(ProbePoint.BLOCK_IO_ERROR)
     assert blk.kind is RungKind.KPROBE and "block_rq_error not present" in blk.skipped[0]
@@ -361,6 +365,7 @@ class StaticTable(MountTable):
 
 @pytest.mark.parametrize("line, reason", [
     ("44 22 7:0 / /m rw - ext4 /dev/loop0 rw,errors=remount-ro,emergency_ro", EMERGENCY_RO),
+    ("44 22 7:0 / /m rw - ext4 /dev/loop0 rw,shutdown", SHUTDOWN),
     ("44 22 7:0 / /m ro - ext4 /dev/loop0 ro,errors=remount-ro", SB_RDONLY),
     ("44 22 7:0 / /m ro - tmpfs t rw", MNT_READONLY),
     ("44 22 7:0 / /m rw - tmpfs t rw", None),

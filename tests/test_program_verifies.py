@@ -26,6 +26,7 @@ KPROBE_FACTS = KernelFacts(
     # block/filemap tracepoints, so those points plan their kprobe rungs
     tracepoints=frozenset({"raw_syscalls:sys_exit"}),
     ext4_emergency_ro_bit=3,
+    ext4_shutdown_bit=1,
 )
 HEALTH_KPROBES = {"kp_ext4_handle_error", "kretp_ext4_handle_error", "kp_reconfigure_super", "kretp_reconfigure_super",
                   "kp_security_inode_create", "kp_security_inode_mkdir", "kp_blk_update_request",
