@@ -96,8 +96,10 @@ enum fsev_call {
 enum fsev_ro_bits {
 	FSEV_RO_SB_RDONLY = 1 << 0, /* super_block.s_flags & SB_RDONLY (ext4 errors=remount-ro < 6.12) */
 	FSEV_RO_EMERGENCY = 1 << 1, /* ext4_sb_info.s_ext4_flags EXT4_FLAGS_EMERGENCY_RO (6.12+) */
-	FSEV_RO_SHUTDOWN = 1 << 2,  /* EXT4_FLAGS_SHUTDOWN: what errors=remount-ro set from 6.7 to
-				     * 6.11 (and stable backports, e.g. Debian 6.1), and the shutdown ioctl */
+	FSEV_RO_SHUTDOWN = 1 << 2,  /* EXT4_FLAGS_SHUTDOWN: what errors=remount-ro sets on 6.7-6.11,
+				     * and the shutdown ioctl */
+	FSEV_RO_ABORTED = 1 << 3,   /* ext4_sb_info.s_mount_flags EXT4_MF_FS_ABORTED (up to 6.5): all
+				     * that stable kernels without SB_RDONLY after errors set (Debian 6.1) */
 };
 
 /* Threshold crossing direction (fsev_record.direction). */

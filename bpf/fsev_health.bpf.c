@@ -5,7 +5,8 @@
  * buffer, new_record(), dev_watched(), READ_KERNEL() and drops counter it
  * uses. Switches and offsets come from the preamble (fsev/program_health.py):
  *   FSEV_RO_RAW_TP / FSEV_RO_KPROBE             read-only after an ext4 error
- *   OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO / _SHUTDOWN the bits' numbers, defined
+ *   OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO, OFF_ENUM_EXT4_FLAGS_SHUTDOWN,
+ *   OFF_ENUM_EXT4_MF_FS_ABORTED                 the bits' numbers, defined
  *                                               when the kernel's BTF has them
  *   FSEV_ENOSPC_RAW_TP / FSEV_ENOSPC_KPROBE     ENOSPC from write-ish calls
  *   FSEV_BLOCK_IO_TRACEPOINT / _KPROBE          block request errors
@@ -60,12 +61,12 @@ static __always_inline u32 health_sb_dev(void *sb)
 /* ---- read-only state of a superblock ----------------------------------- */
 
 #if FSEV_RO_RAW_TP || FSEV_RO_KPROBE
-/* What ext4's errors=remount-ro sets after an error: SB_RDONLY up to 6.6;
- * EXT4_FLAGS_SHUTDOWN in ext4_sb_info.s_ext4_flags from 6.7 (commit "ext4:
- * don't set SB_RDONLY after filesystem errors", also in stable kernels such as
- * Debian's 6.1); EXT4_FLAGS_EMERGENCY_RO from 6.12 (shown as `emergency_ro`
- * in /proc/mounts; statfs sees neither flag). Each flag the kernel's BTF has
- * is read. */
+/* What ext4's errors=remount-ro sets after an error: SB_RDONLY (with
+ * EXT4_MF_FS_ABORTED in s_mount_flags) up to 6.6; only EXT4_MF_FS_ABORTED in
+ * stable kernels that took "ext4: don't set SB_RDONLY after filesystem errors"
+ * (measured: Debian's 6.1.176); EXT4_FLAGS_SHUTDOWN in s_ext4_flags on 6.7-6.11;
+ * EXT4_FLAGS_EMERGENCY_RO from 6.12 (shown as `emergency_ro` in /proc/mounts).
+ * statfs sees only SB_RDONLY. Each flag the kernel's BTF has is read. */
 static __always_inline u32 ro_bits(void *sb, int ext4)
 {
 	u64 sflags = 0;
@@ -73,12 +74,21 @@ static __always_inline u32 ro_bits(void *sb, int ext4)
 	READ_KERNEL(sflags, sb, OFF_SUPER_BLOCK_S_FLAGS);
 	if (sflags & FSEV_SB_RDONLY)
 		bits |= FSEV_RO_SB_RDONLY;
-#if defined(OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO) || defined(OFF_ENUM_EXT4_FLAGS_SHUTDOWN)
+#if defined(OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO) || defined(OFF_ENUM_EXT4_FLAGS_SHUTDOWN) || \
+	defined(OFF_ENUM_EXT4_MF_FS_ABORTED)
 	if (!ext4) /* s_fs_info is an ext4_sb_info only on ext4 */
 		return bits;
 	void *sbi = 0;
-	u64 ext4_flags = 0;
 	READ_KERNEL(sbi, sb, OFF_SUPER_BLOCK_S_FS_INFO);
+#endif
+#ifdef OFF_ENUM_EXT4_MF_FS_ABORTED
+	u64 mount_flags = 0;
+	READ_KERNEL(mount_flags, sbi, OFF_EXT4_SB_INFO_S_MOUNT_FLAGS);
+	if (mount_flags & (1ull << OFF_ENUM_EXT4_MF_FS_ABORTED))
+		bits |= FSEV_RO_ABORTED;
+#endif
+#if defined(OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO) || defined(OFF_ENUM_EXT4_FLAGS_SHUTDOWN)
+	u64 ext4_flags = 0;
 	READ_KERNEL(ext4_flags, sbi, OFF_EXT4_SB_INFO_S_EXT4_FLAGS);
 #ifdef OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO
 	if (ext4_flags & (1ull << OFF_ENUM_EXT4_FLAGS_EMERGENCY_RO))
@@ -96,6 +106,7 @@ static __always_inline u32 ro_bits(void *sb, int ext4)
  * task leaves the syscall (raw rung) or ext4_handle_error returns (kprobe). */
 struct ro_watch {
 	u64 sb;
+	u64 ts; /* when the error was handled: names the error that caused it */
 	u32 dev;
 	u32 before;
 };
@@ -110,6 +121,8 @@ static __always_inline int ro_emit(struct ro_watch *w, u32 after, u32 call, u32 
 	r->value = after;
 	r->arg = w->before;
 	r->call = call;
+	r->block = w->ts; /* READ_ONLY records: block is the causing error's ktime */
+	r->fields = FSEV_F_BLOCK;
 	events.ringbuf_submit(r, 0);
 	return 0;
 }
@@ -133,6 +146,7 @@ RAW_TRACEPOINT_PROBE(ext4_error)
 	if (w.before)
 		return 0; /* read-only already: no transition to see */
 	w.sb = (u64)sb;
+	w.ts = bpf_ktime_get_ns();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	ro_watch.update(&tid, &w);
 	u32 zero = 0;
@@ -176,6 +190,7 @@ int kp_ext4_handle_error(struct pt_regs *ctx)
 	if (!dev_watched(w.dev))
 		return 0;
 	w.sb = (u64)sb;
+	w.ts = bpf_ktime_get_ns();
 	w.before = ro_bits(sb, 1);
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	ro_watch.update(&tid, &w);
@@ -210,6 +225,7 @@ int kp_reconfigure_super(struct pt_regs *ctx)
 	if (!dev_watched(w.dev))
 		return 0;
 	w.sb = (u64)sb;
+	w.ts = bpf_ktime_get_ns();
 	w.before = ro_bits(sb, 0); /* any filesystem: its SB_RDONLY only */
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	remount_watch.update(&tid, &w);

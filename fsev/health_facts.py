@@ -15,6 +15,9 @@ FANOTIFY_MNT_TYPE = "sizeof:fanotify_mnt_event"  # FAN_MNT_ATTACH/DETACH, FAN_MA
 EXT4_EMERGENCY_RO = "enum:EXT4_FLAGS_EMERGENCY_RO"
 # 4.10+ (the shutdown ioctl); what errors=remount-ro sets from 6.7 to 6.11.
 EXT4_SHUTDOWN = "enum:EXT4_FLAGS_SHUTDOWN"
+# Up to 6.5, in ext4_sb_info.s_mount_flags: set with SB_RDONLY, or alone in
+# stable kernels that stopped setting SB_RDONLY after errors (Debian's 6.1).
+EXT4_ABORTED = "enum:EXT4_MF_FS_ABORTED"
 
 
 def gather_health_facts() -> dict:
@@ -22,7 +25,7 @@ def gather_health_facts() -> dict:
     try:
         from .btf import BtfError, resolve
 
-        got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN],
+        got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN, EXT4_ABORTED],
                       modules=("ext4",))
     except (ImportError, OSError, ValueError, BtfError):  # no BTF: fsev cannot trace anyway
         return out
@@ -30,4 +33,5 @@ def gather_health_facts() -> dict:
     out["fanotify_mntns"] = got[FANOTIFY_MNT_TYPE] is not None
     out["ext4_emergency_ro_bit"] = got[EXT4_EMERGENCY_RO]
     out["ext4_shutdown_bit"] = got[EXT4_SHUTDOWN]
+    out["ext4_aborted_bit"] = got[EXT4_ABORTED]
     return out

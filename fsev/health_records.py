@@ -42,13 +42,15 @@ def _text(b: bytes) -> str:
 
 
 def ro_flag_name(bits: int) -> str | None:
-    """The read-only mechanism a superblock's bits show (emergency_ro, then shutdown, win)."""
+    """The read-only mechanism a superblock's bits show, the most telling first."""
     if bits & RoBits.EMERGENCY:
         return "emergency_ro"
     if bits & RoBits.SHUTDOWN:
         return "shutdown"
     if bits & RoBits.SB_RDONLY:
         return "sb_rdonly"
+    if bits & RoBits.ABORTED:
+        return "aborted"
     return None
 
 
@@ -88,6 +90,8 @@ def decode_health(ev: Event, f: int, value: int, mntns: int, call: int, arg: int
         x["read_only"] = bool(value)
         x["flag"] = ro_flag_name(value) or ro_flag_name(arg)
         x["cause"] = "error" if call == Call.EXT4_ERROR else "remount"
+        x["_cause_ts"] = ev.block  # ktime of the error handling that caused it
+        ev.block = None
     elif t == "enospc":
         x["space"] = "data" if call in DATA_CALLS else "metadata"
         x["_ordinal"] = value

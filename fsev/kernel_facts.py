@@ -33,7 +33,8 @@ class KernelFacts:
     fanotify_fs_error: bool = False  # FAN_FS_ERROR (5.16+)
     fanotify_mntns: bool = False  # FAN_MARK_MNTNS, FAN_MNT_ATTACH/DETACH (6.15+)
     ext4_emergency_ro_bit: int | None = None  # EXT4_FLAGS_EMERGENCY_RO in BTF (6.12+)
-    ext4_shutdown_bit: int | None = None  # EXT4_FLAGS_SHUTDOWN in BTF (4.10+; ext4's BTF loaded)
+    ext4_shutdown_bit: int | None = None  # EXT4_FLAGS_SHUTDOWN in BTF (4.10+; an anonymous enum, not always kept)
+    ext4_aborted_bit: int | None = None  # EXT4_MF_FS_ABORTED in BTF (up to 6.5)
 
     def has_tracepoint(self, name: str) -> bool:
         return name in self.tracepoints

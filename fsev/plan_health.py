@@ -5,7 +5,7 @@ registers these planners.
 
 from __future__ import annotations
 
-from .health_facts import EXT4_EMERGENCY_RO, EXT4_SHUTDOWN
+from .health_facts import EXT4_ABORTED, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN
 from .kernel_facts import KernelFacts
 from .plan import ProbePoint, Rung, RungKind, _kprobe_skip_reason, _plan_ext4_error
 
@@ -58,6 +58,8 @@ def _raw_skip(facts: KernelFacts, tracepoints: tuple[str, ...], x86_64: bool = F
 def ro_flag_description(facts: KernelFacts) -> str:
     """Which read-only states the programs read: what this kernel's BTF has."""
     flags = ["super_block.s_flags SB_RDONLY (up to 6.6)"]
+    if facts.ext4_aborted_bit is not None:
+        flags.append(f"ext4_sb_info.s_mount_flags EXT4_MF_FS_ABORTED ({facts.ext4_aborted_bit}; up to 6.5)")
     if facts.ext4_shutdown_bit is not None:
         flags.append(f"ext4_sb_info.s_ext4_flags EXT4_FLAGS_SHUTDOWN ({facts.ext4_shutdown_bit}; 6.7-6.11, backports)")
     if facts.ext4_emergency_ro_bit is not None:
@@ -71,7 +73,8 @@ def _plan_read_only(facts: KernelFacts) -> Rung:
     point = ProbePoint.READ_ONLY
     flag = ro_flag_description(facts)
     reads = tuple(spec for spec, bit in ((EXT4_EMERGENCY_RO, facts.ext4_emergency_ro_bit),
-                                         (EXT4_SHUTDOWN, facts.ext4_shutdown_bit)) if bit is not None)
+                                         (EXT4_SHUTDOWN, facts.ext4_shutdown_bit),
+                                         (EXT4_ABORTED, facts.ext4_aborted_bit)) if bit is not None)
     admin = "; admin remounts ro/rw from /proc/self/mountinfo changes and mount(2) calls"
     why = _kprobe_skip_reason(facts, (RO_KPROBE,))
     if why is None:
@@ -97,8 +100,8 @@ def _plan_read_only(facts: KernelFacts) -> Rung:
 def _plan_enospc(facts: KernelFacts) -> Rung:
     point = ProbePoint.ENOSPC
     misses = ("io_uring, aio and in-kernel writers (nfsd, loop); splice, sendfile, copy_file_range; "
-              "ENOSPC reported late by close or fsync; whether a write lacked room for data or for "
-              "metadata (told by the call only)")
+              "ENOSPC reported late by close or fsync; 32-bit (compat) processes, whose syscall numbers "
+              "differ; whether a write lacked room for data or for metadata (told by the call only)")
     raw_why = _raw_skip(facts, (RAW_SYS_EXIT,), x86_64=True)
     why = _kprobe_skip_reason(facts, ENOSPC_KPROBES) or raw_why
     if why is None:

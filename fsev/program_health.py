@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .health_facts import EXT4_EMERGENCY_RO, EXT4_SHUTDOWN
+from .health_facts import EXT4_ABORTED, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN
 from .plan import Plan, ProbePoint, RungKind
 from .plan_health import ENOSPC_KPROBES, MOUNT_CALL_TRACEPOINTS, NS_TRACEPOINTS, RO_KPROBE, RO_KPROBE_REMOUNT
 from .records import RecordClass
@@ -21,7 +21,8 @@ ENOSPC_QUIET_NS = 1_000_000_000
 
 _SB = ("super_block.s_dev",)
 _RO = (*_SB, "super_block.s_flags")
-_RO_EXT4 = ("super_block.s_fs_info", "ext4_sb_info.s_ext4_flags")
+_RO_EXT4_FLAGS = ("super_block.s_fs_info", "ext4_sb_info.s_ext4_flags")
+_RO_EXT4_MOUNT_FLAGS = ("super_block.s_fs_info", "ext4_sb_info.s_mount_flags")
 _ENOSPC = (*_SB, "pt_regs.orig_ax", "pt_regs.di", "pt_regs.si", "task_struct.files", "files_struct.fdt",
            "fdtable.fd", "fdtable.max_fds", "file.f_inode", "inode.i_sb", "inode.i_ino", "task_struct.fs",
            "fs_struct.root.mnt", "fs_struct.pwd.mnt", "vfsmount.mnt_sb")
@@ -68,10 +69,12 @@ def health_offsets(plan: Plan, config: "ProgramConfig | None") -> list[str]:
     for (point, kind), wanted in HEALTH_OFFSETS.items():
         if _on(plan, config, point, kind):
             specs += wanted
-            r = plan.rung(point)
-            ext4_bits = [s for s in (EXT4_EMERGENCY_RO, EXT4_SHUTDOWN) if r is not None and s in r.reads]
-            if ext4_bits:
-                specs += [*_RO_EXT4, *ext4_bits]
+            reads = plan.rung(point).reads  # type: ignore[union-attr]
+            for spec in (EXT4_EMERGENCY_RO, EXT4_SHUTDOWN):
+                if spec in reads:
+                    specs += [*_RO_EXT4_FLAGS, spec]
+            if EXT4_ABORTED in reads:
+                specs += [*_RO_EXT4_MOUNT_FLAGS, EXT4_ABORTED]
     return list(dict.fromkeys(specs))
 
 

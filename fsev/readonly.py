@@ -10,19 +10,22 @@ events: `err` when an error caused them (linked to that error's seq),
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Callable
 
 from .events import Event, EventClass, EventType
 from .mountinfo import Mount, MountTable
 
 EMERGENCY_RO = "emergency_ro"  # ext4 6.12+, after an error with errors=remount-ro
-SHUTDOWN = "shutdown"  # ext4 shut down: errors=remount-ro on 6.7-6.11 (and backports), or the shutdown ioctl
+SHUTDOWN = "shutdown"  # ext4 shut down: errors=remount-ro on 6.7-6.11, or the shutdown ioctl
+ABORTED = "aborted"  # ext4's journal aborted, writes refused (kernel record only: mountinfo does not show it)
 SB_RDONLY = "sb_rdonly"  # the superblock is read-only (every mount of it)
 MNT_READONLY = "mnt_readonly"  # only this mount is (mount -o remount,ro,bind)
 
 DESCRIPTIONS = {
     EMERGENCY_RO: "read-only after an error (ext4 emergency_ro; statfs still says read-write)",
     SHUTDOWN: "shut down: no reads or writes (ext4; statfs still says read-write)",
+    ABORTED: "read-only after an error (ext4 aborted; mountinfo and statfs still say read-write)",
     SB_RDONLY: "filesystem read-only",
     MNT_READONLY: "this mount read-only",
 }
@@ -49,6 +52,7 @@ CHECK_DELAYS_S = (0.05, 0.3, 1.0)
 # A transition this soon after an error on its device, or a remount call on
 # its mount point, is attributed to it.
 CAUSE_WINDOW_S = 3.0
+CAUSE_SLACK_NS = 1_000_000
 
 
 class ReadOnlyTracker:
@@ -59,7 +63,8 @@ class ReadOnlyTracker:
         self.now = now
         self._state: dict[int, str | None] = {m.mnt_id: mount_read_only(m) for m in table}
         self._generation = table.generation
-        self._errors: dict[str, tuple[int, float]] = {}  # dev -> (seq, when) of the last fs_error on it
+        # dev -> (seq, kernel ts_ns) of its latest fs_errors
+        self._errors: dict[str, deque[tuple[int, int]]] = {}
         self._calls: list[tuple[float, Event]] = []  # recent remount-like calls
         self._due: list[float] = []
 
@@ -67,7 +72,10 @@ class ReadOnlyTracker:
     def on_fs_error(self, ev: Event) -> None:
         """An emitted (numbered) fs_error event. On the flood path: cheap."""
         t = ev.ts_ns * 1e-9  # CLOCK_MONOTONIC, as self.now()
-        self._errors[ev.dev] = (ev.seq, t)  # type: ignore[index]
+        recent = self._errors.get(ev.dev)  # type: ignore[arg-type]
+        if recent is None:
+            recent = self._errors[ev.dev] = deque(maxlen=64)  # type: ignore[index]
+        recent.append((ev.seq, ev.ts_ns))
         if not self._due or self._due[-1] < t:  # a flood of errors shares one round of checks
             self._due += [t + d for d in CHECK_DELAYS_S]
 
@@ -87,9 +95,10 @@ class ReadOnlyTracker:
             self._state[m.mnt_id] = new
         if not changed:
             return None
+        cause_ts = ev.extra.pop("_cause_ts", None)
         if ev.extra.get("cause") == "error":
             ev.cls = EventClass.ERR
-            self._link_error(ev)
+            self._link_error(ev, cause_ts)
         else:
             ev.cls = EventClass.INFO
         return ev
@@ -126,7 +135,7 @@ class ReadOnlyTracker:
         now = self.now()
         call = next((e for t, e in reversed(self._calls) if self._call_names(e, m)), None)
         err = self._errors.get(m.dev)
-        recent_error = err is not None and now - err[1] < CAUSE_WINDOW_S
+        recent_error = bool(err) and now - err[-1][1] * 1e-9 < CAUSE_WINDOW_S  # type: ignore[index]
         by_error = new == EMERGENCY_RO or (new is not None and call is None and recent_error)
         if new == SHUTDOWN:  # the ioctl (a tool asked) unless an error just came
             by_error = recent_error
@@ -137,7 +146,7 @@ class ReadOnlyTracker:
                    "cause": "error" if by_error else "remount"},
         )
         if by_error:
-            self._link_error(ev)
+            self._link_error(ev, None)
         elif call is not None:
             ev.pid, ev.tgid, ev.comm = call.pid, call.tgid, call.comm
             if "call" in call.extra:
@@ -151,12 +160,23 @@ class ReadOnlyTracker:
         return call.extra.get("action") == "reconfigure" or call.mount_point == m.mount_point \
             or call.path == m.mount_point or (call.dev == m.dev and call.extra.get("action") == "remount")
 
-    def _link_error(self, ev: Event) -> None:
-        """The error that caused a transition: the last one on its device
-        (ext4 turns read-only inside the error's own handling)."""
-        err = self._errors.get(ev.dev or "")
-        if err is not None and self.now() - err[1] < CAUSE_WINDOW_S:
-            ev.extra["caused_by_seq"] = err[0]
+    def _link_error(self, ev: Event, cause_ts: int | None) -> None:
+        """The error that caused a transition: with the kernel's timestamp of
+        the error handling that made it (kernel records), the last error on
+        the device up to then (ext4 turns read-only inside the error's own
+        handling; a second error may follow before the record is sent);
+        else the last error on the device."""
+        recent = self._errors.get(ev.dev or "")
+        if not recent or self.now() - recent[-1][1] * 1e-9 >= CAUSE_WINDOW_S:
+            return
+        if cause_ts:
+            # The error's own record and the handling are a few µs apart
+            # (and on the raw rung taken by two programs in either order).
+            before = [seq for seq, ts in recent if ts <= cause_ts + CAUSE_SLACK_NS]
+            if before:
+                ev.extra["caused_by_seq"] = before[-1]
+                return
+        ev.extra["caused_by_seq"] = recent[-1][0]
 
     def _mounts_of(self, dev: str | None) -> list[Mount]:
         if dev is None:

@@ -89,6 +89,7 @@ class RoBits(enum.IntFlag):
     SB_RDONLY = 1 << 0
     EMERGENCY = 1 << 1
     SHUTDOWN = 1 << 2
+    ABORTED = 1 << 3
 
 
 class Direction(enum.IntEnum):

@@ -42,7 +42,7 @@ DEBIAN = KernelFacts(release="6.1.0-13-amd64", kprobes=True,
                      kprobe_functions=frozenset({"__ext4_error", "__ext4_error_inode", "cleanup_mnt",
                                                  "ext4_handle_error", "reconfigure_super", "security_inode_create",
                                                  "security_inode_mkdir", "blk_update_request"}),
-                     tracepoints=HERE_TPS - {"block:block_rq_error"}, fanotify_fs_error=True, ext4_shutdown_bit=1)
+                     tracepoints=HERE_TPS - {"block:block_rq_error"}, fanotify_fs_error=True, ext4_aborted_bit=1)
 
 
 def record(**kw) -> bytes:
@@ -56,14 +56,18 @@ def record(**kw) -> bytes:
 
 def test_read_only_record_names_the_flag_and_cause():
     ev = decode(record(type=RecordType.READ_ONLY, cls=RecordClass.ERR, rung=Rung.RAW_TRACEPOINT, dev=kernel_dev(7, 3),
-                       value=RoBits.EMERGENCY, arg=0, call=Call.EXT4_ERROR, pid=5, comm=b"ls"), 0, Clock())
+                       value=RoBits.EMERGENCY, arg=0, call=Call.EXT4_ERROR, pid=5, comm=b"ls", block=123,
+                       fields=Field.BLOCK), 0, Clock())
     assert ev.type is EventType.READ_ONLY and ev.rung == "raw_tracepoint" and ev.dev == "7:3"
-    assert ev.extra == {"call": "ext4_error", "read_only": True, "flag": "emergency_ro", "cause": "error"}
+    assert ev.extra == {"call": "ext4_error", "read_only": True, "flag": "emergency_ro", "cause": "error",
+                        "_cause_ts": 123}  # block: the causing error's handling time
+    assert ev.block is None
 
 
 @pytest.mark.parametrize("bits, name", [(0, None), (RoBits.SB_RDONLY, "sb_rdonly"), (RoBits.EMERGENCY, "emergency_ro"),
                                         (RoBits.SB_RDONLY | RoBits.EMERGENCY, "emergency_ro"),
-                                        (RoBits.SHUTDOWN, "shutdown"), (RoBits.SHUTDOWN | RoBits.SB_RDONLY, "shutdown")])
+                                        (RoBits.SHUTDOWN, "shutdown"), (RoBits.SHUTDOWN | RoBits.SB_RDONLY, "shutdown"),
+                                        (RoBits.ABORTED, "aborted"), (RoBits.ABORTED | RoBits.SB_RDONLY, "sb_rdonly")])
 def test_ro_flag_decoding(bits, name):
     assert ro_flag_name(int(bits)) == name
 
@@ -122,7 +126,11 @@ def test_ladders_on_a_kprobe_kernel_before_6_12():
     ro = plan.rung(ProbePoint.READ_ONLY)
     assert ro.kind is RungKind.KPROBE and ro.targets == ("ext4_handle_error", "reconfigure_super")
     # the flags the kernel's BTF has decide what the programs read
-    assert ro.reads == ("enum:EXT4_FLAGS_SHUTDOWN",) and "no EXT4_FLAGS_EMERGENCY_RO" in ro.gives
+    # (Debian's 6.1: no EXT4_FLAGS_SHUTDOWN in its BTF, EXT4_MF_FS_ABORTED there)
+    assert ro.reads == ("enum:EXT4_MF_FS_ABORTED",) and "no EXT4_FLAGS_EMERGENCY_RO" in ro.gives
+    cfg = ProgramConfig(classes=ALL, watch_all=True)
+    assert {"ext4_sb_info.s_mount_flags", "enum:EXT4_MF_FS_ABORTED"} <= set(required_offsets(plan, cfg))
+    assert "ext4_sb_info.s_ext4_flags" not in required_offsets(plan, cfg)
     assert plan.rung(ProbePoint.ENOSPC).kind is RungKind.KPROBE
     blk = plan.rung(ProbePoint.BLOCK_IO_ERROR)
     assert blk.kind is RungKind.KPROBE and "block_rq_error not present" in blk.skipped[0]
@@ -415,8 +423,11 @@ def test_kernel_error_record_links_and_the_table_does_not_repeat_it():
     err = _fs_error(dev="7:0")
     err.seq, err.ts_ns = 3, int(now.t * 1e9)
     ro.on_fs_error(err)
+    second = _fs_error(dev="7:0", function="ext4_journal_check_start")
+    second.seq, second.ts_ns = 4, err.ts_ns + 40_000_000  # an aborted journal's error, before sys_exit
+    ro.on_fs_error(second)
     rec = Event(0, 0, 0.0, EventClass.ERR, EventType.READ_ONLY, "raw_tracepoint", dev="7:0",
-                extra={"read_only": True, "flag": "emergency_ro", "cause": "error"})
+                extra={"read_only": True, "flag": "emergency_ro", "cause": "error", "_cause_ts": err.ts_ns + 2000})
     out = ro.on_kernel_record(rec)
     assert out is rec and rec.extra["caused_by_seq"] == 3 and rec.cls is EventClass.ERR
     table.text = MI.replace("errors=remount-ro", "errors=remount-ro,emergency_ro")
