@@ -75,11 +75,17 @@ def top(
     events: Optional[str] = EventsOpt,
     thr: Optional[str] = ThrOpt,
     thr_hysteresis: Optional[str] = HystOpt,
+    once: bool = typer.Option(False, "--once", help="Print one snapshot and exit (no terminal needed)."),
+    all_mounts: bool = typer.Option(False, "--all", help="Show pseudo filesystems (proc, sysfs, cgroup, ...) too."),
+    sort: str = typer.Option("severity", "--sort", help="Order of the mounts: severity, usage, avail, errors, mount."),
 ) -> None:
-    """Live view of filesystem health (until the TUI lands: the event stream)."""
-    from .trace_cmd import TraceRequest, run_trace
+    """Live view of filesystem health: mounts, errors, free space, the event feed."""
+    from .top_cmd import TopRequest, run_top
 
-    run_trace(TraceRequest(mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis))
+    raise typer.Exit(run_top(TopRequest(
+        mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
+        once=once, all=all_mounts, sort=sort,
+    )))
 
 
 @app.command()
