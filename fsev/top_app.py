@@ -10,6 +10,7 @@ and the screen stays alive.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import select
 import signal
@@ -199,6 +200,7 @@ class TopApp:
     def _start(self) -> None:
         self.load_history()
         self.session.start()
+        self.model.started = time.time()  # uptime counts from attached, not from compiling
         self.poller.start()
         self._request_snapshot()
         snap = self.poller.take(timeout=1.0)  # a hung statfs must not hold up the start
@@ -222,8 +224,19 @@ class TopApp:
         if snap is not None:
             self.model.update_mounts(snap.mounts, snap.stats, snap.ext4)
 
+    def _terminal_size(self) -> tuple[int, int]:
+        """The terminal's own size, asked afresh each frame so that resizes follow.
+
+        rich would prefer COLUMNS/LINES from the environment; those are right for
+        --once into a pipe but freeze a live screen at a stale size.
+        """
+        try:
+            return tuple(os.get_terminal_size(self.console.file.fileno()))  # type: ignore[return-value]
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return self.console.size
+
     def _frame(self, live: Live) -> None:
-        w, h = self.console.size
+        w, h = self.console.size = self._terminal_size()
         live.update(render(self.model, w, h, time.time()), refresh=True)
         self._last_frame = time.monotonic()
         self._shown_version = self.model.version
@@ -233,9 +246,12 @@ class TopApp:
         """The live screen until q, Ctrl-C, SIGTERM or SIGHUP. The session is always closed."""
         fd = sys.stdin.fileno() if tty_fd is None else tty_fd
         with contextlib.ExitStack() as stack:
+            # Unwound in reverse: screen, terminal, statfs thread, probes, and
+            # only then the signal handlers, so a second Ctrl-C cannot cut
+            # the detaching short.
+            stack.enter_context(self._signals())
             stack.callback(self.session.close)
             stack.callback(self.poller.stop)
-            stack.enter_context(self._signals())
             self._start()
             if self._quit:
                 return 0
@@ -259,9 +275,9 @@ class TopApp:
     def run_once(self, window: float = ONCE_WINDOW_S) -> int:
         """One snapshot of the screen on stdout (no TTY needed)."""
         with contextlib.ExitStack() as stack:
+            stack.enter_context(self._signals())
             stack.callback(self.session.close)
             stack.callback(self.poller.stop)
-            stack.enter_context(self._signals())
             self._start()
             self._pump(time.monotonic() + window, None)
             self.console.print(render(self.model, self.console.width, None, time.time()))
