@@ -18,6 +18,8 @@ from .mountinfo import Mount
 from .thresholds import Levels, ThresholdState
 
 FEED_MAX = 1000
+FEED_PER_DEV = 200
+FEED_DEVS = 64
 RATE_WINDOW_S = 5
 SORT_KEYS = ("severity", "usage", "avail", "errors", "mount")
 _CLASS_NAMES = {c.value: c for c in EventClass}
@@ -105,6 +107,69 @@ class Filter:
         return (not cls or ev.cls in cls) and self.mount_ok(ev.mount_point or ev.path)
 
 
+class Feed:
+    """The latest events, and the latest of each superblock apart.
+
+    A mount flooding errors pushes everything else out of one shared ring in
+    a fraction of a second; filtering the screen to a quiet mount must still
+    show that mount's events, so each device keeps its own short ring too.
+    """
+
+    def __init__(self, size: int = FEED_MAX, per_dev: int = FEED_PER_DEV) -> None:
+        self.size, self.per_dev = size, per_dev
+        self.all: collections.deque[tuple[int, Event]] = collections.deque(maxlen=size)
+        self.by_dev: collections.OrderedDict[str, collections.deque[tuple[int, Event]]] = collections.OrderedDict()
+        self.n = 0  # arrival order: historical entries carry old times, so time cannot order the feed
+
+    def add(self, ev: Event) -> None:
+        self.n += 1
+        item = (self.n, ev)
+        self.all.append(item)
+        if ev.dev:
+            ring = self.by_dev.get(ev.dev)
+            if ring is None:
+                ring = self.by_dev[ev.dev] = collections.deque(maxlen=self.per_dev)
+                if len(self.by_dev) > FEED_DEVS:
+                    self.by_dev.popitem(last=False)
+            else:
+                self.by_dev.move_to_end(ev.dev)
+            ring.append(item)
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+    def __iter__(self) -> Iterator[Event]:
+        return (ev for _, ev in self.all)
+
+    def copy(self) -> "Feed":
+        f = Feed(self.size, self.per_dev)
+        f.all = collections.deque(self.all, maxlen=self.size)
+        f.by_dev = collections.OrderedDict(
+            (d, collections.deque(r, maxlen=self.per_dev)) for d, r in self.by_dev.items())
+        f.n = self.n
+        return f
+
+    def newest(self, limit: int, flt: "Filter") -> list[Event]:
+        """Newest first, at most `limit`, through the filter."""
+        rings: list[collections.deque[tuple[int, Event]]] = [self.all]
+        if flt.text:
+            rings += self.by_dev.values()
+        seen: set[int] = set()
+        picked: list[tuple[int, Event]] = []
+        for ring in rings:
+            k = 0
+            for item in reversed(ring):
+                if k >= limit:
+                    break
+                if flt.event_ok(item[1]):
+                    k += 1
+                    if item[0] not in seen:
+                        seen.add(item[0])
+                        picked.append(item)
+        picked.sort(key=lambda it: it[0], reverse=True)
+        return [ev for _, ev in picked[:limit]]
+
+
 class TopModel:
     def __init__(
         self,
@@ -134,8 +199,8 @@ class TopModel:
         self.rows: list[MountRow] = []
         self._row_by_mount_point: dict[str, MountRow] = {}
         self.supers: dict[str, SuperState] = {}
-        self.feed: collections.deque[Event] = collections.deque(maxlen=FEED_MAX)
-        self.frozen_feed: list[Event] | None = None  # the feed as it was when paused
+        self.feed = Feed()
+        self.frozen_feed: Feed | None = None  # the feed as it was when paused
         self.new_while_paused = 0
         self.filter = Filter()
         self.prompt: str | None = None  # the filter being typed
@@ -179,7 +244,7 @@ class TopModel:
                     st.last_error = ErrorNote(ev.function, ev.line, ev.errno_name, ev.wall_time)
                 elif ev.type is EventType.THRESHOLD:
                     self._apply_threshold(st, ev)
-        self.feed.append(ev)
+        self.feed.add(ev)
         if self.frozen_feed is not None:
             self.new_while_paused += 1
 
@@ -265,7 +330,7 @@ class TopModel:
         st.errors_recorded = state.errors_count
         hist = historical_events(mount, state)
         for ev in hist:
-            self.feed.append(ev)
+            self.feed.add(ev)
         if hist and st.last_error is None:
             last = hist[-1]
             st.last_error = ErrorNote(
@@ -276,7 +341,7 @@ class TopModel:
     # -- keys ------------------------------------------------------------------
     def toggle_pause(self) -> None:
         if self.frozen_feed is None:
-            self.frozen_feed = list(self.feed)
+            self.frozen_feed = self.feed.copy()
             self.new_while_paused = 0
         else:
             self.frozen_feed = None
@@ -357,16 +422,10 @@ class TopModel:
         }[self.sort]
         return (*by, row.mount.mount_point, row.mount.mnt_id)
 
-    def visible_feed(self, limit: int) -> Iterator[Event]:
+    def visible_feed(self, limit: int) -> list[Event]:
         """Newest first, filtered, at most `limit`."""
         src = self.frozen_feed if self.frozen_feed is not None else self.feed
-        n = 0
-        for ev in reversed(src):
-            if n >= limit:
-                return
-            if self.filter.event_ok(ev):
-                n += 1
-                yield ev
+        return src.newest(limit, self.filter)
 
 
 def avail_blocks(row: MountRow, st: SuperState | None) -> int | None:

@@ -54,7 +54,8 @@ def test_live_screen_shows_new_mounts_and_ext4_errors_then_q_exits_clean():
             s = top.wait_screen(lambda s: "htree_dirblock_to_tree" in _row(s, e4.mount_point))
             # session count / ext4's errors_count (which ext4 writes back a little later)
             assert re.search(r"\s1/[01]\s+htree_dirblock_to_tree:\d+ \d+s\s", _row(s, e4.mount_point)), s
-            line = next(l for l in _feed(s) if "htree_dirblock_to_tree" in l)
+            line = next((l for l in _feed(s) if "htree_dirblock_to_tree" in l), None)
+            assert line, s
             assert re.search(rf"err  fs_error  {re.escape(e4.mount_point)} \(ext4 {e4.dev}\)  "
                              rf"htree_dirblock_to_tree:\d+  pid {reader.pid} ls  \[tracepoint\]", line), line
 

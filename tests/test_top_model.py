@@ -181,3 +181,20 @@ def test_no_history_when_ext4_recorded_no_error(tmp_path):
 def test_stats_fractions():
     s = STATS[44]
     assert s.used == 6000 and s.usable == 8000 and s.used_fraction == 0.75 and s.size_bytes == 8000 * 4096
+
+
+def test_a_flood_on_one_mount_does_not_push_a_quiet_mount_out_of_its_filtered_feed():
+    m = model()
+    m.apply(ev(dev="0:51", mount_point="/mnt/thr", function="quiet_one"), NOW)
+    for i in range(5000):
+        m.apply(ev(line=i), NOW)
+    assert all(e.function == "trigger_test_error" for e in m.visible_feed(50))
+    m.set_filter("/mnt/thr")
+    assert [e.function for e in m.visible_feed(50)] == ["quiet_one"]
+    m.set_filter("/srv/data")
+    assert [e.line for e in m.visible_feed(3)] == [4999, 4998, 4997]
+    m.key("p")  # a paused feed keeps them too
+    for i in range(2000):
+        m.apply(ev(line=i), NOW)
+    m.set_filter("/mnt/thr")
+    assert [e.function for e in m.visible_feed(50)] == ["quiet_one"]

@@ -60,11 +60,18 @@ class TmuxTop:
         return self.tmux("capture-pane", "-p", "-t", "top", check=False)
 
     def wait_screen(self, pred: Callable[[str], bool], timeout: float = 15) -> str:
+        """A settled screen that satisfies pred: the same on two captures, so not
+        caught halfway through fsev drawing a frame."""
         end = time.monotonic() + timeout
         s = self.screen()
         while time.monotonic() < end:
             if pred(s):
-                return s
+                time.sleep(0.05)
+                again = self.screen()
+                if again == s:
+                    return s
+                s = again
+                continue
             time.sleep(0.1)
             s = self.screen()
         raise AssertionError(f"screen never matched; last screen:\n{s}\nstderr:\n{self.stderr()}")
