@@ -18,6 +18,10 @@ from fsev.thresholds import Levels, ThresholdError, parse_thr, resolve_levels
 from fsev.top_model import SORT_KEYS, TopModel
 
 NO_TTY = "top needs a terminal: use `fsev top --once` for one snapshot, or `fsev trace` for a stream"
+# 4 MiB, ~20 000 records, four times trace's default: the screen shares fsev's
+# one thread with the consumer, and writing a frame to a slow terminal (ssh)
+# blocks that thread; 2 s of a 10 000/s flood fit while it does.
+RINGBUF_PAGES = 1024
 ONCE_WIDTH = 160  # --once into a pipe: wide enough for the table, unless COLUMNS says otherwise
 
 
@@ -91,7 +95,7 @@ def run_top(req: TopRequest) -> int:
     levels = resolve_thresholds(req, mounts)
     require(check_bcc())
 
-    session = TraceSession(TraceOptions(mounts=mounts, classes=classes))
+    session = TraceSession(TraceOptions(mounts=mounts, classes=classes, ringbuf_pages=RINGBUF_PAGES))
     uname = os.uname()
     model = TopModel(
         host=uname.nodename, kernel=uname.release,

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.live import Live
 
 from .fs_snapshot import Ext4ErrorState, FsStats, read_ext4_errors, read_statfs
+from .memory import shed_compiler_memory
 from .mountinfo import Mount
 from .top_model import TopModel
 from .top_view import render
@@ -168,6 +169,8 @@ class TopApp:
         self._resized = False
         self._last_frame = 0.0
         self._shown_version = -1
+        self._shown: list = []
+        self._min_frame_s = MIN_FRAME_S
         self._generation = -1
 
     def load_history(self) -> None:
@@ -201,6 +204,7 @@ class TopApp:
         self.load_history()
         self.session.start()
         self.model.started = time.time()  # uptime counts from attached, not from compiling
+        shed_compiler_memory()  # LLVM is done: ~100 MB of RSS goes back
         self.poller.start()
         self._request_snapshot()
         snap = self.poller.take(timeout=1.0)  # a hung statfs must not hold up the start
@@ -215,7 +219,7 @@ class TopApp:
     def _pump(self, until: float, live: Live | None) -> None:
         for ev in self.session.events(poll_ms=POLL_MS, until=until):
             self.model.apply(ev, time.time())
-            if live is not None and time.monotonic() - self._last_frame >= MIN_FRAME_S:
+            if live is not None and time.monotonic() - self._last_frame >= self._min_frame_s:
                 self._frame(live)
         self.model.set_drops(self.session.lost_total)
         if self.session.table.generation != self._generation:
@@ -236,8 +240,16 @@ class TopApp:
             return self.console.size
 
     def _frame(self, live: Live) -> None:
+        """Draw, unless the screen would look exactly as it does (idle: most seconds)."""
         w, h = self.console.size = self._terminal_size()
-        live.update(render(self.model, w, h, time.time()), refresh=True)
+        frame = render(self.model, w, h, time.time())
+        if self._resized or frame.renderables != self._shown:  # Text compares text and styles
+            t0 = time.monotonic()
+            live.update(frame, refresh=True)
+            # A slow terminal (ssh) blocks the write; the events wait meanwhile.
+            # Spend at most a fifth of the time drawing.
+            self._min_frame_s = max(MIN_FRAME_S, 5 * (time.monotonic() - t0))
+            self._shown = frame.renderables
         self._last_frame = time.monotonic()
         self._shown_version = self.model.version
         self._resized = False
@@ -268,7 +280,7 @@ class TopApp:
                         self._quit = True
                 since = time.monotonic() - self._last_frame
                 changed = self.model.version != self._shown_version
-                if self._resized or (changed and since >= MIN_FRAME_S) or since >= IDLE_FRAME_S:
+                if self._resized or (changed and since >= self._min_frame_s) or since >= max(IDLE_FRAME_S, self._min_frame_s):
                     self._frame(live)
         return 0
 

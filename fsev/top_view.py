@@ -75,8 +75,16 @@ def fmt_count(n: int) -> str:
 
 
 def fmt_uptime(seconds: float) -> str:
+    """Coarse on purpose: an idle screen whose text does not change is not redrawn,
+    and a ticking seconds counter alone would cost a redraw a second."""
     s = max(0, int(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s // 60 % 60:02d}m"
+    return f"{s // 86400}d{s // 3600 % 24:02d}h"
 
 
 def usage_bar(row: MountRow, st: SuperState | None, width: int = BAR_WIDTH) -> Text:

@@ -198,3 +198,18 @@ def test_a_flood_on_one_mount_does_not_push_a_quiet_mount_out_of_its_filtered_fe
         m.apply(ev(line=i), NOW)
     m.set_filter("/mnt/thr")
     assert [e.function for e in m.visible_feed(50)] == ["quiet_one"]
+
+
+def test_compiler_mappings_found_in_proc_maps():
+    from fsev.memory import compiler_mappings
+
+    maps = "\n".join([
+        "7f0000000000-7f0000100000 r--p 00000000 fe:00 1 /usr/lib/x86_64-linux-gnu/libLLVM-14.so.1",
+        "7f0000100000-7f0000900000 r-xp 00100000 fe:00 1 /usr/lib/x86_64-linux-gnu/libLLVM-14.so.1",
+        "7f0001000000-7f0001200000 r-xp 00000000 fe:00 2 /usr/lib/llvm-14/lib/libclang-cpp.so.14",
+        "7f0002000000-7f0002010000 r-xp 00000000 fe:00 3 /usr/lib/x86_64-linux-gnu/libc.so.6",
+        "7f0003000000-7f0003010000 rw-p 00000000 00:00 0",
+        "7f0004000000-7f0004010000 r-xp 00000000 fe:00 4 /opt/libLLVM-lookalike/bin/python3",
+    ])
+    assert compiler_mappings(maps) == [(0x7f0000000000, 0x7f0000100000), (0x7f0000100000, 0x7f0000900000),
+                                       (0x7f0001000000, 0x7f0001200000)]

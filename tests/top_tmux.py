@@ -27,7 +27,8 @@ class TmuxTop:
     INT/TERM/HUP with a no-op so that a Ctrl-C reaches fsev, not the shell.
     """
 
-    def __init__(self, *args: str, width: int = 200, height: int = 50) -> None:
+    def __init__(self, *args: str, width: int = 200, height: int = 50, env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
         self.sock = f"fsev-top-test-{os.getpid()}-{time.monotonic_ns()}"
         self.args = args
         self.width, self.height = width, height
@@ -47,7 +48,8 @@ class TmuxTop:
         fsev = " ".join(shlex.quote(a) for a in (FSEV, "top", *self.args))
         cmd = (f"trap : INT TERM HUP; {fsev} 2>{shlex.quote(self.stderr_path)}; "
                f"echo $? > {shlex.quote(self.rc_path)}.tmp; mv {shlex.quote(self.rc_path)}.tmp {shlex.quote(self.rc_path)}")
-        self.tmux("new-session", "-d", "-s", "top", "-x", str(self.width), "-y", str(self.height), cmd)
+        env = [a for k, v in self.env.items() for a in ("-e", f"{k}={v}")]
+        self.tmux("new-session", "-d", "-s", "top", "-x", str(self.width), "-y", str(self.height), *env, cmd)
         self.shell_pid = int(self.tmux("display", "-p", "-t", "top", "#{pane_pid}").strip())
         end = time.monotonic() + 10
         while self.pid is None and time.monotonic() < end:
