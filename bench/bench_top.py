@@ -143,7 +143,7 @@ def load(rate: float, seconds: float, env: dict[str, str] | None = None) -> dict
         writer = subprocess.Popen([sys.executable, "-c", WRITER, f"/sys/fs/ext4/{fs.name}/trigger_fs_error",
                                    str(rate), str(seconds)], stdout=subprocess.PIPE, text=True)
         t0 = time.monotonic()
-        changes, last, prev = [], None, None
+        changes, prev = [], None
         key_latency = None
         rates = []
         while writer.poll() is None:

@@ -160,7 +160,7 @@ class Column:
     min: int
     max: int
     right: bool = False
-    shrink: bool = False  # gives up width, down to `min`, on a narrow screen
+    shrink: int = 0  # order in which columns give up width, down to `min` (1 first); 0: fixed
     drop: int = 0  # order in which columns leave a narrow screen (1 first); 0: never
 
 
@@ -189,16 +189,16 @@ def _mount_point(row: MountRow, st: SuperState | None, now: float) -> Text:
 
 
 COLUMNS = (
-    Column("MOUNT", _mount_point, 10, 40, shrink=True),
+    Column("MOUNT", _mount_point, 12, 40, shrink=3),
     Column("TYPE", lambda r, s, n: Text(inert(r.mount.fs_type)), 4, 10, drop=3),
-    Column("DEVICE", _device, 8, 28, shrink=True, drop=1),
+    Column("DEVICE", _device, 10, 28, shrink=1, drop=1),
     Column("SIZE", lambda r, s, n: Text(fmt_bytes(r.stats.size_bytes) if r.stats else "-"), 5, 6, right=True, drop=2),
     Column("USAGE", lambda r, s, n: usage_bar(r, s), BAR_WIDTH + 5, BAR_WIDTH + 5),
     Column("AVAIL", _avail, 5, 12, right=True, drop=5),
     Column("THR", lambda r, s, n: thr_cell(s), 3, 3),
     Column("RO", lambda r, s, n: ro_cell(r), 3, 3),
     Column("ERRORS", lambda r, s, n: errors_cell(s), 6, 13, right=True),
-    Column("LAST ERROR", lambda r, s, n: last_error_cell(s, n), 12, 48, shrink=True),
+    Column("LAST ERROR", lambda r, s, n: last_error_cell(s, n), 24, 48, shrink=2),
     Column("LAST EV", _last_event, 7, 7, right=True, drop=4),
 )
 GAP = 2
@@ -208,7 +208,8 @@ def _layout(columns: tuple[Column, ...], cells: list[list[Text]], width: int) ->
     """(column, index into cells, width) for the columns that fit in `width`.
 
     Narrow screens first lose whole columns (by `drop`) until the minimum
-    widths fit, then the flexible ones shrink, each by its share of the excess.
+    widths fit, then the flexible ones shrink in turn (by `shrink`): the device
+    first, then the last error, the mount point last.
     """
     nat = [max(c.min, min(c.max, max([len(c.title)] + [row[i].cell_len for row in cells]))) for i, c in enumerate(columns)]
     keep = list(range(len(columns)))
@@ -220,12 +221,11 @@ def _layout(columns: tuple[Column, ...], cells: list[list[Text]], width: int) ->
     for i in sorted((i for i, c in enumerate(columns) if c.drop), key=lambda i: columns[i].drop):
         if total(mins) > width:
             keep.remove(i)
-    flex = [i for i in keep if columns[i].shrink]
-    excess = total(nat) - width
-    slack = sum(nat[i] - mins[i] for i in flex)
-    if excess > 0 and slack > 0:  # each flexible column gives up its share of the excess
-        for i in flex:
-            nat[i] -= min(nat[i] - mins[i], -(-excess * (nat[i] - mins[i]) // slack))
+    for i in sorted((i for i in keep if columns[i].shrink), key=lambda i: columns[i].shrink):
+        excess = total(nat) - width
+        if excess <= 0:
+            break
+        nat[i] -= min(excess, nat[i] - mins[i])
     return [(columns[i], i, nat[i]) for i in keep]
 
 

@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from kernel_env import ext4, live_prog_ids, run, tmpfs, unmount
+from kernel_env import ext4, live_prog_ids, run, tmpfs
 from top_tmux import TmuxTop
 
 pytestmark = pytest.mark.root
@@ -40,13 +40,14 @@ def test_live_screen_shows_new_mounts_and_ext4_errors_then_q_exits_clean():
     with TmuxTop() as top:
         top.wait_attached()
         with tmpfs(prefix="fsev-top-tmpfs-") as tmp, ext4(corrupt_dir=True) as e4:
+            # Other tests on this machine may add mounts and flood the feed: the `/`
+            # filter (two words: either mount) keeps this test's rows on screen.
+            top.keys("/", f"{tmp} {e4.mount_point}", "Enter")
             s = top.wait_screen(lambda s: f"\n{tmp} " in s and f"\n{e4.mount_point} " in s)
             assert re.search(r"^\S+\s+tmpfs\s+tmpfs \d+:\d+\s", _row(s, tmp)), _row(s, tmp)
             assert re.search(rf"\sext4\s+{e4.loop} {e4.dev}\s", _row(s, e4.mount_point)), _row(s, e4.mount_point)
-            # Other tests on this machine may flood the feed: filter it to this mount (the `/` key).
-            top.keys("/", e4.mount_point, "Enter")
-            s = top.wait_screen(lambda s: f"filter {e4.mount_point}" in s)
-            assert not any(l.startswith(tmp) for l in s.splitlines())  # the table is filtered too
+            top.keys("/", *["BSpace"] * (len(tmp) + 1 + len(e4.mount_point)), e4.mount_point, "Enter")
+            s = top.wait_screen(lambda s: f"filter {e4.mount_point}" in s and f"\n{tmp} " not in s)
 
             reader = subprocess.Popen(["ls", os.path.join(e4.mount_point, "d")],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -118,10 +119,10 @@ def test_hostile_names_stay_inert_on_a_real_terminal():
     try:
         run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mp)
         with ext4() as e4, TmuxTop() as top:
-            s = top.wait_attached()
+            top.wait_attached()
+            top.keys("/", f"{base} {e4.mount_point}", "Enter")  # other tests may add mounts and events
+            s = top.wait_screen(lambda s: f"filter {base} {e4.mount_point}" in s)
             assert re.search(r"\stmpfs\s+tmpfs \d+:\d+\s+1\.0M\s", _row(s, base + "/[bold red]x\\x1b[2J"))
-            top.keys("/", e4.mount_point, "Enter")  # other tests may flood the feed meanwhile
-            top.wait_screen(lambda s: f"filter {e4.mount_point}" in s)
             pid1 = _raise_ext4_error_as("[red]x[/red]", e4)
             pid2 = _raise_ext4_error_as("\x1b[2J\x1b]0;pwn\x07", e4)
             s = top.wait_screen(lambda s: f"pid {pid2} " in s and f"pid {pid1} " in s)
