@@ -9,8 +9,6 @@ and the screen stays alive.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import contextlib
 import io
 import os
@@ -22,11 +20,12 @@ import threading
 import time
 import tty
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from rich.console import Console
 from rich.live import Live
 
+from .events import EventType
 from .fs_snapshot import Ext4ErrorState, FsStats, read_ext4_errors, read_statfs
 from .memory import shed_compiler_memory
 from .mountinfo import Mount
@@ -225,15 +224,19 @@ class TopApp:
         self.poller.request(mounts, wanted_ids(self.model, mounts))
 
     def _pump(self, until: float, live: Live | None) -> None:
+        thr_seen = False
         for ev in self.session.events(poll_ms=POLL_MS, until=until):
             if self.recorder is not None:
                 self.recorder.emit(ev)
             self.model.apply(ev, time.time())
+            thr_seen = thr_seen or ev.type is EventType.THRESHOLD
             if live is not None and time.monotonic() - self._last_frame >= self._min_frame_s:
                 self._frame(live)
         self.model.set_drops(self.session.lost_total)
-        if self.session.table.generation != self._generation:
-            self._request_snapshot()  # a mount came or went: no need to wait for the timer
+        if thr_seen or self.session.table.generation != self._generation:
+            # a mount came or went, or a level was crossed: the usage bars
+            # should not wait for the timer to agree with the event
+            self._request_snapshot()
         snap = self.poller.take()
         if snap is not None:
             self.model.update_mounts(snap.mounts, snap.stats, snap.ext4)
