@@ -79,14 +79,19 @@ def top(
     events: Optional[str] = EventsOpt,
     thr: Optional[str] = ThrOpt,
     thr_hysteresis: Optional[str] = HystOpt,
+    once: bool = typer.Option(False, "--once", help="Print one snapshot and exit (no terminal needed)."),
+    all_mounts: bool = typer.Option(False, "--all", help="Show pseudo filesystems (proc, sysfs, cgroup, ...) too."),
+    sort: str = typer.Option("severity", "--sort", help="Order of the mounts: severity, usage, avail, errors, mount."),
     record: Optional[str] = RecordOpt,
 ) -> None:
-    """Live view of filesystem health (until the TUI lands: the event stream)."""
+    """Live view of filesystem health: mounts, errors, free space, the event feed."""
     from .record_cmd import record_to
-    from .trace_cmd import TraceRequest, run_trace
+    from .top_cmd import TopRequest, run_top
 
-    run_trace(TraceRequest(mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
-                           record=record_to(record, "top")))
+    raise typer.Exit(run_top(TopRequest(
+        mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
+        once=once, all=all_mounts, sort=sort, record=record_to(record, "top"),
+    )))
 
 
 @app.command()

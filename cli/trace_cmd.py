@@ -60,7 +60,7 @@ def describe_plan(plan: Plan) -> list[str]:
     return lines
 
 
-def _check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozenset[EventClass]") -> "list[ArmedMount]":
+def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozenset[EventClass]") -> "list[ArmedMount]":
     """--thr on each --mount: levels in blocks and the rung that watches it (fsev/thresholds_kernel.py)."""
     from fsev.events import EventClass
     from fsev.plan import plan_probes
@@ -104,7 +104,7 @@ def run_trace(req: TraceRequest) -> None:
     require(check_btf(), check_tracefs(mount_if_missing=True))
     table = MountTable.read()
     mounts = resolve_mounts(req.mounts, table)
-    armed = _check_thresholds(req, mounts, classes)
+    armed = check_thresholds(req, mounts, classes)
     opts = TraceOptions(mounts=mounts, classes=classes, ringbuf_pages=req.ringbuf_pages, thresholds=armed)
 
     if req.print_bpf:

@@ -308,10 +308,22 @@ def test_record_default_path_is_a_private_file_under_var_lib_fsev():
 
 
 def test_top_record(workdir):
+    """`fsev top --record J` on a real terminal (a pty): the journal gets the events."""
+    import pty
+
+    from kernel_env import FSEV, fsev_prog_ids
+
     j = os.path.join(workdir, "top.fsev")
     with tmpfs() as t:
-        with FsevProc("top", "--record", j, "--mount", t) as top:
-            top.wait_attached()
+        master, slave = pty.openpty()
+        top = subprocess.Popen([FSEV, "top", "--record", j, "--mount", t], stdin=slave, stdout=slave,
+                               stderr=slave, env={**os.environ, "TERM": "xterm", "COLUMNS": "160", "LINES": "40"})
+        os.close(slave)
+        drain = threading.Thread(target=lambda: _drain_fd(master), daemon=True)
+        drain.start()
+        try:
+            _wait(lambda: bool(fsev_prog_ids(top.pid)))  # loaded; attaching follows at once
+            time.sleep(0.5)
             run("umount", t)
 
             def committed() -> int:
@@ -319,8 +331,23 @@ def test_top_record(workdir):
                     return jr.last_id()
 
             _wait(lambda: committed() >= 1)  # the journal, not top's screen, is what this test is about
-            assert top.stop() == 0
+            top.send_signal(signal.SIGTERM)
+            assert top.wait(30) == 0
+        finally:
+            if top.poll() is None:
+                top.kill()
+                top.wait()
+            os.close(master)
     with Journal.open(j) as jr:
         (r,) = jr.recordings()
         (ev,) = [x.json() for x in jr.records()]
     assert r.command == "top" and ev["type"] == "umount" and ev["mount_point"] == t
+
+
+def _drain_fd(fd: int) -> None:
+    """Read a pty's output so the program writing to it never blocks."""
+    try:
+        while os.read(fd, 65536):
+            pass
+    except OSError:
+        pass

@@ -77,24 +77,25 @@ def overlay_on_tmpfs(size: str = "8m") -> Iterator[str]:
                 os.rmdir(work)
 
 
-def four_crossings(mp: str, rung: str, with_pids: bool = True) -> None:
-    """--thr 1000,500 on mp: L1 down, L2 down, L2 up, L1 up, each confirmed."""
+def four_crossings(mp: str, rung: str, with_pids: bool = True, slow: float = 1.0) -> None:
+    """--thr 1000,500 on mp: L1 down, L2 down, L2 up, L1 up, each confirmed.
+    slow: timeouts scale (the VM test runs under emulation)."""
     f = os.path.join(mp, "fill")
     with FsevTrace(["--mount", mp, "--thr", "1000,500"]) as t:
-        t.wait_attached()
+        t.wait_attached(timeout=60 * slow)
         assert any(f"thr {mp} " in l and rung in l for l in t.stderr_lines), t.stderr_lines
         w1, avail1 = write_until(f, 1000)
         assert avail1 < 1000
-        evs = wait_thr(t, 1)
+        evs = wait_thr(t, 1, 5 * slow)
         assert len(evs) == 1, evs
         w2, avail2 = write_until(f, 500)
         assert avail2 < 500
-        evs = wait_thr(t, 2)
+        evs = wait_thr(t, 2, 5 * slow)
         assert len(evs) == 2, evs
         rm = subprocess.Popen(["rm", f])
         assert rm.wait() == 0
-        evs = wait_thr(t, 4)
-        time.sleep(0.5)  # room for a wrong fifth event
+        evs = wait_thr(t, 4, 5 * slow)
+        time.sleep(0.5 * slow)  # room for a wrong fifth event
         assert t.stop() == 0
     evs = thr_events(t)
     assert [(e["level"], e["direction"]) for e in evs] == [("L1", "down"), ("L2", "down"), ("L2", "up"), ("L1", "up")]
@@ -116,6 +117,14 @@ def four_crossings(mp: str, rung: str, with_pids: bool = True) -> None:
 def test_tmpfs_four_crossings_in_order_with_the_pids_that_caused_them():
     with tmpfs("8m") as mp:
         four_crossings(mp, "raw_tracepoint")
+
+
+@pytest.mark.kprobe
+def test_tmpfs_four_crossings_on_the_kprobe_rung():
+    """In the stock-kernel VM: shmem's accounting functions of that kernel (6.1:
+    shmem_alloc_and_acct_folio / shmem_recalc_inode) carry the tmpfs rung."""
+    with tmpfs("8m") as mp:
+        four_crossings(mp, "kprobe", slow=6)
 
 
 def test_ext4_four_crossings_in_order_with_the_pids_that_caused_them():

@@ -1,0 +1,121 @@
+"""`fsev top`: validate, attach, then the live screen (fsev.top_app) or one snapshot."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console
+
+from fsev.errors import FsevError
+from fsev.mountinfo import Mount, MountTable
+from fsev.privilege import NEED_ROOT, can_trace
+from fsev.selection import parse_classes, resolve_mounts
+from fsev.setup_checks import check_bcc, check_btf, check_tracefs, require
+from fsev.thresholds import Levels, ThresholdError, parse_thr, resolve_levels
+from fsev.top_model import SORT_KEYS, TopModel
+
+from .record_cmd import RecordTarget, open_recorder, recording_options
+from .trace_cmd import check_thresholds
+
+NO_TTY = "top needs a terminal: use `fsev top --once` for one snapshot, or `fsev trace` for a stream"
+# 4 MiB, ~20 000 records, four times trace's default: the screen shares fsev's
+# one thread with the consumer, and writing a frame to a slow terminal (ssh)
+# blocks that thread; 2 s of a 10 000/s flood fit while it does.
+RINGBUF_PAGES = 1024
+ONCE_WIDTH = 160  # --once into a pipe: wide enough for the table, unless COLUMNS says otherwise
+
+
+@dataclass
+class TopRequest:
+    mounts: list[str] = field(default_factory=list)
+    events: str | None = None
+    thr: str | None = None
+    thr_hysteresis: str | None = None
+    once: bool = False
+    all: bool = False
+    sort: str = "severity"
+    record: "RecordTarget | None" = None
+    # what the journal header reads (recording_options): top has no count/duration
+    count: None = None
+    duration: None = None
+
+
+def resolve_thresholds(req: TopRequest, mounts: list[Mount]) -> dict[str, Levels]:
+    """--thr (and --thr-hysteresis) in blocks for each --mount, keyed by device."""
+    if req.thr is None:
+        if req.thr_hysteresis is not None:
+            raise FsevError("--thr-hysteresis needs --thr")
+        return {}
+    try:
+        spec = parse_thr(req.thr)
+    except ThresholdError as e:
+        raise FsevError(str(e)) from None
+    if not mounts:
+        raise FsevError("--thr needs --mount: free-space levels are set per mount")
+    out: dict[str, Levels] = {}
+    for m in mounts:
+        st = os.statvfs(m.mount_point)
+        bs = st.f_frsize or st.f_bsize
+        hyst = 0
+        if req.thr_hysteresis is not None:
+            try:
+                hyst = parse_thr(req.thr_hysteresis).l1.to_blocks(bs, st.f_blocks)
+                if "," in req.thr_hysteresis:
+                    raise ThresholdError("one value expected")
+            except ThresholdError:
+                raise FsevError(f"bad --thr-hysteresis {req.thr_hysteresis!r}: expected blocks, a size or a "
+                                "percentage, e.g. 1000, 100M or 1%") from None
+        try:
+            out[m.dev] = resolve_levels(spec, bs, st.f_blocks, hyst)
+        except ThresholdError as e:
+            raise FsevError(f"{m.mount_point}: {e}") from None
+    return out
+
+
+def _is_tty() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def run_top(req: TopRequest) -> int:
+    from fsev.session import TraceOptions, TraceSession
+    from fsev.top_app import TopApp
+
+    classes = parse_classes(req.events)
+    if req.sort not in SORT_KEYS:
+        raise FsevError(f"unknown --sort {req.sort!r}: choose from {', '.join(SORT_KEYS)}")
+    if req.thr is not None:
+        try:
+            parse_thr(req.thr)
+        except ThresholdError as e:
+            raise FsevError(str(e)) from None
+    tty = _is_tty()
+    if not req.once and not tty:
+        raise FsevError(NO_TTY)
+    if not can_trace():
+        raise FsevError(NEED_ROOT)
+    require(check_btf(), check_tracefs(mount_if_missing=True))
+    table = MountTable.read()
+    mounts = resolve_mounts(req.mounts, table)
+    levels = resolve_thresholds(req, mounts)
+    armed = check_thresholds(req, mounts, classes)  # the kernel side watches the levels too
+    require(check_bcc())
+    opts = TraceOptions(mounts=mounts, classes=classes, ringbuf_pages=RINGBUF_PAGES, thresholds=armed)
+    recorder = open_recorder(req.record) if req.record is not None else None
+
+    session = TraceSession(opts)
+    uname = os.uname()
+    model = TopModel(
+        host=uname.nodename, kernel=uname.release,
+        rungs=[(r.point.value, r.kind.value) for r in session.plan.rungs],
+        started=time.time(), show_all=req.all, sort=req.sort,
+        watched=[m.mount_point for m in mounts], levels=levels,
+    )
+    if recorder is not None:
+        recorder.start(session.plan, recording_options(req, opts), None)  # type: ignore[arg-type]
+    if req.once:
+        width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else ONCE_WIDTH
+        return TopApp(session, model, Console(highlight=False, width=width), recorder=recorder).run_once()
+    return TopApp(session, model, recorder=recorder).run()
