@@ -22,6 +22,11 @@ ABORTED = "aborted"  # ext4's journal aborted, writes refused (kernel record onl
 SB_RDONLY = "sb_rdonly"  # the superblock is read-only (every mount of it)
 MNT_READONLY = "mnt_readonly"  # only this mount is (mount -o remount,ro,bind)
 
+# States the kernel records tell and mountinfo may not show (aborted never,
+# shutdown only from 6.12): a table without them is no way back to
+# read-write; ext4 keeps them until the filesystem is unmounted.
+_KERNEL_ONLY = frozenset({ABORTED, SHUTDOWN})
+
 DESCRIPTIONS = {
     EMERGENCY_RO: "read-only after an error (ext4 emergency_ro; statfs still says read-write)",
     SHUTDOWN: "shut down: no reads or writes (ext4; statfs still says read-write)",
@@ -122,7 +127,7 @@ class ReadOnlyTracker:
                 self._state[m.mnt_id] = new  # a new mount: no transition
                 continue
             old = self._state[m.mnt_id]
-            if new == old:
+            if new == old or (new is None and old in _KERNEL_ONLY):
                 continue
             self._state[m.mnt_id] = new
             if self.watched(m):

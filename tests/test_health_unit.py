@@ -416,6 +416,17 @@ def test_admin_remount_is_info_with_the_caller_and_a_kernel_record_is_not_report
     assert ro.read_only_mounts() == {"/mnt/tmp": SB_RDONLY}
 
 
+def test_a_state_only_the_kernel_tells_is_not_undone_by_the_mount_table():
+    now = Clockwork()
+    table = StaticTable(MI)
+    ro = ReadOnlyTracker(table, lambda m: True, now)
+    rec = Event(0, 0, 0.0, EventClass.ERR, EventType.READ_ONLY, "kprobe", dev="7:0",
+                extra={"read_only": True, "flag": "aborted", "cause": "error"})
+    assert ro.on_kernel_record(rec) is rec
+    table.refresh()  # mountinfo still says rw (Debian's 6.1 after an error)
+    assert ro.poll(_make) == []
+
+
 def test_kernel_error_record_links_and_the_table_does_not_repeat_it():
     now = Clockwork()
     table = StaticTable(MI)
