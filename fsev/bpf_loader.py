@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -129,8 +130,50 @@ class KernelProbes:
             self._reader = None
         b = getattr(self, "bpf", None)
         if b is not None:
+            ids = _prog_ids(fn.fd for fn in getattr(b, "funcs", {}).values())
             b.cleanup()
             self.bpf = None  # type: ignore[assignment]
+            _wait_freed(ids)
+
+
+# Programs on faultable tracepoints (sys_enter/sys_exit since 6.13) are freed
+# an RCU tasks-trace grace period after they are detached: wait for that, so
+# that no program of fsev is loaded once it has exited.
+FREE_WAIT_S = 3.0
+_NR_BPF = {"x86_64": 321, "amd64": 321, "aarch64": 280, "arm64": 280}
+_BPF_PROG_GET_FD_BY_ID = 13
+
+
+def _prog_ids(fds: object) -> set[int]:
+    ids: set[int] = set()
+    for fd in fds:  # type: ignore[attr-defined]
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                ids |= {int(l.split()[1]) for l in f if l.startswith("prog_id:")}
+        except (OSError, ValueError, IndexError):
+            continue
+    return ids
+
+
+def _prog_loaded(libc: ctypes.CDLL, nr: int, prog_id: int) -> bool:
+    attr = ctypes.create_string_buffer(ctypes.c_uint32(prog_id).value.to_bytes(4, "little"), 16)
+    fd = libc.syscall(nr, _BPF_PROG_GET_FD_BY_ID, attr, 16)
+    if fd >= 0:
+        os.close(fd)
+        return True
+    return False
+
+
+def _wait_freed(ids: set[int]) -> None:
+    nr = _NR_BPF.get(os.uname().machine)
+    if not ids or nr is None:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    deadline = time.monotonic() + FREE_WAIT_S
+    while ids and time.monotonic() < deadline:
+        ids = {i for i in ids if _prog_loaded(libc, nr, i)}
+        if ids:
+            time.sleep(0.02)
 
 
 def _has_table(bpf: object, name: str) -> bool:
