@@ -31,6 +31,12 @@ enum fsev_type {
 	FSEV_TYPE_FS_ERROR = 1,  /* an ext4 error was raised */
 	FSEV_TYPE_UMOUNT = 2,    /* a mount was dropped */
 	FSEV_TYPE_THRESHOLD = 3, /* available blocks crossed a level */
+	/* health events (bpf/fsev_health.bpf.c) */
+	FSEV_TYPE_READ_ONLY = 4,      /* a filesystem turned read-only (or back) */
+	FSEV_TYPE_ENOSPC = 5,         /* a write/fallocate/create/mkdir failed with ENOSPC */
+	FSEV_TYPE_BLOCK_IO_ERROR = 6, /* a block request completed with an error */
+	FSEV_TYPE_WB_ERROR = 7,       /* writeback error recorded on a file (errseq) */
+	FSEV_TYPE_MOUNT = 8,          /* a mount-table call succeeded, or a mount namespace was made */
 };
 
 /* How the record was obtained: the rung of the probe ladder. */
@@ -54,6 +60,46 @@ enum fsev_field {
 	/* threshold hint: the accounting change this event announces happens
 	 * after it, by an amount it cannot see; user space re-checks a while */
 	FSEV_F_SETTLE = 1 << 8,
+	/* health events; high bits, so other additions below stay clear of them */
+	FSEV_F_MNTNS = 1 << 16,      /* fsev_record.mntns is the task's mount namespace */
+	FSEV_F_PATH_EXACT = 1 << 17, /* ENOSPC: dev is the created entry's parent directory's */
+};
+
+/* The call behind a health record (fsev_record.call). Syscall names are
+ * the x86-64 ones; fsev/enospc.py and fsev/topology.py name them. */
+enum fsev_call {
+	FSEV_CALL_NONE = 0,
+	FSEV_CALL_WRITE = 1,
+	FSEV_CALL_PWRITE64 = 2,
+	FSEV_CALL_WRITEV = 3,
+	FSEV_CALL_PWRITEV = 4,
+	FSEV_CALL_PWRITEV2 = 5,
+	FSEV_CALL_FALLOCATE = 6,
+	FSEV_CALL_OPEN = 7,
+	FSEV_CALL_OPENAT = 8,
+	FSEV_CALL_OPENAT2 = 9,
+	FSEV_CALL_CREAT = 10,
+	FSEV_CALL_MKDIR = 11,
+	FSEV_CALL_MKDIRAT = 12,
+	FSEV_CALL_MOUNT = 13,
+	FSEV_CALL_MOVE_MOUNT = 14,
+	FSEV_CALL_FSCONFIG = 15,
+	FSEV_CALL_MOUNT_SETATTR = 16,
+	FSEV_CALL_UNSHARE = 17,
+	FSEV_CALL_CLONE = 18,
+	FSEV_CALL_CLONE3 = 19,
+	FSEV_CALL_EXT4_ERROR = 20,       /* read-only: ext4's error handling */
+	FSEV_CALL_RECONFIGURE_SUPER = 21, /* read-only: a remount (kprobe rung) */
+};
+
+/* Read-only state of a superblock (READ_ONLY records: value = after, arg = before). */
+enum fsev_ro_bits {
+	FSEV_RO_SB_RDONLY = 1 << 0, /* super_block.s_flags & SB_RDONLY (ext4 errors=remount-ro < 6.12) */
+	FSEV_RO_EMERGENCY = 1 << 1, /* ext4_sb_info.s_ext4_flags EXT4_FLAGS_EMERGENCY_RO (6.12+) */
+	FSEV_RO_SHUTDOWN = 1 << 2,  /* EXT4_FLAGS_SHUTDOWN: what errors=remount-ro sets on 6.7-6.11,
+				     * and the shutdown ioctl */
+	FSEV_RO_ABORTED = 1 << 3,   /* ext4_sb_info.s_mount_flags EXT4_MF_FS_ABORTED (up to 6.5): all
+				     * that stable kernels without SB_RDONLY after errors set (Debian 6.1) */
 };
 
 /* Threshold crossing direction (fsev_record.direction). */
@@ -83,6 +129,10 @@ struct fsev_record {
 	char comm[FSEV_COMM_LEN];
 	char func[FSEV_FUNC_LEN]; /* kernel function that raised the error */
 	char path[FSEV_PATH_LEN]; /* umount(2) target as the caller passed it */
+	/* health events (bpf/fsev_health.bpf.c) */
+	u64 mntns;  /* mount namespace inode number of the task (FSEV_F_MNTNS) */
+	u32 call;   /* enum fsev_call */
+	u32 arg;    /* call flags (mount(2) MS_*, fsconfig cmd), or read-only bits before */
 };
 
 /* Threshold records (FSEV_TYPE_THRESHOLD) from the kernel are hints, never

@@ -138,9 +138,11 @@ def run_trace(req: TraceRequest) -> None:
             return
         deadline = None if req.duration is None else time.monotonic() + req.duration
         for ev in session.events(until=deadline):
-            sink.emit(ev)
             if ev.type is not EventType.LOSS:
+                if req.count is not None and shown >= req.count:
+                    continue  # stopping: events already in hand are not shown, loss still is
                 shown += 1
+            sink.emit(ev)
             if req.count is not None and shown >= req.count:
                 session.stop()
     finally:

@@ -46,7 +46,10 @@ class KernelProbes:
                             "(see `fsev doctor`; `fsev trace --print-bpf` shows the C)") from None
         try:
             for fn, prog in kprobes:
-                self.bpf.attach_kprobe(event=fn, fn_name=prog)
+                if prog.startswith("kretp_"):  # return probes (fsev/program_health.py)
+                    self.bpf.attach_kretprobe(event=fn, fn_name=prog)
+                else:
+                    self.bpf.attach_kprobe(event=fn, fn_name=prog)
             self._reader: RingReader | None = None
             self._batch = batch
             if ringbuf.supported() and not os.environ.get("FSEV_BCC_RINGBUF"):
@@ -75,6 +78,20 @@ class KernelProbes:
             k = t.Key()
             k.path = os.fsencode(p)[: PATH_LEN - 1]
             t[k] = t.Leaf(1)
+
+    def set_keys(self, table: str, keys: list[int]) -> None:
+        """Put u32 keys (value 1) in a hash the program filters with, if it has it."""
+        if not _has_table(self.bpf, table):
+            return
+        t = self.bpf[table]
+        for k in keys:
+            t[t.Key(k)] = t.Leaf(1)
+
+    def table_items(self, table: str) -> list[tuple[int, object]]:
+        """(u32 key, value struct) of a hash the program keeps state in; [] if absent."""
+        if not _has_table(self.bpf, table):
+            return []
+        return [(k.value, v) for k, v in self.bpf[table].items()]
 
     def write_thr_state(self, dev: int, state: ThrState) -> None:
         """Set one watched superblock's threshold state (struct fsev_thr_state)."""

@@ -9,6 +9,7 @@ import time
 
 from .events import Event, EventClass, EventType
 from .mountinfo import Mount, MountTable
+from .health_records import decode_health
 from .records import RECORD_STRUCT, Field, RecordClass, RecordType, Rung
 
 _CLASS = {
@@ -21,6 +22,11 @@ _TYPE = {
     RecordType.FS_ERROR: EventType.FS_ERROR,
     RecordType.UMOUNT: EventType.UMOUNT,
     RecordType.THRESHOLD: EventType.THRESHOLD,
+    RecordType.READ_ONLY: EventType.READ_ONLY,
+    RecordType.ENOSPC: EventType.ENOSPC,
+    RecordType.BLOCK_IO_ERROR: EventType.BLOCK_IO_ERROR,
+    RecordType.WB_ERROR: EventType.WB_ERROR,
+    RecordType.MOUNT: EventType.MOUNT,
 }
 _RUNG = {Rung.KPROBE: "kprobe", Rung.TRACEPOINT: "tracepoint", Rung.RAW_TRACEPOINT: "raw_tracepoint"}
 
@@ -62,12 +68,13 @@ F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY, F_SETTLE = 
     Field.ERRNO, Field.INODE, Field.BLOCK, Field.LINE, Field.FUNC, Field.PATH, Field.MNT_ID, Field.LAZY,
     Field.SETTLE))
 _unpack = RECORD_STRUCT.unpack_from
+_FIRST_HEALTH_TYPE = int(RecordType.READ_ONLY)
 
 
 def decode(raw: bytes, seq: int, clock: Clock) -> Event:
     """One raw struct fsev_record -> Event (not yet enriched)."""
     (ts, ino, block, value, typ_i, cls_i, rung, f, dev, pid, tgid, err, line, mnt_id, level, direction,
-     comm, func, path) = _unpack(raw)
+     comm, func, path, mntns, call, arg) = _unpack(raw)
     cls = _CLASS_BY_INT.get(cls_i)
     typ = _TYPE_BY_INT.get(typ_i)
     if cls is None or typ is None:
@@ -103,6 +110,8 @@ def decode(raw: bytes, seq: int, clock: Clock) -> Event:
         if f & F_SETTLE:
             # A kernel threshold hint whose change comes after it (fsev/thr_monitor.py).
             ev.extra["settle"] = True
+    elif typ_i >= _FIRST_HEALTH_TYPE:
+        decode_health(ev, f, value, mntns, call, arg, func)
     return ev
 
 

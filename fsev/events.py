@@ -28,6 +28,12 @@ class EventType(str, enum.Enum):
     UMOUNT = "umount"
     THRESHOLD = "threshold"
     LOSS = "loss"
+    # health events (fsev/health.py)
+    READ_ONLY = "read_only"
+    ENOSPC = "enospc"
+    BLOCK_IO_ERROR = "block_io_error"
+    WB_ERROR = "wb_error"
+    MOUNT = "mount"
 
 
 def errno_name(err: int | None) -> str | None:

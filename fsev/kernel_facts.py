@@ -28,6 +28,13 @@ class KernelFacts:
     raw_tracepoints: bool = True
     btf: bool = True
     tracefs: bool = True
+    # health events (fsev/health_facts.py)
+    machine: str = "x86_64"  # raw sys_exit decoding knows x86-64 syscall numbers and pt_regs
+    fanotify_fs_error: bool = False  # FAN_FS_ERROR (5.16+)
+    fanotify_mntns: bool = False  # FAN_MARK_MNTNS, FAN_MNT_ATTACH/DETACH (6.15+)
+    ext4_emergency_ro_bit: int | None = None  # EXT4_FLAGS_EMERGENCY_RO in BTF (6.12+)
+    ext4_shutdown_bit: int | None = None  # EXT4_FLAGS_SHUTDOWN in BTF (4.10+; an anonymous enum, not always kept)
+    ext4_aborted_bit: int | None = None  # EXT4_MF_FS_ABORTED in BTF (up to 6.5)
 
     def has_tracepoint(self, name: str) -> bool:
         return name in self.tracepoints
@@ -67,7 +74,10 @@ def gather(tracepoints: set[str], kprobe_functions: set[str]) -> KernelFacts:
     tps = frozenset(
         tp for tp in tracepoints if tracefs and os.path.isdir(os.path.join(TRACEFS, "events", *tp.split(":", 1)))
     )
+    from .health_facts import gather_health_facts
+
     return KernelFacts(
+        **gather_health_facts(),
         release=release,
         kprobes=kprobes,
         kprobes_why_not=why,

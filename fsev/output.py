@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .events import Event, EventClass, EventType
+from .output_health import describe_health
 from .inert import inert
 
 CLASS_STYLE = {
@@ -59,12 +60,14 @@ def describe(ev: Event) -> str:
             bits.append("(lazy)")
         if ev.extra.get("superblock_gone"):
             bits.append("superblock torn down")
+        if ev.extra.get("cause") == "namespace_teardown":
+            bits.append("with its mount namespace")
         return " ".join(bits)
     if ev.type is EventType.THRESHOLD:
         return f"{ev.level} {ev.direction}: {ev.avail_blocks} blocks available (level {ev.level_blocks})"
     if ev.type is EventType.LOSS:
         return f"{ev.lost} events lost (ring buffer full), {ev.lost_total} since start"
-    return ""
+    return describe_health(ev)
 
 
 def human_line(ev: Event) -> Text:

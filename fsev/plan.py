@@ -18,13 +18,21 @@ class ProbePoint(str, enum.Enum):
     THR_TMPFS = "thr_tmpfs"  # free-space thresholds, by filesystem type
     THR_EXT4 = "thr_ext4"
     THR_OTHER = "thr_other"
+    # health events: planned in fsev/plan_health.py
+    EXT4_ERROR_DETAIL = "ext4_error_detail"
+    READ_ONLY = "read_only"
+    ENOSPC = "enospc"
+    BLOCK_IO_ERROR = "block_io_error"
+    WB_ERROR = "wb_error"
+    MOUNT_TOPOLOGY = "mount_topology"
 
 
 class RungKind(str, enum.Enum):
     KPROBE = "kprobe"
     TRACEPOINT = "tracepoint"
     RAW_TRACEPOINT = "raw_tracepoint"
-    POLLED = "polled"  # statfs from user space: no kernel probe at all
+    FANOTIFY = "fanotify"  # fanotify(7) marks from user space (with tracepoints beside them)
+    POLLED = "polled"  # statfs, /sys or /proc read by user space: no kernel probe at all
     NONE = "none"
 
 
@@ -100,6 +108,15 @@ def shmem_accounting(functions: tuple[str, ...]) -> ShmemAccounting | None:
     return None
 
 
+def _health_planners() -> dict:
+    # Imported late: plan_health builds on the types above.
+    from .plan_health import HEALTH_KPROBE_FUNCTIONS, HEALTH_PLANNERS, HEALTH_TRACEPOINTS
+
+    ALL_TRACEPOINTS.update(HEALTH_TRACEPOINTS)
+    ALL_KPROBE_FUNCTIONS.update(HEALTH_KPROBE_FUNCTIONS)
+    return HEALTH_PLANNERS
+
+
 @dataclass(frozen=True)
 class Rung:
     point: ProbePoint
@@ -108,6 +125,9 @@ class Rung:
     gives: str = ""  # what this rung reports
     misses: str = ""  # what it cannot see
     skipped: tuple[str, ...] = field(default_factory=tuple)  # why richer rungs were not used
+    # BTF facts beyond struct offsets that the rung's programs read (e.g.
+    # "enum:EXT4_FLAGS_EMERGENCY_RO"); resolved with the offsets.
+    reads: tuple[str, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -251,6 +271,7 @@ _PLANNERS = {
     ProbePoint.THR_EXT4: _plan_thr_ext4,
     ProbePoint.THR_OTHER: _plan_thr_other,
 }
+_PLANNERS.update(_health_planners())
 
 
 def plan_probes(facts: KernelFacts, points: "set[ProbePoint] | None" = None) -> Plan:

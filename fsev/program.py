@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from .plan import Plan, ProbePoint, RungKind, shmem_accounting
+from .program_health import HEALTH_SOURCE, health_defines, health_kprobes, health_offsets
 from .records import RecordClass, class_mask
 
 MAIN_SOURCE = "fsev.bpf.c"
@@ -82,6 +83,7 @@ def required_offsets(plan: Plan, config: ProgramConfig | None = None) -> list[st
         for s in wanted:
             if s not in specs:
                 specs.append(s)
+    specs += [s for s in health_offsets(plan, config) if s not in specs]
     return specs
 
 
@@ -131,6 +133,7 @@ def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_er
     thr, thr_macros = _thr_defines(plan, config)
     d.update(thr)
     lines = [f"#define {k} {v}" for k, v in d.items()] + thr_macros
+    lines += health_defines(plan, config)
     if d["FSEV_EXT4_ERROR_KPROBE"] == "1" and ext4:
         for fn in ext4.targets:
             lines.append(f"#define ATTACH_{fn.upper()} 1")
@@ -142,7 +145,7 @@ def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_er
 
 
 def source(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_error_args: dict[str, int] | None = None) -> str:
-    body = (bpf_dir() / MAIN_SOURCE).read_text() + "\n" + (bpf_dir() / THR_SOURCE).read_text()
+    body = "\n".join((bpf_dir() / name).read_text() for name in (MAIN_SOURCE, THR_SOURCE, HEALTH_SOURCE))
     return preamble(plan, config, offsets, ext4_error_args) + body
 
 
@@ -159,4 +162,4 @@ def kprobe_attachments(plan: Plan, config: ProgramConfig) -> list[tuple[str, str
         if r.point is ProbePoint.THR_TMPFS and r.point in config.thr_points:
             acct, unacct = r.targets
             out += [(acct, "kp_thr_shmem_acct"), (unacct, "kp_thr_shmem_unacct")]
-    return out
+    return out + health_kprobes(plan, config)

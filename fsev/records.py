@@ -28,6 +28,11 @@ class RecordType(enum.IntEnum):
     FS_ERROR = 1
     UMOUNT = 2
     THRESHOLD = 3
+    READ_ONLY = 4
+    ENOSPC = 5
+    BLOCK_IO_ERROR = 6
+    WB_ERROR = 7
+    MOUNT = 8
 
 
 class Rung(enum.IntEnum):
@@ -47,6 +52,44 @@ class Field(enum.IntFlag):
     MNT_ID = 1 << 6
     LAZY = 1 << 7
     SETTLE = 1 << 8
+    MNTNS = 1 << 16
+    PATH_EXACT = 1 << 17
+
+
+class Call(enum.IntEnum):
+    """enum fsev_call: the call behind a health record."""
+
+    NONE = 0
+    WRITE = 1
+    PWRITE64 = 2
+    WRITEV = 3
+    PWRITEV = 4
+    PWRITEV2 = 5
+    FALLOCATE = 6
+    OPEN = 7
+    OPENAT = 8
+    OPENAT2 = 9
+    CREAT = 10
+    MKDIR = 11
+    MKDIRAT = 12
+    MOUNT = 13
+    MOVE_MOUNT = 14
+    FSCONFIG = 15
+    MOUNT_SETATTR = 16
+    UNSHARE = 17
+    CLONE = 18
+    CLONE3 = 19
+    EXT4_ERROR = 20
+    RECONFIGURE_SUPER = 21
+
+
+class RoBits(enum.IntFlag):
+    """enum fsev_ro_bits: a superblock's read-only state."""
+
+    SB_RDONLY = 1 << 0
+    EMERGENCY = 1 << 1
+    SHUTDOWN = 1 << 2
+    ABORTED = 1 << 3
 
 
 class Direction(enum.IntEnum):
@@ -78,6 +121,10 @@ class Record(ctypes.Structure):
         ("comm", ctypes.c_char * COMM_LEN),
         ("func", ctypes.c_char * FUNC_LEN),
         ("path", ctypes.c_char * PATH_LEN),
+        # health events
+        ("mntns", ctypes.c_uint64),
+        ("call", ctypes.c_uint32),
+        ("arg", ctypes.c_uint32),
     ]
 
 

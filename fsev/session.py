@@ -14,6 +14,7 @@ from typing import Iterator
 from .decode import Clock, DecodeError, Enricher, decode
 from .errors import FsevError
 from .events import ALL_CLASSES, Event, EventClass, EventType
+from .health import HealthMonitor
 from .inotify import UnmountWatcher
 from .unmounts import UnmountTracker
 from .kernel_facts import KernelFacts, gather
@@ -93,6 +94,7 @@ class TraceSession:
         self._stop = False
         self._probes = None
         self._unmounts: UnmountTracker | None = None
+        self._health: HealthMonitor | None = None
         self._lost_total = 0
         self._loss_window_start = time.time()
         self._last_loss_check = 0.0
@@ -118,6 +120,8 @@ class TraceSession:
         if EventClass.INFO in self.opts.classes and drop and drop.kind is RungKind.TRACEPOINT:
             self._unmounts = UnmountTracker(self.table, UnmountWatcher())
             self._watch_roots()
+        self._health = HealthMonitor(self.plan, self.opts.classes, self.table, self.clock, self.opts.mounts,
+                                     self._probes, self._number)
         # /proc/self/mounts polls POLLPRI when the mount table changes.
         self._mounts_fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
         self._mounts_poll = select.poll()
@@ -147,6 +151,9 @@ class TraceSession:
         if self._unmounts is not None:
             self._unmounts.close()
             self._unmounts = None
+        if self._health is not None:
+            self._health.close()
+            self._health = None
         if self._mounts_fd is not None:
             os.close(self._mounts_fd)
             self._mounts_fd = None
@@ -181,6 +188,11 @@ class TraceSession:
                                    lost_total=total, since_wall_time=self._loss_window_start)
         self._loss_window_start = now
 
+    def _number(self, ev: Event) -> Event:
+        self._seq += 1
+        ev.seq = self._seq
+        return ev
+
     def _user_event(self, **fields: object) -> Event:
         """An event fsev makes in user space (not from a kernel record)."""
         ts = time.monotonic_ns()
@@ -214,6 +226,11 @@ class TraceSession:
             if ev.type is EventType.UMOUNT and self._unmounts is not None:
                 if self._unmounts.on_syscall_umount(ev) is None:
                     continue  # held until the superblock is torn down
+            if self._health is not None:
+                out = self._health.process(ev)  # numbered there; some wait a moment
+                if out:
+                    yield from out
+                continue
             self._seq += 1
             ev.seq = self._seq
             yield ev
@@ -221,6 +238,8 @@ class TraceSession:
     # -- thresholds (fsev/thr_monitor.py does the work) ---------------------
     def _poll_timeout_ms(self, poll_ms: int) -> int:
         due = self._thr.due_in(time.monotonic()) if self._thr is not None else None
+        if self._health is not None:  # short while events wait for fanotify
+            poll_ms = self._health.timeout_ms(poll_ms)
         return poll_ms if due is None else max(0, min(poll_ms, int(due * 1000)))
 
     def _catch_up_hints(self) -> None:
@@ -270,6 +289,8 @@ class TraceSession:
             yield from self._kernel_events()
             yield from self._threshold_events()
             yield from self._unmount_events()
+            if self._health is not None:
+                yield from self._health.poll()
             yield from self._loss_events(time.time())
         # Drain what the kernel already sent before stopping: at most one ring
         # buffer's worth, so a flood that goes on cannot keep fsev alive.
@@ -281,4 +302,6 @@ class TraceSession:
             budget -= len(self._records)
             yield from self._kernel_events()
         yield from self._threshold_events()
+        if self._health is not None:
+            yield from self._health.flush()
         yield from self._loss_events(time.time() + LOSS_CHECK_S)

@@ -60,6 +60,8 @@ def _c_enum(name: str) -> dict[str, int]:
         ("fsev_rung", records.Rung, "FSEV_RUNG_"),
         ("fsev_field", records.Field, "FSEV_F_"),
         ("fsev_direction", records.Direction, "FSEV_DIR_"),
+        ("fsev_call", records.Call, "FSEV_CALL_"),
+        ("fsev_ro_bits", records.RoBits, "FSEV_RO_"),
     ],
 )
 def test_enums_match_header(c_enum, py_enum, prefix):
@@ -69,7 +71,7 @@ def test_enums_match_header(c_enum, py_enum, prefix):
 
 
 def test_zero_is_reserved_in_every_enum():
-    for e in ("fsev_class", "fsev_type", "fsev_rung", "fsev_direction"):
+    for e in ("fsev_class", "fsev_type", "fsev_rung", "fsev_direction", "fsev_call"):
         assert 0 in _c_enum(e).values()
         assert [k for k, v in _c_enum(e).items() if v == 0][0].endswith("NONE")
 

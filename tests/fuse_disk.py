@@ -1,0 +1,159 @@
+"""A disk that fails on demand: a one-file FUSE filesystem serving a 64 MiB
+in-memory image whose armed byte ranges answer EIO, with a loop device on it.
+
+There is no device-mapper, null_blk or scsi_debug on the test kernel; FUSE is
+built in. Run as a script it is the FUSE server (Debian's python3-fusepy):
+    python fuse_disk.py MOUNTPOINT
+It serves `disk` (the image) and `ctl`: writing "read START LEN", "write
+START LEN" or "off" to ctl arms or disarms a byte range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+SIZE = 64 << 20
+
+
+def serve(mount_point: str) -> None:
+    import fusepy  # Debian: python3-fusepy (libfuse2)
+
+    class Disk(fusepy.Operations):
+        use_ns = True
+
+        def __init__(self) -> None:
+            self.data = bytearray(SIZE)
+            self.armed = {"read": (0, 0), "write": (0, 0)}
+            self.now = time.time_ns()
+
+        def _hit(self, kind: str, off: int, size: int) -> bool:
+            start, length = self.armed[kind]
+            return length > 0 and off < start + length and start < off + size
+
+        def getattr(self, path, fh=None):
+            t = self.now
+            if path == "/":
+                return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, "st_atime": t, "st_mtime": t, "st_ctime": t}
+            if path in ("/disk", "/ctl"):
+                size = SIZE if path == "/disk" else 0
+                return {"st_mode": stat.S_IFREG | 0o600, "st_nlink": 1, "st_size": size,
+                        "st_atime": t, "st_mtime": t, "st_ctime": t}
+            raise fusepy.FuseOSError(errno.ENOENT)
+
+        def readdir(self, path, fh):
+            return [".", "..", "disk", "ctl"]
+
+        def open(self, path, flags):
+            return 0
+
+        def truncate(self, path, length, fh=None):
+            return 0
+
+        def read(self, path, size, offset, fh):
+            if path != "/disk":
+                return b""
+            if self._hit("read", offset, size):
+                raise fusepy.FuseOSError(errno.EIO)
+            return bytes(self.data[offset:offset + size])
+
+        def write(self, path, buf, offset, fh):
+            if path == "/ctl":
+                words = buf.decode().split()
+                if words and words[0] in self.armed:
+                    self.armed[words[0]] = (int(words[1]), int(words[2]))
+                else:
+                    self.armed = {"read": (0, 0), "write": (0, 0)}
+                return len(buf)
+            if self._hit("write", offset, len(buf)):
+                raise fusepy.FuseOSError(errno.EIO)
+            self.data[offset:offset + len(buf)] = buf
+            return len(buf)
+
+        def fsync(self, path, datasync, fh):
+            return 0
+
+        def flush(self, path, fh):
+            return 0
+
+    # direct_io: every read reaches this process, none is served from the page cache.
+    fusepy.FUSE(Disk(), mount_point, foreground=True, nothreads=True, direct_io=True)
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), check=check, capture_output=True, text=True)
+
+
+@dataclass
+class FuseDisk:
+    fuse_dir: str
+    loop: str
+    server: subprocess.Popen
+
+    def arm(self, kind: str, start: int, length: int) -> None:
+        with open(os.path.join(self.fuse_dir, "ctl"), "w") as f:
+            f.write(f"{kind} {start} {length}")
+
+    def disarm(self) -> None:
+        with open(os.path.join(self.fuse_dir, "ctl"), "w") as f:
+            f.write("off")
+
+    @property
+    def dev(self) -> str:
+        st = os.stat(self.loop)
+        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+def _mounted(path: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+@contextlib.contextmanager
+def fuse_disk() -> Iterator[FuseDisk]:
+    """A FUSE-served image with a loop device on it; everything is undone after."""
+    work = tempfile.mkdtemp(prefix="fsev-fuse-")
+    fuse_dir = os.path.join(work, "fuse")
+    os.mkdir(fuse_dir)
+    server = subprocess.Popen([sys.executable, __file__, fuse_dir], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    loop = ""
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.exists(os.path.join(fuse_dir, "disk")):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("FUSE disk did not come up: " + (server.stderr.read().decode()
+                                                                    if server.poll() is not None else "timeout"))
+            time.sleep(0.05)
+        loop = _run("losetup", "-f", "--show", os.path.join(fuse_dir, "disk")).stdout.strip()
+        yield FuseDisk(fuse_dir, loop, server)
+    finally:
+        if loop:
+            _run("losetup", "-d", loop, check=False)
+        if _mounted(fuse_dir):
+            _run("umount", fuse_dir, check=False)
+            if _mounted(fuse_dir):
+                _run("umount", "-l", fuse_dir, check=False)
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(5)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(5)
+        with contextlib.suppress(OSError):
+            os.rmdir(fuse_dir)
+        with contextlib.suppress(OSError):
+            os.rmdir(work)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
