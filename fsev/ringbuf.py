@@ -17,32 +17,61 @@ architectures use bcc's callback consumer.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
 import os
 import platform
 import select
-import struct
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HDR_SZ = 8
 PAGE = mmap.PAGESIZE
-_u64 = struct.Struct("<Q")
-_u32 = struct.Struct("<I")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def supported() -> bool:
     return platform.machine() in ("x86_64", "amd64")
 
 
+def _map(fd: int, length: int, prot: int, offset: int) -> int:
+    addr = _libc.mmap(None, length, prot, mmap.MAP_SHARED, fd, offset)
+    if addr in (None, _MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of the ring buffer: {os.strerror(err)}")
+    return int(addr)
+
+
 class RingReader:
+    """Positions and headers are read and written through ctypes scalars over
+    the mapping: one aligned 8- or 4-byte load or store each. (The struct
+    module's little-endian codes move bytes one at a time; a torn
+    consumer_pos makes the kernel see a full ring and drop records, and a torn
+    producer_pos could send the reader past what was written.)"""
+
     def __init__(self, map_fd: int, size: int) -> None:
         if size <= 0 or size & (size - 1) or size % PAGE:
             raise ValueError(f"ring buffer size {size} is not a power-of-two number of pages")
         self.size = size
         self.mask = size - 1
-        self._cons = mmap.mmap(map_fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._prod = mmap.mmap(map_fd, PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
+        self._cons_addr = _map(map_fd, PAGE, mmap.PROT_READ | mmap.PROT_WRITE, 0)
+        self._prod_len = PAGE + 2 * size
+        try:
+            self._prod_addr = _map(map_fd, self._prod_len, mmap.PROT_READ, PAGE)
+        except OSError:
+            _libc.munmap(self._cons_addr, PAGE)
+            raise
+        self._cons = ctypes.c_uint64.from_address(self._cons_addr)
+        self._prod = ctypes.c_uint64.from_address(self._prod_addr)
+        self._data = self._prod_addr + PAGE
+        # Header words of the (double-mapped) data area, as u32s.
+        self._words = (ctypes.c_uint32 * (2 * size // 4)).from_address(self._data)
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
 
@@ -55,33 +84,34 @@ class RingReader:
                 pass
 
     def pending(self) -> bool:
-        return _u64.unpack_from(self._cons, 0)[0] < _u64.unpack_from(self._prod, 0)[0]
+        return self._cons.value < self._prod.value
 
     def read(self, limit: int, out: list[bytes], record_size: int) -> int:
         """Append up to `limit` records (each cut to record_size bytes) to out."""
-        cons_mm, prod_mm, mask = self._cons, self._prod, self.mask
-        cons = _u64.unpack_from(cons_mm, 0)[0]
-        prod = _u64.unpack_from(prod_mm, 0)[0]
-        n = 0
+        cons_v, prod_v, words, data, mask = self._cons, self._prod, self._words, self._data, self.mask
+        string_at = ctypes.string_at
         append = out.append
-        unpack_len = _u32.unpack_from
+        cons = cons_v.value
+        prod = prod_v.value
+        n = 0
         while cons < prod and n < limit:
-            off = PAGE + (cons & mask)
-            length = unpack_len(prod_mm, off)[0]
+            off = cons & mask
+            length = words[off >> 2]
             if length & BUSY_BIT:
                 break  # the producer is still writing this record
             body = length & ~(BUSY_BIT | DISCARD_BIT)
             if not length & DISCARD_BIT:
-                start = off + HDR_SZ
-                append(prod_mm[start : start + min(body, record_size)])
+                append(string_at(data + off + HDR_SZ, body if body < record_size else record_size))
                 n += 1
             cons += (body + HDR_SZ + 7) & ~7
             if cons >= prod:
-                prod = _u64.unpack_from(prod_mm, 0)[0]
-        _u64.pack_into(cons_mm, 0, cons)
+                prod = prod_v.value
+        cons_v.value = cons  # x86-64: a plain store is a release store
         return n
 
     def close(self) -> None:
         self._epoll.close()
-        self._cons.close()
-        self._prod.close()
+        if self._prod_addr:
+            _libc.munmap(self._prod_addr, self._prod_len)
+            _libc.munmap(self._cons_addr, PAGE)
+            self._prod_addr = self._cons_addr = 0
