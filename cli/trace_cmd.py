@@ -137,7 +137,7 @@ def run_trace(req: TraceRequest) -> None:
             _say("dry run: compiled, attached and detached")
             return
         deadline = None if req.duration is None else time.monotonic() + req.duration
-        for ev in session.events(until=deadline):
+        for ev in session.events(until=deadline, last=True):
             if ev.type is not EventType.LOSS:
                 if req.count is not None and shown >= req.count:
                     continue  # stopping: events already in hand are not shown, loss still is

@@ -276,8 +276,11 @@ class TraceSession:
     def stopping(self) -> bool:
         return self._stop
 
-    def events(self, poll_ms: int = 100, until: float | None = None) -> Iterator[Event]:
-        """Events until stop(), the monotonic deadline `until`, or the caller stops iterating."""
+    def events(self, poll_ms: int = 100, until: float | None = None, last: bool = False) -> Iterator[Event]:
+        """Events until stop(), the monotonic deadline `until`, or the caller stops iterating.
+        last: the deadline ends the session (trace --duration), so what waits
+        (ENOSPC counts, events joined with fanotify) comes out too; a caller
+        that comes back for more (top) leaves it False."""
         if self._probes is None:
             self.start()
         assert self._probes is not None
@@ -302,6 +305,6 @@ class TraceSession:
             budget -= len(self._records)
             yield from self._kernel_events()
         yield from self._threshold_events()
-        if self._health is not None:
+        if self._health is not None and (self._stop or last):
             yield from self._health.flush()
         yield from self._loss_events(time.time() + LOSS_CHECK_S)

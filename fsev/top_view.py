@@ -281,12 +281,10 @@ def header(model: TopModel, now: float) -> list[Text]:
     a.append(f"  {model.rate(now):.1f}/s")
     a.append("  drops ")
     a.append(str(model.drops_shown), style="bold white on red" if model.drops_shown else "green")
+    # Sort, filter and pause first: the probe list (eleven points and
+    # growing) is what the terminal's width may cut.
     b = Text(no_wrap=True, overflow="ellipsis")
-    b.append("probes ", style="dim")
-    for k, (point, rung) in enumerate(model.rungs):
-        b.append(("  " if k else "") + f"{point} ")
-        b.append(rung, style="green" if rung in ("kprobe", "tracepoint", "raw_tracepoint") else "yellow")
-    b.append("   sort ", style="dim")
+    b.append("sort ", style="dim")
     b.append(model.sort)
     if model.filter.text:
         b.append("   filter ", style="dim")
@@ -294,6 +292,10 @@ def header(model: TopModel, now: float) -> list[Text]:
     if model.paused:
         b.append("   PAUSED", style="bold black on yellow")
         b.append(f" +{model.new_while_paused} new", style="yellow")
+    b.append("   probes ", style="dim")
+    for k, (point, rung) in enumerate(model.rungs):
+        b.append(("  " if k else "") + f"{point} ")
+        b.append(rung, style="green" if rung in ("kprobe", "tracepoint", "raw_tracepoint") else "yellow")
     return [a, b]
 
 
