@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from flood import start_writer  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from fsev.event_json import event_json  # noqa: E402
 from fsev.events import Event, EventClass, EventType  # noqa: E402
@@ -99,25 +100,6 @@ def parts(n: int = 200_000) -> dict:
             "note": "commit: 5000-event segments, fsynced (synchronous=FULL); wall includes the disk"}
 
 
-WRITER = """
-import os, sys, time
-fd = os.open(sys.argv[1], os.O_WRONLY)
-rate, seconds = float(sys.argv[2]), float(sys.argv[3])
-os.sched_setaffinity(0, {1})
-n, t0 = 0, time.monotonic()
-end = t0 + seconds
-while True:
-    now = time.monotonic()
-    if now >= end:
-        break
-    due = int((now - t0) * rate) if rate > 0 else n + 1000
-    while n < due:
-        os.write(fd, b"x")
-        n += 1
-    if rate > 0 and n >= due:
-        time.sleep(0.0005)
-print(n)
-"""
 
 
 def end_to_end(fs, rate: float, seconds: float = 3.0) -> dict:
@@ -134,8 +116,7 @@ def end_to_end(fs, rate: float, seconds: float = 3.0) -> dict:
             s = TraceSession(TraceOptions(mounts=mounts, classes=frozenset({EventClass.ERR})))
             rec = Recorder(path, "bench").start(s.plan, {}, None)
             s.start()
-            w = subprocess.Popen([sys.executable, "-c", WRITER, f"/sys/fs/ext4/{fs.name}/trigger_fs_error",
-                                  str(rate), str(seconds)], stdout=subprocess.PIPE, text=True)
+            w = start_writer(fs.name, rate, seconds)
             c0, t0 = time.process_time(), time.monotonic()
             for ev in s.events(poll_ms=10, until=t0 + seconds + 0.5):
                 rec.emit(ev)

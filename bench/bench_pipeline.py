@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from flood import start_writer  # noqa: E402  (bench/ is on sys.path when run as a script)
 from kernel_env import FSEV, FsevTrace, ext4  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
@@ -63,25 +64,6 @@ def latency(fs, n: int = 1000) -> dict:
     return {"events": n, "p50_ms": lat[n // 2], "p99_ms": lat[int(n * 0.99)], "max_ms": lat[-1], "goal_p99_ms": 2.0}
 
 
-WRITER = """
-import os, sys, time
-fd = os.open(sys.argv[1], os.O_WRONLY)
-rate, seconds = float(sys.argv[2]), float(sys.argv[3])
-os.sched_setaffinity(0, {1})
-n, t0 = 0, time.monotonic()
-end = t0 + seconds
-while True:
-    now = time.monotonic()
-    if now >= end:
-        break
-    due = int((now - t0) * rate) if rate > 0 else n + 1000
-    while n < due:
-        os.write(fd, b"x")
-        n += 1
-    if rate > 0 and n >= due:
-        time.sleep(0.0005)
-print(n)
-"""
 
 
 def flood(fs, rate: float, seconds: float = 3.0) -> dict:
@@ -97,8 +79,7 @@ def flood(fs, rate: float, seconds: float = 3.0) -> dict:
     mounts = resolve_mounts([fs.mount_point], MountTable.read())
     s = TraceSession(TraceOptions(mounts=mounts, classes=frozenset({EventClass.ERR}), ringbuf_pages=4096))
     s.start()
-    w = subprocess.Popen([sys.executable, "-c", WRITER, f"/sys/fs/ext4/{fs.name}/trigger_fs_error", str(rate),
-                          str(seconds)], stdout=subprocess.PIPE, text=True)
+    w = start_writer(fs.name, rate, seconds)
     got, lost = 0, 0
     cpu0, t0 = time.process_time(), time.monotonic()
     for ev in s.events(poll_ms=10, until=t0 + seconds + 0.5):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .health_facts import EXT4_ABORTED, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN
 from .kernel_facts import KernelFacts
-from .plan import ProbePoint, Rung, RungKind, _kprobe_skip_reason, _plan_ext4_error
+from .plan import ProbePoint, Rung, RungKind, _kprobe_skip_reason, _plan_ext4_error, _raw_tp_skip_reason
 
 RAW_SYS_EXIT = "raw_syscalls:sys_exit"  # raw: sys_exit(struct pt_regs *, long ret)
 RAW_EXT4_ERROR = "ext4:ext4_error"  # raw: ext4_error(struct super_block *, function, line)
@@ -43,16 +43,10 @@ HEALTH_KPROBE_FUNCTIONS = {RO_KPROBE, RO_KPROBE_REMOUNT, *ENOSPC_KPROBES, BLOCK_
 
 
 def _raw_skip(facts: KernelFacts, tracepoints: tuple[str, ...], x86_64: bool = False) -> str | None:
-    if not facts.raw_tracepoints:
-        return "raw_tracepoint: not supported by this kernel"
-    missing = [t for t in tracepoints if not facts.has_tracepoint(t)]
-    if missing:
-        return f"raw_tracepoint: {', '.join(missing)} not present"
-    if not facts.btf:
-        return "raw_tracepoint: no kernel BTF to read the raw arguments at"
-    if x86_64 and facts.machine not in ("x86_64", "amd64"):
+    why = _raw_tp_skip_reason(facts, tracepoints)
+    if why is None and x86_64 and facts.machine not in ("x86_64", "amd64"):
         return f"raw_tracepoint: sys_exit decoding knows x86-64 syscall numbers only, not {facts.machine}"
-    return None
+    return why
 
 
 def ro_flag_description(facts: KernelFacts) -> str:

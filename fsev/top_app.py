@@ -267,19 +267,22 @@ class TopApp:
         self._shown_version = self.model.version
         self._resized = False
 
+    def _attach(self, stack: contextlib.ExitStack) -> None:
+        """Start the session with its teardown on the stack. Unwound in reverse:
+        (screen, terminal,) statfs thread, probes, journal, and only then the
+        signal handlers, so a second Ctrl-C cannot cut the detaching short."""
+        stack.enter_context(self._signals())
+        if self.recorder is not None:
+            stack.callback(self.recorder.close)
+        stack.callback(self.session.close)
+        stack.callback(self.poller.stop)
+        self._start()
+
     def run(self, tty_fd: int | None = None) -> int:
         """The live screen until q, Ctrl-C, SIGTERM or SIGHUP. The session is always closed."""
         fd = sys.stdin.fileno() if tty_fd is None else tty_fd
         with contextlib.ExitStack() as stack:
-            # Unwound in reverse: screen, terminal, statfs thread, probes, and
-            # only then the signal handlers, so a second Ctrl-C cannot cut
-            # the detaching short.
-            stack.enter_context(self._signals())
-            if self.recorder is not None:
-                stack.callback(self.recorder.close)
-            stack.callback(self.session.close)
-            stack.callback(self.poller.stop)
-            self._start()
+            self._attach(stack)
             if self._quit:
                 return 0
             kb = stack.enter_context(Keyboard(fd))
@@ -302,12 +305,7 @@ class TopApp:
     def run_once(self, window: float = ONCE_WINDOW_S) -> int:
         """One snapshot of the screen on stdout (no TTY needed)."""
         with contextlib.ExitStack() as stack:
-            stack.enter_context(self._signals())
-            if self.recorder is not None:
-                stack.callback(self.recorder.close)
-            stack.callback(self.session.close)
-            stack.callback(self.poller.stop)
-            self._start()
+            self._attach(stack)
             self._pump(time.monotonic() + window, None)
             self.console.print(render(self.model, self.console.width, None, time.time()))
         return 0
