@@ -161,8 +161,9 @@ def _plan_topology(facts: KernelFacts) -> Rung:
                     gives="every attach and detach in fsev's and each new mount namespace with the mount's "
                     "unique id (fanotify), what the call was (mount/bind/move/remount, syscall "
                     "tracepoints), drops when a namespace is torn down",
-                    misses="namespaces that die within about a millisecond of being made (before fsev can "
-                    "mark them); remounts have no fanotify event (the syscall tells)")
+                    misses="mounts in a namespace that dies before fsev can mark it, other than by "
+                    "mount(2) (those are reported as gone with it); remounts have no fanotify event "
+                    "(the syscall tells)")
     skipped = ("fanotify: no FAN_MARK_MNTNS (kernel before 6.15)",) if not facts.fanotify_mntns else ()
     # No kprobe rung: the attach paths are static functions whose signatures
     # change every few releases (attach_recursive_mnt, 6.16), and drops have

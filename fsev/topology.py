@@ -68,6 +68,10 @@ class Topology:
         self._attaches: list[tuple[float, FanEvent, _Ns, MountInfo | None]] = []
         self._detaches: list[tuple[float, FanEvent, _Ns, MountInfo]] = []
         self._umounts: dict[int, float] = {}  # tgid -> when it called umount(2)
+        # Mount points fsev reported mounted in another namespace and not yet
+        # dropped: when the namespace is found gone, each gets its drop.
+        self._alive_in: dict[int, dict[str, Event]] = {}
+        self._check_ns_at: dict[int, float] = {}  # ns inode -> when to see if it is gone
         self._last_sweep = now()
         if fanotify:
             self.open_namespace("/proc/self/ns/mnt")
@@ -132,13 +136,43 @@ class Topology:
             return []
         if action == "propagation":
             return []  # shared/private/slave changes: every unshare makes them; not a topology change users watch
-        ns = self._ns.get(ev.extra.get("mnt_ns", -1))
-        if ns is None and self.fanotify:
-            ns = self.open_namespace(f"/proc/{ev.tgid}/ns/mnt")
+        ns_ino = ev.extra.get("mnt_ns")
+        ns = self._ns.get(ns_ino or -1)
+        if ns is None and self.fanotify and ns_ino:
+            path = self._task_in(ns_ino, ev.tgid)
+            ns = self.open_namespace(path) if path is not None else None
+            if ns is None and action in JOINED:
+                # No task is left in that namespace (or it went while fsev
+                # marked it): made and torn down faster than fsev could mark
+                # it (a busy machine), its mounts went with it.
+                made = self._from_call(ev)
+                return [made, self._gone_with_namespace(made.mount_point, made.fs_type, ns_ino)]
         if action in JOINED and ns is not None:
             self._calls.append((self.now(), ev))
             return []
-        return [self._from_call(ev)]
+        return [self._made_call(self._from_call(ev))]
+
+    def _made_call(self, ev: Event) -> Event:
+        """Remember a mount reported made in another namespace, for its drop."""
+        ns_ino = ev.extra.get("mnt_ns")
+        if ns_ino and ns_ino != self._own_ino and ev.extra.get("action") in JOINED and ev.mount_point:
+            self._alive_in.setdefault(ns_ino, {})[ev.mount_point] = ev
+        return ev
+
+    def _task_in(self, ns_ino: int, tgid: int | None) -> str | None:
+        """An nsfs path of the mount namespace ns_ino: the caller's if it still
+        is there, else any task's; None when no task is in it."""
+        if tgid and ns_inode(f"/proc/{tgid}/ns/mnt") == ns_ino:
+            return f"/proc/{tgid}/ns/mnt"
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and ns_inode(f"/proc/{pid}/ns/mnt") == ns_ino:
+                return f"/proc/{pid}/ns/mnt"
+        return None
+
+    def _gone_with_namespace(self, mount_point: str | None, fs_type: str | None, ns_ino: int) -> Event:
+        return self.make_event(cls=EventClass.INFO, type=EventType.UMOUNT, rung="polled",
+                               mount_point=mount_point, fs_type=fs_type,
+                               extra={"mnt_ns": ns_ino, "cause": "namespace_teardown"})
 
     def on_umount(self, ev: Event) -> None:
         if ev.tgid:
@@ -161,6 +195,10 @@ class Topology:
         own = ev.extra.get("mnt_ns") == self._own_ino
         if info is not None:
             self._fill(ev, info, own)
+            if own and ev.path:
+                # where the call put it: statmount tells where it is now (it
+                # may have moved on since, on a busy machine)
+                ev.mount_point = self._own_path(ev) or ev.mount_point
         elif own:
             path = self._own_path(ev)
             m = self.table.by_mount_point(path) if path else None
@@ -194,9 +232,12 @@ class Topology:
             for fe in ns.watch.read():
                 self._on_fanotify(ns, fe, now)
         out = self._join(now, final)
-        if now - self._last_sweep > NS_SWEEP_S:
-            self._sweep()
-            self._last_sweep = now
+        sweep_all = now - self._last_sweep > NS_SWEEP_S
+        due = {ino for ino, t in self._check_ns_at.items() if final or now >= t}
+        if sweep_all or due:
+            out += self._sweep(None if sweep_all else due)
+            if sweep_all:
+                self._last_sweep = now
         return out
 
     def _on_fanotify(self, ns: _Ns, fe: FanEvent, now: float) -> None:
@@ -212,6 +253,8 @@ class Topology:
             info = self._made.pop(fe.mnt_id, None)
             if info is not None:  # not a copy of one of fsev's mounts
                 self._detaches.append((now, fe, ns, info))
+            # A teardown detaches every mount at once: soon, see if it is gone.
+            self._check_ns_at.setdefault(ns.ino, now + 2 * GRACE_S)
 
     def _join(self, now: float, final: bool) -> list[Event]:
         out: list[Event] = []
@@ -226,15 +269,15 @@ class Topology:
                     info = MountInfo(fe.mnt_id or 0, 0, 0, 0, call.extra.get("_fstype") or "", call.path or "", None)
                     self._made[fe.mnt_id or 0] = info
                 call.rung = "fanotify"
-                out.append(self._from_call(call, info))
+                out.append(self._made_call(self._from_call(call, info)))
             elif final or now - t >= GRACE_S:
-                out.append(self._from_attach(fe, ns, info))
+                out.append(self._made_call(self._from_attach(fe, ns, info)))
             else:
                 keep.append((t, fe, ns, info))
         self._attaches = keep
         due = [c for c in self._calls if final or now - c[0] >= GRACE_S]
         self._calls = [c for c in self._calls if c not in due]
-        out += [self._from_call(c) for _, c in due]
+        out += [self._made_call(self._from_call(c)) for _, c in due]
         for t, fe, ns, info in list(self._detaches):
             if not final and now - t < GRACE_S:
                 continue
@@ -263,15 +306,31 @@ class Topology:
         ev = self.make_event(cls=EventClass.INFO, type=EventType.UMOUNT, rung="fanotify", pid=fe.pid, tgid=fe.pid,
                              comm=_comm(fe.pid), extra={"mnt_ns": ns.ino, "cause": cause})
         self._fill(ev, info, False)
+        self._alive_in.get(ns.ino, {}).pop(info.mount_point, None)
         return ev
 
-    def _sweep(self) -> None:
-        for ino, ns in list(self._ns.items()):
-            if not ns.own and ns.ns_id and listmount(ns.ns_id) is None:
-                for fe in ns.watch.read():  # its last detaches
-                    self._on_fanotify(ns, fe, self.now())
-                ns.watch.close()
-                del self._ns[ino]
+    def _sweep(self, only: set[int] | None = None) -> list[Event]:
+        """Namespaces that are gone: their last detaches, and a drop for each
+        mount fsev saw made there that no detach reported."""
+        out: list[Event] = []
+        for ino in list(only if only is not None else self._ns):
+            self._check_ns_at.pop(ino, None)
+            ns = self._ns.get(ino)
+            if ns is None or ns.own or (ns.ns_id and listmount(ns.ns_id) is not None):
+                continue
+            if not ns.ns_id and self._task_in(ino, None) is not None:
+                continue  # no namespace ids (before 6.11): a task in it says it lives
+            now = self.now()
+            for fe in ns.watch.read():
+                self._on_fanotify(ns, fe, now)
+            for item in [d for d in self._detaches if d[2] is ns]:
+                self._detaches.remove(item)
+                out.append(self._drop(item[1], ns, item[3]))
+            for mp, made in self._alive_in.pop(ino, {}).items():
+                out.append(self._gone_with_namespace(mp, made.fs_type, ino))
+            ns.watch.close()
+            del self._ns[ino]
+        return out
 
     @property
     def waiting(self) -> bool:
