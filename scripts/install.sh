@@ -10,7 +10,7 @@ say() { printf 'fsev install: %s\n' "$*"; }
 
 # 1. Debian packages. bcc is the system package python3-bpfcc, never a pip dependency.
 ARCH=$(dpkg --print-architecture)
-PKGS="python3-bpfcc python3-venv python3-pip bpftool clang llvm e2fsprogs util-linux mount kmod tmux procps inotify-tools"
+PKGS="python3-bpfcc python3-venv python3-pip bpftool clang llvm e2fsprogs util-linux mount kmod tmux procps inotify-tools python3-fusepy"
 # Host side of the stock-kernel VM test (tests/vm); the VM itself needs none of them.
 [ "${FSEV_VM_GUEST:-0}" = 1 ] || PKGS="$PKGS debootstrap qemu-system-x86 qemu-utils"
 missing=""
