@@ -322,11 +322,74 @@ def test_an_error_waits_for_its_fanotify_event_and_keeps_order():
     ro = Event(0, 0, 0.0, EventClass.ERR, EventType.READ_ONLY, "raw_tracepoint", dev="7:3")
     assert d.process(ro) == []  # behind the error it follows
     other = _fs_error(dev="8:1")
-    assert d.process(other) == [other]  # another device: no fanotify mark there, nothing to wait for
+    assert d.process(other) == []  # another device: nothing to wait for, but the stream keeps order
     fan.pending = [FanEvent(FAN_FS_ERROR, 1, fsid=42, ino=None, error=5, error_count=1)]
     out = d.poll()
-    assert [e.type for e in out] == [EventType.FS_ERROR, EventType.READ_ONLY] and out[0].errno == 5
+    assert out == [out[0], ro, other] and out[0].errno == 5
     assert out[0].inode is None and "inode_source" not in out[0].extra
+
+
+class Superblock:
+    """/sys/fs/ext4/<dev>/last_error_* and errors_count, as ext4's work item updates them."""
+
+    def __init__(self, count: int) -> None:
+        self.last = {"func": "", "line": 0, "errcode": 0, "ino": 0, "block": 0, "count": count}
+        self.reads = 0
+
+    def __call__(self, dev: str) -> dict:
+        self.reads += 1
+        return dict(self.last)
+
+    def record(self, func: str, line: int, errcode: int, n: int = 1) -> None:
+        self.last.update(func=func, line=line, errcode=errcode)
+        self.last["count"] += n
+
+
+def test_a_merged_error_waits_until_the_superblock_has_counted_it():
+    now = Clockwork()
+    sb = Superblock(count=7)
+    fan = FakeFan()
+    d = Ext4ErrorDetail(fan, now, last_error=sb)  # type: ignore[arg-type]
+    d._fsid_dev[42] = "7:3"
+    d._fan_devs.add("7:3")
+    d._ordinal["7:3"] = 7
+    fan.pending = [FanEvent(FAN_FS_ERROR, 1, fsid=42, ino=0, error=117, error_count=2)]
+    a = d.process(_fs_error(function="trigger_test_error", line=129))
+    assert [e.errno for e in a] == [117]
+    b = _fs_error(function="trigger_test_error", line=129)
+    assert d.process(b) == []  # merged; the superblock still shows what it had before
+    now.t += 0.01
+    assert d.poll() == []
+    sb.record("trigger_test_error", 129, errcode=5, n=2)  # the work item ran
+    now.t += 0.01
+    assert d.poll() == [b] and b.errno == 117 and b.extra == {"errno_source": "sysfs"}
+
+
+def test_a_device_whose_superblock_never_counts_waits_once_then_not_again():
+    now = Clockwork()
+    sb = Superblock(count=3)
+    d = Ext4ErrorDetail(None, now, last_error=sb)
+    d._ordinal["7:3"] = 3
+    first = _fs_error()
+    assert d.process(first) == []
+    now.t += 1
+    assert d.poll() == [first] and first.errno is None
+    second = _fs_error()
+    assert d.process(second) == [second]  # its count was taken as it is
+
+
+def test_a_fanotify_event_that_comes_after_its_error_gave_up_is_not_given_to_the_next():
+    now = Clockwork()
+    d, fan = _detail(now)
+    first = _fs_error()
+    assert d.process(first) == []
+    now.t += 1
+    assert d.poll() == [first] and first.errno is None
+    fan.pending = [FanEvent(FAN_FS_ERROR, 1, fsid=42, ino=12, error=74, error_count=1)]  # late
+    second = _fs_error()
+    assert d.process(second) == []
+    fan.pending = [FanEvent(FAN_FS_ERROR, 1, fsid=42, ino=13, error=5, error_count=1)]
+    assert d.poll() == [second] and (second.errno, second.inode) == (5, 13)
 
 
 def test_a_wait_ends_with_the_superblock_last_error_when_it_matches():
