@@ -54,6 +54,7 @@ class ArmedMount:
     band: int  # kernel rungs: |counter estimate - statfs| bound, in blocks
     lag: int  # blocks a charge can stay unseen by the kernel rung (tmpfs LRU batching)
     step: int = 1  # kernel budget per event: tmpfs, pages of the largest folio; ext4, blocks per cluster
+    cpus: int = 1  # possible CPUs: the kernel cuts each budget into this many per-CPU shares
 
     @property
     def polled(self) -> bool:
@@ -61,15 +62,15 @@ class ArmedMount:
 
     @property
     def key(self) -> int:
-        """The thr_state key: kernel dev_t of the superblock."""
+        """Kernel dev_t of the superblock: the thr_slot key, and how hints name it."""
         return kernel_dev(self.mount.major, self.mount.minor)
 
     def state(self, depth: int) -> ThrState:
         lv = self.levels
         return ThrState(
             l1=lv.l1, l2=lv.l2 if lv.l2 is not None else 0, hysteresis=lv.hysteresis, band=self.band,
-            last_hint_ns=0, budget=0, step=self.step, kind=int(_KIND[self.point]), nlevels=len(lv.as_list()),
-            depth=depth,
+            last_hint_ns=0, gate=0, step=self.step, kind=int(_KIND[self.point]), nlevels=len(lv.as_list()),
+            depth=depth, dev=self.key, cpus=self.cpus,
         )
 
     def describe(self) -> str:
@@ -183,10 +184,44 @@ def arm_thresholds(
         # tmpfs: an LRU event is one folio, up to a PMD huge page (huge=...);
         # ext4: reservations count clusters.
         step = HPAGE_PMD_NR if point is ProbePoint.THR_TMPFS else 1 << bits
-        armed.append(ArmedMount(m, levels, point, rung, st.f_frsize, st.f_blocks, band, lag, step))
+        armed.append(ArmedMount(m, levels, point, rung, st.f_frsize, st.f_blocks, band, lag, step, cpus))
     return armed
 
 
 def kernel_points(armed: list[ArmedMount]) -> frozenset[ProbePoint]:
     """Threshold probe points whose kernel programs must be compiled in."""
     return frozenset(a.point for a in armed if not a.polled)
+
+
+def single_points(armed: list[ArmedMount]) -> frozenset[ProbePoint]:
+    """Kernel probe points armed on exactly one superblock (arm_thresholds keeps one
+    ArmedMount per superblock)."""
+    points = [a.point for a in armed if not a.polled]
+    return frozenset(p for p in points if points.count(p) == 1)
+
+
+def thr_slot_for(kind: int, taken: set[int]) -> int:
+    """The thr_state slot for a new superblock of `kind` (a ThrKind): the first of
+    each kind gets slot kind - 1, where the BPF side looks for the only one of a
+    kind armed on a single superblock (FSEV_THR_*_SINGLE); others the lowest free
+    slot after those."""
+    first = kind - 1
+    if 0 <= first < len(ThrKind) - 1 and first not in taken:
+        return first
+    slot = len(ThrKind) - 1
+    while slot in taken:
+        slot += 1
+    return slot
+
+
+# The gate word of struct fsev_thr_state: generation << 32 | per-CPU share.
+GATE_GEN = 1 << 32
+USER_GEN_STEP = 1 << 16  # far past any generation a racing kernel check can claim
+
+
+def reset_gate(gate: int) -> int:
+    """The gate user space writes with a new state: a generation no CPU holds a
+    share of (so every CPU checks again, under the new depth), share 0. A
+    kernel check racing with the write then fails to publish: its cmpxchg
+    expects the generation it claimed, at most one past the one read here."""
+    return (((gate >> 32) + USER_GEN_STEP) % GATE_GEN) << 32
