@@ -110,6 +110,8 @@ struct fsev_thr_state {
 	u64 l2;           /* L2 (used only when nlevels == 2) */
 	u64 hysteresis;   /* blocks above a level before it re-arms */
 	u64 band;         /* bound on |counter estimate - statfs| in blocks */
+	u64 slack;        /* blocks a check keeps back from the margin it shares
+			   * out: events in flight on the other CPUs as it claims */
 	u64 last_hint_ns; /* BPF side: rate limit of hints */
 	u64 gate;         /* BPF side: generation << 32 | share. A check claims the
 			   * next generation (share 0) before it reads the counters,

@@ -228,7 +228,7 @@ static __always_inline u64 thr_claim(struct fsev_thr_state *st, u64 seen)
 static __always_inline void thr_publish(struct fsev_thr_state *st, u64 claim, s64 margin)
 {
 	u32 cpus = st->cpus ? st->cpus : 1;
-	s64 slack = (s64)(cpus - 1) * st->step;
+	s64 slack = st->slack;
 	u64 share = 0;
 	if (!claim)
 		return;

@@ -73,8 +73,12 @@ class KernelProbes:
         else:
             try:
                 prog = tp_btf.load(self.bpf.dump_func(typed.encode()), typed, btf_id)
-                self._fds.append(prog)
-                self._fds.append(tp_btf.attach(prog))
+                try:
+                    link = tp_btf.attach(prog)
+                except tp_btf.TpBtfError:
+                    os.close(prog)
+                    raise
+                self._fds += [prog, link]
                 return
             except tp_btf.TpBtfError as e:
                 why = f"tp_btf refused: {e}"

@@ -122,6 +122,7 @@ class ThrState(ctypes.Structure):
         ("l2", ctypes.c_uint64),
         ("hysteresis", ctypes.c_uint64),
         ("band", ctypes.c_uint64),
+        ("slack", ctypes.c_uint64),
         ("last_hint_ns", ctypes.c_uint64),
         ("gate", ctypes.c_uint64),
         ("step", ctypes.c_uint32),

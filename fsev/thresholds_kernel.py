@@ -55,6 +55,7 @@ class ArmedMount:
     lag: int  # blocks a charge can stay unseen by the kernel rung (tmpfs LRU batching)
     step: int = 1  # kernel budget per event: tmpfs, pages of the largest folio; ext4, blocks per cluster
     cpus: int = 1  # possible CPUs: the kernel cuts each budget into this many per-CPU shares
+    slack: int = 0  # kernel: blocks a check keeps back for events in flight on other CPUs (slack_for)
 
     @property
     def polled(self) -> bool:
@@ -69,7 +70,7 @@ class ArmedMount:
         lv = self.levels
         return ThrState(
             l1=lv.l1, l2=lv.l2 if lv.l2 is not None else 0, hysteresis=lv.hysteresis, band=self.band,
-            last_hint_ns=0, gate=0, step=self.step, kind=int(_KIND[self.point]), nlevels=len(lv.as_list()),
+            slack=self.slack, last_hint_ns=0, gate=0, step=self.step, kind=int(_KIND[self.point]), nlevels=len(lv.as_list()),
             depth=depth, dev=self.key, cpus=self.cpus,
         )
 
@@ -142,6 +143,19 @@ def band_for(point: ProbePoint, rung: RungKind, plan: Plan, cpus: int, cluster_b
     return (2 * per_counter) << cluster_bits, 0
 
 
+def slack_for(point: ProbePoint, cpus: int, cluster_bits: int = 0) -> int:
+    """Blocks a kernel check holds back from the budget it shares out per CPU.
+
+    A check claims a new generation, then reads the counters; an event on
+    another CPU whose charge was still in that CPU's store buffer can have
+    read the old generation and spend from an old share: one event per other
+    CPU, each at most a PMD-size folio (tmpfs huge pages; ext4's large folios
+    reserve that much at once, plus a partly covered cluster).
+    """
+    largest = HPAGE_PMD_NR if point is ProbePoint.THR_TMPFS else HPAGE_PMD_NR + (1 << cluster_bits)
+    return (cpus - 1) * largest
+
+
 def arm_thresholds(
     plan: Plan,
     mounts: list[Mount],
@@ -184,7 +198,8 @@ def arm_thresholds(
         # tmpfs: an LRU event is one folio, up to a PMD huge page (huge=...);
         # ext4: reservations count clusters.
         step = HPAGE_PMD_NR if point is ProbePoint.THR_TMPFS else 1 << bits
-        armed.append(ArmedMount(m, levels, point, rung, st.f_frsize, st.f_blocks, band, lag, step, cpus))
+        slack = slack_for(point, cpus, bits) if rung is not RungKind.POLLED else 0
+        armed.append(ArmedMount(m, levels, point, rung, st.f_frsize, st.f_blocks, band, lag, step, cpus, slack))
     return armed
 
 

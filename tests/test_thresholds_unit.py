@@ -147,6 +147,8 @@ def test_arming_picks_rung_by_fs_type_and_sizes_the_band():
     assert e.state(0).step == 1 and e.state(0).gate == 0
     assert t.key == 40 and e.key == (7 << 20) | 1
     assert (t.state(0).dev, e.state(0).dev, t.state(0).cpus) == (40, (7 << 20) | 1, 2)  # names hints; cuts shares
+    # one PMD-size folio in flight on the other CPU (ext4: plus a partly covered cluster)
+    assert (t.state(0).slack, e.state(0).slack, o.slack) == (512, 513, 0)
 
 
 def test_arming_refuses_unlimited_tmpfs_and_names_the_mount():
