@@ -3,8 +3,9 @@
 
 Overhead: a 2 GiB sequential write to a tmpfs and a 1 GiB write to an ext4
 loop mount (and the same fsync'ed), timed with fsev not running and with
-`fsev trace --thr` armed on that mount, alternating in one run (ABBA order, so
-drift falls on both sides); the ratio of the medians is the overhead. The
+`fsev trace --thr` armed on that mount, in pairs in one run (each pair's
+order drawn, so drift and periodic effects fall on both sides); the ratio of
+the medians is the overhead. The
 levels are set so the write crosses L1 near its end: the hot path and a real
 crossing both count.
 
@@ -19,7 +20,7 @@ Dispatch floor: what any program on the hot tracepoint costs the writer, before
 its first instruction (the tracepoint's call into the BPF link, __bpf_trace_run,
 the call of the program: indirect calls, which retpolines make dear). BPF stats
 cannot see it; ten empty programs attached make it ten times larger than the
-noise: writer CPU with them vs without, ABBA, per program per event.
+noise: writer CPU with them vs without, in pairs, per program per event.
 
 Latency: from the return of the write(2) that took a tmpfs (or ext4) below a
 level to the moment the event line is read from fsev's stdout.
@@ -35,6 +36,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import shutil
 import statistics
 import struct
@@ -164,19 +166,35 @@ def timed_write(mp: str, nbytes: int, fsync: bool, starting: Callable[[], None] 
     return elapsed, ru.ru_utime + ru.ru_stime
 
 
+def pair_orders(runs: int, seed: str) -> list[tuple[str, str]]:
+    """Which side of each pair goes first: half each way, shuffled (seeded, so a
+    run can be repeated). A strict ABBA order lined up here with an effect of
+    period two in consecutive ext4 writes (CPU 0.25 s, 0.7 s, 0.25 s, ... with
+    fsev never started) and handed most slow writes to one side."""
+    orders = [("base", "armed"), ("armed", "base")] * (runs // 2 + 1)
+    random.Random(seed).shuffle(orders)
+    return orders[:runs]
+
+
 def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, runs: int) -> dict:
+    """Writer CPU with fsev armed vs not running, in pairs. Both sides start
+    fsev first (the base side stops it again before the write): what that
+    start-up leaves behind in the page allocator and caches (a bcc compile)
+    falls on both; the one difference is fsev attached during the write."""
     base: list[tuple[float, float]] = []
     armed: list[tuple[float, float]] = []
     crossings: list[int] = []
+    args = ["--mount", "", "--thr", thr, "--events", "thr"]
     with mount_ctx as mp:
+        args[1] = mp
         timed_write(mp, nbytes, fsync)  # warm-up: page allocator, dd in cache
-        for i in range(runs):
-            order = ("base", "armed") if i % 2 == 0 else ("armed", "base")
+        for order in pair_orders(runs, name):
             for which in order:
+                f = Fsev(args)
                 if which == "base":
+                    f.stop()
                     base.append(timed_write(mp, nbytes, fsync))
                     continue
-                f = Fsev(["--mount", mp, "--thr", thr, "--events", "thr"])
                 try:
                     armed.append(timed_write(mp, nbytes, fsync))
                     f.wait_events(2, timeout=5)  # L1 up at the previous file's delete, L1 down during the write
@@ -297,6 +315,7 @@ def bpf_cost(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, hot_tp: s
         # What the programs add per write, over what an empty program costs
         # (stats on: each run pays two clock reads, the empty program shows them).
         "added_ms_per_write": round(extra_ns / 1e6, 2),
+        # of the least disturbed base run's CPU (ext4's fast mode): the larger share
         "estimated_overhead_pct": round(extra_ns / 1e9 / base_cpu_s * 100, 2),
     }
 
@@ -314,8 +333,8 @@ def dispatch_floor(name: str, mount_ctx, nbytes: int, hot_tp: str, runs: int, n:
             b.detach_raw_tracepoint(tp=hot_tp.encode())
         with mount_ctx as mp:
             timed_write(mp, nbytes, False)  # warm-up
-            for i in range(runs):
-                for which in ("base", "with") if i % 2 == 0 else ("with", "base"):
+            for order in pair_orders(runs, name + " floor"):
+                for which in ("base" if w == "base" else "with" for w in order):
                     if which == "base":
                         base.append(timed_write(mp, nbytes, False)[1])
                         continue
@@ -411,7 +430,7 @@ def main() -> int:
         result["overhead"].append(o)
         if args.bpf_runs:
             result["bpf_cost"].append(bpf_cost(name, ctx(), nbytes, fsync, thr, hot_tp, args.bpf_runs,
-                                               o["base_median_cpu_s"]))
+                                               o["base_min_cpu_s"]))
     if args.floor_runs:
         result["dispatch_floor"] = [
             dispatch_floor("tmpfs 1 GiB sequential write", tmpfs("2g"), GiB, "mm_lru_insertion", args.floor_runs),
