@@ -1,11 +1,26 @@
 #!/usr/bin/env python3
 """Threshold overhead and crossing latency, on the real kernel (root).
 
-Overhead: a 2 GiB sequential write to a tmpfs and a 1 GiB write (fsync'ed) to
-an ext4 loop mount, timed with fsev not running and with `fsev trace --thr`
-armed on that mount, alternating in one run (ABBA order, so drift falls on
-both sides); the ratio of the medians is the overhead. The levels are set so
-the write crosses L1 near its end: the hot path and a real crossing both count.
+Overhead: a 2 GiB sequential write to a tmpfs and a 1 GiB write to an ext4
+loop mount (and the same fsync'ed), timed with fsev not running and with
+`fsev trace --thr` armed on that mount, in pairs in one run (each pair's
+order drawn, so drift and periodic effects fall on both sides); the ratio of
+the medians is the overhead. The
+levels are set so the write crosses L1 near its end: the hot path and a real
+crossing both count.
+
+BPF cost: the same write with fsev armed and kernel.bpf_stats on (through
+BPF_ENABLE_STATS: on while the bench holds the fd, for this run only), beside
+an empty program on the hot tracepoint, which measures what the stats
+themselves add: ns per event for each of fsev's programs, the empty one's, and
+the estimate (ns above empty x events / writer CPU). On a shared machine this
+is far steadier than the writer's CPU time.
+
+Dispatch floor: what any program on the hot tracepoint costs the writer, before
+its first instruction (the tracepoint's call into the BPF link, __bpf_trace_run,
+the call of the program: indirect calls, which retpolines make dear). BPF stats
+cannot see it; ten empty programs attached make it ten times larger than the
+noise: writer CPU with them vs without, in pairs, per program per event.
 
 Latency: from the return of the write(2) that took a tmpfs (or ext4) below a
 level to the moment the event line is read from fsev's stdout.
@@ -18,19 +33,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
+import random
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 FSEV = str(Path(sys.executable).parent / "fsev")
+SETTLE_S = 0.5  # from freeing the previous run's file to the timed write, either side (timed_write)
 RESULTS = Path(__file__).resolve().parent / "results" / "thresholds.json"
 GiB = 1 << 30
 
@@ -108,17 +127,33 @@ class Fsev:
         self.proc.wait(30)
 
 
-def timed_write(mp: str, nbytes: int, fsync: bool) -> tuple[float, float]:
+def timed_write(mp: str, nbytes: int, fsync: bool, starting: Callable[[], None] | None = None,
+                written: Callable[[], None] | None = None) -> tuple[float, float]:
     """(wall seconds, CPU seconds) for dd to write nbytes sequentially in 1 MiB writes.
 
     The CPU time (user + system, from wait4) is where the BPF programs' cost
     lands: they run in the writer's context, fsync's writeback included. It is
     also far less disturbed than wall time by other work on a shared machine.
+
+    The previous run's file is deleted here, SETTLE_S before dd starts, on
+    either side. This VM reports freed memory to its host (virtio-balloon free
+    page reporting, after about 2 s), and a page the host dropped costs a host
+    fault when it is touched again, charged to the writer: a 1 GiB ext4 write
+    measured 0.24 s of CPU 2 s after the previous free, 1.1 s after 12 s. fsev
+    takes seconds to start, so freeing at the end of each run would hand the
+    armed runs more of that cost than the base runs.
+    starting, written: called just before dd starts, and once it is done.
     """
     path = os.path.join(mp, "bench.dat")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    os.sync()  # its blocks free (ext4 frees at the journal commit), no writeback left
+    time.sleep(SETTLE_S)
     cmd = ["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={nbytes >> 20}", "status=none"]
     if fsync:
         cmd.append("conv=fsync")
+    if starting is not None:
+        starting()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd)
     _, status, ru = os.wait4(p.pid, 0)
@@ -126,28 +161,43 @@ def timed_write(mp: str, nbytes: int, fsync: bool) -> tuple[float, float]:
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise SystemExit(f"dd failed: {p.returncode}")
-    os.unlink(path)
-    if fsync:
-        os.sync()
+    if written is not None:
+        written()
     return elapsed, ru.ru_utime + ru.ru_stime
 
 
+def pair_orders(runs: int, seed: str) -> list[tuple[str, str]]:
+    """Which side of each pair goes first: half each way, shuffled (seeded, so a
+    run can be repeated). A strict ABBA order lined up here with an effect of
+    period two in consecutive ext4 writes (CPU 0.25 s, 0.7 s, 0.25 s, ... with
+    fsev never started) and handed most slow writes to one side."""
+    orders = [("base", "armed"), ("armed", "base")] * (runs // 2 + 1)
+    random.Random(seed).shuffle(orders)
+    return orders[:runs]
+
+
 def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, runs: int) -> dict:
+    """Writer CPU with fsev armed vs not running, in pairs. Both sides start
+    fsev first (the base side stops it again before the write): what that
+    start-up leaves behind in the page allocator and caches (a bcc compile)
+    falls on both; the one difference is fsev attached during the write."""
     base: list[tuple[float, float]] = []
     armed: list[tuple[float, float]] = []
     crossings: list[int] = []
+    args = ["--mount", "", "--thr", thr, "--events", "thr"]
     with mount_ctx as mp:
+        args[1] = mp
         timed_write(mp, nbytes, fsync)  # warm-up: page allocator, dd in cache
-        for i in range(runs):
-            order = ("base", "armed") if i % 2 == 0 else ("armed", "base")
+        for order in pair_orders(runs, name):
             for which in order:
+                f = Fsev(args)
                 if which == "base":
+                    f.stop()
                     base.append(timed_write(mp, nbytes, fsync))
                     continue
-                f = Fsev(["--mount", mp, "--thr", thr, "--events", "thr"])
                 try:
                     armed.append(timed_write(mp, nbytes, fsync))
-                    f.wait_events(2, timeout=5)  # L1 down during the write, L1 up at the delete
+                    f.wait_events(2, timeout=5)  # L1 up at the previous file's delete, L1 down during the write
                 finally:
                     f.stop()
                 crossings.append(len(f.events))
@@ -172,6 +222,142 @@ def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, runs: int
         "base_GiBps": round(nbytes / GiB / mb, 3), "armed_GiBps": round(nbytes / GiB / ma, 3),
         "crossing_events_per_armed_run": crossings,
         "target_overhead_pct": 2.0,
+    }
+
+
+class BpfStats:
+    """kernel.bpf_stats_enabled for as long as this holds the fd BPF_ENABLE_STATS
+    returns (refcounted by the kernel: no global sysctl left on if the bench dies)."""
+
+    _NR_BPF = {"x86_64": 321, "aarch64": 280}
+    BPF_ENABLE_STATS, BPF_STATS_RUN_TIME = 32, 0
+
+    def __enter__(self) -> "BpfStats":
+        libc = ctypes.CDLL(None, use_errno=True)
+        attr = ctypes.create_string_buffer(struct.pack("<I", self.BPF_STATS_RUN_TIME), 8)
+        self.fd = libc.syscall(ctypes.c_long(self._NR_BPF[os.uname().machine]), ctypes.c_int(self.BPF_ENABLE_STATS),
+                               attr, ctypes.c_uint(8))
+        if self.fd < 0:
+            raise SystemExit(f"BPF_ENABLE_STATS: {os.strerror(ctypes.get_errno())}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def prog_ids(pid: int) -> set[int]:
+    ids: set[int] = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
+
+
+def prog_stats(ids: set[int]) -> dict[int, tuple[str, int, int]]:
+    """id -> (name, run_time_ns, run_cnt)."""
+    out = {}
+    for i in ids:
+        r = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(i)], capture_output=True, text=True)
+        if r.returncode == 0:
+            j = json.loads(r.stdout)
+            out[i] = (j.get("name", "?"), j.get("run_time_ns", 0), j.get("run_cnt", 0))
+    return out
+
+
+def bpf_cost(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, hot_tp: str, runs: int,
+             base_cpu_s: float) -> dict:
+    """ns per event of fsev's programs while the write runs, beside an empty program on hot_tp."""
+    from bcc import BPF  # the bench's only bcc use: the empty reference program
+
+    with BpfStats(), mount_ctx as mp:
+        ref = BPF(text=f"RAW_TRACEPOINT_PROBE({hot_tp}) {{ return 0; }}")
+        f = Fsev(["--mount", mp, "--thr", thr, "--events", "thr"])
+        try:
+            ref_ids = prog_ids(os.getpid())
+            ids = prog_ids(f.proc.pid) | ref_ids
+            totals: dict[int, list[int]] = {}
+            per_run_ns: dict[int, list[float]] = {}
+            for _ in range(runs):
+                before: dict[int, tuple[str, int, int]] = {}
+                after: dict[int, tuple[str, int, int]] = {}
+                # the writer's part only, not the previous file's delete
+                timed_write(mp, nbytes, fsync, lambda: before.update(prog_stats(ids)),
+                            lambda: after.update(prog_stats(ids)))
+                for i in ids:
+                    if i in before and i in after:
+                        dt, dn = after[i][1] - before[i][1], after[i][2] - before[i][2]
+                        t = totals.setdefault(i, [0, 0])
+                        t[0] += dt
+                        t[1] += dn
+                        if dn:
+                            per_run_ns.setdefault(i, []).append(dt / dn)
+            names = {i: n for i, (n, _, _) in prog_stats(ids).items()}
+        finally:
+            f.stop()
+            ref.cleanup()
+    empty = [i for i in ref_ids if i in totals and totals[i][1]]
+    empty_ns = totals[empty[0]][0] / totals[empty[0]][1] if empty else 0.0
+    progs = []
+    extra_ns = 0.0
+    for i, (ns, cnt) in sorted(totals.items()):
+        if i in ref_ids or not cnt:
+            continue
+        mean = ns / cnt
+        extra_ns += max(0.0, mean - empty_ns) * cnt / runs
+        progs.append({"name": names.get(i, "?"), "events_per_run": round(cnt / runs), "ns_per_event": round(mean, 1),
+                      "ns_per_event_min_run": round(min(per_run_ns[i]), 1),
+                      "ns_above_empty": round(mean - empty_ns, 1)})
+    return {
+        "name": name, "runs": runs, "hot_tracepoint": hot_tp, "empty_program_ns_per_event": round(empty_ns, 1),
+        "programs": progs,
+        # What the programs add per write, over what an empty program costs
+        # (stats on: each run pays two clock reads, the empty program shows them).
+        "added_ms_per_write": round(extra_ns / 1e6, 2),
+        # of the least disturbed base run's CPU (ext4's fast mode): the larger share
+        "estimated_overhead_pct": round(extra_ns / 1e9 / base_cpu_s * 100, 2),
+    }
+
+
+def dispatch_floor(name: str, mount_ctx, nbytes: int, hot_tp: str, runs: int, n: int = 10) -> dict:
+    """Writer CPU with n empty programs on hot_tp vs none, alternating; per program per event."""
+    from bcc import BPF
+
+    progs = [BPF(text=f"RAW_TRACEPOINT_PROBE({hot_tp}) {{ return {i}; }}") for i in range(n)]
+    fn = f"raw_tracepoint__{hot_tp}".encode()
+    base: list[float] = []
+    with_n: list[float] = []
+    try:
+        for b in progs:
+            b.detach_raw_tracepoint(tp=hot_tp.encode())
+        with mount_ctx as mp:
+            timed_write(mp, nbytes, False)  # warm-up
+            for order in pair_orders(runs, name + " floor"):
+                for which in ("base" if w == "base" else "with" for w in order):
+                    if which == "base":
+                        base.append(timed_write(mp, nbytes, False)[1])
+                        continue
+                    for b in progs:
+                        b.attach_raw_tracepoint(tp=hot_tp.encode(), fn_name=fn)
+                    try:
+                        with_n.append(timed_write(mp, nbytes, False)[1])
+                    finally:
+                        for b in progs:
+                            b.detach_raw_tracepoint(tp=hot_tp.encode())
+    finally:
+        for b in progs:
+            b.cleanup()
+    events = nbytes // 4096  # one event per 4 KiB page written (both hot tracepoints)
+    med = (statistics.median(with_n) - statistics.median(base)) / n / events * 1e9
+    low = (min(with_n) - min(base)) / n / events * 1e9
+    return {
+        "name": name, "tracepoint": hot_tp, "empty_programs": n, "runs": runs,
+        "base_cpu_s": [round(x, 4) for x in base], "with_cpu_s": [round(x, 4) for x in with_n],
+        "ns_per_program_per_event_median": round(med, 1), "ns_per_program_per_event_of_minimums": round(low, 1),
+        # One program's share of the writer's CPU: the floor under any hot-path program here.
+        "floor_pct_median": round(med * events / 1e9 / statistics.median(base) * 100, 2),
+        "floor_pct_of_minimums": round(low * events / 1e9 / min(base) * 100, 2),
     }
 
 
@@ -212,26 +398,49 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7, help="runs per side (median)")
     ap.add_argument("--trials", type=int, default=20, help="crossings timed for latency")
+    ap.add_argument("--bpf-runs", type=int, default=5, help="writes measured with BPF stats (0: none)")
+    ap.add_argument("--floor-runs", type=int, default=8, help="runs per side of the dispatch floor (0: none)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_thresholds: needs root", file=sys.stderr)
         return 2
+    # (name, mount, bytes, fsync, levels, hot tracepoint). 3 GiB tmpfs, 2 GiB
+    # written: 33% left at the end, so L1=40% is crossed. The ext4 write alone
+    # is the hot path (ext4_da_reserve_space per page); with fsync the writer's
+    # CPU is bimodal (did dd's fsync or a flusher do the writeback?), so its
+    # median says more about the machine than about fsev.
+    scenarios = [
+        ("tmpfs 2 GiB sequential write", lambda: tmpfs("3g"), 2 * GiB, False, "40%,20%", "mm_lru_insertion"),
+        ("ext4 loop 1 GiB write", lambda: ext4_loop(1600), GiB, False, "40%,20%", "ext4_da_reserve_space"),
+        ("ext4 loop 1 GiB write + fsync", lambda: ext4_loop(1600), GiB, True, "40%,20%", "ext4_da_reserve_space"),
+    ]
     result = {
         "kernel": os.uname().release,
         "cpus": os.cpu_count(),
+        "fsev": FSEV,
         "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "overhead": [
-            # 3 GiB tmpfs, 2 GiB written: 33% left at the end, so L1=40% is crossed.
-            overhead("tmpfs 2 GiB sequential write", tmpfs("3g"), 2 * GiB, False, "40%,20%", args.runs),
-            overhead("ext4 loop 1 GiB write + fsync", ext4_loop(1600), GiB, True, "40%,20%", args.runs),
-        ],
-        "latency": [
-            latency("tmpfs write -> event line", tmpfs("64m"), args.trials),
-            latency("ext4 write -> event line", ext4_loop(128), args.trials),
-        ],
+        "overhead": [],
+        "bpf_cost": [],
+        "dispatch_floor": [],
     }
+    for name, ctx, nbytes, fsync, thr, hot_tp in scenarios:
+        o = overhead(name, ctx(), nbytes, fsync, thr, args.runs)
+        result["overhead"].append(o)
+        if args.bpf_runs:
+            result["bpf_cost"].append(bpf_cost(name, ctx(), nbytes, fsync, thr, hot_tp, args.bpf_runs,
+                                               o["base_min_cpu_s"]))
+    if args.floor_runs:
+        result["dispatch_floor"] = [
+            dispatch_floor("tmpfs 1 GiB sequential write", tmpfs("2g"), GiB, "mm_lru_insertion", args.floor_runs),
+            dispatch_floor("ext4 loop 1 GiB write", ext4_loop(1600), GiB, "ext4_da_reserve_space", args.floor_runs),
+        ]
+    result["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
+    result["latency"] = [
+        latency("tmpfs write -> event line", tmpfs("64m"), args.trials),
+        latency("ext4 write -> event line", ext4_loop(128), args.trials),
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for o in result["overhead"]:
@@ -239,6 +448,15 @@ def main() -> int:
               f"= {o['overhead_cpu_pct']:+.2f}% (of minimums {o['overhead_cpu_min_pct']:+.2f}%); wall base {o['base_median_wall_s']:.3f}s armed "
               f"{o['armed_median_wall_s']:.3f}s = {o['overhead_wall_pct']:+.2f}% (target <= 2%); "
               f"events/run {o['crossing_events_per_armed_run']}")
+    for b in result["bpf_cost"]:
+        progs = ", ".join(f"{p['name']} {p['ns_per_event']} ns x {p['events_per_run']}" for p in b["programs"]
+                          if p["events_per_run"] >= 1000)
+        print(f"{b['name']}: BPF {progs}; empty program {b['empty_program_ns_per_event']} ns; "
+              f"+{b['added_ms_per_write']} ms per write = ~{b['estimated_overhead_pct']}% of the writer's CPU")
+    for d in result["dispatch_floor"]:
+        print(f"{d['name']}: one empty program on {d['tracepoint']} costs {d['ns_per_program_per_event_median']} ns "
+              f"per event ({d['ns_per_program_per_event_of_minimums']} of minimums) = {d['floor_pct_median']}% "
+              f"({d['floor_pct_of_minimums']}%) of the writer's CPU: the floor under any hot-path program")
     for lat in result["latency"]:
         print(f"{lat['name']}: median {lat['median_ms']} ms p90 {lat['p90_ms']} ms max {lat['max_ms']} ms "
               f"({lat['seen']}/{lat['trials']}; target <= 10 ms)")

@@ -147,23 +147,35 @@ enum fsev_thr_kind {
 	FSEV_THR_EXT4 = 2,  /* ext4: as ext4_statfs computes f_bavail */
 };
 
-/* Value of the thr_state map (key: kernel dev_t of the superblock).
+/* Watched superblocks with a kernel rung, at most (thr_state slots). */
+#define FSEV_THR_SLOTS 1024
+
+/* Value of the thr_state map (an array: one slot per watched superblock).
  * Written by user space at start and after each confirmed crossing (depth);
- * last_hint_ns alone is written by the BPF side. Mirrored by
- * fsev/records.py ThrState. */
+ * last_hint_ns and gate alone are written by the BPF side, and user space
+ * resets gate to a fresh generation with no share when it writes (so every
+ * CPU re-checks under the new depth). Mirrored by fsev/records.py ThrState. */
 struct fsev_thr_state {
 	u64 l1;           /* L1 in available blocks */
 	u64 l2;           /* L2 (used only when nlevels == 2) */
 	u64 hysteresis;   /* blocks above a level before it re-arms */
 	u64 band;         /* bound on |counter estimate - statfs| in blocks */
+	u64 slack;        /* blocks a check keeps back from the margin it shares
+			   * out: events in flight on the other CPUs as it claims */
 	u64 last_hint_ns; /* BPF side: rate limit of hints */
-	s64 budget;       /* BPF side: blocks that may change before a crossing is
-			   * possible; while it lasts the counters are not read */
+	u64 gate;         /* BPF side: generation << 32 | share. A check claims the
+			   * next generation (share 0) before it reads the counters,
+			   * then publishes the blocks each CPU may see change before
+			   * a crossing is possible; while its share lasts, a CPU does
+			   * not read the counters */
 	u32 step;         /* blocks one event may move: tmpfs, a huge folio's
 			   * pages; ext4, blocks per cluster (times the count) */
 	u32 kind;         /* enum fsev_thr_kind */
 	u32 nlevels;      /* 1 or 2 */
 	u32 depth;        /* confirmed: 0 above L1, 1 at/below L1, 2 at/below L2 */
+	u32 dev;          /* kernel dev_t of the superblock: names hints, and
+			   * verifies a cached verdict before its counters are read */
+	u32 cpus;         /* possible CPUs: how many shares a budget is cut into */
 };
 
 #endif /* FSEV_H */

@@ -133,6 +133,8 @@ def run_trace(req: TraceRequest) -> None:
         session.start()
         where = ", ".join(m.mount_point for m in mounts) or "every mount"
         _say(f"attached in {time.monotonic() - t0:.2f}s; watching {where}")
+        for note in session.attach_notes:
+            _say(note)
         if req.dry_run:
             _say("dry run: compiled, attached and detached")
             return

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import FsevError
-from . import ringbuf
-from .records import PATH_LEN, RECORD_SIZE, ThrState
+from . import ringbuf, tp_btf
+from .records import PATH_LEN, RECORD_SIZE, THR_SLOTS, ThrState
 from .ringbuf import RingReader
+from .thresholds_kernel import reset_gate, thr_slot_for
 
 # The record sink returns True when its batch is full: the callback then
 # returns -1 so libbpf stops consuming (that record is already copied) and
@@ -32,13 +33,17 @@ class KernelProbes:
     """A compiled and attached fsev program; close() detaches everything."""
 
     def __init__(self, text: str, include_dir: Path, kprobes: list[tuple[str, str]], on_record: RecordSink,
-                 ringbuf_bytes: int, batch: int = 4096) -> None:
+                 ringbuf_bytes: int, batch: int = 4096,
+                 raw_tps: list[tuple[str, str, str, int | None]] | None = None) -> None:
         ok, why = bcc_available()
         if not ok:
             raise FsevError(f"cannot import bcc ({why}); install python3-bpfcc (sudo make install)")
         from bcc import BPF
 
         self._on_record = on_record
+        self._thr_slots: dict[int, int] = {}  # dev -> thr_state slot
+        self._fds: list[int] = []  # tp_btf links and programs, closed by close()
+        self.notes: list[str] = []
         try:
             # Tracepoint programs (TRACEPOINT_PROBE) attach as bcc loads them.
             self.bpf = BPF(text=text.encode(), cflags=[f"-I{include_dir}", "-Wno-unused-function"])
@@ -51,6 +56,8 @@ class KernelProbes:
                     self.bpf.attach_kretprobe(event=fn, fn_name=prog)
                 else:
                     self.bpf.attach_kprobe(event=fn, fn_name=prog)
+            for tp, typed, plain, btf_id in raw_tps or ():
+                self._attach_raw_tp(tp, typed, plain, btf_id)
             self._reader: RingReader | None = None
             self._batch = batch
             if ringbuf.supported() and not os.environ.get("FSEV_BCC_RINGBUF"):
@@ -60,6 +67,27 @@ class KernelProbes:
         except Exception as e:
             self.close()
             raise FsevError(f"attaching fsev's probes failed: {_one_line(e)}") from None
+
+    def _attach_raw_tp(self, tp: str, typed: str, plain: str, btf_id: int | None) -> None:
+        """The typed form as tp_btf (direct loads), else the plain one through bcc."""
+        if btf_id is None:
+            why = f"kernel BTF has no btf_trace_{tp}"
+        elif os.environ.get("FSEV_PLAIN_RAW_TP"):
+            why = "FSEV_PLAIN_RAW_TP is set"
+        else:
+            try:
+                prog = tp_btf.load(self.bpf.dump_func(typed.encode()), typed, btf_id)
+                try:
+                    link = tp_btf.attach(prog)
+                except tp_btf.TpBtfError:
+                    os.close(prog)
+                    raise
+                self._fds += [prog, link]
+                return
+            except tp_btf.TpBtfError as e:
+                why = f"tp_btf refused: {e}"
+        self.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=plain.encode())
+        self.notes.append(f"raw tracepoint {tp} without BTF types ({why}): helper reads, slower")
 
     def _callback(self, _ctx: object, data: int, size: int) -> int:
         # Copy out the raw bytes only: decoding happens past this boundary in
@@ -95,13 +123,31 @@ class KernelProbes:
         return [(k.value, v) for k, v in self.bpf[table].items()]
 
     def write_thr_state(self, dev: int, state: ThrState) -> None:
-        """Set one watched superblock's threshold state (struct fsev_thr_state)."""
+        """Set one watched superblock's threshold state (struct fsev_thr_state).
+
+        The first write for a dev gives it a slot, maps dev -> slot, then bumps
+        thr_epoch so that no CPU keeps a "not watched" verdict made before.
+        Every write resets the gate (reset_gate): each CPU re-checks.
+        """
         t = self.bpf["thr_state"]
         leaf = t.Leaf()
         if ctypes.sizeof(leaf) != ctypes.sizeof(state):
             raise FsevError("struct fsev_thr_state differs between bpf/fsev.h and fsev/records.py")
+        new = dev not in self._thr_slots
+        if new:
+            slot = thr_slot_for(state.kind, set(self._thr_slots.values()))
+            if slot >= THR_SLOTS:
+                raise FsevError(f"more than {THR_SLOTS} superblocks with kernel thresholds")
+            self._thr_slots[dev] = slot
+        slot = self._thr_slots[dev]
         ctypes.memmove(ctypes.addressof(leaf), ctypes.addressof(state), ctypes.sizeof(state))
-        t[t.Key(dev)] = leaf
+        leaf.gate = reset_gate(t[t.Key(slot)].gate)
+        t[t.Key(slot)] = leaf
+        if new:
+            slots = self.bpf["thr_slot"]
+            slots[slots.Key(dev)] = slots.Leaf(slot)
+            epoch = self.bpf["thr_epoch"]
+            epoch[epoch.Key(0)] = epoch.Leaf(epoch[epoch.Key(0)].value + 1)
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for records, then hand at most one batch to on_record."""
@@ -124,6 +170,9 @@ class KernelProbes:
         return int(sum(self.bpf["drops"][0]))
 
     def close(self) -> None:
+        for fd in reversed(getattr(self, "_fds", [])):
+            os.close(fd)
+        self._fds = []
         reader = getattr(self, "_reader", None)
         if reader is not None:
             reader.close()

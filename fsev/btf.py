@@ -77,6 +77,7 @@ class Btf:
         self._starts: list[int] = list(base._starts) if base else [0]  # id 0 is void
         self._named: dict[int, list[int]] = {k: list(v) for k, v in base._named.items()} if base else {}
         self._offs_memo: dict[str, list[int]] = {}
+        self._base_ids = len(base._starts) if base else 1 << 31  # ids below are vmlinux's
         self._index(len(base._words) if base else 0)
 
     def _index(self, i: int) -> None:
@@ -258,6 +259,13 @@ class Btf:
     def has_func(self, name: str) -> bool:
         return bool(self._by_name(name, (FUNC,)))
 
+    def raw_tp_btf_id(self, tracepoint: str) -> int | None:
+        """Type id of vmlinux's `btf_trace_<tracepoint>` typedef: what a BTF-typed
+        raw tracepoint program (tp_btf) names as its attach_btf_id. None for a
+        tracepoint of a module (its id would need the module's BTF object)."""
+        ids = [t for t in self._by_name("btf_trace_" + tracepoint, (TYPEDEF,)) if t < self._base_ids]
+        return ids[0] if ids else None
+
     def enum_value(self, name: str) -> int | None:
         """Value of the enumerator `name` in any enum; None if no enum has it."""
         offs, w, values = self._str_offs(name), self._words, set()
@@ -297,7 +305,8 @@ def resolve(specs: Iterable[str], *, btf_path: str = VMLINUX, cache_dir: str = C
     """Answer specs from BTF, cached per kernel build so a warm start parses nothing.
 
     "struct.member..." -> byte offset, "func:NAME" -> 1, "sizeof:NAME" -> size,
-    "enum:NAME" -> value; None when this kernel lacks it (a bitfield, having no
+    "enum:NAME" -> value, "tp_btf:TRACEPOINT" -> vmlinux type id of its
+    btf_trace_ typedef; None when this kernel lacks it (a bitfield, having no
     byte offset, counts as lacking). `modules` names split BTF files beside
     `btf_path` to consult too (e.g. "ext4": a module on Debian kernels, so its
     structs are not in vmlinux); each is skipped while its module is not loaded.
@@ -332,9 +341,11 @@ def _answer(btf: Btf, spec: str) -> int | None:
             return btf.sizeof(name)
         if kind == "enum":
             return btf.enum_value(name)
+        if kind == "tp_btf":
+            return btf.raw_tp_btf_id(name)
     except _Absent:
         return None
-    raise BtfError(f"bad spec {spec!r}: want struct.member, func:, sizeof: or enum:")
+    raise BtfError(f"bad spec {spec!r}: want struct.member, func:, sizeof:, enum: or tp_btf:")
 
 
 def _read_cache(path: str, key: str) -> dict[str, int | None]:

@@ -56,6 +56,9 @@ class ProgramConfig:
     ringbuf_pages: int = 256  # 1 MiB: about 5000 records of slack
     # Threshold probe points with a kernel rung armed on at least one mount.
     thr_points: frozenset[ProbePoint] = frozenset()
+    # Those of them armed on exactly one superblock: the BPF side may then
+    # cache a mapping or inode as "that superblock" (bpf/fsev_thr.bpf.c).
+    thr_single: frozenset[ProbePoint] = frozenset()
 
     def __post_init__(self) -> None:
         p = self.ringbuf_pages
@@ -97,6 +100,8 @@ def _thr_defines(plan: Plan, config: ProgramConfig) -> tuple[dict[str, str], lis
         "FSEV_THR_SHMEM_RAW_TP": "1" if on(ProbePoint.THR_TMPFS, RungKind.RAW_TRACEPOINT) else "0",
         "FSEV_THR_SHMEM_KPROBE": "1" if on(ProbePoint.THR_TMPFS, RungKind.KPROBE) else "0",
         "FSEV_THR_EXT4_RAW_TP": "1" if on(ProbePoint.THR_EXT4, RungKind.RAW_TRACEPOINT) else "0",
+        "FSEV_THR_SHMEM_SINGLE": "1" if ProbePoint.THR_TMPFS in config.thr_single else "0",
+        "FSEV_THR_EXT4_SINGLE": "1" if ProbePoint.THR_EXT4 in config.thr_single else "0",
     }
     macros: list[str] = []
     tmpfs = plan.rung(ProbePoint.THR_TMPFS)
@@ -147,6 +152,23 @@ def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_er
 def source(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_error_args: dict[str, int] | None = None) -> str:
     body = "\n".join((bpf_dir() / name).read_text() for name in (MAIN_SOURCE, THR_SOURCE, HEALTH_SOURCE))
     return preamble(plan, config, offsets, ext4_error_args) + body
+
+
+# Raw tracepoints whose program comes in two forms (bpf/fsev_thr.bpf.c): BTF-typed,
+# loaded as tp_btf by fsev/tp_btf.py, and plain, for kernels that refuse it.
+TMPFS_RAW_TPS = (
+    ("mm_lru_insertion", "thr_lru_typed", "thr_lru_plain"),
+    ("mm_filemap_delete_from_page_cache", "thr_delete_typed", "thr_delete_plain"),
+)
+
+
+def raw_tracepoint_attachments(plan: Plan, config: ProgramConfig) -> list[tuple[str, str, str]]:
+    """(tracepoint, typed BPF function, plain BPF function) the loader attaches
+    itself (bcc attaches the RAW_TRACEPOINT_PROBE ones as it loads them)."""
+    r = plan.rung(ProbePoint.THR_TMPFS)
+    if r is None or r.kind is not RungKind.RAW_TRACEPOINT or ProbePoint.THR_TMPFS not in config.thr_points:
+        return []
+    return list(TMPFS_RAW_TPS)
 
 
 def kprobe_attachments(plan: Plan, config: ProgramConfig) -> list[tuple[str, str]]:

@@ -152,6 +152,9 @@ RECORD_STRUCT = struct.Struct(_struct_format(Record))
 RECORD_FIELDS: tuple[str, ...] = tuple(name for name, _ in Record._fields_)
 
 
+THR_SLOTS = 1024  # FSEV_THR_SLOTS: watched superblocks with a kernel rung, at most
+
+
 class ThrKind(enum.IntEnum):
     NONE = 0
     SHMEM = 1
@@ -159,19 +162,22 @@ class ThrKind(enum.IntEnum):
 
 
 class ThrState(ctypes.Structure):
-    """struct fsev_thr_state: the thr_state map value (user space -> kernel)."""
+    """struct fsev_thr_state: a thr_state map value (user space -> kernel)."""
 
     _fields_ = [
         ("l1", ctypes.c_uint64),
         ("l2", ctypes.c_uint64),
         ("hysteresis", ctypes.c_uint64),
         ("band", ctypes.c_uint64),
+        ("slack", ctypes.c_uint64),
         ("last_hint_ns", ctypes.c_uint64),
-        ("budget", ctypes.c_int64),
+        ("gate", ctypes.c_uint64),
         ("step", ctypes.c_uint32),
         ("kind", ctypes.c_uint32),
         ("nlevels", ctypes.c_uint32),
         ("depth", ctypes.c_uint32),
+        ("dev", ctypes.c_uint32),
+        ("cpus", ctypes.c_uint32),
     ]
 
 

@@ -20,11 +20,11 @@ from .unmounts import UnmountTracker
 from .kernel_facts import KernelFacts, gather
 from .mountinfo import Mount, MountTable
 from .plan import ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, Plan, ProbePoint, RungKind, plan_probes
-from .program import ProgramConfig, bpf_dir, kprobe_attachments, required_offsets, source
+from .program import ProgramConfig, bpf_dir, kprobe_attachments, raw_tracepoint_attachments, required_offsets, source
 from .records import RECORD_SIZE, RecordClass, kernel_dev
 from .ringbuf import PAGE
 from .thr_monitor import ThresholdMonitor
-from .thresholds_kernel import ArmedMount, kernel_points
+from .thresholds_kernel import ArmedMount, kernel_points, single_points
 
 _TO_RECORD_CLASS = {
     EventClass.INFO: RecordClass.INFO,
@@ -67,6 +67,20 @@ def resolve_offsets(plan: Plan, config: ProgramConfig | None = None) -> dict[str
     return {s: int(got[s]) for s in specs}  # type: ignore[arg-type]
 
 
+def raw_tracepoints(plan: Plan, config: ProgramConfig) -> list[tuple[str, str, str, int | None]]:
+    """raw_tracepoint_attachments with the vmlinux BTF id each typed form needs (None: absent)."""
+    attach = raw_tracepoint_attachments(plan, config)
+    if not attach:
+        return []
+    from .btf import BtfError, resolve
+
+    try:
+        ids = resolve([f"tp_btf:{tp}" for tp, _, _ in attach])
+    except BtfError:
+        ids = {}
+    return [(tp, typed, plain, ids.get(f"tp_btf:{tp}")) for tp, typed, plain in attach]
+
+
 def build_source(plan: Plan, opts: TraceOptions) -> str:
     config = program_config(opts)
     return source(plan, config, resolve_offsets(plan, config))
@@ -78,6 +92,7 @@ def program_config(opts: TraceOptions) -> ProgramConfig:
         watch_all=opts.watch_all,
         ringbuf_pages=opts.ringbuf_pages,
         thr_points=kernel_points(opts.thresholds),
+        thr_single=single_points(opts.thresholds),
     )
 
 
@@ -109,7 +124,8 @@ class TraceSession:
         text = build_source(self.plan, self.opts)
         config = program_config(self.opts)
         self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record,
-                                    ringbuf_bytes=self.opts.ringbuf_pages * PAGE, batch=RECORD_BATCH)
+                                    ringbuf_bytes=self.opts.ringbuf_pages * PAGE, batch=RECORD_BATCH,
+                                    raw_tps=raw_tracepoints(self.plan, config))
         if self.opts.thresholds:
             self._thr = ThresholdMonitor(self.opts.thresholds, self.clock, self._probes.write_thr_state,
                                          catch_up=self._catch_up_hints)
@@ -127,6 +143,11 @@ class TraceSession:
         self._mounts_poll = select.poll()
         self._mounts_poll.register(self._mounts_fd, select.POLLPRI | select.POLLERR)
         self.started_at = time.time()
+
+    @property
+    def attach_notes(self) -> list[str]:
+        """What the loader had to settle for (a raw tracepoint without BTF types)."""
+        return list(self._probes.notes) if self._probes is not None else []
 
     def _watch_roots(self) -> None:
         assert self._unmounts is not None

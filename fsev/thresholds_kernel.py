@@ -54,6 +54,8 @@ class ArmedMount:
     band: int  # kernel rungs: |counter estimate - statfs| bound, in blocks
     lag: int  # blocks a charge can stay unseen by the kernel rung (tmpfs LRU batching)
     step: int = 1  # kernel budget per event: tmpfs, pages of the largest folio; ext4, blocks per cluster
+    cpus: int = 1  # possible CPUs: the kernel cuts each budget into this many per-CPU shares
+    slack: int = 0  # kernel: blocks a check keeps back for events in flight on other CPUs (slack_for)
 
     @property
     def polled(self) -> bool:
@@ -61,15 +63,15 @@ class ArmedMount:
 
     @property
     def key(self) -> int:
-        """The thr_state key: kernel dev_t of the superblock."""
+        """Kernel dev_t of the superblock: the thr_slot key, and how hints name it."""
         return kernel_dev(self.mount.major, self.mount.minor)
 
     def state(self, depth: int) -> ThrState:
         lv = self.levels
         return ThrState(
             l1=lv.l1, l2=lv.l2 if lv.l2 is not None else 0, hysteresis=lv.hysteresis, band=self.band,
-            last_hint_ns=0, budget=0, step=self.step, kind=int(_KIND[self.point]), nlevels=len(lv.as_list()),
-            depth=depth,
+            slack=self.slack, last_hint_ns=0, gate=0, step=self.step, kind=int(_KIND[self.point]), nlevels=len(lv.as_list()),
+            depth=depth, dev=self.key, cpus=self.cpus,
         )
 
     def describe(self) -> str:
@@ -141,6 +143,19 @@ def band_for(point: ProbePoint, rung: RungKind, plan: Plan, cpus: int, cluster_b
     return (2 * per_counter) << cluster_bits, 0
 
 
+def slack_for(point: ProbePoint, cpus: int, cluster_bits: int = 0) -> int:
+    """Blocks a kernel check holds back from the budget it shares out per CPU.
+
+    A check claims a new generation, then reads the counters; an event on
+    another CPU whose charge was still in that CPU's store buffer can have
+    read the old generation and spend from an old share: one event per other
+    CPU, each at most a PMD-size folio (tmpfs huge pages; ext4's large folios
+    reserve that much at once, plus a partly covered cluster).
+    """
+    largest = HPAGE_PMD_NR if point is ProbePoint.THR_TMPFS else HPAGE_PMD_NR + (1 << cluster_bits)
+    return (cpus - 1) * largest
+
+
 def arm_thresholds(
     plan: Plan,
     mounts: list[Mount],
@@ -183,10 +198,45 @@ def arm_thresholds(
         # tmpfs: an LRU event is one folio, up to a PMD huge page (huge=...);
         # ext4: reservations count clusters.
         step = HPAGE_PMD_NR if point is ProbePoint.THR_TMPFS else 1 << bits
-        armed.append(ArmedMount(m, levels, point, rung, st.f_frsize, st.f_blocks, band, lag, step))
+        slack = slack_for(point, cpus, bits) if rung is not RungKind.POLLED else 0
+        armed.append(ArmedMount(m, levels, point, rung, st.f_frsize, st.f_blocks, band, lag, step, cpus, slack))
     return armed
 
 
 def kernel_points(armed: list[ArmedMount]) -> frozenset[ProbePoint]:
     """Threshold probe points whose kernel programs must be compiled in."""
     return frozenset(a.point for a in armed if not a.polled)
+
+
+def single_points(armed: list[ArmedMount]) -> frozenset[ProbePoint]:
+    """Kernel probe points armed on exactly one superblock (arm_thresholds keeps one
+    ArmedMount per superblock)."""
+    points = [a.point for a in armed if not a.polled]
+    return frozenset(p for p in points if points.count(p) == 1)
+
+
+def thr_slot_for(kind: int, taken: set[int]) -> int:
+    """The thr_state slot for a new superblock of `kind` (a ThrKind): the first of
+    each kind gets slot kind - 1, where the BPF side looks for the only one of a
+    kind armed on a single superblock (FSEV_THR_*_SINGLE); others the lowest free
+    slot after those."""
+    first = kind - 1
+    if 0 <= first < len(ThrKind) - 1 and first not in taken:
+        return first
+    slot = len(ThrKind) - 1
+    while slot in taken:
+        slot += 1
+    return slot
+
+
+# The gate word of struct fsev_thr_state: generation << 32 | per-CPU share.
+GATE_GEN = 1 << 32
+USER_GEN_STEP = 1 << 16  # far past any generation a racing kernel check can claim
+
+
+def reset_gate(gate: int) -> int:
+    """The gate user space writes with a new state: a generation no CPU holds a
+    share of (so every CPU checks again, under the new depth), share 0. A
+    kernel check racing with the write then fails to publish: its cmpxchg
+    expects the generation it claimed, at most one past the one read here."""
+    return (((gate >> 32) + USER_GEN_STEP) % GATE_GEN) << 32

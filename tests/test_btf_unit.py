@@ -214,10 +214,13 @@ def split_pair() -> tuple[bytes, bytes]:
     base = BtfWriter()
     int_t = base.int_("int", 4)
     base.struct("super_block", 16, [("s_dev", int_t, 0), ("s_fs_info", int_t, 64)])
+    ptr = base.add(K_PTR, "", int_t)
+    base.add(K_TYPEDEF, "btf_trace_mm_lru_insertion", ptr)  # id 4
     mod = BtfWriter(first_id=base.next_id, str_base=len(base.strs))
     mod.struct("ext4_sb_info", 8, [("s_pad", int_t, 0), ("s_cluster_bits", int_t, 32)])
     proto = mod.add(K_FUNC_PROTO, "", int_t)
     mod.add(K_FUNC, "__ext4_error", proto)
+    mod.add(K_TYPEDEF, "btf_trace_ext4_error", ptr)
     return base.blob(), mod.blob()
 
 
@@ -232,6 +235,9 @@ def test_split_btf_of_a_module(tmp_path: Path) -> None:
     assert mod.offsetof("super_block.s_fs_info") == 8
     assert mod.has_func("__ext4_error") and not base.has_func("__ext4_error")
     assert not base.has_member("ext4_sb_info.s_cluster_bits")
+    # tp_btf attach ids: vmlinux's only (a module's would need its BTF object).
+    assert base.raw_tp_btf_id("mm_lru_insertion") == mod.raw_tp_btf_id("mm_lru_insertion") == 4
+    assert mod.raw_tp_btf_id("ext4_error") is None and base.raw_tp_btf_id("nope") is None
 
 
 # -- resolve() and its cache ------------------------------------------------

@@ -80,3 +80,4 @@ def test_lengths_match_header():
     h = _header()
     for name, value in (("COMM", records.COMM_LEN), ("FUNC", records.FUNC_LEN), ("PATH", records.PATH_LEN)):
         assert re.search(rf"#define FSEV_{name}_LEN {value}\b", h)
+    assert re.search(rf"#define FSEV_THR_SLOTS {records.THR_SLOTS}\b", h)

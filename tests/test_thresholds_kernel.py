@@ -7,6 +7,7 @@ checked: one writer down to below L1, another down to below L2, then `rm`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -77,11 +78,12 @@ def overlay_on_tmpfs(size: str = "8m") -> Iterator[str]:
                 os.rmdir(work)
 
 
-def four_crossings(mp: str, rung: str, with_pids: bool = True, slow: float = 1.0) -> None:
+def four_crossings(mp: str, rung: str, with_pids: bool = True, env: dict[str, str] | None = None,
+                   slow: float = 1.0) -> list[str]:
     """--thr 1000,500 on mp: L1 down, L2 down, L2 up, L1 up, each confirmed.
-    slow: timeouts scale (the VM test runs under emulation)."""
+    slow: timeouts scale (the VM test runs under emulation). Returns fsev's stderr lines."""
     f = os.path.join(mp, "fill")
-    with FsevTrace(["--mount", mp, "--thr", "1000,500"]) as t:
+    with FsevTrace(["--mount", mp, "--thr", "1000,500"], env=env) as t:
         t.wait_attached(timeout=60 * slow)
         assert any(f"thr {mp} " in l and rung in l for l in t.stderr_lines), t.stderr_lines
         w1, avail1 = write_until(f, 1000)
@@ -112,17 +114,139 @@ def four_crossings(mp: str, rung: str, with_pids: bool = True, slow: float = 1.0
     else:
         assert all("pid" not in e for e in evs)  # polling cannot know who
     assert not any("Traceback" in l for l in t.stderr_lines)
+    return t.stderr_lines
 
 
 def test_tmpfs_four_crossings_in_order_with_the_pids_that_caused_them():
     with tmpfs("8m") as mp:
-        four_crossings(mp, "raw_tracepoint")
+        stderr = four_crossings(mp, "raw_tracepoint")
+    assert not any("without BTF types" in l for l in stderr), stderr  # tp_btf loads here
+
+
+def test_tmpfs_plain_raw_tracepoints_where_tp_btf_is_refused():
+    """FSEV_PLAIN_RAW_TP: the programs of a kernel that refuses tp_btf (helper reads)."""
+    with tmpfs("8m") as mp:
+        stderr = four_crossings(mp, "raw_tracepoint", env={"FSEV_PLAIN_RAW_TP": "1"})
+    notes = [l for l in stderr if "without BTF types" in l]
+    assert len(notes) == 2 and "mm_lru_insertion" in notes[0], stderr
+
+
+def test_tmpfs_programs_are_btf_typed_here():
+    """The per-page tmpfs programs load as tp_btf (fsev/tp_btf.py): direct loads."""
+    with tmpfs("8m") as mp:
+        with FsevTrace(["--mount", mp, "--thr", "1000"]) as t:
+            t.wait_attached()
+            progs = [json.loads(run("bpftool", "-j", "prog", "show", "id", str(i)).stdout)
+                     for i in fsev_prog_ids(t.proc.pid)]
+            assert t.stop() == 0
+    typed = {p["name"]: p["type"] for p in progs if p["name"].startswith("thr_")}
+    assert typed == {"thr_lru_typed": "tracing", "thr_delete_type": "tracing"}, typed  # names cut at 15
+
+
+def test_each_watched_superblock_reports_its_own_crossings():
+    """Two tmpfs (the per-CPU verdict cache keyed by superblock and s_dev, no
+    mapping key) and an ext4 (its inode key) at once; the tmpfs programs also
+    see the ext4's page cache and must leave it alone."""
+    with tmpfs("8m") as a, tmpfs("8m") as b, ext4(size_mb=32) as e:
+        mps = [a, e.mount_point, b]
+        with FsevTrace(["--mount", a, "--mount", b, "--mount", e.mount_point, "--thr", "1000"]) as t:
+            t.wait_attached()
+            pids = []
+            for n, mp in enumerate(mps, 1):
+                pid, avail = write_until(os.path.join(mp, "fill"), 1000)
+                assert avail < 1000
+                pids.append(pid)
+                assert len(wait_thr(t, n)) == n
+            time.sleep(0.3)  # room for a wrong extra event
+            assert t.stop() == 0
+    evs = thr_events(t)
+    assert [(e["mount_point"], e["pid"], e["level"], e["direction"]) for e in evs] == [
+        (mp, pid, "L1", "down") for mp, pid in zip(mps, pids)]
+
+
+def test_a_writer_busy_while_fsev_arms_is_seen(monkeypatch):
+    """The programs run before user space writes the thresholds, so a CPU may
+    cache "not watched" for the superblock; the epoch user space bumps after
+    adding a slot must drop that verdict. Here the writer starts once the
+    programs are attached and writes for 0.5 s before the thresholds are."""
+    from fsev.bpf_loader import KernelProbes
+    from fsev.events import EventType
+    from fsev.mountinfo import MountTable
+    from fsev.plan import plan_probes
+    from fsev.session import TraceOptions, TraceSession, kernel_facts
+    from fsev.thresholds import parse_thr
+    from fsev.thresholds_kernel import arm_thresholds
+
+    # One 4 KiB page per write, without pause, on one CPU: few other pages pass
+    # that CPU's programs to displace its cached verdict.
+    writer: list[subprocess.Popen] = []
+    real_write = KernelProbes.write_thr_state
+
+    def late_write(self, dev, state):
+        writer.append(subprocess.Popen(
+            ["taskset", "-c", "1", sys.executable, "-c", WRITER.replace("65536", "4096"), os.path.join(mp, "fill"),
+             "10000", "0"], stdout=subprocess.PIPE, text=True))
+        time.sleep(0.5)
+        real_write(self, dev, state)
+
+    monkeypatch.setattr(KernelProbes, "write_thr_state", late_write)
+    with tmpfs("1g") as mp:
+        m = MountTable.read().by_mount_point(mp)
+        session = TraceSession(TraceOptions(mounts=[m], thresholds=arm_thresholds(
+            plan_probes(kernel_facts()), [m], parse_thr("10000"))))
+        crossings = []
+        try:
+            session.start()
+            [w] = writer
+            assert os.statvfs(mp).f_bavail > 10000 and w.poll() is None  # still writing
+            for ev in session.events(until=time.monotonic() + 30):
+                if ev.type is EventType.THRESHOLD:
+                    crossings.append(ev)
+                    session.stop()
+            w.communicate(timeout=60)
+        finally:
+            session.close()
+            for w in writer:
+                if w.poll() is None:
+                    w.kill()
+                    w.wait()
+    # (Not the pid: pinned to one CPU, the writer is often preempted holding a
+    # folio's lock while another task drains that CPU's LRU batch.)
+    assert [(c.level, c.direction) for c in crossings] == [("L1", "down")]
+    assert crossings[0].avail_blocks <= 10000
+
+
+def test_a_stale_cached_mapping_never_hides_a_crossing():
+    """With one tmpfs watched, each CPU caches the last mapping seen on it. Its
+    file deleted, the inode's memory may serve a file of another tmpfs: that
+    mapping then spends the watched share (an early check, which verifies the
+    superblock and drops the key), never hides the watched tmpfs's pages."""
+    with tmpfs("8m") as mp, tmpfs("64m") as other:
+        with FsevTrace(["--mount", mp, "--thr", "1000,500"]) as t:
+            t.wait_attached()
+            for _ in range(3):
+                f = os.path.join(mp, "gone")
+                with open(f, "wb") as out:
+                    out.write(b"x" * (1 << 20))
+                os.unlink(f)
+                for i in range(200):  # inodes of another tmpfs, maybe at the same address
+                    with open(os.path.join(other, f"f{i}"), "wb") as out:
+                        out.write(b"y" * 65536)
+                for i in range(200):
+                    os.unlink(os.path.join(other, f"f{i}"))
+            pid, avail = write_until(os.path.join(mp, "fill"), 500)
+            assert avail < 500
+            evs = wait_thr(t, 2)
+            time.sleep(0.3)
+            assert t.stop() == 0
+    assert [(e["level"], e["direction"], e["pid"]) for e in thr_events(t)] == [("L1", "down", pid), ("L2", "down", pid)]
 
 
 @pytest.mark.kprobe
 def test_tmpfs_four_crossings_on_the_kprobe_rung():
     """In the stock-kernel VM: shmem's accounting functions of that kernel (6.1:
-    shmem_alloc_and_acct_folio / shmem_recalc_inode) carry the tmpfs rung."""
+    shmem_alloc_and_acct_folio / shmem_recalc_inode) carry the tmpfs rung, its
+    inode the cached key."""
     with tmpfs("8m") as mp:
         four_crossings(mp, "kprobe", slow=6)
 

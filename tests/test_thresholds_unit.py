@@ -17,7 +17,7 @@ from fsev.program import ProgramConfig, kprobe_attachments, preamble, required_o
 from fsev.records import RecordClass, ThrKind
 from fsev.thr_monitor import ThresholdMonitor
 from fsev.thresholds import Levels, ThresholdError, parse_hysteresis, parse_thr, resolve_levels
-from fsev.thresholds_kernel import arm_thresholds, kernel_points, percpu_batch
+from fsev.thresholds_kernel import arm_thresholds, kernel_points, percpu_batch, reset_gate, single_points, thr_slot_for
 
 ALL_TP = frozenset(SHMEM_TRACEPOINTS + EXT4_THR_TRACEPOINTS)
 
@@ -144,8 +144,11 @@ def test_arming_picks_rung_by_fs_type_and_sizes_the_band():
     assert kernel_points(armed) == {ProbePoint.THR_TMPFS, ProbePoint.THR_EXT4}
     st = t.state(depth=1)
     assert (st.l1, st.l2, st.hysteresis, st.nlevels, st.depth, st.kind, st.step) == (1000, 500, 10, 2, 1, ThrKind.SHMEM, 512)
-    assert e.state(0).step == 1 and e.state(0).budget == 0
+    assert e.state(0).step == 1 and e.state(0).gate == 0
     assert t.key == 40 and e.key == (7 << 20) | 1
+    assert (t.state(0).dev, e.state(0).dev, t.state(0).cpus) == (40, (7 << 20) | 1, 2)  # names hints; cuts shares
+    # one PMD-size folio in flight on the other CPU (ext4: plus a partly covered cluster)
+    assert (t.state(0).slack, e.state(0).slack, o.slack) == (512, 513, 0)
 
 
 def test_arming_refuses_unlimited_tmpfs_and_names_the_mount():
@@ -155,6 +158,42 @@ def test_arming_refuses_unlimited_tmpfs_and_names_the_mount():
                        statfs=lambda p: FakeStatfs(f_blocks=0, f_bavail=0), cpus=2)
     with pytest.raises(ThresholdError, match="^/t: .*more than the filesystem"):
         arm_thresholds(plan, [mount("/t", "tmpfs")], parse_thr("5000"), statfs=lambda p: FakeStatfs(), cpus=2)
+
+
+def test_mapping_and_inode_caches_only_for_a_kind_armed_on_one_superblock():
+    """The BPF side may take a cached mapping/inode for "the" watched superblock
+    of its kind only when there is one (bpf/fsev_thr.bpf.c, the verdict caches)."""
+    plan = plan_probes(facts())
+    mounts = [mount("/t", "tmpfs", 40), mount("/u", "tmpfs", 41), mount("/e", "ext4", 1, 7, "/dev/loop9"),
+              mount("/o", "overlay", 42), mount("/p", "overlay", 43)]
+    armed = arm_thresholds(plan, mounts, parse_thr("1000"), statfs=lambda p: FakeStatfs(), cpus=2,
+                           cluster_bits=lambda dev: 0)
+    assert single_points(armed) == {ProbePoint.THR_EXT4}  # two tmpfs; polled mounts never count
+    assert single_points(armed[2:]) == {ProbePoint.THR_EXT4}
+    assert single_points(armed[:1]) == {ProbePoint.THR_TMPFS}
+    config = ProgramConfig(classes=frozenset(RecordClass), watch_all=False, thr_points=kernel_points(armed),
+                           thr_single=single_points(armed))
+    text = preamble(plan, config, {})
+    assert "#define FSEV_THR_SHMEM_SINGLE 0" in text and "#define FSEV_THR_EXT4_SINGLE 1" in text
+
+
+def test_the_first_superblock_of_each_kind_gets_the_slot_the_bpf_side_expects():
+    """FSEV_THR_*_SINGLE: the BPF side finds the only superblock of a kind at slot kind - 1."""
+    assert thr_slot_for(ThrKind.EXT4, set()) == 1 and thr_slot_for(ThrKind.SHMEM, {1}) == 0
+    assert thr_slot_for(ThrKind.SHMEM, {0, 1}) == 2 and thr_slot_for(ThrKind.EXT4, {0, 1, 2}) == 3
+    assert thr_slot_for(ThrKind.SHMEM, {1, 2}) == 0
+
+
+def test_a_state_written_by_user_space_opens_a_generation_no_kernel_check_can_claim():
+    """reset_gate: share 0 (every CPU checks again, under the new depth) in a
+    generation far from the one read, so a kernel check that claimed the next
+    one meanwhile cannot publish over the write (its cmpxchg expects its own)."""
+    for gen in (0, 5, 0xFFFF_FFFF):
+        gate = (gen << 32) | 1234
+        new = reset_gate(gate)
+        assert new & 0xFFFF_FFFF == 0
+        assert all((new >> 32) != (gen + k) % (1 << 32) for k in range(1000))
+        assert new < 1 << 64
 
 
 def test_bind_mounts_of_one_superblock_share_one_state():
