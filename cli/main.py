@@ -83,11 +83,21 @@ def top(
     all_mounts: bool = typer.Option(False, "--all", help="Show pseudo filesystems (proc, sysfs, cgroup, ...) too."),
     sort: str = typer.Option("severity", "--sort", help="Order of the mounts: severity, usage, avail, errors, mount."),
     record: Optional[str] = RecordOpt,
+    from_file: Optional[str] = typer.Option(None, "--from", metavar="FILE",
+                                            help="Review a journal (fsev record) instead of watching the kernel."),
+    speed: Optional[float] = typer.Option(None, "--speed", metavar="X",
+                                          help="With --from: play at X times the recorded pace (default: all at once)."),
 ) -> None:
     """Live view of filesystem health: mounts, errors, free space, the event feed."""
     from .record_cmd import record_to
-    from .top_cmd import TopRequest, run_top
+    from .top_cmd import TopRequest, run_top, run_top_review
 
+    if from_file is not None or speed is not None:
+        raise typer.Exit(run_top_review(TopRequest(
+            mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
+            once=once, all=all_mounts, sort=sort, record=record_to(record, "top"),
+            from_file=from_file, speed=speed,
+        )))
     raise typer.Exit(run_top(TopRequest(
         mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
         once=once, all=all_mounts, sort=sort, record=record_to(record, "top"),

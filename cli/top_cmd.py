@@ -38,6 +38,8 @@ class TopRequest:
     all: bool = False
     sort: str = "severity"
     record: "RecordTarget | None" = None
+    from_file: str | None = None  # --from: review a journal
+    speed: float | None = None
     # what the journal header reads (recording_options): top has no count/duration
     count: None = None
     duration: None = None
@@ -119,3 +121,30 @@ def run_top(req: TopRequest) -> int:
         width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else ONCE_WIDTH
         return TopApp(session, model, Console(highlight=False, width=width), recorder=recorder).run_once()
     return TopApp(session, model, recorder=recorder).run()
+
+
+def run_top_review(req: TopRequest) -> int:
+    """`fsev top --from FILE`: the screen driven by a journal; no kernel, no root needed."""
+    from fsev.top_app import TopApp
+    from fsev.top_review import JournalSession
+
+    if req.from_file is None:
+        raise FsevError("--speed needs --from FILE: it paces a recorded journal")
+    given = [name for name, v in (("--mount", req.mounts), ("--events", req.events), ("--thr", req.thr),
+                                  ("--thr-hysteresis", req.thr_hysteresis), ("--record", req.record)) if v]
+    if given:
+        raise FsevError(f"{given[0]} does not go with --from: the journal holds what was watched")
+    if req.speed is not None and not req.speed > 0:
+        raise FsevError(f"--speed must be a positive factor, not {req.speed}")
+    if req.sort not in SORT_KEYS:
+        raise FsevError(f"unknown --sort {req.sort!r}: choose from {', '.join(SORT_KEYS)}")
+    tty = _is_tty()
+    if not req.once and not tty:
+        raise FsevError(NO_TTY.replace("`fsev trace`", "`fsev replay`"))
+    session = JournalSession(req.from_file, req.speed)
+    model = TopModel(host=f"{session.host} (review of {os.path.basename(req.from_file)})", kernel=session.kernel,
+                     rungs=session.rungs, started=session.clock, show_all=req.all, sort=req.sort)
+    if req.once:
+        width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else ONCE_WIDTH
+        return TopApp(session, model, Console(highlight=False, width=width)).run_once()
+    return TopApp(session, model).run()

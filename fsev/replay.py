@@ -209,7 +209,7 @@ def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
                     if rec.recording in recordings:
                         _say(describe_recording(recordings[rec.recording]))
                     shown_recording = rec.recording
-                ev = _typed(rec)
+                ev = record_event(rec)
                 if opts.speed is not None and ev is not None:
                     pace = _wait_for(ev.wall_time, pace, opts.speed, stopping, acker)
                     if stopping():
@@ -240,7 +240,7 @@ def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
         journal.close()
 
 
-def _typed(rec: JournalRecord) -> Event | None:
+def record_event(rec: JournalRecord) -> Event | None:
     try:
         d = rec.json()
     except ValueError:

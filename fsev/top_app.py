@@ -179,6 +179,12 @@ class TopApp:
         self._shown: list = []
         self._min_frame_s = MIN_FRAME_S
         self._generation = -1
+        # `fsev top --from FILE` (fsev.top_review): events from a journal, the
+        # journal's clock, and mount rows from the events instead of statfs
+        self.review = bool(getattr(session, "review", False))
+
+    def _now(self) -> float:
+        return self.session.now() if self.review else time.time()
 
     def load_history(self) -> None:
         """ext4's recorded error state, read before the probes attach."""
@@ -208,6 +214,10 @@ class TopApp:
                 signal.signal(s, h)
 
     def _start(self) -> None:
+        if self.review:
+            self.session.start()
+            self.model.started = self.session.now()
+            return
         self.load_history()
         self.session.start()
         self.model.started = time.time()  # uptime counts from attached, not from compiling
@@ -228,11 +238,16 @@ class TopApp:
         for ev in self.session.events(poll_ms=POLL_MS, until=until):
             if self.recorder is not None:
                 self.recorder.emit(ev)
-            self.model.apply(ev, time.time())
+            self.model.apply(ev, self._now())
             thr_seen = thr_seen or ev.type is EventType.THRESHOLD
             if live is not None and time.monotonic() - self._last_frame >= self._min_frame_s:
                 self._frame(live)
         self.model.set_drops(self.session.lost_total)
+        if self.review:
+            if self.session.table.generation != self._generation:
+                self._generation = self.session.table.generation
+                self.model.update_mounts(list(self.session.table))
+            return
         if thr_seen or self.session.table.generation != self._generation:
             # a mount came or went, or a level was crossed: the usage bars
             # should not wait for the timer to agree with the event
@@ -255,7 +270,7 @@ class TopApp:
     def _frame(self, live: Live) -> None:
         """Draw, unless the screen would look exactly as it does (idle: most seconds)."""
         w, h = self.console.size = self._terminal_size()
-        frame = render(self.model, w, h, time.time())
+        frame = render(self.model, w, h, self._now())
         if self._resized or frame.renderables != self._shown:  # Text compares text and styles
             t0 = time.monotonic()
             live.update(frame, refresh=True)
@@ -275,7 +290,8 @@ class TopApp:
         if self.recorder is not None:
             stack.callback(self.recorder.close)
         stack.callback(self.session.close)
-        stack.callback(self.poller.stop)
+        if not self.review:
+            stack.callback(self.poller.stop)
         self._start()
 
     def run(self, tty_fd: int | None = None) -> int:
@@ -307,5 +323,7 @@ class TopApp:
         with contextlib.ExitStack() as stack:
             self._attach(stack)
             self._pump(time.monotonic() + window, None)
-            self.console.print(render(self.model, self.console.width, None, time.time()))
+            while self.review and not self.session.done and not self._quit:
+                self._pump(time.monotonic() + window, None)  # the whole journal, then the snapshot
+            self.console.print(render(self.model, self.console.width, None, self._now()))
         return 0

@@ -121,6 +121,29 @@ def test_record_and_trace_side_by_side_see_the_same_events(workdir):
     assert any(f"recorded 5 events" in l for l in rec.stderr_lines), rec.stderr_lines
 
 
+def test_top_from_a_journal_shows_what_was_recorded(workdir):
+    """`fsev top --from J --once` after a real recording: the screen of the incident."""
+    j = os.path.join(workdir, "incident.fsev")
+    with ext4(corrupt_dir=True) as bad, ext4() as fs, tmpfs() as t:
+        with FsevProc("record", "-o", j, "--mount", bad.mount_point, "--mount", fs.mount_point,
+                      "--mount", t) as rec:
+            rec.wait_attached()
+            _scenario(bad, fs, t)
+            _wait(lambda: any("recorded" in l for l in rec.stderr_lines) or len(_replay_json(j)) >= 5)
+            assert rec.stop(signal.SIGINT) == 0
+        # the mounts are still there; what the screen shows must come from the journal
+        p = fsev("top", "--from", j, "--once", env={**os.environ, "COLUMNS": "200"})
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "events 5" in lines[0] and "review of incident.fsev" in lines[0]
+    rows = {l.split()[0]: l for l in lines if l.strip().startswith("/tmp/fsev-ext4-")}
+    assert set(rows) == {bad.mount_point, fs.mount_point}  # the unmounted tmpfs has no row
+    assert "htree_dirblock_to_tree" in rows[bad.mount_point]
+    assert "trigger_test_error" in rows[fs.mount_point]
+    feed = [l for l in lines if re.match(r"\s*\d\d:\d\d:\d\d\.\d{3} ", l)]
+    assert len(feed) == 5 and "umount" in feed[0] and "htree_dirblock_to_tree" in feed[-1]  # newest first
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_the_recorder_with_a_final_commit(workdir, sig):
     j = os.path.join(workdir, "s.fsev")
