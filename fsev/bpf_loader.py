@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import ctypes
 import os
 import time
@@ -170,19 +172,41 @@ class KernelProbes:
         return int(sum(self.bpf["drops"][0]))
 
     def close(self) -> None:
-        for fd in reversed(getattr(self, "_fds", [])):
-            os.close(fd)
-        self._fds = []
         reader = getattr(self, "_reader", None)
         if reader is not None:
             reader.close()
             self._reader = None
         b = getattr(self, "bpf", None)
+        links = list(reversed(getattr(self, "_fds", [])))
+        self._fds = []
         if b is not None:
             ids = _prog_ids(fn.fd for fn in getattr(b, "funcs", {}).values())
+            _detach_all(b, links)
             b.cleanup()
             self.bpf = None  # type: ignore[assignment]
             _wait_freed(ids)
+
+
+def _detach_all(b: object, fds: list[int]) -> None:
+    """Close every attachment at once. Each close waits for the kernel to
+    unregister its probe (about 70 ms here): one after another, as bcc's
+    cleanup() does, eighteen tracepoints held fsev's exit for 1.3 s. Closing
+    them on threads lets those waits overlap. What bcc would close again is
+    taken out of its books (its detach for a tracepoint does nothing else)."""
+    tps: dict = getattr(b, "tracepoint_fds", {})
+    raws: dict = getattr(b, "raw_tracepoint_fds", {})
+    todo = list(fds) + list(tps.values()) + list(raws.values())
+    if not todo:
+        return
+
+    def close(fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(todo))) as pool:
+        list(pool.map(close, todo))
+    tps.clear()
+    raws.clear()
 
 
 # Programs on faultable tracepoints (sys_enter/sys_exit since 6.13) are freed
