@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -19,6 +20,9 @@ from fsev.top_model import SORT_KEYS, TopModel
 
 from .record_cmd import RecordTarget, open_recorder, recording_options
 from .trace_cmd import check_thresholds
+
+if TYPE_CHECKING:
+    from fsev.output import EventSink
 
 NO_TTY = "top needs a terminal: use `fsev top --once` for one snapshot, or `fsev trace` for a stream"
 # 4 MiB, ~20 000 records, four times trace's default: the screen shares fsev's
@@ -81,21 +85,37 @@ def _is_tty() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
+def _check_sort(req: TopRequest) -> None:
+    if req.sort not in SORT_KEYS:
+        raise FsevError(f"unknown --sort {req.sort!r}: choose from {', '.join(SORT_KEYS)}")
+
+
+def _check_terminal(req: TopRequest, no_tty: str) -> None:
+    if not req.once and not _is_tty():
+        raise FsevError(no_tty)
+
+
+def _show(app_class, session, model: TopModel, req: TopRequest,  # type: ignore[no-untyped-def]
+          recorder: EventSink | None = None) -> int:
+    """The live screen, or with --once one snapshot on stdout."""
+    if req.once:
+        width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else ONCE_WIDTH
+        return app_class(session, model, Console(highlight=False, width=width), recorder=recorder).run_once()
+    return app_class(session, model, recorder=recorder).run()
+
+
 def run_top(req: TopRequest) -> int:
     from fsev.session import TraceOptions, TraceSession
     from fsev.top_app import TopApp
 
     classes = parse_classes(req.events)
-    if req.sort not in SORT_KEYS:
-        raise FsevError(f"unknown --sort {req.sort!r}: choose from {', '.join(SORT_KEYS)}")
+    _check_sort(req)
     if req.thr is not None:
         try:
             parse_thr(req.thr)
         except ThresholdError as e:
             raise FsevError(str(e)) from None
-    tty = _is_tty()
-    if not req.once and not tty:
-        raise FsevError(NO_TTY)
+    _check_terminal(req, NO_TTY)
     if not can_trace():
         raise FsevError(NEED_ROOT)
     require(check_btf(), check_tracefs(mount_if_missing=True))
@@ -117,16 +137,12 @@ def run_top(req: TopRequest) -> int:
     )
     if recorder is not None:
         recorder.start(session.plan, recording_options(req, opts), None)  # type: ignore[arg-type]
-    if req.once:
-        width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else ONCE_WIDTH
-        return TopApp(session, model, Console(highlight=False, width=width), recorder=recorder).run_once()
-    return TopApp(session, model, recorder=recorder).run()
+    return _show(TopApp, session, model, req, recorder)
 
 
 def run_top_review(req: TopRequest) -> int:
     """`fsev top --from FILE`: the screen driven by a journal; no kernel, no root needed."""
-    from fsev.top_app import TopApp
-    from fsev.top_review import JournalSession
+    from fsev.top_review import JournalSession, ReviewApp
 
     if req.from_file is None:
         raise FsevError("--speed needs --from FILE: it paces a recorded journal")
@@ -136,15 +152,9 @@ def run_top_review(req: TopRequest) -> int:
         raise FsevError(f"{given[0]} does not go with --from: the journal holds what was watched")
     if req.speed is not None and not req.speed > 0:
         raise FsevError(f"--speed must be a positive factor, not {req.speed}")
-    if req.sort not in SORT_KEYS:
-        raise FsevError(f"unknown --sort {req.sort!r}: choose from {', '.join(SORT_KEYS)}")
-    tty = _is_tty()
-    if not req.once and not tty:
-        raise FsevError(NO_TTY.replace("`fsev trace`", "`fsev replay`"))
+    _check_sort(req)
+    _check_terminal(req, NO_TTY.replace("`fsev trace`", "`fsev replay`"))
     session = JournalSession(req.from_file, req.speed)
     model = TopModel(host=f"{session.host} (review of {os.path.basename(req.from_file)})", kernel=session.kernel,
                      rungs=session.rungs, started=session.clock, show_all=req.all, sort=req.sort)
-    if req.once:
-        width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else ONCE_WIDTH
-        return TopApp(session, model, Console(highlight=False, width=width)).run_once()
-    return TopApp(session, model).run()
+    return _show(ReviewApp, session, model, req)

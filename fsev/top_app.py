@@ -179,12 +179,10 @@ class TopApp:
         self._shown: list = []
         self._min_frame_s = MIN_FRAME_S
         self._generation = -1
-        # `fsev top --from FILE` (fsev.top_review): events from a journal, the
-        # journal's clock, and mount rows from the events instead of statfs
-        self.review = bool(getattr(session, "review", False))
 
     def _now(self) -> float:
-        return self.session.now() if self.review else time.time()
+        """The screen's clock (fsev.top_review's ReviewApp: the journal's)."""
+        return time.time()
 
     def load_history(self) -> None:
         """ext4's recorded error state, read before the probes attach."""
@@ -214,10 +212,6 @@ class TopApp:
                 signal.signal(s, h)
 
     def _start(self) -> None:
-        if self.review:
-            self.session.start()
-            self.model.started = self.session.now()
-            return
         self.load_history()
         self.session.start()
         self.model.started = time.time()  # uptime counts from attached, not from compiling
@@ -243,11 +237,10 @@ class TopApp:
             if live is not None and time.monotonic() - self._last_frame >= self._min_frame_s:
                 self._frame(live)
         self.model.set_drops(self.session.lost_total)
-        if self.review:
-            if self.session.table.generation != self._generation:
-                self._generation = self.session.table.generation
-                self.model.update_mounts(list(self.session.table))
-            return
+        self._refresh_mounts(thr_seen)
+
+    def _refresh_mounts(self, thr_seen: bool) -> None:
+        """After a tick's events: ask for a snapshot when it is due, take one that is ready."""
         if thr_seen or self.session.table.generation != self._generation:
             # a mount came or went, or a level was crossed: the usage bars
             # should not wait for the timer to agree with the event
@@ -290,8 +283,7 @@ class TopApp:
         if self.recorder is not None:
             stack.callback(self.recorder.close)
         stack.callback(self.session.close)
-        if not self.review:
-            stack.callback(self.poller.stop)
+        stack.callback(self.poller.stop)
         self._start()
 
     def run(self, tty_fd: int | None = None) -> int:
@@ -318,12 +310,14 @@ class TopApp:
                     self._frame(live)
         return 0
 
+    def _collect(self, window: float) -> None:
+        """--once: the events the snapshot shows."""
+        self._pump(time.monotonic() + window, None)
+
     def run_once(self, window: float = ONCE_WINDOW_S) -> int:
         """One snapshot of the screen on stdout (no TTY needed)."""
         with contextlib.ExitStack() as stack:
             self._attach(stack)
-            self._pump(time.monotonic() + window, None)
-            while self.review and not self.session.done and not self._quit:
-                self._pump(time.monotonic() + window, None)  # the whole journal, then the snapshot
+            self._collect(window)
             self.console.print(render(self.model, self.console.width, None, self._now()))
         return 0

@@ -2,10 +2,10 @@
 
 JournalSession stands where TopApp expects a TraceSession: the same events(),
 table, lost_total, stop() and close(), with events read from the journal
-instead of the ring buffer. The screen's clock is the journal's (the wall time
-of the last event shown), so ages, rates and the uptime read as they did then.
-The mount rows come from the events themselves: statfs of this machine's
-mounts would describe today, not the incident.
+instead of the ring buffer. ReviewApp is TopApp on the journal's clock (the
+wall time of the last event shown), so ages, rates and the uptime read as
+they did then, with mount rows from the events themselves: statfs of this
+machine's mounts would describe today, not the incident.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .events import Event, EventType
 from .journal import Journal, Recording
 from .mountinfo import Mount
 from .replay import record_event
+from .top_app import TopApp
 
 # Records handed to the screen per tick when not paced: enough to read a
 # million-event journal in seconds, few enough that keys stay responsive.
@@ -62,8 +63,6 @@ class ReviewTable:
 
 class JournalSession:
     """A journal's events, at once (speed None) or paced at `speed` times the recorded pace."""
-
-    review = True
 
     def __init__(self, path: str, speed: float | None = None) -> None:
         self.path = path
@@ -146,3 +145,26 @@ class JournalSession:
 
     def close(self) -> None:
         self.journal.close()
+
+
+class ReviewApp(TopApp):
+    """TopApp driven by a JournalSession: no ext4 history, no statfs snapshots."""
+
+    session: JournalSession
+
+    def _now(self) -> float:
+        return self.session.now()
+
+    def _start(self) -> None:
+        self.session.start()
+        self.model.started = self.session.now()
+
+    def _refresh_mounts(self, thr_seen: bool) -> None:
+        if self.session.table.generation != self._generation:
+            self._generation = self.session.table.generation
+            self.model.update_mounts(list(self.session.table))
+
+    def _collect(self, window: float) -> None:
+        """--once: the whole journal, then the snapshot."""
+        while not self.session.done and not self._quit:
+            self._pump(time.monotonic() + window, None)

@@ -275,7 +275,7 @@ def header(model: TopModel, now: float) -> list[Text]:
     a.append("fsev top", style="bold cyan")
     a.append(f"  {inert(model.host)}", style="bold")
     a.append(f"  Linux {inert(model.kernel)}")
-    a.append(f"  up {fmt_uptime(max(0.0, now - model.started))}")
+    a.append(f"  up {fmt_uptime(now - model.started)}")
     a.append("   events ")
     a.append(str(model.total), style="bold")
     a.append(f"  {model.rate(now):.1f}/s")
