@@ -5,7 +5,9 @@ bench_thresholds.py compares "thresholds armed" with "fsev not running"; on
 this VM that A/B is bimodal (a slow mode of the writer that comes and goes).
 This one adds a third arm, fsev running *without* thresholds (`--events err`
 on the same mount), so that what the threshold programs cost can be told
-apart from what fsev's mere running does to the writer. Arms are drawn in a
+apart from what fsev's mere running does to the writer, and a fourth,
+thresholds armed at a level the write never comes near (`--thr 2%`), where
+fsev keeps its per-page hooks detached (fsev/thr_gate.py). Arms are drawn in a
 shuffled order each round (seeded); each arm starts fsev, the base arm stops
 it again before its write (as in bench_thresholds.py).
 
@@ -33,12 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_thresholds as bt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "thr_arms.json"
-ARMS = ("base", "fsev_no_thr", "thr_armed")
+ARMS = ("base", "fsev_no_thr", "thr_far", "thr_armed")
 
 
 def arm_args(arm: str, mp: str) -> list[str]:
     if arm == "fsev_no_thr":
         return ["--mount", mp, "--events", "err"]
+    if arm == "thr_far":
+        # A level the write never comes near: fsev keeps its per-page hooks
+        # detached (fsev/thr_gate.py) and only reads statfs now and then.
+        return ["--mount", mp, "--thr", "2%", "--events", "thr"]
     return ["--mount", mp, "--thr", "40%,20%", "--events", "thr"]
 
 
@@ -79,6 +85,8 @@ def run_case(name: str, mount_ctx, nbytes: int, fsync: bool, rounds: int) -> dic
     out["thr_vs_base_fast_pct"] = pct(a["thr_armed"]["fast_median_cpu_s"], a["base"]["fast_median_cpu_s"])
     out["thr_vs_control_fast_pct"] = pct(a["thr_armed"]["fast_median_cpu_s"], a["fsev_no_thr"]["fast_median_cpu_s"])
     out["control_vs_base_fast_pct"] = pct(a["fsev_no_thr"]["fast_median_cpu_s"], a["base"]["fast_median_cpu_s"])
+    out["far_vs_base_fast_pct"] = pct(a["thr_far"]["fast_median_cpu_s"], a["base"]["fast_median_cpu_s"])
+    out["thr_vs_far_fast_pct"] = pct(a["thr_armed"]["fast_median_cpu_s"], a["thr_far"]["fast_median_cpu_s"])
     out["target_overhead_pct"] = 2.0
     return out
 
@@ -101,7 +109,8 @@ def main() -> int:
         arms = "; ".join(f"{k} {v['median_cpu_s']}s (fast {v['fast_median_cpu_s']}s, slow {v['slow_rounds']})"
                          for k, v in c["arms"].items())
         print(f"{name}: {arms}; thresholds vs base (fast runs) {c['thr_vs_base_fast_pct']}%, "
-              f"vs fsev without thresholds {c['thr_vs_control_fast_pct']}%", flush=True)
+              f"vs fsev without thresholds {c['thr_vs_control_fast_pct']}%, vs a level far away "
+              f"{c['thr_vs_far_fast_pct']}%; far level vs base {c['far_vs_base_fast_pct']}%", flush=True)
     res["loadavg_at_end"] = os.getloadavg()
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")

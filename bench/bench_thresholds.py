@@ -14,7 +14,10 @@ BPF_ENABLE_STATS: on while the bench holds the fd, for this run only), beside
 an empty program on the hot tracepoint, which measures what the stats
 themselves add: ns per event for each of fsev's programs, the empty one's, and
 the estimate (ns above empty x events / writer CPU). On a shared machine this
-is far steadier than the writer's CPU time.
+is far steadier than the writer's CPU time. fsev attaches its per-page
+programs only near a level (fsev/thr_gate.py): the run count of the busiest
+one over the pages written is the fraction of the write they saw, and that
+count x the dispatch floor below is what their mere attachment cost.
 
 Dispatch floor: what any program on the hot tracepoint costs the writer, before
 its first instruction (the tracepoint's call into the BPF link, __bpf_trace_run,
@@ -309,9 +312,14 @@ def bpf_cost(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, hot_tp: s
         progs.append({"name": names.get(i, "?"), "events_per_run": round(cnt / runs), "ns_per_event": round(mean, 1),
                       "ns_per_event_min_run": round(min(per_run_ns[i]), 1),
                       "ns_above_empty": round(mean - empty_ns, 1)})
+    hot = max((p["events_per_run"] for p in progs), default=0)
     return {
         "name": name, "runs": runs, "hot_tracepoint": hot_tp, "empty_program_ns_per_event": round(empty_ns, 1),
-        "programs": progs,
+        "programs": progs, "base_cpu_s": base_cpu_s,
+        # fsev attaches its per-page programs only near a level (fsev/thr_gate.py):
+        # the busiest one's runs per write over the pages written.
+        "pages_per_write": nbytes // 4096, "hot_program_runs_per_write": hot,
+        "hooked_fraction": round(hot / (nbytes // 4096), 4),
         # What the programs add per write, over what an empty program costs
         # (stats on: each run pays two clock reads, the empty program shows them).
         "added_ms_per_write": round(extra_ns / 1e6, 2),
@@ -436,6 +444,13 @@ def main() -> int:
             dispatch_floor("tmpfs 1 GiB sequential write", tmpfs("2g"), GiB, "mm_lru_insertion", args.floor_runs),
             dispatch_floor("ext4 loop 1 GiB write", ext4_loop(1600), GiB, "ext4_da_reserve_space", args.floor_runs),
         ]
+        floor_ns = {d["tracepoint"]: max(0.0, d["ns_per_program_per_event_median"]) for d in result["dispatch_floor"]}
+        for b in result["bpf_cost"]:
+            # The whole cost of fsev's hooks to the writer: the programs above an
+            # empty one (bpf_stats) plus the dispatch every run pays (the floor).
+            dispatch_ms = floor_ns.get(b["hot_tracepoint"], 0.0) * b["hot_program_runs_per_write"] / 1e6
+            b["dispatch_ms_per_write"] = round(dispatch_ms, 2)
+            b["estimated_with_dispatch_pct"] = round((b["added_ms_per_write"] + dispatch_ms) / 1e3 / b["base_cpu_s"] * 100, 2)
     result["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
     result["latency"] = [
         latency("tmpfs write -> event line", tmpfs("64m"), args.trials),
@@ -452,7 +467,9 @@ def main() -> int:
         progs = ", ".join(f"{p['name']} {p['ns_per_event']} ns x {p['events_per_run']}" for p in b["programs"]
                           if p["events_per_run"] >= 1000)
         print(f"{b['name']}: BPF {progs}; empty program {b['empty_program_ns_per_event']} ns; "
-              f"+{b['added_ms_per_write']} ms per write = ~{b['estimated_overhead_pct']}% of the writer's CPU")
+              f"+{b['added_ms_per_write']} ms per write = ~{b['estimated_overhead_pct']}% of the writer's CPU; "
+              f"hooked {b['hooked_fraction'] * 100:.1f}% of pages; with dispatch "
+              f"~{b.get('estimated_with_dispatch_pct')}%")
     for d in result["dispatch_floor"]:
         print(f"{d['name']}: one empty program on {d['tracepoint']} costs {d['ns_per_program_per_event_median']} ns "
               f"per event ({d['ns_per_program_per_event_of_minimums']} of minimums) = {d['floor_pct_median']}% "

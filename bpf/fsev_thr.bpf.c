@@ -23,6 +23,8 @@
  * before it reports a crossing.
  *
  * The hot path (every page written: mm_lru_insertion, ext4_da_reserve_space)
+ * is attached only while a watched superblock is near a level (fsev/
+ * thr_gate.py: any program there costs the kernel's dispatch). Attached, it
  * costs, on a watched superblock, one load (tmpfs: the folio's mapping, a
  * direct load in the tp_btf program, a helper read in the plain one; ext4:
  * none) and inlined array lookups: a per-CPU verdict cache says which slot
@@ -545,8 +547,10 @@ static __always_inline int ext4_settle(void *inode)
 }
 
 /* After its change: the delayed-allocation reservation, once per page
- * written: the hot one, so it spends the share (nr_resv clusters) first. */
-RAW_TRACEPOINT_PROBE(ext4_da_reserve_space)
+ * written: the hot one, so it spends the share (nr_resv clusters) first.
+ * Attached by the loader on raw tracepoint ext4_da_reserve_space, and only
+ * near a level (fsev/thr_gate.py), like the tmpfs per-page programs. */
+int thr_ext4_reserve(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct thr_ref ref;
 	u64 gate = 0;

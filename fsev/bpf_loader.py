@@ -8,12 +8,13 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from .errors import FsevError
 from . import ringbuf, tp_btf
 from .records import PATH_LEN, RECORD_SIZE, THR_SLOTS, ThrState
 from .ringbuf import RingReader
+from .thr_gate import Hook
 from .thresholds_kernel import reset_gate, thr_slot_for
 
 # The record sink returns True when its batch is full: the callback then
@@ -32,11 +33,16 @@ def bcc_available() -> tuple[bool, str]:
 
 
 class KernelProbes:
-    """A compiled and attached fsev program; close() detaches everything."""
+    """A compiled and attached fsev program; close() detaches everything.
+
+    Programs named in `gated` are attached like the others (so a kernel that
+    refuses one says so at start), and set_hook() detaches and re-attaches
+    them by group later (fsev/thr_gate.py says when)."""
 
     def __init__(self, text: str, include_dir: Path, kprobes: list[tuple[str, str]], on_record: RecordSink,
                  ringbuf_bytes: int, batch: int = 4096,
-                 raw_tps: list[tuple[str, str, str, int | None]] | None = None) -> None:
+                 raw_tps: list[tuple[str, str, str, int | None]] | None = None,
+                 gated: Mapping[str, Hook] | None = None) -> None:
         ok, why = bcc_available()
         if not ok:
             raise FsevError(f"cannot import bcc ({why}); install python3-bpfcc (sudo make install)")
@@ -44,7 +50,11 @@ class KernelProbes:
 
         self._on_record = on_record
         self._thr_slots: dict[int, int] = {}  # dev -> thr_state slot
-        self._fds: list[int] = []  # tp_btf links and programs, closed by close()
+        self._fds: list[int] = []  # tp_btf programs, closed by close()
+        self._links: dict[str, int] = {}  # tp_btf program -> its link while attached
+        self._gated = dict(gated or {})
+        self._switches: dict[Hook, list[tuple[Callable[[], None], Callable[[], None]]]] = {}
+        self._hooks_on: set[Hook] = set()
         self.notes: list[str] = []
         try:
             # Tracepoint programs (TRACEPOINT_PROBE) attach as bcc loads them.
@@ -58,6 +68,8 @@ class KernelProbes:
                     self.bpf.attach_kretprobe(event=fn, fn_name=prog)
                 else:
                     self.bpf.attach_kprobe(event=fn, fn_name=prog)
+                    self._gate(prog, lambda fn=fn, prog=prog: self.bpf.attach_kprobe(event=fn, fn_name=prog),
+                               lambda fn=fn, prog=prog: self.bpf.detach_kprobe(event=fn, fn_name=prog))
             for tp, typed, plain, btf_id in raw_tps or ():
                 self._attach_raw_tp(tp, typed, plain, btf_id)
             self._reader: RingReader | None = None
@@ -70,8 +82,18 @@ class KernelProbes:
             self.close()
             raise FsevError(f"attaching fsev's probes failed: {_one_line(e)}") from None
 
+    def _gate(self, prog: str, attach: Callable[[], None], detach: Callable[[], None]) -> None:
+        hook = self._gated.get(prog)
+        if hook is not None:
+            self._switches.setdefault(hook, []).append((attach, detach))
+            self._hooks_on.add(hook)
+
     def _attach_raw_tp(self, tp: str, typed: str, plain: str, btf_id: int | None) -> None:
-        """The typed form as tp_btf (direct loads), else the plain one through bcc."""
+        """The typed form as tp_btf (direct loads), else the plain one through
+        bcc. No typed form (""): the plain one, and nothing to note."""
+        if not typed:
+            self._attach_plain(tp, plain)
+            return
         if btf_id is None:
             why = f"kernel BTF has no btf_trace_{tp}"
         elif os.environ.get("FSEV_PLAIN_RAW_TP"):
@@ -84,12 +106,49 @@ class KernelProbes:
                 except tp_btf.TpBtfError:
                     os.close(prog)
                     raise
-                self._fds += [prog, link]
+                self._fds.append(prog)
+                self._links[typed] = link
+                self._gate(typed, lambda: self._links.__setitem__(typed, tp_btf.attach(prog)),
+                           lambda: os.close(self._links.pop(typed)))
                 return
             except tp_btf.TpBtfError as e:
                 why = f"tp_btf refused: {e}"
-        self.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=plain.encode())
+        self._attach_plain(tp, plain)
         self.notes.append(f"raw tracepoint {tp} without BTF types ({why}): helper reads, slower")
+
+    def _attach_plain(self, tp: str, plain: str) -> None:
+        self.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=plain.encode())
+        self._gate(plain, lambda: self.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=plain.encode()),
+                   lambda: self.bpf.detach_raw_tracepoint(tp=tp.encode()))
+
+    def gated_hooks(self) -> frozenset[Hook]:
+        """The groups set_hook() can switch."""
+        return frozenset(self._switches)
+
+    @property
+    def hooks_on(self) -> frozenset[Hook]:
+        return frozenset(self._hooks_on)
+
+    def set_hook(self, hook: Hook, on: bool) -> None:
+        """Attach (on) or detach a group of gated programs; FsevError if the
+        kernel refuses (the group is then left detached)."""
+        if (hook in self._hooks_on) == on:
+            return
+        done: list[Callable[[], None]] = []
+        try:
+            for attach, detach in self._switches.get(hook, []):
+                (attach if on else detach)()
+                done.append(detach)
+        except Exception as e:
+            for undo in done if on else []:
+                with contextlib.suppress(Exception):
+                    undo()
+            self._hooks_on.discard(hook)
+            raise FsevError(f"{'attaching' if on else 'detaching'} the {hook.value} hooks failed: {_one_line(e)}") from None
+        if on:
+            self._hooks_on.add(hook)
+        else:
+            self._hooks_on.discard(hook)
 
     def _callback(self, _ctx: object, data: int, size: int) -> int:
         # Copy out the raw bytes only: decoding happens past this boundary in
@@ -177,8 +236,9 @@ class KernelProbes:
             reader.close()
             self._reader = None
         b = getattr(self, "bpf", None)
-        links = list(reversed(getattr(self, "_fds", [])))
+        links = list(getattr(self, "_links", {}).values()) + list(reversed(getattr(self, "_fds", [])))
         self._fds = []
+        self._links = {}
         if b is not None:
             ids = _prog_ids(fn.fd for fn in getattr(b, "funcs", {}).values())
             _detach_all(b, links)

@@ -14,6 +14,7 @@ from pathlib import Path
 from .plan import Plan, ProbePoint, RungKind, shmem_accounting
 from .program_health import HEALTH_SOURCE, health_defines, health_kprobes, health_offsets
 from .records import RecordClass, class_mask
+from .thr_gate import Hook
 
 MAIN_SOURCE = "fsev.bpf.c"
 # Free-space thresholds: appended to MAIN_SOURCE, whose ring buffer it shares.
@@ -160,15 +161,27 @@ TMPFS_RAW_TPS = (
     ("mm_lru_insertion", "thr_lru_typed", "thr_lru_plain"),
     ("mm_filemap_delete_from_page_cache", "thr_delete_typed", "thr_delete_plain"),
 )
+# ext4's per-page reservation: plain only (its one pointer is read once).
+EXT4_RAW_TPS = (("ext4_da_reserve_space", "", "thr_ext4_reserve"),)
+
+# The per-page threshold programs, by the hook group fsev/thr_gate.py switches
+# them in: attached only while some mount is near a level.
+GATED_PROGRAMS: dict[str, Hook] = {
+    "thr_lru_typed": Hook.SHMEM_CHARGE, "thr_lru_plain": Hook.SHMEM_CHARGE, "kp_thr_shmem_acct": Hook.SHMEM_CHARGE,
+    "thr_delete_typed": Hook.SHMEM_FREE, "thr_delete_plain": Hook.SHMEM_FREE, "kp_thr_shmem_unacct": Hook.SHMEM_FREE,
+    "thr_ext4_reserve": Hook.EXT4_CHARGE,
+}
 
 
 def raw_tracepoint_attachments(plan: Plan, config: ProgramConfig) -> list[tuple[str, str, str]]:
-    """(tracepoint, typed BPF function, plain BPF function) the loader attaches
-    itself (bcc attaches the RAW_TRACEPOINT_PROBE ones as it loads them)."""
-    r = plan.rung(ProbePoint.THR_TMPFS)
-    if r is None or r.kind is not RungKind.RAW_TRACEPOINT or ProbePoint.THR_TMPFS not in config.thr_points:
-        return []
-    return list(TMPFS_RAW_TPS)
+    """(tracepoint, typed BPF function or "", plain BPF function) the loader
+    attaches itself (bcc attaches the RAW_TRACEPOINT_PROBE ones as it loads them)."""
+    out: list[tuple[str, str, str]] = []
+    for point, tps in ((ProbePoint.THR_TMPFS, TMPFS_RAW_TPS), (ProbePoint.THR_EXT4, EXT4_RAW_TPS)):
+        r = plan.rung(point)
+        if r is not None and r.kind is RungKind.RAW_TRACEPOINT and point in config.thr_points:
+            out += tps
+    return out
 
 
 def kprobe_attachments(plan: Plan, config: ProgramConfig) -> list[tuple[str, str]]:

@@ -20,7 +20,8 @@ from .unmounts import UnmountTracker
 from .kernel_facts import KernelFacts, gather
 from .mountinfo import Mount, MountTable
 from .plan import ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, Plan, ProbePoint, RungKind, plan_probes
-from .program import ProgramConfig, bpf_dir, kprobe_attachments, raw_tracepoint_attachments, required_offsets, source
+from .program import (GATED_PROGRAMS, ProgramConfig, bpf_dir, kprobe_attachments, raw_tracepoint_attachments,
+                      required_offsets, source)
 from .records import RECORD_SIZE, RecordClass, kernel_dev
 from .ringbuf import PAGE
 from .thr_monitor import ThresholdMonitor
@@ -75,7 +76,7 @@ def raw_tracepoints(plan: Plan, config: ProgramConfig) -> list[tuple[str, str, s
     from .btf import BtfError, resolve
 
     try:
-        ids = resolve([f"tp_btf:{tp}" for tp, _, _ in attach])
+        ids = resolve([f"tp_btf:{tp}" for tp, typed, _ in attach if typed])
     except BtfError:
         ids = {}
     return [(tp, typed, plain, ids.get(f"tp_btf:{tp}")) for tp, typed, plain in attach]
@@ -125,10 +126,10 @@ class TraceSession:
         config = program_config(self.opts)
         self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record,
                                     ringbuf_bytes=self.opts.ringbuf_pages * PAGE, batch=RECORD_BATCH,
-                                    raw_tps=raw_tracepoints(self.plan, config))
+                                    raw_tps=raw_tracepoints(self.plan, config), gated=GATED_PROGRAMS)
         if self.opts.thresholds:
             self._thr = ThresholdMonitor(self.opts.thresholds, self.clock, self._probes.write_thr_state,
-                                         catch_up=self._catch_up_hints)
+                                         catch_up=self._catch_up_hints, hooks=self._probes)
         if not self.opts.watch_all:
             self._probes.watch_devs([kernel_dev(m.major, m.minor) for m in self.opts.mounts])
             self._probes.watch_paths([m.mount_point for m in self.opts.mounts])

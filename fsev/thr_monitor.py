@@ -10,7 +10,10 @@ statfs would not show. Statfs is read:
 - every POLL_NEAR_S while a charge the kernel cannot see yet (ArmedMount.lag:
   tmpfs folios batched before the LRU) could cross the next level down;
 - every POLL_S on polled mounts, in one thread per mount, so a filesystem
-  whose statfs hangs (a dead NFS server) stalls only its own thread.
+  whose statfs hangs (a dead NFS server) stalls only its own thread;
+- on kernel-rung mounts, as fsev/thr_gate.py asks, to attach the per-page
+  hooks only near a level (a crossing such a sample finds while the hook was
+  detached is reported without a pid: no kernel event saw its cause).
 Statfs of tmpfs and ext4 (the kernel rungs) only sums counters in memory: it
 runs inline.
 """
@@ -23,11 +26,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from .decode import Clock
+from .errors import FsevError
 from .events import Event, EventClass, EventType
+from . import thr_gate
 from .records import ThrState
+from .thr_gate import Hook
 from .thresholds import Crossing, ThresholdState
 from .thresholds_kernel import ArmedMount, StatfsResult
 
@@ -39,6 +45,14 @@ STATFS_TIMEOUT_S = 2.0
 
 StateWriter = Callable[[int, ThrState], None]
 Statfs = Callable[[str], StatfsResult]
+
+
+class HookSwitch(Protocol):
+    """Attaches and detaches groups of per-page programs (fsev/bpf_loader.py)."""
+
+    def gated_hooks(self) -> frozenset[Hook]: ...
+
+    def set_hook(self, hook: Hook, on: bool) -> None: ...
 
 
 @dataclass
@@ -123,6 +137,15 @@ class _Watch:
     last_avail: int = 0
     poller: PolledStatfs | None = None
     said_stalled: bool = False
+    # Gated hooks (kernel rungs): the next statfs for the gate, the sample
+    # before (monotonic s, avail) for the rate, and whether the charge hook
+    # has been attached since the last switch (else a crossing down that a
+    # sample finds has no known cause).
+    gate_next: float = 0.0
+    prev_t: float = 0.0
+    prev_avail: int = 0
+    gate_rate: float = 0.0  # blocks/s the free space may fall at (thr_gate.rate_blocks)
+    watched_down: bool = True
 
     def lag_near(self) -> bool:
         """Could charges the kernel has not seen yet reach the next level down?"""
@@ -144,6 +167,8 @@ class ThresholdMonitor:
         notice: Callable[[str], None] | None = None,
         poll_interval: float = POLL_S,
         catch_up: Callable[[], None] | None = None,
+        hooks: HookSwitch | None = None,
+        rate_bound: int | None = None,
     ) -> None:
         self.clock = clock
         self._write_state = write_state
@@ -157,11 +182,19 @@ class ThresholdMonitor:
         self._by_key: dict[int, _Watch] = {}
         for a in armed:
             self._add(a)
+        # Per-page hooks the loader can detach; without a switch all stay on.
+        self._hooks = hooks
+        self._gated = hooks.gated_hooks() if hooks is not None else frozenset()
+        self._on: set[Hook] = set(self._gated)  # the loader attached them all
+        self._failed: set[Hook] = set()  # the kernel refused to re-attach: statfs only
+        self._rate_bound = rate_bound if rate_bound is not None else thr_gate.rate_bound()
+        if self._gated:
+            self._switch(time.monotonic())
 
     def _add(self, a: ArmedMount) -> None:
         # Start in the state the filesystem is in, silently: crossings, not levels, are events.
         avail = int(self._statfs(a.mount.mount_point).f_bavail)
-        w = _Watch(a, ThresholdState(a.levels, avail), last_avail=avail)
+        w = _Watch(a, ThresholdState(a.levels, avail), last_avail=avail, prev_t=time.monotonic(), prev_avail=avail)
         if a.polled:
             w.poller = PolledStatfs(a.mount.mount_point, self._poll_interval, self._statfs)
         elif self._write_state is not None:
@@ -197,11 +230,21 @@ class ThresholdMonitor:
             elif w.confirm_now:
                 t = 0.0
             elif now < w.poll_until or w.lag_near():
-                t = max(0.0, w.next_poll - now)
+                t = max(0.0, min(w.next_poll, self._gate_due(w)) - now)
+            elif self._gate_due(w) < float("inf"):
+                t = max(0.0, self._gate_due(w) - now)
             else:
                 continue
             due = t if due is None else min(due, t)
         return due
+
+    def _gate_due(self, w: _Watch) -> float:
+        return w.gate_next if self._gated else float("inf")
+
+    @property
+    def hooks_on(self) -> frozenset[Hook]:
+        """The gated hooks attached now."""
+        return frozenset(self._on)
 
     def events(self, now: float | None = None) -> Iterator[Event]:
         now = time.monotonic() if now is None else now
@@ -209,12 +252,15 @@ class ThresholdMonitor:
             if w.poller is not None:
                 yield from self._polled(w, now)
                 continue
-            if not (w.confirm_now or ((now < w.poll_until or w.lag_near()) and now >= w.next_poll)):
+            near = (now < w.poll_until or w.lag_near()) and now >= w.next_poll
+            if not (w.confirm_now or near or now >= self._gate_due(w)):
                 continue
             w.confirm_now = False
             w.next_poll = now + POLL_NEAR_S
             avail = int(self._statfs(w.armed.mount.mount_point).f_bavail)
             yield from self._sample(w, avail, time.monotonic_ns())
+        if self._gated:
+            self._switch(now)
 
     def _polled(self, w: _Watch, now: float) -> Iterator[Event]:
         assert w.poller is not None
@@ -252,9 +298,79 @@ class ThresholdMonitor:
         for c in crossings:
             yield self._event(w, c, ts_ns)
 
+    # -- gated per-page hooks (fsev/thr_gate.py) ---------------------------
+    def _rate(self, w: _Watch, now: float) -> float:
+        """Blocks/s the free space may fall at, from the bound and the last two gate samples."""
+        dt = now - w.prev_t
+        observed = (w.prev_avail - w.last_avail) / dt if dt > 0 else 0.0
+        return thr_gate.rate_blocks(self._rate_bound, w.armed.block_size, max(observed, 0.0))
+
+    def _switch(self, now: float) -> None:
+        """Attach the hooks some mount is near a level for, detach the others;
+        plan each kernel mount's next gate statfs (never later than planned
+        before: events() runs far more often than a gate sample is due)."""
+        want: set[Hook] = set()
+        plans: list[tuple[_Watch, bool, int, int]] = []  # (watch, gate sample due, distance, reach)
+        for w in self._watches:
+            if w.armed.polled:
+                continue
+            charge, free = thr_gate.CHARGE_HOOK.get(w.armed.kind), thr_gate.FREE_HOOK.get(w.armed.kind)
+            due = now >= w.gate_next  # events() just took the gate sample (or none yet)
+            if due:
+                w.gate_rate = self._rate(w, now)
+                w.prev_t, w.prev_avail = now, w.last_avail
+            r = thr_gate.reach(w.gate_rate, w.armed.band, w.armed.lag)
+            lv = w.armed.levels
+            d = thr_gate.distance(lv.as_list(), lv.hysteresis, w.last_avail)
+            if charge is not None and thr_gate.charge_needed(d, r, charge in self._on):
+                want.add(charge)
+            if free is not None and thr_gate.free_needed(w.machine.depth, d, r, free in self._on):
+                want.add(free)
+            plans.append((w, due, d, r))
+        want &= self._gated - self._failed
+        for hook in sorted(want - self._on, key=lambda h: h.value):
+            self._reset_shares(hook)
+            self._set(hook, True)
+        for hook in sorted(self._on - want, key=lambda h: h.value):
+            self._set(hook, False)
+        for w, due, d, r in plans:
+            charge = thr_gate.CHARGE_HOOK.get(w.armed.kind)
+            # not gated: attached for good; refused by the kernel: never again
+            attached = charge not in self._gated or charge in self._on
+            w.watched_down = attached
+            t = now + thr_gate.next_sample_s(d, r, w.gate_rate, attached)
+            w.gate_next = t if due else min(w.gate_next, t)
+
+    def _set(self, hook: Hook, on: bool) -> None:
+        """Switch one hook group. A kernel that refuses leaves it detached, and
+        its mounts near a level are then read by statfs every POLL_MIN_S."""
+        assert self._hooks is not None
+        try:
+            self._hooks.set_hook(hook, on)
+        except (FsevError, OSError) as e:
+            self._failed.add(hook)
+            self._on.discard(hook)
+            self._notice(f"{e}; thresholds there go on from statfs alone (no pid)")
+            return
+        if on:
+            self._on.add(hook)
+        else:
+            self._on.discard(hook)
+
+    def _reset_shares(self, hook: Hook) -> None:
+        """Detached, a hook spent no budget: the per-CPU shares the kernel holds
+        are stale. Rewriting the state gives every CPU a new generation."""
+        if self._write_state is None:
+            return
+        for w in self._watches:
+            kind = w.armed.kind
+            if not w.armed.polled and hook in (thr_gate.CHARGE_HOOK.get(kind), thr_gate.FREE_HOOK.get(kind)):
+                self._write_state(w.armed.key, w.armed.state(w.machine.depth))
+
     def _event(self, w: _Watch, c: Crossing, ts_ns: int) -> Event:
         m = w.armed.mount
-        cause = w.cause if not w.armed.polled else _Cause()
+        known = not w.armed.polled and (c.direction != "down" or w.watched_down)
+        cause = w.cause if known else _Cause()
         return Event(
             seq=0, ts_ns=ts_ns, wall_time=self.clock.wall(ts_ns), cls=EventClass.THR,
             type=EventType.THRESHOLD, rung=w.armed.rung.value, dev=m.dev, mount_point=m.mount_point,

@@ -62,6 +62,11 @@ class ArmedMount:
         return self.rung is RungKind.POLLED
 
     @property
+    def kind(self) -> ThrKind:
+        """Which kernel accounting the rung reads (NONE when polled)."""
+        return ThrKind.NONE if self.polled else _KIND[self.point]
+
+    @property
     def key(self) -> int:
         """Kernel dev_t of the superblock: the thr_slot key, and how hints name it."""
         return kernel_dev(self.mount.major, self.mount.minor)
@@ -82,7 +87,8 @@ class ArmedMount:
             text += f", hysteresis {lv.hysteresis}"
         if self.polled:
             return f"{text}; polled (statfs)"
-        return f"{text}; {self.rung.value}, confirmed by statfs, band {self.band} blocks"
+        return (f"{text}; {self.rung.value}, confirmed by statfs, band {self.band} blocks; "
+                "per-page hooks attached only near a level")
 
 
 def percpu_batch(online_cpus: int) -> int:

@@ -216,6 +216,76 @@ def test_a_writer_busy_while_fsev_arms_is_seen(monkeypatch):
     assert crossings[0].avail_blocks <= 10000
 
 
+@pytest.mark.parametrize("kind", ["tmpfs", "ext4"])
+def test_per_page_hooks_attach_only_near_a_level(kind, monkeypatch):
+    """Far from its levels a mount has no per-page program attached (any costs
+    the writer the kernel's dispatch). A writer within the rate bound
+    (FSEV_THR_RATE here) meets the hook attached at L1 and is named; just
+    below L1 the hooks stay (a level is crossed back and forth); once `rm`
+    has taken the mount far above L1 again, they go."""
+    from fsev.events import EventType
+    from fsev.mountinfo import MountTable
+    from fsev.plan import plan_probes
+    from fsev.session import TraceOptions, TraceSession, kernel_facts
+    from fsev.thr_gate import Hook
+    from fsev.thresholds import parse_thr
+    from fsev.thresholds_kernel import arm_thresholds
+
+    monkeypatch.setenv("FSEV_THR_RATE", str(128 << 20))
+    charge = Hook.SHMEM_CHARGE if kind == "tmpfs" else Hook.EXT4_CHARGE
+    ctx = tmpfs("256m") if kind == "tmpfs" else ext4(size_mb=256)
+    with ctx as fs:
+        mp = fs if kind == "tmpfs" else fs.mount_point
+        l1 = os.statvfs(mp).f_bavail - 25_000  # ~100 MiB to write
+        m = MountTable.read().by_mount_point(mp)
+        session = TraceSession(TraceOptions(mounts=[m], thresholds=arm_thresholds(
+            plan_probes(kernel_facts()), [m], parse_thr(f"{l1},{l1 // 8}"))))
+        switches: list[tuple[float, Hook, bool]] = []
+        crossings: list = []
+
+        def wait(cond, timeout: float = 5.0) -> None:
+            deadline = time.monotonic() + timeout
+            while not cond() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        try:
+            session.start()
+            probes = session._probes
+            assert probes is not None and charge in probes.gated_hooks()
+            assert probes.hooks_on == frozenset()  # far from both levels
+            real = probes.set_hook
+
+            def spy(hook, on):
+                switches.append((time.monotonic(), hook, on))
+                real(hook, on)
+
+            probes.set_hook = spy
+            consumer = threading.Thread(target=lambda: crossings.extend(
+                e for e in session.events(until=time.monotonic() + 60) if e.type is EventType.THRESHOLD), daemon=True)
+            consumer.start()
+            f = os.path.join(mp, "fill")
+            w = subprocess.Popen([sys.executable, "-c", WRITER.replace("65536", "1048576"), f, str(l1), "0.01"],
+                                 stdout=subprocess.PIPE, text=True)
+            out, _ = w.communicate(timeout=120)
+            assert w.returncode == 0 and int(out) < l1
+            wait(lambda: len(crossings) >= 1)
+            time.sleep(0.3)  # a slow gate statfs or two
+            near = probes.hooks_on
+            rm = subprocess.Popen(["rm", f])
+            assert rm.wait() == 0
+            wait(lambda: len(crossings) >= 2)
+            wait(lambda: probes.hooks_on == frozenset(), timeout=2.0)
+            far = probes.hooks_on
+        finally:
+            session.stop()
+            session.close()
+    assert [(c.level, c.direction, c.pid) for c in crossings] == [("L1", "down", w.pid), ("L1", "up", rm.pid)]
+    attached = [t for t, h, on in switches if h is charge and on]
+    assert attached and attached[0] < crossings[0].ts_ns / 1e9, switches  # before the crossing was confirmed
+    assert charge in near and (Hook.SHMEM_FREE in near) == (kind == "tmpfs"), (near, switches)
+    assert far == frozenset(), (far, switches)
+
+
 def test_a_stale_cached_mapping_never_hides_a_crossing():
     """With one tmpfs watched, each CPU caches the last mapping seen on it. Its
     file deleted, the inode's memory may serve a file of another tmpfs: that

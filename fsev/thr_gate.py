@@ -1,0 +1,109 @@
+"""Which per-page threshold hooks must be attached now: only those near a level.
+
+Any BPF program on a per-page tracepoint (mm_lru_insertion,
+ext4_da_reserve_space) or kprobe costs the writer the kernel's dispatch, even
+an empty one: about 28 ns per 4 KiB folio here, 2 % of a tmpfs write's CPU
+(bench/results/thresholds.json). Far from a level no page can make a
+crossing, so fsev detaches those hooks there and reads statfs instead, more
+often as the available blocks approach a level, and attaches them again a
+lead ahead of it (on either side of it: see distance()):
+
+    reach = rate x LEAD_S + band + lag          (blocks)
+
+`rate` is the fastest the free space is assumed to fall: RATE_BOUND bytes/s,
+or OBSERVED_MARGIN x what the previous two samples showed when that is
+faster (a writer still speeding up). LEAD_S
+covers the attach (0.3-20 ms measured on this VM: text patching and an RCU
+grace period) and the lateness of a poll; band and lag are the kernel
+estimate's own error (fsev/thresholds_kernel.py). While detached, the next
+statfs comes when a writer at `rate` could have reached the reach, at most
+POLL_MAX_S later: so a writer no faster than `rate` always meets the hook
+attached. A faster one crosses unseen by the kernel; the next statfs still
+confirms the crossing (late by less than one poll), without a pid.
+
+Hooks of frees (tmpfs's page-cache deletes, shmem's un-charge) matter only
+below L1, where a free can re-arm a level: attached while a mount of their
+kind is below L1, and kept while it is near a level. The other ext4 hooks fire per extent, not per page: always
+attached.
+
+Pure functions here; fsev/thr_monitor.py samples statfs and switches.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+
+from .records import ThrKind
+
+RATE_BOUND = 4 << 30  # bytes/s: a single writer into the page cache, with room
+LEAD_S = 0.05
+POLL_MIN_S = 0.002
+POLL_MAX_S = 0.1
+OFF_FACTOR = 2  # detach only beyond OFF_FACTOR x reach: no flapping at the edge
+OBSERVED_MARGIN = 1.25
+RATE_ENV = "FSEV_THR_RATE"  # bytes/s instead of RATE_BOUND (tests; hosts that write faster)
+
+
+class Hook(enum.Enum):
+    """A group of per-page programs attached and detached together."""
+
+    SHMEM_CHARGE = "tmpfs charge"
+    SHMEM_FREE = "tmpfs free"
+    EXT4_CHARGE = "ext4 reservation"
+
+
+CHARGE_HOOK = {ThrKind.SHMEM: Hook.SHMEM_CHARGE, ThrKind.EXT4: Hook.EXT4_CHARGE}
+FREE_HOOK = {ThrKind.SHMEM: Hook.SHMEM_FREE}
+
+
+def rate_bound(environ: dict[str, str] | None = None) -> int:
+    """RATE_BOUND, or FSEV_THR_RATE when set to a positive number of bytes/s."""
+    text = (os.environ if environ is None else environ).get(RATE_ENV, "")
+    try:
+        v = int(text)
+    except ValueError:
+        return RATE_BOUND
+    return v if v > 0 else RATE_BOUND
+
+
+def rate_blocks(bound_bytes: int, block_size: int, observed_blocks_s: float = 0.0) -> float:
+    """Blocks per second the free space is assumed able to fall at."""
+    return max(bound_bytes / max(block_size, 1), OBSERVED_MARGIN * observed_blocks_s)
+
+
+def reach(rate_blocks_s: float, band: int, lag: int) -> int:
+    """Blocks above a level within which the charge hook must be attached."""
+    return math.ceil(rate_blocks_s * LEAD_S) + band + lag
+
+
+def distance(levels: list[int], hysteresis: int, avail: int) -> int:
+    """Blocks from avail to the nearest level, on either side: 0 between a level
+    and its re-arm point (level + hysteresis). Either side, because a mount
+    that hovers at a level crosses it back and forth: detaching there would
+    make every crossing pay an attach (milliseconds, in fsev's main loop)."""
+    return min(max(lv - avail, avail - (lv + hysteresis), 0) for lv in levels)
+
+
+def charge_needed(dist: int, reach_blocks: int, attached: bool) -> bool:
+    """Attach within reach of a level; once attached, stay until OFF_FACTOR x reach."""
+    return dist <= (OFF_FACTOR * reach_blocks if attached else reach_blocks)
+
+
+def free_needed(depth: int, dist: int, reach_blocks: int, attached: bool) -> bool:
+    """Below L1 a free can re-arm a level; once attached, it stays while the
+    mount is near a level (for the same reason as charge_needed's)."""
+    return depth > 0 or (attached and dist <= OFF_FACTOR * reach_blocks)
+
+
+def next_sample_s(dist: int, reach_blocks: int, rate_blocks_s: float, attached: bool) -> float:
+    """Seconds until the next statfs of a mount: soon enough that a writer at
+    rate cannot pass the reach before it. With the hook attached hints drive
+    statfs; the slow poll only notices when to detach."""
+    if attached:
+        return POLL_MAX_S
+    ahead = dist - reach_blocks
+    if ahead <= 0:
+        return POLL_MIN_S
+    return min(POLL_MAX_S, max(POLL_MIN_S, ahead / max(rate_blocks_s, 1.0)))

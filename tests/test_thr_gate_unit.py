@@ -1,0 +1,218 @@
+"""Per-page threshold hooks attached only near a level (fsev/thr_gate.py), without a kernel.
+
+The monitor is driven through simulated time: a writer takes blocks at a
+steady rate, the monitor wakes when due_in() says, and a fake switch stands
+in for the loader (tests/test_thresholds_kernel.py does the same on the
+real kernel).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from fsev import thr_gate
+from fsev.decode import Clock
+from fsev.errors import FsevError
+from fsev.events import Event, EventClass, EventType
+from fsev.kernel_facts import KernelFacts
+from fsev.mountinfo import Mount
+from fsev.plan import EXT4_THR_TRACEPOINTS, SHMEM_TRACEPOINTS, plan_probes
+from fsev.thr_gate import Hook
+from fsev.thr_monitor import ThresholdMonitor
+from fsev.thresholds import parse_thr
+from fsev.thresholds_kernel import arm_thresholds
+
+BLOCK = 4096
+TOTAL = 1_000_000
+BOUND_BLOCKS = 10_000  # blocks/s the tests give as the rate bound
+GATED = frozenset({Hook.SHMEM_CHARGE, Hook.SHMEM_FREE})
+
+
+@dataclass
+class Statfs:
+    f_bavail: int
+    f_frsize: int = BLOCK
+    f_blocks: int = TOTAL
+
+
+class Disk:
+    def __init__(self, avail: int) -> None:
+        self.avail = avail
+        self.calls = 0
+
+    def __call__(self, path: str) -> Statfs:
+        self.calls += 1
+        return Statfs(self.avail)
+
+
+class Switch:
+    """The loader's side: which hooks are attached; a log shared with write_state."""
+
+    def __init__(self, log: list, refuse: bool = False) -> None:
+        self.on: set[Hook] = set(GATED)
+        self.log = log
+        self.refuse = refuse
+
+    def gated_hooks(self) -> frozenset[Hook]:
+        return GATED
+
+    def set_hook(self, hook: Hook, on: bool) -> None:
+        if on and self.refuse:
+            raise FsevError(f"attaching the {hook.value} hooks failed: Operation not permitted")
+        self.log.append(("hook", hook, on))
+        (self.on.add if on else self.on.discard)(hook)
+
+
+def monitor(disk: Disk, switch: Switch, levels: str = "500000,250000", notes: list | None = None) -> ThresholdMonitor:
+    facts = KernelFacts(release="test", kprobes=False, kprobes_why_not="no kprobes", kprobe_functions=frozenset(),
+                        tracepoints=frozenset(SHMEM_TRACEPOINTS + EXT4_THR_TRACEPOINTS))
+    m = Mount(40, 1, 0, 40, "/", "/m", ("rw",), "tmpfs", "tmpfs", ())
+    armed = arm_thresholds(plan_probes(facts), [m], parse_thr(levels), statfs=disk, cpus=2)
+    return ThresholdMonitor(armed, Clock(), lambda key, st: switch.log.append(("state", key, st.depth)),
+                            statfs=disk, hooks=switch, rate_bound=BOUND_BLOCKS * BLOCK,
+                            notice=(notes.append if notes is not None else None))
+
+
+def hint(pid: int) -> Event:
+    return Event(seq=0, ts_ns=1, wall_time=0.0, cls=EventClass.THR, type=EventType.THRESHOLD,
+                 rung="raw_tracepoint", dev="0:40", pid=pid, tgid=pid, comm="writer")
+
+
+def run_writer(mon: ThresholdMonitor, disk: Disk, switch: Switch, rate: float, until: int,
+               t0: float) -> tuple[list[Event], list[tuple[float, int]]]:
+    """Take `rate` blocks/s from disk.avail until `until`; the kernel's hint (pid
+    3999942) comes at a level only while the charge hook is attached. Returns the
+    events and (time, avail) at every wake-up of the monitor."""
+    start, t, evs, wakes = disk.avail, t0, [], []
+    levels = [500_000, 250_000]
+    while disk.avail > until:
+        due = mon.due_in(t)
+        step = 0.1 if due is None else max(due, 1e-4)
+        before = disk.avail
+        t += step
+        disk.avail = max(until, int(start - rate * (t - t0)))
+        crossed = any(before > lv >= disk.avail for lv in levels)
+        if crossed and Hook.SHMEM_CHARGE in switch.on:
+            mon.on_hint(hint(3999942), now=t)
+        wakes.append((t, disk.avail))
+        evs += list(mon.events(now=t))
+    return evs, wakes
+
+
+def test_reach_and_poll_interval_arithmetic():
+    rate = thr_gate.rate_blocks(BOUND_BLOCKS * BLOCK, BLOCK)
+    assert rate == BOUND_BLOCKS
+    assert thr_gate.rate_blocks(BOUND_BLOCKS * BLOCK, BLOCK, observed_blocks_s=40_000) == 50_000
+    r = thr_gate.reach(rate, band=126, lag=62)
+    assert r == 500 + 126 + 62  # 50 ms at the rate, plus the estimate's error
+    assert thr_gate.distance([1000, 500], 0, 1200) == 200
+    assert thr_gate.distance([1000, 500], 0, 700) == 200  # between the levels: the nearer one
+    assert thr_gate.distance([1000, 500], 0, 100) == 400  # below L2 too: it may be crossed back
+    assert thr_gate.distance([1000], 50, 1030) == 0  # between a level and its re-arm point
+    assert thr_gate.distance([1000], 50, 1070) == 20
+    assert thr_gate.charge_needed(r, r, attached=False) and not thr_gate.charge_needed(r + 1, r, attached=False)
+    assert thr_gate.charge_needed(2 * r, r, attached=True) and not thr_gate.charge_needed(2 * r + 1, r, attached=True)
+    assert thr_gate.next_sample_s(r + 50, r, rate, attached=False) == 0.005  # 50 blocks at 10k/s
+    assert thr_gate.next_sample_s(10**9, r, rate, attached=False) == thr_gate.POLL_MAX_S
+    assert thr_gate.next_sample_s(r - 1, r, rate, attached=False) == thr_gate.POLL_MIN_S
+
+
+@pytest.mark.parametrize("text, want", [("", thr_gate.RATE_BOUND), ("1048576", 1 << 20), ("fast", thr_gate.RATE_BOUND),
+                                        ("-5", thr_gate.RATE_BOUND)])
+def test_rate_bound_from_the_environment(text, want):
+    assert thr_gate.rate_bound({thr_gate.RATE_ENV: text}) == want
+
+
+def test_far_from_every_level_the_per_page_hooks_are_detached():
+    log: list = []
+    disk, switch = Disk(900_000), Switch(log)
+    mon = monitor(disk, switch)
+    assert switch.on == set() and mon.hooks_on == frozenset()
+    assert log == [("state", 40, 0), ("hook", Hook.SHMEM_CHARGE, False), ("hook", Hook.SHMEM_FREE, False)]
+    # 400k blocks from L1 at 10k blocks/s: the next statfs may wait the longest interval
+    assert mon.due_in(time.monotonic()) == pytest.approx(thr_gate.POLL_MAX_S, abs=0.01)
+
+
+def test_a_writer_within_the_rate_bound_meets_the_hook_attached_and_is_named():
+    log: list = []
+    disk, switch = Disk(600_000), Switch(log)
+    mon = monitor(disk, switch)
+    t0 = time.monotonic()
+    evs, wakes = run_writer(mon, disk, switch, rate=8_000, until=480_000, t0=t0)
+    assert [(e.level, e.direction, e.pid) for e in evs] == [("L1", "down", 3999942)]
+    on = [i for i, x in enumerate(log) if x == ("hook", Hook.SHMEM_CHARGE, True)]
+    assert on, log
+    # the shares were reset just before the attach (a detached hook spent none)
+    assert log[on[0] - 1][0] == "state"
+    # past L1 the next level is 230k blocks away: charge off again, frees on (depth 1)
+    assert switch.on == {Hook.SHMEM_FREE}
+    # far away the monitor slept: far fewer statfs than 2 ms polling would take
+    span = wakes[-1][0] - t0
+    assert disk.calls < span / thr_gate.POLL_MIN_S / 4, (disk.calls, span)
+
+
+def test_a_writer_faster_than_the_bound_is_reported_late_without_a_pid():
+    log: list = []
+    disk, switch = Disk(520_000), Switch(log)
+    mon = monitor(disk, switch)
+    t0 = time.monotonic()
+    evs, wakes = run_writer(mon, disk, switch, rate=2_000_000, until=400_000, t0=t0)
+    [ev] = evs
+    assert (ev.level, ev.direction, ev.pid) == ("L1", "down", None)
+    crossed_at = t0 + (520_000 - 500_000) / 2_000_000
+    seen_at = next(t for t, a in wakes if a <= 500_000)
+    assert seen_at - crossed_at <= thr_gate.POLL_MAX_S
+
+
+def test_frees_are_hooked_only_below_l1():
+    log: list = []
+    disk, switch = Disk(490_000), Switch(log)  # starts below L1, far above L2
+    mon = monitor(disk, switch)
+    assert switch.on == {Hook.SHMEM_FREE}
+    t = time.monotonic()
+    disk.avail = 900_000  # a big delete; its settle hint makes the monitor look
+    mon.on_hint(Event(seq=0, ts_ns=1, wall_time=0.0, cls=EventClass.THR, type=EventType.THRESHOLD,
+                      rung="raw_tracepoint", dev="0:40", pid=3999977, tgid=3999977, comm="rm", extra={"settle": True}), now=t)
+    [ev] = list(mon.events(now=t))
+    assert (ev.level, ev.direction, ev.pid) == ("L1", "up", 3999977)
+    assert switch.on == set()
+
+
+def test_a_kernel_that_refuses_to_reattach_leaves_statfs_alone():
+    log: list = []
+    notes: list[str] = []
+    disk, switch = Disk(600_000), Switch(log, refuse=True)
+    mon = monitor(disk, switch, notes=notes)
+    t0 = time.monotonic()
+    evs, wakes = run_writer(mon, disk, switch, rate=8_000, until=495_000, t0=t0)
+    # one line per hook group the kernel refused, once: charge near L1, then frees below it
+    assert [n.split(" hooks")[0] for n in notes] == ["attaching the tmpfs charge", "attaching the tmpfs free"], notes
+    assert all("statfs alone" in n for n in notes)
+    [ev] = evs
+    assert (ev.level, ev.direction, ev.pid) == ("L1", "down", None)
+    # near the level statfs is read every POLL_MIN_S: seen within that of the crossing
+    crossed_at = t0 + (600_000 - 500_000) / 8_000
+    seen_at = next(t for t, a in wakes if a <= 500_000)
+    assert seen_at - crossed_at <= thr_gate.POLL_MIN_S + 1e-3
+
+
+def test_a_mount_hovering_at_a_level_keeps_its_hooks():
+    """Crossing L1 back and forth must not detach and re-attach on every crossing
+    (an attach holds fsev's loop for milliseconds): near a level is either side."""
+    log: list = []
+    disk, switch = Disk(500_300), Switch(log)
+    mon = monitor(disk, switch)
+    assert switch.on == {Hook.SHMEM_CHARGE, Hook.SHMEM_FREE}  # within reach of L1: both kept
+    t = time.monotonic()
+    got = []
+    for i in range(10):
+        t += 0.01
+        disk.avail = 499_900 if i % 2 == 0 else 500_200
+        mon.on_hint(hint(3999942), now=t)
+        got += [(e.level, e.direction) for e in mon.events(now=t)]
+    assert got == [("L1", "down"), ("L1", "up")] * 5
+    assert [x for x in log if x[0] == "hook"] == []
+    assert switch.on == {Hook.SHMEM_CHARGE, Hook.SHMEM_FREE}
