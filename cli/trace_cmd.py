@@ -65,6 +65,7 @@ def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozens
     from fsev.events import EventClass
     from fsev.plan import plan_probes
     from fsev.session import kernel_facts
+    from fsev.thr_gate import rate_bound
     from fsev.thresholds import parse_hysteresis
     from fsev.thresholds_kernel import arm_thresholds
 
@@ -81,6 +82,7 @@ def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozens
         raise FsevError("--thr needs --mount: free-space levels are set per mount")
     if EventClass.THR not in classes:
         raise FsevError("--thr with --events that leave out thr would never show a crossing: add thr")
+    rate_bound()  # FSEV_THR_RATE, checked before anything is compiled
     try:
         return arm_thresholds(plan_probes(kernel_facts()), mounts, spec, hyst)
     except ThresholdError as e:

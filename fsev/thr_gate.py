@@ -2,7 +2,7 @@
 
 Any BPF program on a per-page tracepoint (mm_lru_insertion,
 ext4_da_reserve_space) or kprobe costs the writer the kernel's dispatch, even
-an empty one: about 28 ns per 4 KiB folio here, 2 % of a tmpfs write's CPU
+an empty one: 17-46 ns per 4 KiB page here, about 2 % of a tmpfs write's CPU
 (bench/results/thresholds.json). Far from a level no page can make a
 crossing, so fsev detaches those hooks there and reads statfs instead, more
 often as the available blocks approach a level, and attaches them again a
@@ -12,19 +12,19 @@ lead ahead of it (on either side of it: see distance()):
 
 `rate` is the fastest the free space is assumed to fall: RATE_BOUND bytes/s,
 or OBSERVED_MARGIN x what the previous two samples showed when that is
-faster (a writer still speeding up). LEAD_S
-covers the attach (0.3-20 ms measured on this VM: text patching and an RCU
-grace period) and the lateness of a poll; band and lag are the kernel
-estimate's own error (fsev/thresholds_kernel.py). While detached, the next
-statfs comes when a writer at `rate` could have reached the reach, at most
-POLL_MAX_S later: so a writer no faster than `rate` always meets the hook
-attached. A faster one crosses unseen by the kernel; the next statfs still
-confirms the crossing (late by less than one poll), without a pid.
+faster (a writer still speeding up). LEAD_S covers the attach (0.3-35 ms
+measured on this VM: text patching, and an RCU grace period after a recent
+detach) and the lateness of a poll; band and lag are the kernel estimate's
+own error (fsev/thresholds_kernel.py). While detached, the next statfs comes
+when a writer at `rate` could have reached the reach, at most POLL_MAX_S
+later: so a writer no faster than `rate` always meets the hook attached. A
+faster one crosses unseen by the kernel; the next statfs still confirms the
+crossing (late by less than one poll), without a pid.
 
 Hooks of frees (tmpfs's page-cache deletes, shmem's un-charge) matter only
 below L1, where a free can re-arm a level: attached while a mount of their
-kind is below L1, and kept while it is near a level. The other ext4 hooks fire per extent, not per page: always
-attached.
+kind is below L1, and kept while it is near a level. The other ext4 hooks
+fire per extent, not per page: always attached.
 
 Pure functions here; fsev/thr_monitor.py samples statfs and switches.
 """
@@ -35,6 +35,7 @@ import enum
 import math
 import os
 
+from .errors import FsevError
 from .records import ThrKind
 
 RATE_BOUND = 4 << 30  # bytes/s: a single writer into the page cache, with room
@@ -42,7 +43,7 @@ LEAD_S = 0.05
 POLL_MIN_S = 0.002
 POLL_MAX_S = 0.1
 OFF_FACTOR = 2  # detach only beyond OFF_FACTOR x reach: no flapping at the edge
-OBSERVED_MARGIN = 1.25
+OBSERVED_MARGIN = 1.25  # over the last observed fall: a writer still speeding up
 RATE_ENV = "FSEV_THR_RATE"  # bytes/s instead of RATE_BOUND (tests; hosts that write faster)
 
 
@@ -59,13 +60,18 @@ FREE_HOOK = {ThrKind.SHMEM: Hook.SHMEM_FREE}
 
 
 def rate_bound(environ: dict[str, str] | None = None) -> int:
-    """RATE_BOUND, or FSEV_THR_RATE when set to a positive number of bytes/s."""
-    text = (os.environ if environ is None else environ).get(RATE_ENV, "")
+    """RATE_BOUND, or FSEV_THR_RATE when set; FsevError for anything but a
+    positive number of bytes/s (a typo would otherwise pass unnoticed)."""
+    text = (os.environ if environ is None else environ).get(RATE_ENV, "").strip()
+    if not text:
+        return RATE_BOUND
     try:
         v = int(text)
     except ValueError:
-        return RATE_BOUND
-    return v if v > 0 else RATE_BOUND
+        v = 0
+    if v <= 0:
+        raise FsevError(f"{RATE_ENV} must be a positive number of bytes per second, not {text!r}")
+    return v
 
 
 def rate_blocks(bound_bytes: int, block_size: int, observed_blocks_s: float = 0.0) -> float:

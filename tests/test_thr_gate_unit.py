@@ -120,10 +120,16 @@ def test_reach_and_poll_interval_arithmetic():
     assert thr_gate.next_sample_s(r - 1, r, rate, attached=False) == thr_gate.POLL_MIN_S
 
 
-@pytest.mark.parametrize("text, want", [("", thr_gate.RATE_BOUND), ("1048576", 1 << 20), ("fast", thr_gate.RATE_BOUND),
-                                        ("-5", thr_gate.RATE_BOUND)])
+@pytest.mark.parametrize("text, want", [("", thr_gate.RATE_BOUND), ("1048576", 1 << 20), (" 4096 ", 4096)])
 def test_rate_bound_from_the_environment(text, want):
     assert thr_gate.rate_bound({thr_gate.RATE_ENV: text}) == want
+    assert thr_gate.rate_bound({}) == thr_gate.RATE_BOUND
+
+
+@pytest.mark.parametrize("text", ["fast", "-5", "0", "1e9"])
+def test_a_bad_rate_bound_is_a_one_line_error(text):
+    with pytest.raises(FsevError, match=r"^FSEV_THR_RATE must be a positive number of bytes per second, not "):
+        thr_gate.rate_bound({thr_gate.RATE_ENV: text})
 
 
 def test_far_from_every_level_the_per_page_hooks_are_detached():

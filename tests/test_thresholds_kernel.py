@@ -434,8 +434,8 @@ def test_no_program_left_after_a_threshold_trace():
 
 # ---- bad input: one line, exit 2, no traceback ---------------------------
 
-def _bad(args: list[str], want: str) -> None:
-    r = run(FSEV, "trace", *args, check=False)
+def _bad(args: list[str], want: str, env: dict[str, str] | None = None) -> None:
+    r = run(FSEV, "trace", *args, check=False, env={**os.environ, **(env or {})})
     assert r.returncode == 2, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fsev: "), r.stderr
@@ -456,6 +456,8 @@ def test_bad_thr_input_is_one_line_and_exit_2():
         _bad(["--mount", mp, "--thr-hysteresis", "10"], "--thr-hysteresis needs --thr")
         _bad(["--mount", mp, "--thr", "1000", "--events", "err"], "leave out thr")
         _bad(["--mount", unlimited, "--thr", "10%"], "tmpfs without a size limit")
+        _bad(["--mount", mp, "--thr", "1000"], "FSEV_THR_RATE must be a positive number of bytes per second, not '4G'",
+             env={"FSEV_THR_RATE": "4G"})
 
 
 @pytest.mark.parametrize("funcs", [
