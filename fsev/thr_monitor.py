@@ -52,6 +52,9 @@ class HookSwitch(Protocol):
 
     def gated_hooks(self) -> frozenset[Hook]: ...
 
+    @property
+    def hooks_on(self) -> frozenset[Hook]: ...
+
     def set_hook(self, hook: Hook, on: bool) -> None: ...
 
 
@@ -185,9 +188,10 @@ class ThresholdMonitor:
         # Per-page hooks the loader can detach; without a switch all stay on.
         self._hooks = hooks
         self._gated = hooks.gated_hooks() if hooks is not None else frozenset()
-        self._on: set[Hook] = set(self._gated)  # the loader attached them all
         self._failed: set[Hook] = set()  # the kernel refused to re-attach: statfs only
         self._rate_bound = rate_bound if rate_bound is not None else thr_gate.rate_bound()
+        # A statfs was read since the last _switch: only that changes its inputs.
+        self._switch_pending = bool(self._gated)
         if self._gated:
             self._switch(time.monotonic())
 
@@ -243,8 +247,8 @@ class ThresholdMonitor:
 
     @property
     def hooks_on(self) -> frozenset[Hook]:
-        """The gated hooks attached now."""
-        return frozenset(self._on)
+        """The gated hooks attached now (the loader keeps the books)."""
+        return self._hooks.hooks_on if self._hooks is not None else frozenset()
 
     def events(self, now: float | None = None) -> Iterator[Event]:
         now = time.monotonic() if now is None else now
@@ -258,8 +262,9 @@ class ThresholdMonitor:
             w.confirm_now = False
             w.next_poll = now + POLL_NEAR_S
             avail = int(self._statfs(w.armed.mount.mount_point).f_bavail)
+            self._switch_pending = bool(self._gated)
             yield from self._sample(w, avail, time.monotonic_ns())
-        if self._gated:
+        if self._switch_pending:
             self._switch(now)
 
     def _polled(self, w: _Watch, now: float) -> Iterator[Event]:
@@ -308,7 +313,9 @@ class ThresholdMonitor:
     def _switch(self, now: float) -> None:
         """Attach the hooks some mount is near a level for, detach the others;
         plan each kernel mount's next gate statfs (never later than planned
-        before: events() runs far more often than a gate sample is due)."""
+        before: a hint's statfs comes between gate samples)."""
+        self._switch_pending = False
+        on = self.hooks_on
         want: set[Hook] = set()
         plans: list[tuple[_Watch, bool, int, int]] = []  # (watch, gate sample due, distance, reach)
         for w in self._watches:
@@ -322,21 +329,22 @@ class ThresholdMonitor:
             r = thr_gate.reach(w.gate_rate, w.armed.band, w.armed.lag)
             lv = w.armed.levels
             d = thr_gate.distance(lv.as_list(), lv.hysteresis, w.last_avail)
-            if charge is not None and thr_gate.charge_needed(d, r, charge in self._on):
+            if charge is not None and thr_gate.charge_needed(d, r, charge in on):
                 want.add(charge)
-            if free is not None and thr_gate.free_needed(w.machine.depth, d, r, free in self._on):
+            if free is not None and thr_gate.free_needed(w.machine.depth, d, r, free in on):
                 want.add(free)
             plans.append((w, due, d, r))
         want &= self._gated - self._failed
-        for hook in sorted(want - self._on, key=lambda h: h.value):
+        for hook in sorted(want - on, key=lambda h: h.value):
             self._reset_shares(hook)
             self._set(hook, True)
-        for hook in sorted(self._on - want, key=lambda h: h.value):
+        for hook in sorted(on - want, key=lambda h: h.value):
             self._set(hook, False)
+        on = self.hooks_on
         for w, due, d, r in plans:
             charge = thr_gate.CHARGE_HOOK.get(w.armed.kind)
             # not gated: attached for good; refused by the kernel: never again
-            attached = charge not in self._gated or charge in self._on
+            attached = charge not in self._gated or charge in on
             w.watched_down = attached
             t = now + thr_gate.next_sample_s(d, r, w.gate_rate, attached)
             w.gate_next = t if due else min(w.gate_next, t)
@@ -349,13 +357,7 @@ class ThresholdMonitor:
             self._hooks.set_hook(hook, on)
         except (FsevError, OSError) as e:
             self._failed.add(hook)
-            self._on.discard(hook)
             self._notice(f"{e}; thresholds there go on from statfs alone (no pid)")
-            return
-        if on:
-            self._on.add(hook)
-        else:
-            self._on.discard(hook)
 
     def _reset_shares(self, hook: Hook) -> None:
         """Detached, a hook spent no budget: the per-CPU shares the kernel holds

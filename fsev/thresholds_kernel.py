@@ -75,7 +75,7 @@ class ArmedMount:
         lv = self.levels
         return ThrState(
             l1=lv.l1, l2=lv.l2 if lv.l2 is not None else 0, hysteresis=lv.hysteresis, band=self.band,
-            slack=self.slack, last_hint_ns=0, gate=0, step=self.step, kind=int(_KIND[self.point]), nlevels=len(lv.as_list()),
+            slack=self.slack, last_hint_ns=0, gate=0, step=self.step, kind=int(self.kind), nlevels=len(lv.as_list()),
             depth=depth, dev=self.key, cpus=self.cpus,
         )
 
