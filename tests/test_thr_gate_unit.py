@@ -9,7 +9,6 @@ real kernel).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import pytest
 
@@ -17,35 +16,17 @@ from fsev import thr_gate
 from fsev.decode import Clock
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
-from fsev.kernel_facts import KernelFacts
-from fsev.mountinfo import Mount
-from fsev.plan import EXT4_THR_TRACEPOINTS, SHMEM_TRACEPOINTS, plan_probes
+from fsev.plan import plan_probes
 from fsev.thr_gate import Hook
 from fsev.thr_monitor import ThresholdMonitor
 from fsev.thresholds import parse_thr
 from fsev.thresholds_kernel import arm_thresholds
+from test_thresholds_unit import Disk, facts, mount
 
 BLOCK = 4096
 TOTAL = 1_000_000
 BOUND_BLOCKS = 10_000  # blocks/s the tests give as the rate bound
 GATED = frozenset({Hook.SHMEM_CHARGE, Hook.SHMEM_FREE})
-
-
-@dataclass
-class Statfs:
-    f_bavail: int
-    f_frsize: int = BLOCK
-    f_blocks: int = TOTAL
-
-
-class Disk:
-    def __init__(self, avail: int) -> None:
-        self.avail = avail
-        self.calls = 0
-
-    def __call__(self, path: str) -> Statfs:
-        self.calls += 1
-        return Statfs(self.avail)
 
 
 class Switch:
@@ -59,6 +40,10 @@ class Switch:
     def gated_hooks(self) -> frozenset[Hook]:
         return GATED
 
+    @property
+    def hooks_on(self) -> frozenset[Hook]:
+        return frozenset(self.on)
+
     def set_hook(self, hook: Hook, on: bool) -> None:
         if on and self.refuse:
             raise FsevError(f"attaching the {hook.value} hooks failed: Operation not permitted")
@@ -67,10 +52,7 @@ class Switch:
 
 
 def monitor(disk: Disk, switch: Switch, levels: str = "500000,250000", notes: list | None = None) -> ThresholdMonitor:
-    facts = KernelFacts(release="test", kprobes=False, kprobes_why_not="no kprobes", kprobe_functions=frozenset(),
-                        tracepoints=frozenset(SHMEM_TRACEPOINTS + EXT4_THR_TRACEPOINTS))
-    m = Mount(40, 1, 0, 40, "/", "/m", ("rw",), "tmpfs", "tmpfs", ())
-    armed = arm_thresholds(plan_probes(facts), [m], parse_thr(levels), statfs=disk, cpus=2)
+    armed = arm_thresholds(plan_probes(facts()), [mount("/m", "tmpfs")], parse_thr(levels), statfs=disk, cpus=2)
     return ThresholdMonitor(armed, Clock(), lambda key, st: switch.log.append(("state", key, st.depth)),
                             statfs=disk, hooks=switch, rate_bound=BOUND_BLOCKS * BLOCK,
                             notice=(notes.append if notes is not None else None))
@@ -134,7 +116,7 @@ def test_a_bad_rate_bound_is_a_one_line_error(text):
 
 def test_far_from_every_level_the_per_page_hooks_are_detached():
     log: list = []
-    disk, switch = Disk(900_000), Switch(log)
+    disk, switch = Disk(900_000, TOTAL), Switch(log)
     mon = monitor(disk, switch)
     assert switch.on == set() and mon.hooks_on == frozenset()
     assert log == [("state", 40, 0), ("hook", Hook.SHMEM_CHARGE, False), ("hook", Hook.SHMEM_FREE, False)]
@@ -144,7 +126,7 @@ def test_far_from_every_level_the_per_page_hooks_are_detached():
 
 def test_a_writer_within_the_rate_bound_meets_the_hook_attached_and_is_named():
     log: list = []
-    disk, switch = Disk(600_000), Switch(log)
+    disk, switch = Disk(600_000, TOTAL), Switch(log)
     mon = monitor(disk, switch)
     t0 = time.monotonic()
     evs, wakes = run_writer(mon, disk, switch, rate=8_000, until=480_000, t0=t0)
@@ -162,7 +144,7 @@ def test_a_writer_within_the_rate_bound_meets_the_hook_attached_and_is_named():
 
 def test_a_writer_faster_than_the_bound_is_reported_late_without_a_pid():
     log: list = []
-    disk, switch = Disk(520_000), Switch(log)
+    disk, switch = Disk(520_000, TOTAL), Switch(log)
     mon = monitor(disk, switch)
     t0 = time.monotonic()
     evs, wakes = run_writer(mon, disk, switch, rate=2_000_000, until=400_000, t0=t0)
@@ -175,7 +157,7 @@ def test_a_writer_faster_than_the_bound_is_reported_late_without_a_pid():
 
 def test_frees_are_hooked_only_below_l1():
     log: list = []
-    disk, switch = Disk(490_000), Switch(log)  # starts below L1, far above L2
+    disk, switch = Disk(490_000, TOTAL), Switch(log)  # starts below L1, far above L2
     mon = monitor(disk, switch)
     assert switch.on == {Hook.SHMEM_FREE}
     t = time.monotonic()
@@ -190,7 +172,7 @@ def test_frees_are_hooked_only_below_l1():
 def test_a_kernel_that_refuses_to_reattach_leaves_statfs_alone():
     log: list = []
     notes: list[str] = []
-    disk, switch = Disk(600_000), Switch(log, refuse=True)
+    disk, switch = Disk(600_000, TOTAL), Switch(log, refuse=True)
     mon = monitor(disk, switch, notes=notes)
     t0 = time.monotonic()
     evs, wakes = run_writer(mon, disk, switch, rate=8_000, until=495_000, t0=t0)
@@ -209,7 +191,7 @@ def test_a_mount_hovering_at_a_level_keeps_its_hooks():
     """Crossing L1 back and forth must not detach and re-attach on every crossing
     (an attach holds fsev's loop for milliseconds): near a level is either side."""
     log: list = []
-    disk, switch = Disk(500_300), Switch(log)
+    disk, switch = Disk(500_300, TOTAL), Switch(log)
     mon = monitor(disk, switch)
     assert switch.on == {Hook.SHMEM_CHARGE, Hook.SHMEM_FREE}  # within reach of L1: both kept
     t = time.monotonic()

@@ -206,15 +206,16 @@ def test_bind_mounts_of_one_superblock_share_one_state():
 # ---- the monitor ----------------------------------------------------------
 
 class Disk:
-    """A statfs whose available blocks the test sets."""
+    """A statfs whose available blocks the test sets (of `blocks` in all)."""
 
-    def __init__(self, avail: int) -> None:
+    def __init__(self, avail: int, blocks: int = 2048) -> None:
         self.avail = avail
+        self.blocks = blocks
         self.calls = 0
 
     def __call__(self, path: str) -> FakeStatfs:
         self.calls += 1
-        return FakeStatfs(f_bavail=self.avail)
+        return FakeStatfs(f_blocks=self.blocks, f_bavail=self.avail)
 
 
 def _armed(fs_type: str, disk: Disk, hysteresis: str | None = None):
