@@ -2,24 +2,29 @@
 
 Any BPF program on a per-page tracepoint (mm_lru_insertion,
 ext4_da_reserve_space) or kprobe costs the writer the kernel's dispatch, even
-an empty one: 17-46 ns per 4 KiB page here, about 2 % of a tmpfs write's CPU
+an empty one: about 30 ns per 4 KiB page here, 2.5-3 % of a write's CPU
 (bench/results/thresholds.json). Far from a level no page can make a
 crossing, so fsev detaches those hooks there and reads statfs instead, more
 often as the available blocks approach a level, and attaches them again a
 lead ahead of it (on either side of it: see distance()):
 
-    reach = rate x LEAD_S + band + lag          (blocks)
+    reach = rate x lead + band + lag          (blocks)
 
 `rate` is the fastest the free space is assumed to fall: RATE_BOUND bytes/s,
 or OBSERVED_MARGIN x what the previous two samples showed when that is
-faster (a writer still speeding up). LEAD_S covers the attach (0.3-35 ms
-measured on this VM: text patching, and an RCU grace period after a recent
-detach) and the lateness of a poll; band and lag are the kernel estimate's
-own error (fsev/thresholds_kernel.py). While detached, the next statfs comes
-when a writer at `rate` could have reached the reach, at most POLL_MAX_S
-later: so a writer no faster than `rate` always meets the hook attached. A
-faster one crosses unseen by the kernel; the next statfs still confirms the
-crossing (late by less than one poll), without a pid.
+faster (a writer still speeding up). The lead covers the attach and the
+lateness of a poll. An attach takes 0.2-0.4 ms, except within an RCU grace
+period of the same hook's last detach: the kernel then waits for that grace
+period (a tracepoint going from one probe to none and back), 7-24 ms
+measured on this VM. So the lead is LEAD_S, or LEAD_AFTER_DETACH_S for
+AFTER_DETACH_S after a detach; and a hook is detached only beyond
+OFF_FACTOR x the longer reach, so the attach that follows a detach is never
+needed sooner than that. band and lag are the kernel estimate's own error
+(fsev/thresholds_kernel.py). While detached, the next statfs comes when a
+writer at `rate` could have reached the reach, at most POLL_MAX_S later: so
+a writer no faster than `rate` always meets the hook attached. A faster one
+crosses unseen by the kernel; the next statfs still confirms the crossing
+(late by less than one poll), without a pid.
 
 Hooks of frees (tmpfs's page-cache deletes, shmem's un-charge) matter only
 below L1, where a free can re-arm a level: attached while a mount of their
@@ -39,10 +44,12 @@ from .errors import FsevError
 from .records import ThrKind
 
 RATE_BOUND = 4 << 30  # bytes/s: a single writer into the page cache, with room
-LEAD_S = 0.05
+LEAD_S = 0.01  # an attach (0.2-0.4 ms) and a late poll
+LEAD_AFTER_DETACH_S = 0.05  # an attach waiting for the last detach's RCU grace period (7-24 ms)
+AFTER_DETACH_S = 0.1  # how long after a detach that wait can come (grace periods: ~15 ms here)
 POLL_MIN_S = 0.002
 POLL_MAX_S = 0.1
-OFF_FACTOR = 2  # detach only beyond OFF_FACTOR x reach: no flapping at the edge
+OFF_FACTOR = 2  # detach only beyond OFF_FACTOR x the longer reach: no flapping at the edge
 OBSERVED_MARGIN = 1.25  # over the last observed fall: a writer still speeding up
 RATE_ENV = "FSEV_THR_RATE"  # bytes/s instead of RATE_BOUND (tests; hosts that write faster)
 
@@ -79,9 +86,14 @@ def rate_blocks(bound_bytes: int, block_size: int, observed_blocks_s: float = 0.
     return max(bound_bytes / max(block_size, 1), OBSERVED_MARGIN * observed_blocks_s)
 
 
-def reach(rate_blocks_s: float, band: int, lag: int) -> int:
-    """Blocks above a level within which the charge hook must be attached."""
-    return math.ceil(rate_blocks_s * LEAD_S) + band + lag
+def lead_s(since_detach_s: float) -> float:
+    """Seconds an attach may take, given how long ago the same hook was detached."""
+    return LEAD_AFTER_DETACH_S if since_detach_s < AFTER_DETACH_S else LEAD_S
+
+
+def reach(rate_blocks_s: float, band: int, lag: int, lead: float = LEAD_S) -> int:
+    """Blocks from a level within which the charge hook must be attached."""
+    return math.ceil(rate_blocks_s * lead) + band + lag
 
 
 def distance(levels: list[int], hysteresis: int, avail: int) -> int:
@@ -92,15 +104,17 @@ def distance(levels: list[int], hysteresis: int, avail: int) -> int:
     return min(max(lv - avail, avail - (lv + hysteresis), 0) for lv in levels)
 
 
-def charge_needed(dist: int, reach_blocks: int, attached: bool) -> bool:
-    """Attach within reach of a level; once attached, stay until OFF_FACTOR x reach."""
-    return dist <= (OFF_FACTOR * reach_blocks if attached else reach_blocks)
+def charge_needed(dist: int, on_reach: int, off_reach: int, attached: bool) -> bool:
+    """Attach within on_reach of a level (reach() with lead_s()); once attached,
+    stay until OFF_FACTOR x off_reach (reach() with LEAD_AFTER_DETACH_S): after
+    a detach the mount is that far, beyond even the slow attach's reach."""
+    return dist <= (OFF_FACTOR * off_reach if attached else on_reach)
 
 
-def free_needed(depth: int, dist: int, reach_blocks: int, attached: bool) -> bool:
+def free_needed(depth: int, dist: int, off_reach: int, attached: bool) -> bool:
     """Below L1 a free can re-arm a level; once attached, it stays while the
     mount is near a level (for the same reason as charge_needed's)."""
-    return depth > 0 or (attached and dist <= OFF_FACTOR * reach_blocks)
+    return depth > 0 or (attached and dist <= OFF_FACTOR * off_reach)
 
 
 def next_sample_s(dist: int, reach_blocks: int, rate_blocks_s: float, attached: bool) -> float:

@@ -20,6 +20,7 @@ runs inline.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import sys
@@ -189,6 +190,8 @@ class ThresholdMonitor:
         self._hooks = hooks
         self._gated = hooks.gated_hooks() if hooks is not None else frozenset()
         self._failed: set[Hook] = set()  # the kernel refused to re-attach: statfs only
+        # When each hook was last detached: an attach soon after waits for an RCU grace period.
+        self._detached_at: dict[Hook, float] = {}
         self._rate_bound = rate_bound if rate_bound is not None else thr_gate.rate_bound()
         # A statfs was read since the last _switch: only that changes its inputs.
         self._switch_pending = bool(self._gated)
@@ -317,7 +320,7 @@ class ThresholdMonitor:
         self._switch_pending = False
         on = self.hooks_on
         want: set[Hook] = set()
-        plans: list[tuple[_Watch, bool, int, int]] = []  # (watch, gate sample due, distance, reach)
+        plans: list[tuple[_Watch, bool, int]] = []  # (watch, gate sample due, distance)
         for w in self._watches:
             if w.armed.polled:
                 continue
@@ -326,28 +329,36 @@ class ThresholdMonitor:
             if due:
                 w.gate_rate = self._rate(w, now)
                 w.prev_t, w.prev_avail = now, w.last_avail
-            r = thr_gate.reach(w.gate_rate, w.armed.band, w.armed.lag)
             lv = w.armed.levels
             d = thr_gate.distance(lv.as_list(), lv.hysteresis, w.last_avail)
-            if charge is not None and thr_gate.charge_needed(d, r, charge in on):
+            r_off = thr_gate.reach(w.gate_rate, w.armed.band, w.armed.lag, thr_gate.LEAD_AFTER_DETACH_S)
+            if charge is not None and thr_gate.charge_needed(d, self._on_reach(w, charge, now), r_off, charge in on):
                 want.add(charge)
-            if free is not None and thr_gate.free_needed(w.machine.depth, d, r, free in on):
+            if free is not None and thr_gate.free_needed(w.machine.depth, d, r_off, free in on):
                 want.add(free)
-            plans.append((w, due, d, r))
+            plans.append((w, due, d))
         want &= self._gated - self._failed
         for hook in sorted(want - on, key=lambda h: h.value):
             self._reset_shares(hook)
             self._set(hook, True)
         for hook in sorted(on - want, key=lambda h: h.value):
             self._set(hook, False)
+            self._detached_at[hook] = now
         on = self.hooks_on
-        for w, due, d, r in plans:
+        for w, due, d in plans:
             charge = thr_gate.CHARGE_HOOK.get(w.armed.kind)
             # not gated: attached for good; refused by the kernel: never again
             attached = charge not in self._gated or charge in on
             w.watched_down = attached
+            r = self._on_reach(w, charge, now) if charge is not None else 0
             t = now + thr_gate.next_sample_s(d, r, w.gate_rate, attached)
             w.gate_next = t if due else min(w.gate_next, t)
+
+    def _on_reach(self, w: _Watch, charge: Hook, now: float) -> int:
+        """Blocks from a level at which w's charge hook must be attached now:
+        further out soon after that hook's last detach (thr_gate.lead_s)."""
+        since = now - self._detached_at.get(charge, -math.inf)
+        return thr_gate.reach(w.gate_rate, w.armed.band, w.armed.lag, thr_gate.lead_s(since))
 
     def _set(self, hook: Hook, on: bool) -> None:
         """Switch one hook group. A kernel that refuses leaves it detached, and

@@ -17,6 +17,7 @@ from fsev.decode import Clock
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
 from fsev.plan import plan_probes
+from fsev.session import poll_timeout_ms
 from fsev.thr_gate import Hook
 from fsev.thr_monitor import ThresholdMonitor
 from fsev.thresholds import parse_thr
@@ -89,14 +90,20 @@ def test_reach_and_poll_interval_arithmetic():
     assert rate == BOUND_BLOCKS
     assert thr_gate.rate_blocks(BOUND_BLOCKS * BLOCK, BLOCK, observed_blocks_s=40_000) == 50_000
     r = thr_gate.reach(rate, band=126, lag=62)
-    assert r == 500 + 126 + 62  # 50 ms at the rate, plus the estimate's error
+    assert r == 100 + 126 + 62  # 10 ms at the rate, plus the estimate's error
+    slow = thr_gate.reach(rate, band=126, lag=62, lead=thr_gate.LEAD_AFTER_DETACH_S)
+    assert slow == 500 + 126 + 62  # 50 ms: an attach that waits for the last detach's grace period
+    assert thr_gate.lead_s(0.0) == thr_gate.lead_s(0.099) == thr_gate.LEAD_AFTER_DETACH_S
+    assert thr_gate.lead_s(0.1) == thr_gate.lead_s(float("inf")) == thr_gate.LEAD_S
     assert thr_gate.distance([1000, 500], 0, 1200) == 200
     assert thr_gate.distance([1000, 500], 0, 700) == 200  # between the levels: the nearer one
     assert thr_gate.distance([1000, 500], 0, 100) == 400  # below L2 too: it may be crossed back
     assert thr_gate.distance([1000], 50, 1030) == 0  # between a level and its re-arm point
     assert thr_gate.distance([1000], 50, 1070) == 20
-    assert thr_gate.charge_needed(r, r, attached=False) and not thr_gate.charge_needed(r + 1, r, attached=False)
-    assert thr_gate.charge_needed(2 * r, r, attached=True) and not thr_gate.charge_needed(2 * r + 1, r, attached=True)
+    assert thr_gate.charge_needed(r, r, slow, attached=False) and not thr_gate.charge_needed(r + 1, r, slow, attached=False)
+    # attached, it stays out to twice the slow reach: the re-attach after a detach is never due within its wait
+    assert thr_gate.charge_needed(2 * slow, r, slow, attached=True)
+    assert not thr_gate.charge_needed(2 * slow + 1, r, slow, attached=True)
     assert thr_gate.next_sample_s(r + 50, r, rate, attached=False) == 0.005  # 50 blocks at 10k/s
     assert thr_gate.next_sample_s(10**9, r, rate, attached=False) == thr_gate.POLL_MAX_S
     assert thr_gate.next_sample_s(r - 1, r, rate, attached=False) == thr_gate.POLL_MIN_S
@@ -187,6 +194,30 @@ def test_a_kernel_that_refuses_to_reattach_leaves_statfs_alone():
     assert seen_at - crossed_at <= thr_gate.POLL_MIN_S + 1e-3
 
 
+def test_soon_after_a_detach_the_hook_is_attached_further_out():
+    """An attach within an RCU grace period of the hook's last detach waits for
+    it: for thr_gate.AFTER_DETACH_S the monitor attaches at the longer reach."""
+    def first_attach(jump_after_s: float, above_l1: int) -> bool:
+        """Start detached, then find the free space above_l1 blocks above L1 after jump_after_s."""
+        log: list = []
+        disk, switch = Disk(500_000 + 1400, TOTAL), Switch(log)  # beyond twice the slow reach
+        mon = monitor(disk, switch)
+        assert switch.on == set()
+        t = time.monotonic() + jump_after_s
+        disk.avail = 500_000 + above_l1  # no faster than the bound; the writer's hint makes the monitor look
+        mon.on_hint(hint(3999942), now=t)
+        list(mon.events(now=t))
+        return Hook.SHMEM_CHARGE in switch.on
+
+    a = monitor(Disk(900_000, TOTAL), Switch([])).watches[0]
+    fast = thr_gate.reach(BOUND_BLOCKS, a.band, a.lag)
+    slow = thr_gate.reach(BOUND_BLOCKS, a.band, a.lag, thr_gate.LEAD_AFTER_DETACH_S)
+    assert 2 * slow < 1400 and slow > fast
+    assert first_attach(0.02, slow - 1)  # within the detach's window: the longer reach
+    assert not first_attach(thr_gate.AFTER_DETACH_S + 0.2, fast + 1)  # later: the short one
+    assert first_attach(thr_gate.AFTER_DETACH_S + 0.2, fast - 1)
+
+
 def test_a_mount_hovering_at_a_level_keeps_its_hooks():
     """Crossing L1 back and forth must not detach and re-attach on every crossing
     (an attach holds fsev's loop for milliseconds): near a level is either side."""
@@ -204,3 +235,9 @@ def test_a_mount_hovering_at_a_level_keeps_its_hooks():
     assert got == [("L1", "down"), ("L1", "up")] * 5
     assert [x for x in log if x[0] == "hook"] == []
     assert switch.on == {Hook.SHMEM_CHARGE, Hook.SHMEM_FREE}
+
+
+@pytest.mark.parametrize("due, want", [(None, 500), (0.0, 0), (0.0004, 1), (0.0015, 2), (0.002, 2), (9.0, 500)])
+def test_the_wait_before_a_threshold_sample_is_rounded_up_not_to_a_spin(due, want):
+    """epoll counts whole ms: a sample due in 0.4 ms waits 1 ms, not 0 ms again and again."""
+    assert poll_timeout_ms(500, due) == want
