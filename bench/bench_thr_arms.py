@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Threshold overhead with a control arm, on the real kernel (root).
 
-bench_thresholds.py compares "thresholds armed" with "fsev not running"; on
-this VM that A/B is bimodal (a slow mode of the writer that comes and goes).
-This one adds a third arm, fsev running *without* thresholds (`--events err`
+bench_thresholds.py compares "thresholds armed" with "fsev not running"
+(with free page reporting on, that A/B is bimodal here: a slow mode of the
+writer that comes and goes; both benches pause it). This one adds a third arm, fsev running *without* thresholds (`--events err`
 on the same mount), so that what the threshold programs cost can be told
 apart from what fsev's mere running does to the writer, and a fourth,
 thresholds armed at a level the write never comes near (`--thr 2%`), where
@@ -95,11 +95,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--keep-page-reporting", action="store_true",
+                    help="leave the VM's free page reporting on (noisier: see bench_thresholds.page_reporting_paused)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root")
+    bt.stop_on_sigterm()
+    with bt.page_reporting_paused(not args.keep_page_reporting) as reporting:
+        return run(args, reporting)
+
+
+def run(args: argparse.Namespace, reporting: dict) -> int:
+    if reporting["paused"]:
+        bt.SETTLE_S = bt.SETTLE_PAUSED_S  # no host faults to wait out
     res = {"kernel": os.uname().release, "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "loadavg_at_start": os.getloadavg(), "cases": []}
+           "loadavg_at_start": os.getloadavg(), "page_reporting": reporting, "cases": []}
     for name, ctx, nbytes, fsync in (
         ("tmpfs 2 GiB sequential write", bt.tmpfs("3g"), 2 * bt.GiB, False),
         ("ext4 loop 1 GiB write + fsync", bt.ext4_loop(1600), bt.GiB, True),

@@ -5,9 +5,10 @@ Overhead: a 2 GiB sequential write to a tmpfs and a 1 GiB write to an ext4
 loop mount (and the same fsync'ed), timed with fsev not running and with
 `fsev trace --thr` armed on that mount, in pairs in one run (each pair's
 order drawn, so drift and periodic effects fall on both sides); the ratio of
-the medians is the overhead. The
-levels are set so the write crosses L1 near its end: the hot path and a real
-crossing both count.
+the medians, and the median of the pairs' own ratios with a 95 % interval,
+are the overhead. The levels are set so the write crosses L1: the hot path
+and a real crossing both count. The VM's free page reporting is paused for
+the run (page_reporting_paused): it is most of the noise.
 
 BPF cost: the same write with fsev armed and kernel.bpf_stats on (through
 BPF_ENABLE_STATS: on while the bench holds the fd, for this run only), beside
@@ -22,14 +23,15 @@ count x the dispatch floor below is what their mere attachment cost.
 Dispatch floor: what any program on the hot tracepoint costs the writer, before
 its first instruction (the tracepoint's call into the BPF link, __bpf_trace_run,
 the call of the program: indirect calls, which retpolines make dear). BPF stats
-cannot see it; ten empty programs attached make it ten times larger than the
-noise: writer CPU with them vs without, in pairs, per program per event.
+cannot see it; one empty program attached 50 times makes it fifty times larger
+than the noise: writer CPU with them vs without, in pairs, per attachment per
+event.
 
 Latency: from the return of the write(2) that took a tmpfs (or ext4) below a
 level to the moment the event line is read from fsev's stdout.
 
 Writes bench/results/thresholds.json. Usage:
-    sudo /opt/fsev/venv/bin/python bench/bench_thresholds.py [--runs N]
+    sudo /opt/fsev/venv/bin/python bench/bench_thresholds.py [--blocks N] [--per-block K]
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ import argparse
 import contextlib
 import ctypes
 import json
+import math
 import os
 import random
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
@@ -53,8 +57,44 @@ from typing import Callable, Iterator
 
 FSEV = str(Path(sys.executable).parent / "fsev")
 SETTLE_S = 0.5  # from freeing the previous run's file to the timed write, either side (timed_write)
+SETTLE_PAUSED_S = 0.1  # the same with page reporting paused: no host faults to wait out
 RESULTS = Path(__file__).resolve().parent / "results" / "thresholds.json"
 GiB = 1 << 30
+
+
+PAGE_REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+NO_REPORTING_ORDER = "11"  # above x86's largest buddy order (10): no free block qualifies
+
+
+@contextlib.contextmanager
+def page_reporting_paused(pause: bool) -> Iterator[dict]:
+    """Stop the guest reporting free memory to its host for the bench, and put
+    the setting back after (also on SIGTERM: main turns it into SystemExit).
+
+    This VM's virtio-balloon reports freed 2 MiB blocks to the host, which
+    drops them; the next write to touch one takes a host fault, so the same
+    1 GiB ext4 write took 0.24 s or 1.1 s of CPU. With reporting paused (as a
+    bench pins a CPU governor), eight such writes measured 0.236-0.275 s
+    against 0.319-0.74 s without. Yields what was done, for the JSON."""
+    if not pause or not PAGE_REPORTING_ORDER.exists():
+        yield {"paused": False, "why": "asked not to" if not pause else "no page reporting on this machine"}
+        return
+    was = PAGE_REPORTING_ORDER.read_text().strip()
+    try:
+        PAGE_REPORTING_ORDER.write_text(NO_REPORTING_ORDER)
+    except OSError as e:
+        yield {"paused": False, "why": f"could not set {PAGE_REPORTING_ORDER}: {e.strerror}"}
+        return
+    try:
+        yield {"paused": True, "order_was": was, "order_during_bench": NO_REPORTING_ORDER}
+    finally:
+        PAGE_REPORTING_ORDER.write_text(was)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so mounts, loop devices and the machine
+    setting above are put back."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def sh(*cmd: str) -> str:
@@ -144,7 +184,9 @@ def timed_write(mp: str, nbytes: int, fsync: bool, starting: Callable[[], None] 
     fault when it is touched again, charged to the writer: a 1 GiB ext4 write
     measured 0.24 s of CPU 2 s after the previous free, 1.1 s after 12 s. fsev
     takes seconds to start, so freeing at the end of each run would hand the
-    armed runs more of that cost than the base runs.
+    armed runs more of that cost than the base runs. main() pauses that
+    reporting for the bench (page_reporting_paused); the delete stays here so
+    a run with --keep-page-reporting is still fair to both sides.
     starting, written: called just before dd starts, and once it is done.
     """
     path = os.path.join(mp, "bench.dat")
@@ -179,11 +221,22 @@ def pair_orders(runs: int, seed: str) -> list[tuple[str, str]]:
     return orders[:runs]
 
 
-def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, runs: int) -> dict:
-    """Writer CPU with fsev armed vs not running, in pairs. Both sides start
-    fsev first (the base side stops it again before the write): what that
-    start-up leaves behind in the page allocator and caches (a bcc compile)
-    falls on both; the one difference is fsev attached during the write."""
+def median_ci95(xs: list[float]) -> tuple[float, float]:
+    """A distribution-free 95 % interval for the median: the order statistics
+    n/2 -/+ 1.96 sqrt(n)/2 (the binomial's normal approximation)."""
+    s, n = sorted(xs), len(xs)
+    h = 0.98 * math.sqrt(n)
+    return s[max(0, math.floor(n / 2 - h) - 1)], s[min(n - 1, math.ceil(1 + n / 2 + h) - 1)]
+
+
+def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, blocks: int, per_block: int) -> dict:
+    """Writer CPU with fsev armed vs not running, in pairs of blocks of
+    per_block writes (one fsev start per block: its start-up is seconds, a
+    write a fraction of one). Both sides start fsev first (the base side
+    stops it again before its writes): what that start-up leaves behind in the
+    page allocator and caches (a bcc compile) falls on both; the one
+    difference is fsev attached during the writes. The i-th writes of the two
+    blocks of a pair make a pair."""
     base: list[tuple[float, float]] = []
     armed: list[tuple[float, float]] = []
     crossings: list[int] = []
@@ -191,31 +244,43 @@ def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, runs: int
     with mount_ctx as mp:
         args[1] = mp
         timed_write(mp, nbytes, fsync)  # warm-up: page allocator, dd in cache
-        for order in pair_orders(runs, name):
+        for order in pair_orders(blocks, name):
+            got: dict[str, list[tuple[float, float]]] = {}
             for which in order:
                 f = Fsev(args)
                 if which == "base":
                     f.stop()
-                    base.append(timed_write(mp, nbytes, fsync))
+                    got[which] = [timed_write(mp, nbytes, fsync) for _ in range(per_block)]
                     continue
                 try:
-                    armed.append(timed_write(mp, nbytes, fsync))
-                    f.wait_events(2, timeout=5)  # L1 up at the previous file's delete, L1 down during the write
+                    got[which] = []
+                    for i in range(per_block):
+                        got[which].append(timed_write(mp, nbytes, fsync))
+                        # each write: L1 up at the previous file's delete, L1 down during the write
+                        f.wait_events(2 * (i + 1), timeout=5)
                 finally:
                     f.stop()
                 crossings.append(len(f.events))
+            base += got["base"]
+            armed += got["armed"]
     def med(runs_: list[tuple[float, float]], i: int) -> float:
         return statistics.median(r[i] for r in runs_)
 
     mb, ma = med(base, 0), med(armed, 0)
+    paired = [(a[1] / b[1] - 1) * 100 for b, a in zip(base, armed)]
     cb, ca = med(base, 1), med(armed, 1)
     return {
-        "name": name, "bytes": nbytes, "fsync": fsync, "thr": thr, "runs": runs,
+        "name": name, "bytes": nbytes, "fsync": fsync, "thr": thr, "pairs": len(base),
+        "writes_per_fsev_start": per_block,
         "base_wall_s": [round(r[0], 4) for r in base], "armed_wall_s": [round(r[0], 4) for r in armed],
         "base_cpu_s": [round(r[1], 4) for r in base], "armed_cpu_s": [round(r[1], 4) for r in armed],
         "base_median_wall_s": round(mb, 4), "armed_median_wall_s": round(ma, 4),
         "base_median_cpu_s": round(cb, 4), "armed_median_cpu_s": round(ca, 4),
         "overhead_cpu_pct": round((ca / cb - 1) * 100, 2),
+        # Each pair ran back to back (order drawn): the median of the pairs'
+        # own ratios leaves out drift slower than a pair.
+        "paired_overhead_cpu_pct_median": round(statistics.median(paired), 2),
+        "paired_overhead_cpu_pct_ci95": [round(x, 2) for x in median_ci95(paired)],
         # Minimums too: on a shared 2-core machine the distributions are
         # skewed (ext4's is bimodal: whether dd's fsync or a flusher did the
         # writeback), and the minimum is the run least disturbed.
@@ -223,7 +288,7 @@ def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, runs: int
         "overhead_cpu_min_pct": round((min(r[1] for r in armed) / min(r[1] for r in base) - 1) * 100, 2),
         "overhead_wall_pct": round((ma / mb - 1) * 100, 2),
         "base_GiBps": round(nbytes / GiB / mb, 3), "armed_GiBps": round(nbytes / GiB / ma, 3),
-        "crossing_events_per_armed_run": crossings,
+        "crossing_events_per_armed_block": crossings,
         "target_overhead_pct": 2.0,
     }
 
@@ -328,39 +393,44 @@ def bpf_cost(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, hot_tp: s
     }
 
 
-def dispatch_floor(name: str, mount_ctx, nbytes: int, hot_tp: str, runs: int, n: int = 10) -> dict:
-    """Writer CPU with n empty programs on hot_tp vs none, alternating; per program per event."""
+def dispatch_floor(name: str, mount_ctx, nbytes: int, hot_tp: str, runs: int, n: int = 50) -> dict:
+    """Writer CPU with one empty program attached n times to hot_tp vs none, in
+    pairs; per attachment per event. Each attachment is a probe of its own on
+    the tracepoint (its own link, its own call into __bpf_trace_run), so n of
+    them cost n times what one does, and n = 50 lifts that far above the
+    writer's run-to-run noise."""
     from bcc import BPF
+    from bcc.libbcc import lib
 
-    progs = [BPF(text=f"RAW_TRACEPOINT_PROBE({hot_tp}) {{ return {i}; }}") for i in range(n)]
-    fn = f"raw_tracepoint__{hot_tp}".encode()
+    prog = BPF(text=f"RAW_TRACEPOINT_PROBE({hot_tp}) {{ return 0; }}")
+    fn = prog.load_func(f"raw_tracepoint__{hot_tp}".encode(), BPF.RAW_TRACEPOINT)
+    prog.detach_raw_tracepoint(tp=hot_tp.encode())  # bcc attached it once at load
     base: list[float] = []
     with_n: list[float] = []
     try:
-        for b in progs:
-            b.detach_raw_tracepoint(tp=hot_tp.encode())
         with mount_ctx as mp:
             timed_write(mp, nbytes, False)  # warm-up
             for order in pair_orders(runs, name + " floor"):
-                for which in ("base" if w == "base" else "with" for w in order):
+                for which in order:
                     if which == "base":
                         base.append(timed_write(mp, nbytes, False)[1])
                         continue
-                    for b in progs:
-                        b.attach_raw_tracepoint(tp=hot_tp.encode(), fn_name=fn)
+                    fds = [lib.bpf_attach_raw_tracepoint(fn.fd, hot_tp.encode()) for _ in range(n)]
                     try:
+                        if min(fds) < 0:
+                            raise SystemExit(f"could not attach an empty program to {hot_tp} {n} times")
                         with_n.append(timed_write(mp, nbytes, False)[1])
                     finally:
-                        for b in progs:
-                            b.detach_raw_tracepoint(tp=hot_tp.encode())
+                        for fd in fds:
+                            if fd >= 0:
+                                os.close(fd)
     finally:
-        for b in progs:
-            b.cleanup()
+        prog.cleanup()
     events = nbytes // 4096  # one event per 4 KiB page written (both hot tracepoints)
     med = (statistics.median(with_n) - statistics.median(base)) / n / events * 1e9
     low = (min(with_n) - min(base)) / n / events * 1e9
     return {
-        "name": name, "tracepoint": hot_tp, "empty_programs": n, "runs": runs,
+        "name": name, "tracepoint": hot_tp, "attachments": n, "runs": runs,
         "base_cpu_s": [round(x, 4) for x in base], "with_cpu_s": [round(x, 4) for x in with_n],
         "ns_per_program_per_event_median": round(med, 1), "ns_per_program_per_event_of_minimums": round(low, 1),
         # One program's share of the writer's CPU: the floor under any hot-path program here.
@@ -396,7 +466,7 @@ def latency(name: str, mount_ctx, trials: int) -> dict:
     return {
         "name": name, "trials": trials, "seen": len(lat_ms),
         "median_ms": round(statistics.median(lat_ms), 3) if lat_ms else None,
-        "p90_ms": round(lat_ms[int(0.9 * (len(lat_ms) - 1))], 3) if lat_ms else None,
+        "p90_ms": round(lat_ms[math.ceil(0.9 * len(lat_ms)) - 1], 3) if lat_ms else None,  # nearest rank
         "max_ms": round(lat_ms[-1], 3) if lat_ms else None,
         "target_ms": 10.0,
     }
@@ -404,15 +474,27 @@ def latency(name: str, mount_ctx, trials: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=7, help="runs per side (median)")
+    ap.add_argument("--blocks", type=int, default=40, help="pairs of blocks, base and armed")
+    ap.add_argument("--per-block", type=int, default=4, help="writes per block (one fsev start each)")
     ap.add_argument("--trials", type=int, default=20, help="crossings timed for latency")
     ap.add_argument("--bpf-runs", type=int, default=5, help="writes measured with BPF stats (0: none)")
     ap.add_argument("--floor-runs", type=int, default=8, help="runs per side of the dispatch floor (0: none)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--keep-page-reporting", action="store_true",
+                    help="leave the VM's free page reporting on (noisier: see page_reporting_paused)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_thresholds: needs root", file=sys.stderr)
         return 2
+    stop_on_sigterm()
+    with page_reporting_paused(not args.keep_page_reporting) as reporting:
+        return run(args, reporting)
+
+
+def run(args: argparse.Namespace, reporting: dict) -> int:
+    global SETTLE_S
+    if reporting["paused"]:
+        SETTLE_S = SETTLE_PAUSED_S
     # (name, mount, bytes, fsync, levels, hot tracepoint). 3 GiB tmpfs, 2 GiB
     # written: 33% left at the end, so L1=40% is crossed. The ext4 write alone
     # is the hot path (ext4_da_reserve_space per page); with fsync the writer's
@@ -429,12 +511,13 @@ def main() -> int:
         "fsev": FSEV,
         "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "page_reporting": reporting,
         "overhead": [],
         "bpf_cost": [],
         "dispatch_floor": [],
     }
     for name, ctx, nbytes, fsync, thr, hot_tp in scenarios:
-        o = overhead(name, ctx(), nbytes, fsync, thr, args.runs)
+        o = overhead(name, ctx(), nbytes, fsync, thr, args.blocks, args.per_block)
         result["overhead"].append(o)
         if args.bpf_runs:
             result["bpf_cost"].append(bpf_cost(name, ctx(), nbytes, fsync, thr, hot_tp, args.bpf_runs,
@@ -460,9 +543,9 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for o in result["overhead"]:
         print(f"{o['name']}: writer CPU base {o['base_median_cpu_s']:.3f}s armed {o['armed_median_cpu_s']:.3f}s "
-              f"= {o['overhead_cpu_pct']:+.2f}% (of minimums {o['overhead_cpu_min_pct']:+.2f}%); wall base {o['base_median_wall_s']:.3f}s armed "
+              f"= {o['overhead_cpu_pct']:+.2f}% (median of {o['pairs']} pairs {o['paired_overhead_cpu_pct_median']:+.2f}%, 95% CI {o['paired_overhead_cpu_pct_ci95']}, of minimums {o['overhead_cpu_min_pct']:+.2f}%); wall base {o['base_median_wall_s']:.3f}s armed "
               f"{o['armed_median_wall_s']:.3f}s = {o['overhead_wall_pct']:+.2f}% (target <= 2%); "
-              f"events/run {o['crossing_events_per_armed_run']}")
+              f"events per armed block {sorted(set(o['crossing_events_per_armed_block']))}")
     for b in result["bpf_cost"]:
         progs = ", ".join(f"{p['name']} {p['ns_per_event']} ns x {p['events_per_run']}" for p in b["programs"]
                           if p["events_per_run"] >= 1000)
