@@ -33,9 +33,9 @@ GATED = frozenset({Hook.SHMEM_CHARGE, Hook.SHMEM_FREE})
 class Switch:
     """The loader's side: which hooks are attached; a log shared with write_state."""
 
-    def __init__(self, log: list, refuse: bool = False) -> None:
+    def __init__(self, refuse: bool = False) -> None:
         self.on: set[Hook] = set(GATED)
-        self.log = log
+        self.log: list = []
         self.refuse = refuse
 
     def gated_hooks(self) -> frozenset[Hook]:
@@ -59,9 +59,17 @@ def monitor(disk: Disk, switch: Switch, levels: str = "500000,250000", notes: li
                             notice=(notes.append if notes is not None else None))
 
 
-def hint(pid: int) -> Event:
+def rig(avail: int, refuse: bool = False, notes: list | None = None) -> tuple[Disk, Switch, ThresholdMonitor]:
+    """A tmpfs of TOTAL blocks with avail free, its switch (switch.log) and monitor."""
+    disk, switch = Disk(avail, TOTAL), Switch(refuse=refuse)
+    return disk, switch, monitor(disk, switch, notes=notes)
+
+
+def hint(pid: int, comm: str = "writer", settle: bool = False) -> Event:
+    """A kernel threshold record for the rig's mount (settle: a delete's)."""
     return Event(seq=0, ts_ns=1, wall_time=0.0, cls=EventClass.THR, type=EventType.THRESHOLD,
-                 rung="raw_tracepoint", dev="0:40", pid=pid, tgid=pid, comm="writer")
+                 rung="raw_tracepoint", dev="0:40", pid=pid, tgid=pid, comm=comm,
+                 extra={"settle": True} if settle else {})
 
 
 def run_writer(mon: ThresholdMonitor, disk: Disk, switch: Switch, rate: float, until: int,
@@ -122,26 +130,22 @@ def test_a_bad_rate_bound_is_a_one_line_error(text):
 
 
 def test_far_from_every_level_the_per_page_hooks_are_detached():
-    log: list = []
-    disk, switch = Disk(900_000, TOTAL), Switch(log)
-    mon = monitor(disk, switch)
+    disk, switch, mon = rig(900_000)
     assert switch.on == set() and mon.hooks_on == frozenset()
-    assert log == [("state", 40, 0), ("hook", Hook.SHMEM_CHARGE, False), ("hook", Hook.SHMEM_FREE, False)]
+    assert switch.log == [("state", 40, 0), ("hook", Hook.SHMEM_CHARGE, False), ("hook", Hook.SHMEM_FREE, False)]
     # 400k blocks from L1 at 10k blocks/s: the next statfs may wait the longest interval
     assert mon.due_in(time.monotonic()) == pytest.approx(thr_gate.POLL_MAX_S, abs=0.01)
 
 
 def test_a_writer_within_the_rate_bound_meets_the_hook_attached_and_is_named():
-    log: list = []
-    disk, switch = Disk(600_000, TOTAL), Switch(log)
-    mon = monitor(disk, switch)
+    disk, switch, mon = rig(600_000)
     t0 = time.monotonic()
     evs, wakes = run_writer(mon, disk, switch, rate=8_000, until=480_000, t0=t0)
     assert [(e.level, e.direction, e.pid) for e in evs] == [("L1", "down", 3999942)]
-    on = [i for i, x in enumerate(log) if x == ("hook", Hook.SHMEM_CHARGE, True)]
-    assert on, log
+    on = [i for i, x in enumerate(switch.log) if x == ("hook", Hook.SHMEM_CHARGE, True)]
+    assert on, switch.log
     # the shares were reset just before the attach (a detached hook spent none)
-    assert log[on[0] - 1][0] == "state"
+    assert switch.log[on[0] - 1][0] == "state"
     # past L1 the next level is 230k blocks away: charge off again, frees on (depth 1)
     assert switch.on == {Hook.SHMEM_FREE}
     # far away the monitor slept: far fewer statfs than 2 ms polling would take
@@ -150,9 +154,7 @@ def test_a_writer_within_the_rate_bound_meets_the_hook_attached_and_is_named():
 
 
 def test_a_writer_faster_than_the_bound_is_reported_late_without_a_pid():
-    log: list = []
-    disk, switch = Disk(520_000, TOTAL), Switch(log)
-    mon = monitor(disk, switch)
+    disk, switch, mon = rig(520_000)
     t0 = time.monotonic()
     evs, wakes = run_writer(mon, disk, switch, rate=2_000_000, until=400_000, t0=t0)
     [ev] = evs
@@ -163,24 +165,19 @@ def test_a_writer_faster_than_the_bound_is_reported_late_without_a_pid():
 
 
 def test_frees_are_hooked_only_below_l1():
-    log: list = []
-    disk, switch = Disk(490_000, TOTAL), Switch(log)  # starts below L1, far above L2
-    mon = monitor(disk, switch)
+    disk, switch, mon = rig(490_000)  # starts below L1, far above L2
     assert switch.on == {Hook.SHMEM_FREE}
     t = time.monotonic()
     disk.avail = 900_000  # a big delete; its settle hint makes the monitor look
-    mon.on_hint(Event(seq=0, ts_ns=1, wall_time=0.0, cls=EventClass.THR, type=EventType.THRESHOLD,
-                      rung="raw_tracepoint", dev="0:40", pid=3999977, tgid=3999977, comm="rm", extra={"settle": True}), now=t)
+    mon.on_hint(hint(3999977, comm="rm", settle=True), now=t)
     [ev] = list(mon.events(now=t))
     assert (ev.level, ev.direction, ev.pid) == ("L1", "up", 3999977)
     assert switch.on == set()
 
 
 def test_a_kernel_that_refuses_to_reattach_leaves_statfs_alone():
-    log: list = []
     notes: list[str] = []
-    disk, switch = Disk(600_000, TOTAL), Switch(log, refuse=True)
-    mon = monitor(disk, switch, notes=notes)
+    disk, switch, mon = rig(600_000, refuse=True, notes=notes)
     t0 = time.monotonic()
     evs, wakes = run_writer(mon, disk, switch, rate=8_000, until=495_000, t0=t0)
     # one line per hook group the kernel refused, once: charge near L1, then frees below it
@@ -199,9 +196,7 @@ def test_soon_after_a_detach_the_hook_is_attached_further_out():
     it: for thr_gate.AFTER_DETACH_S the monitor attaches at the longer reach."""
     def first_attach(jump_after_s: float, above_l1: int) -> bool:
         """Start detached, then find the free space above_l1 blocks above L1 after jump_after_s."""
-        log: list = []
-        disk, switch = Disk(500_000 + 1400, TOTAL), Switch(log)  # beyond twice the slow reach
-        mon = monitor(disk, switch)
+        disk, switch, mon = rig(500_000 + 1400)  # beyond twice the slow reach
         assert switch.on == set()
         t = time.monotonic() + jump_after_s
         disk.avail = 500_000 + above_l1  # no faster than the bound; the writer's hint makes the monitor look
@@ -209,7 +204,7 @@ def test_soon_after_a_detach_the_hook_is_attached_further_out():
         list(mon.events(now=t))
         return Hook.SHMEM_CHARGE in switch.on
 
-    a = monitor(Disk(900_000, TOTAL), Switch([])).watches[0]
+    a = rig(900_000)[2].watches[0]
     fast = thr_gate.reach(BOUND_BLOCKS, a.band, a.lag)
     slow = thr_gate.reach(BOUND_BLOCKS, a.band, a.lag, thr_gate.LEAD_AFTER_DETACH_S)
     assert 2 * slow < 1400 and slow > fast
@@ -221,9 +216,7 @@ def test_soon_after_a_detach_the_hook_is_attached_further_out():
 def test_a_mount_hovering_at_a_level_keeps_its_hooks():
     """Crossing L1 back and forth must not detach and re-attach on every crossing
     (an attach holds fsev's loop for milliseconds): near a level is either side."""
-    log: list = []
-    disk, switch = Disk(500_300, TOTAL), Switch(log)
-    mon = monitor(disk, switch)
+    disk, switch, mon = rig(500_300)
     assert switch.on == {Hook.SHMEM_CHARGE, Hook.SHMEM_FREE}  # within reach of L1: both kept
     t = time.monotonic()
     got = []
@@ -233,7 +226,7 @@ def test_a_mount_hovering_at_a_level_keeps_its_hooks():
         mon.on_hint(hint(3999942), now=t)
         got += [(e.level, e.direction) for e in mon.events(now=t)]
     assert got == [("L1", "down"), ("L1", "up")] * 5
-    assert [x for x in log if x[0] == "hook"] == []
+    assert [x for x in switch.log if x[0] == "hook"] == []
     assert switch.on == {Hook.SHMEM_CHARGE, Hook.SHMEM_FREE}
 
 
