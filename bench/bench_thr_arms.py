@@ -3,13 +3,14 @@
 
 bench_thresholds.py compares "thresholds armed" with "fsev not running"
 (with free page reporting on, that A/B is bimodal here: a slow mode of the
-writer that comes and goes; both benches pause it). This one adds a third arm, fsev running *without* thresholds (`--events err`
-on the same mount), so that what the threshold programs cost can be told
+writer that comes and goes; both benches pause it). This one adds a third
+arm, fsev running *without* thresholds (`--events err` on the same mount),
+so that what the threshold programs cost can be told
 apart from what fsev's mere running does to the writer, and a fourth,
 thresholds armed at a level the write never comes near (`--thr 2%`), where
 fsev keeps its per-page hooks detached (fsev/thr_gate.py). Arms are drawn in a
 shuffled order each round (seeded); each arm starts fsev, the base arm stops
-it again before its write (as in bench_thresholds.py).
+it again before its write (bench_thresholds.writes_beside_fsev).
 
 Reported per arm: median writer CPU over all rounds, how many rounds fell into
 the slow mode (CPU above 1.5 x the base median), and the median of the other
@@ -57,15 +58,8 @@ def run_case(name: str, mount_ctx, nbytes: int, fsync: bool, rounds: int) -> dic
             order = list(ARMS)
             rng.shuffle(order)
             for arm in order:
-                f = bt.Fsev(arm_args(arm, mp))
-                if arm == "base":
-                    f.stop()
-                    cpu[arm].append(bt.timed_write(mp, nbytes, fsync)[1])
-                    continue
-                try:
-                    cpu[arm].append(bt.timed_write(mp, nbytes, fsync)[1])
-                finally:
-                    f.stop()
+                [(_, cpu_s)], _ = bt.writes_beside_fsev(arm_args(arm, mp), mp, nbytes, fsync, 1, arm != "base")
+                cpu[arm].append(cpu_s)
     base_med = statistics.median(cpu["base"])
     out: dict = {"name": name, "bytes": nbytes, "fsync": fsync, "rounds": rounds, "arms": {}}
     for arm, v in cpu.items():
@@ -106,8 +100,6 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, reporting: dict) -> int:
-    if reporting["paused"]:
-        bt.SETTLE_S = bt.SETTLE_PAUSED_S  # no host faults to wait out
     res = {"kernel": os.uname().release, "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "loadavg_at_start": os.getloadavg(), "page_reporting": reporting, "cases": []}
     for name, ctx, nbytes, fsync in (

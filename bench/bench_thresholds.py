@@ -75,7 +75,8 @@ def page_reporting_paused(pause: bool) -> Iterator[dict]:
     drops them; the next write to touch one takes a host fault, so the same
     1 GiB ext4 write took 0.24 s or 1.1 s of CPU. With reporting paused (as a
     bench pins a CPU governor), eight such writes measured 0.236-0.275 s
-    against 0.319-0.74 s without. Yields what was done, for the JSON."""
+    against 0.319-0.74 s without. While paused, timed_write settles for
+    SETTLE_PAUSED_S instead of SETTLE_S. Yields what was done, for the JSON."""
     if not pause or not PAGE_REPORTING_ORDER.exists():
         yield {"paused": False, "why": "asked not to" if not pause else "no page reporting on this machine"}
         return
@@ -85,9 +86,13 @@ def page_reporting_paused(pause: bool) -> Iterator[dict]:
     except OSError as e:
         yield {"paused": False, "why": f"could not set {PAGE_REPORTING_ORDER}: {e.strerror}"}
         return
+    global SETTLE_S
+    settle = SETTLE_S
+    SETTLE_S = SETTLE_PAUSED_S  # no host faults to wait out
     try:
         yield {"paused": True, "order_was": was, "order_during_bench": NO_REPORTING_ORDER}
     finally:
+        SETTLE_S = settle
         PAGE_REPORTING_ORDER.write_text(was)
 
 
@@ -221,6 +226,29 @@ def pair_orders(runs: int, seed: str) -> list[tuple[str, str]]:
     return orders[:runs]
 
 
+def writes_beside_fsev(args: list[str], mp: str, nbytes: int, fsync: bool, n: int, running: bool,
+                       events_per_write: int = 0) -> tuple[list[tuple[float, float]], int]:
+    """n timed writes after starting `fsev trace args`, with it running or
+    (running False) stopped again first: either way the writes follow fsev's
+    start-up (a bcc compile, and what it leaves in the page allocator and
+    caches), so the one difference is fsev attached during them. Running, it
+    waits after each write for events_per_write more events. Returns the
+    writes and the events fsev printed."""
+    f = Fsev(args)
+    if not running:
+        f.stop()
+        return [timed_write(mp, nbytes, fsync) for _ in range(n)], 0
+    writes: list[tuple[float, float]] = []
+    try:
+        for i in range(n):
+            writes.append(timed_write(mp, nbytes, fsync))
+            if events_per_write:
+                f.wait_events(events_per_write * (i + 1), timeout=5)
+    finally:
+        f.stop()
+    return writes, len(f.events)
+
+
 def median_ci95(xs: list[float]) -> tuple[float, float]:
     """A distribution-free 95 % interval for the median: the order statistics
     n/2 -/+ 1.96 sqrt(n)/2 (the binomial's normal approximation)."""
@@ -232,11 +260,8 @@ def median_ci95(xs: list[float]) -> tuple[float, float]:
 def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, blocks: int, per_block: int) -> dict:
     """Writer CPU with fsev armed vs not running, in pairs of blocks of
     per_block writes (one fsev start per block: its start-up is seconds, a
-    write a fraction of one). Both sides start fsev first (the base side
-    stops it again before its writes): what that start-up leaves behind in the
-    page allocator and caches (a bcc compile) falls on both; the one
-    difference is fsev attached during the writes. The i-th writes of the two
-    blocks of a pair make a pair."""
+    write a fraction of one; both sides start it: writes_beside_fsev). The
+    i-th writes of the two blocks of a pair make a pair."""
     base: list[tuple[float, float]] = []
     armed: list[tuple[float, float]] = []
     crossings: list[int] = []
@@ -247,20 +272,10 @@ def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, blocks: i
         for order in pair_orders(blocks, name):
             got: dict[str, list[tuple[float, float]]] = {}
             for which in order:
-                f = Fsev(args)
-                if which == "base":
-                    f.stop()
-                    got[which] = [timed_write(mp, nbytes, fsync) for _ in range(per_block)]
-                    continue
-                try:
-                    got[which] = []
-                    for i in range(per_block):
-                        got[which].append(timed_write(mp, nbytes, fsync))
-                        # each write: L1 up at the previous file's delete, L1 down during the write
-                        f.wait_events(2 * (i + 1), timeout=5)
-                finally:
-                    f.stop()
-                crossings.append(len(f.events))
+                # armed, each write: L1 up at the previous file's delete, L1 down during the write
+                got[which], events = writes_beside_fsev(args, mp, nbytes, fsync, per_block, which == "armed", 2)
+                if which == "armed":
+                    crossings.append(events)
             base += got["base"]
             armed += got["armed"]
     def med(runs_: list[tuple[float, float]], i: int) -> float:
@@ -492,9 +507,6 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, reporting: dict) -> int:
-    global SETTLE_S
-    if reporting["paused"]:
-        SETTLE_S = SETTLE_PAUSED_S
     # (name, mount, bytes, fsync, levels, hot tracepoint). 3 GiB tmpfs, 2 GiB
     # written: 33% left at the end, so L1=40% is crossed. The ext4 write alone
     # is the hot path (ext4_da_reserve_space per page); with fsync the writer's
