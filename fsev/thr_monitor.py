@@ -350,6 +350,7 @@ class ThresholdMonitor:
             # not gated: attached for good; refused by the kernel: never again
             attached = charge not in self._gated or charge in on
             w.watched_down = attached
+            # the reach again, after the switch: a hook detached just now plans with the slow one
             r = self._on_reach(w, charge, now) if charge is not None else 0
             t = now + thr_gate.next_sample_s(d, r, w.gate_rate, attached)
             w.gate_next = t if due else min(w.gate_next, t)
