@@ -28,12 +28,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from flood import start_writer  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-from fsev.event_json import event_json  # noqa: E402
+from fsev.events.json_line import event_json  # noqa: E402
 from fsev.events import Event, EventClass, EventType  # noqa: E402
-from fsev.journal import Journal  # noqa: E402
-from fsev.kernel_facts import KernelFacts  # noqa: E402
-from fsev.plan import plan_probes  # noqa: E402
-from fsev.recorder import Recorder  # noqa: E402
+from fsev.journal.store import Journal  # noqa: E402
+from fsev.kernel.facts import KernelFacts  # noqa: E402
+from fsev.probes.plan import plan_probes  # noqa: E402
+from fsev.journal.recorder import Recorder  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "journal.json"
 GOAL_EPS = 100_000
@@ -104,9 +104,9 @@ def parts(n: int = 200_000) -> dict:
 
 def end_to_end(fs, rate: float, seconds: float = 3.0) -> dict:
     """`fsev record`'s path, in process so it can be pinned: TraceSession -> Recorder -> journal."""
-    from fsev.mountinfo import MountTable
-    from fsev.selection import resolve_mounts
-    from fsev.session import TraceOptions, TraceSession
+    from fsev.linux.mountinfo import MountTable
+    from fsev.session.selection import resolve_mounts
+    from fsev.session.trace import TraceOptions, TraceSession
 
     os.sched_setaffinity(0, {0})
     try:

@@ -71,9 +71,9 @@ def flood(fs, rate: float, seconds: float = 3.0) -> dict:
     it can); the consumer (TraceSession: ring buffer read, decode, enrich) runs
     on CPU 0. delivered + lost == raised (tests/test_ring_overrun.py proves it)."""
     from fsev.events import EventClass, EventType
-    from fsev.mountinfo import MountTable
-    from fsev.selection import resolve_mounts
-    from fsev.session import TraceOptions, TraceSession
+    from fsev.linux.mountinfo import MountTable
+    from fsev.session.selection import resolve_mounts
+    from fsev.session.trace import TraceOptions, TraceSession
 
     os.sched_setaffinity(0, {0})
     mounts = resolve_mounts([fs.mount_point], MountTable.read())
@@ -98,11 +98,11 @@ def flood(fs, rate: float, seconds: float = 3.0) -> dict:
 def decode_only(fs, n: int = 200_000) -> dict:
     """Decode + enrich throughput on real records captured from the kernel,
     without the flood competing for the 2 cores."""
-    from fsev.mountinfo import MountTable
-    from fsev.selection import resolve_mounts
-    from fsev.session import TraceOptions, TraceSession
+    from fsev.linux.mountinfo import MountTable
+    from fsev.session.selection import resolve_mounts
+    from fsev.session.trace import TraceOptions, TraceSession
     from fsev.events import EventClass
-    from fsev.decode import decode
+    from fsev.probes.decode import decode
 
     mounts = resolve_mounts([fs.mount_point], MountTable.read())
     s = TraceSession(TraceOptions(mounts=mounts, classes=frozenset({EventClass.ERR}), ringbuf_pages=64))

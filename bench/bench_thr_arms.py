@@ -8,7 +8,7 @@ arm, fsev running *without* thresholds (`--events err` on the same mount),
 so that what the threshold programs cost can be told
 apart from what fsev's mere running does to the writer, and a fourth,
 thresholds armed at a level the write never comes near (`--thr 2%`), where
-fsev keeps its per-page hooks detached (fsev/thr_gate.py). Arms are drawn in a
+fsev keeps its per-page hooks detached (fsev/thresholds/gate.py). Arms are drawn in a
 shuffled order each round (seeded); each arm starts fsev, the base arm stops
 it again before its write (bench_thresholds.writes_beside_fsev).
 
@@ -44,7 +44,7 @@ def arm_args(arm: str, mp: str) -> list[str]:
         return ["--mount", mp, "--events", "err"]
     if arm == "thr_far":
         # A level the write never comes near: fsev keeps its per-page hooks
-        # detached (fsev/thr_gate.py) and only reads statfs now and then.
+        # detached (fsev/thresholds/gate.py) and only reads statfs now and then.
         return ["--mount", mp, "--thr", "2%", "--events", "thr"]
     return ["--mount", mp, "--thr", "40%,20%", "--events", "thr"]
 

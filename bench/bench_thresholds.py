@@ -16,7 +16,7 @@ an empty program on the hot tracepoint, which measures what the stats
 themselves add: ns per event for each of fsev's programs, the empty one's, and
 the estimate (ns above empty x events / writer CPU). On a shared machine this
 is far steadier than the writer's CPU time. fsev attaches its per-page
-programs only near a level (fsev/thr_gate.py): the run count of the busiest
+programs only near a level (fsev/thresholds/gate.py): the run count of the busiest
 one over the pages written is the fraction of the write they saw, and that
 count x the dispatch floor below is what their mere attachment cost.
 
@@ -396,7 +396,7 @@ def bpf_cost(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, hot_tp: s
     return {
         "name": name, "runs": runs, "hot_tracepoint": hot_tp, "empty_program_ns_per_event": round(empty_ns, 1),
         "programs": progs, "base_cpu_s": base_cpu_s,
-        # fsev attaches its per-page programs only near a level (fsev/thr_gate.py):
+        # fsev attaches its per-page programs only near a level (fsev/thresholds/gate.py):
         # the busiest one's runs per write over the pages written.
         "pages_per_write": nbytes // 4096, "hot_program_runs_per_write": hot,
         "hooked_fraction": round(hot / (nbytes // 4096), 4),

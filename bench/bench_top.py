@@ -11,7 +11,7 @@
   longest gap between two different screens) and keys must still work
   (time from `p` to PAUSED on screen).
 - load_bcc_consumer: the same with FSEV_BCC_RINGBUF=1 (bcc's callback
-  consumer instead of fsev.ringbuf's mmap reader). Measured here: the mmap
+  consumer instead of fsev.kernel.ringbuf's mmap reader). Measured here: the mmap
   reader sees a few ring-buffer reserve failures per 100 000 at 10 000/s
   although it is never more than ~100 records behind; bcc's consumer none.
 - load_control: the same writer against bench/control_ringbuf.py, ten lines
@@ -222,7 +222,7 @@ def main() -> None:
         results["idle"] = [idle([], a.idle_seconds, "every mount"),
                            idle(["--mount", quiet], a.idle_seconds, "--mount a private tmpfs")]
     results["load"] = load(a.rate, a.load_seconds)
-    # fsev.ringbuf's mmap reader against bcc's callback consumer, same everything else
+    # fsev.kernel.ringbuf's mmap reader against bcc's callback consumer, same everything else
     results["load_bcc_consumer"] = load(a.rate, a.load_seconds, {"FSEV_BCC_RINGBUF": "1"})
     results["load_control"] = control(a.rate, a.load_seconds)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

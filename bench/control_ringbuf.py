@@ -3,7 +3,7 @@
 Same tracepoint (ext4:ext4_error), same record size (208 bytes), same ring
 (256 pages), bcc's own consumer, no decoding, no screen. Reserve failures it
 counts belong to the kernel and the machine, not to fsev. (A bench script,
-not part of the package: fsev itself imports bcc in fsev.bpf_loader only.)
+not part of the package: fsev itself imports bcc in fsev.kernel.loader only.)
 
     python control_ringbuf.py DEV SECONDS   # DEV: kernel dev_t (major << 20 | minor)
 prints "ready", then after SECONDS: "<delivered> <drops>".

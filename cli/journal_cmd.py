@@ -6,8 +6,8 @@ import json
 import signal
 import sys
 
-from fsev.replay import ReplayOptions, replay
-from fsev.report import print_report, report_journal
+from fsev.journal.replay import ReplayOptions, replay
+from fsev.journal.report import print_report, report_journal
 
 
 def run_replay(path: str, opts: ReplayOptions) -> None:

@@ -146,7 +146,7 @@ def replay(
                                          help="Append to FILE instead of stdout; with --consumer, exactly once."),
 ) -> None:
     """Print a journal's events as trace did (docs/journal.md: consumers)."""
-    from fsev.replay import ReplayOptions
+    from fsev.journal.replay import ReplayOptions
 
     from .journal_cmd import run_replay
 

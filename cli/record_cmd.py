@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fsev.errors import FsevError
-from fsev.recorder import Recorder
+from fsev.journal.recorder import Recorder
 
 if TYPE_CHECKING:
-    from fsev.session import TraceOptions
+    from fsev.session.trace import TraceOptions
 
     from .trace_cmd import TraceRequest
 

@@ -1,4 +1,4 @@
-"""`fsev top`: validate, attach, then the live screen (fsev.top_app) or one snapshot."""
+"""`fsev top`: validate, attach, then the live screen (fsev.top.app) or one snapshot."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from fsev.errors import FsevError
-from fsev.mountinfo import Mount, MountTable
-from fsev.privilege import NEED_ROOT, can_trace
-from fsev.selection import parse_classes, resolve_mounts
-from fsev.setup_checks import check_bcc, check_btf, check_tracefs, require
-from fsev.thresholds import Levels, ThresholdError, parse_thr, resolve_levels
-from fsev.top_model import SORT_KEYS, TopModel
+from fsev.linux.mountinfo import Mount, MountTable
+from fsev.linux.privilege import NEED_ROOT, can_trace
+from fsev.session.selection import parse_classes, resolve_mounts
+from fsev.session.setup_checks import check_bcc, check_btf, check_tracefs, require
+from fsev.thresholds.levels import Levels, ThresholdError, parse_thr, resolve_levels
+from fsev.top.model import SORT_KEYS, TopModel
 
 from .record_cmd import RecordTarget, open_recorder, recording_options
 from .trace_cmd import check_thresholds
 
 if TYPE_CHECKING:
-    from fsev.output import EventSink
+    from fsev.session.sinks import EventSink
 
 NO_TTY = "top needs a terminal: use `fsev top --once` for one snapshot, or `fsev trace` for a stream"
 # 4 MiB, ~20 000 records, four times trace's default: the screen shares fsev's
@@ -105,8 +105,8 @@ def _show(app_class, session, model: TopModel, req: TopRequest,  # type: ignore[
 
 
 def run_top(req: TopRequest) -> int:
-    from fsev.session import TraceOptions, TraceSession
-    from fsev.top_app import TopApp
+    from fsev.session.trace import TraceOptions, TraceSession
+    from fsev.top.app import TopApp
 
     classes = parse_classes(req.events)
     _check_sort(req)
@@ -142,7 +142,7 @@ def run_top(req: TopRequest) -> int:
 
 def run_top_review(req: TopRequest) -> int:
     """`fsev top --from FILE`: the screen driven by a journal; no kernel, no root needed."""
-    from fsev.top_review import JournalSession, ReviewApp
+    from fsev.top.review import JournalSession, ReviewApp
 
     if req.from_file is None:
         raise FsevError("--speed needs --from FILE: it paces a recorded journal")

@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING
 
 from fsev.errors import FsevError
 from fsev.events import EventType
-from fsev.mountinfo import MountTable
-from fsev.output import HumanSink, JsonSink
-from fsev.plan import Plan
-from fsev.privilege import NEED_ROOT, can_trace
-from fsev.selection import parse_classes, resolve_mounts
-from fsev.setup_checks import check_bcc, check_btf, check_tracefs, require
-from fsev.thresholds import ThresholdError, parse_thr
+from fsev.linux.mountinfo import MountTable
+from fsev.session.sinks import HumanSink, JsonSink
+from fsev.probes.plan import Plan
+from fsev.linux.privilege import NEED_ROOT, can_trace
+from fsev.session.selection import parse_classes, resolve_mounts
+from fsev.session.setup_checks import check_bcc, check_btf, check_tracefs, require
+from fsev.thresholds.levels import ThresholdError, parse_thr
 
 if TYPE_CHECKING:
     from fsev.events import EventClass
-    from fsev.mountinfo import Mount
-    from fsev.thresholds_kernel import ArmedMount
+    from fsev.linux.mountinfo import Mount
+    from fsev.thresholds.arming import ArmedMount
 
 if TYPE_CHECKING:
     from .record_cmd import RecordTarget
@@ -61,13 +61,13 @@ def describe_plan(plan: Plan) -> list[str]:
 
 
 def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozenset[EventClass]") -> "list[ArmedMount]":
-    """--thr on each --mount: levels in blocks and the rung that watches it (fsev/thresholds_kernel.py)."""
+    """--thr on each --mount: levels in blocks and the rung that watches it (fsev/thresholds/arming.py)."""
     from fsev.events import EventClass
-    from fsev.plan import plan_probes
-    from fsev.session import kernel_facts
-    from fsev.thr_gate import rate_bound
-    from fsev.thresholds import parse_hysteresis
-    from fsev.thresholds_kernel import arm_thresholds
+    from fsev.probes.plan import plan_probes
+    from fsev.session.trace import kernel_facts
+    from fsev.thresholds.gate import rate_bound
+    from fsev.thresholds.levels import parse_hysteresis
+    from fsev.thresholds.arming import arm_thresholds
 
     if req.thr is None:
         if req.thr_hysteresis is not None:
@@ -90,8 +90,8 @@ def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozens
 
 
 def run_trace(req: TraceRequest) -> None:
-    from fsev.session import TraceOptions, TraceSession, build_source, kernel_facts
-    from fsev.plan import plan_probes
+    from fsev.session.trace import TraceOptions, TraceSession, build_source, kernel_facts
+    from fsev.probes.plan import plan_probes
 
     classes = parse_classes(req.events)
     if req.thr is not None:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Iterator
 
 from fsev.events import Event, EventClass, EventType
-from fsev.journal import Journal
-from fsev.journal_writer import JournalWriter
+from fsev.journal.store import Journal
+from fsev.journal.writer import JournalWriter
 
 FSEV = str(Path(sys.executable).parent / "fsev")
 

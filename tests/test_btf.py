@@ -1,4 +1,4 @@
-"""fsev.btf against the running kernel's BTF, with clang as the oracle.
+"""fsev.kernel.btf against the running kernel's BTF, with clang as the oracle.
 
 bpftool turns the same BTF into C (vmlinux.h) and clang lays the structs out;
 its offsets and sizes, read back from LLVM IR, must equal ours. That checks
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fsev.btf import VMLINUX, Btf, BtfError, resolve
+from fsev.kernel.btf import VMLINUX, Btf, BtfError, resolve
 
 OFFSETS = [
     "super_block.s_dev", "super_block.s_fs_info", "super_block.s_flags", "super_block.s_magic",
@@ -54,7 +54,7 @@ def _pack_small_enums(header: str, raw_dump: str) -> str:
     one byte). Debian's bpftool 7.1 (libbpf 1.1) prints them as plain enums,
     so clang makes them 4 bytes and misplaces every member after them; newer
     libbpf adds an attribute, which is what this does, from bpftool's own
-    plain-text dump so the oracle stays independent of fsev.btf.
+    plain-text dump so the oracle stays independent of fsev.kernel.btf.
     """
     for name, size in re.findall(r"^\[\d+\] ENUM '(\w+)' .*size=(\d+) ", raw_dump, re.MULTILINE):
         if size in ("1", "2"):
@@ -109,19 +109,19 @@ def clang_layout() -> Iterator[dict[str, int]]:
 @pytest.mark.parametrize("spec", OFFSETS)
 def test_offset_matches_clang(kernel_btf: Btf, clang_layout: dict[str, int], spec: str) -> None:
     ours, clangs = kernel_btf.offsetof(spec), clang_layout[spec]
-    assert ours == clangs, f"{spec}: fsev.btf says {ours}, clang says {clangs}"
+    assert ours == clangs, f"{spec}: fsev.kernel.btf says {ours}, clang says {clangs}"
 
 
 @pytest.mark.parametrize("name", SIZES)
 def test_sizeof_matches_clang(kernel_btf: Btf, clang_layout: dict[str, int], name: str) -> None:
     ours, clangs = kernel_btf.sizeof(f"struct {name}"), clang_layout[f"sizeof:{name}"]
-    assert ours == clangs, f"sizeof(struct {name}): fsev.btf says {ours}, clang says {clangs}"
+    assert ours == clangs, f"sizeof(struct {name}): fsev.kernel.btf says {ours}, clang says {clangs}"
 
 
 @pytest.mark.parametrize("name", ENUMS)
 def test_enum_value_matches_clang(kernel_btf: Btf, clang_layout: dict[str, int], name: str) -> None:
     ours, clangs = kernel_btf.enum_value(name), clang_layout[f"enum:{name}"]
-    assert ours == clangs, f"{name}: fsev.btf says {ours}, clang says {clangs}"
+    assert ours == clangs, f"{name}: fsev.kernel.btf says {ours}, clang says {clangs}"
 
 
 def test_member_sizes(kernel_btf: Btf) -> None:

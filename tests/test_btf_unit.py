@@ -1,4 +1,4 @@
-"""fsev.btf on small BTF blobs built here: no kernel, no root."""
+"""fsev.kernel.btf on small BTF blobs built here: no kernel, no root."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fsev import btf as btf_mod
-from fsev.btf import Btf, BtfError, resolve
+from fsev.kernel.btf import Btf, BtfError, resolve
 
 # Kind numbers from the kernel's Documentation/bpf/btf.rst, spelled out again
 # here so the encoder does not trust the module under test.

@@ -11,20 +11,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsev.blockdev import disk_of, partition_of
-from fsev.decode import Clock, decode
-from fsev.enospc import EnospcAggregator, KernelTotal
+from fsev.linux.blockdev import disk_of, partition_of
+from fsev.probes.decode import Clock, decode
+from fsev.points.enospc import EnospcAggregator, KernelTotal
 from fsev.events import Event, EventClass, EventType
-from fsev.fanotify import (FAN_EVENT_INFO_TYPE_ERROR, FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_MNT,
+from fsev.linux.fanotify import (FAN_EVENT_INFO_TYPE_ERROR, FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_MNT,
                            FAN_FS_ERROR, FAN_MNT_ATTACH, FAN_MNT_DETACH, FanEvent, parse_events)
-from fsev.fs_error_detail import Ext4ErrorDetail, fill_from_sysfs
-from fsev.health_records import mount_action, ro_flag_name
-from fsev.kernel_facts import KernelFacts
-from fsev.mountinfo import MountTable, parse_mountinfo
-from fsev.plan import ProbePoint, RungKind, plan_probes
-from fsev.program import ProgramConfig, kprobe_attachments, preamble, required_offsets
-from fsev.readonly import EMERGENCY_RO, MNT_READONLY, SB_RDONLY, SHUTDOWN, ReadOnlyTracker, mount_read_only
-from fsev.records import Call, Field, Record, RecordClass, RecordType, RoBits, Rung, kernel_dev
+from fsev.points.fs_error_detail import Ext4ErrorDetail, fill_from_sysfs
+from fsev.probes.health_records import mount_action, ro_flag_name
+from fsev.kernel.facts import KernelFacts
+from fsev.linux.mountinfo import MountTable, parse_mountinfo
+from fsev.probes.plan import ProbePoint, RungKind, plan_probes
+from fsev.probes.program import ProgramConfig, kprobe_attachments, preamble, required_offsets
+from fsev.points.readonly import EMERGENCY_RO, MNT_READONLY, SB_RDONLY, SHUTDOWN, ReadOnlyTracker, mount_read_only
+from fsev.kernel.records import Call, Field, Record, RecordClass, RecordType, RoBits, Rung, kernel_dev
 
 ALL = frozenset(RecordClass(c) for c in (1, 2, 3, 4))
 HERE_TPS = frozenset({

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsev.events import Event, EventClass, EventType
-from fsev.journal import APPLICATION_ID, FORMAT_VERSION, Journal, JournalError, event_body
-from fsev.journal_writer import MAX_UNCOMMITTED, JournalWriter
-from fsev.output import JsonSink
+from fsev.journal.store import APPLICATION_ID, FORMAT_VERSION, Journal, JournalError, event_body
+from fsev.journal.writer import MAX_UNCOMMITTED, JournalWriter
+from fsev.session.sinks import JsonSink
 
 from journal_env import PLAN, digest, fs_error, loss, umount, write_journal
 
@@ -344,7 +344,7 @@ _scalars = st.one_of(st.none(), st.integers(-2**70, 2**70), st.text(max_size=12)
        lazy=_scalars, mount=_scalars,
        extra=st.dictionaries(st.text(min_size=1, max_size=5), _scalars, max_size=2))
 def test_fast_json_line_is_exactly_what_json_sink_prints(seq, wall, rung, comm, inode, errno, lazy, mount, extra):
-    from fsev.event_json import _dumps, event_json
+    from fsev.events.json_line import _dumps, event_json
 
     ev = fs_error(1, seq=seq, wall_time=wall, rung=rung, comm=comm, inode=inode, errno=errno, lazy=lazy,
                   mount_point=mount, extra=extra)
@@ -362,7 +362,7 @@ def test_sql_sees_one_row_per_event_through_the_event_view(jpath):
 
 def test_fast_json_line_never_confuses_equal_values_of_other_types():
     """True == 1 == 1.0 as dict keys; in JSON they are true, 1 and 1.0."""
-    from fsev.event_json import _dumps, event_json
+    from fsev.events.json_line import _dumps, event_json
 
     for v in (True, 1, 1.0, False, 0, 0.0, -0.0, 0.0, True, 1):
         ev = fs_error(1, lazy=v, line=v)

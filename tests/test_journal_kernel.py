@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from fsev.journal import FORMAT_VERSION, Journal
-from fsev.journal_writer import MAX_UNCOMMITTED
-from fsev.records import RECORD_SIZE
-from fsev.session import LOSS_CHECK_S
+from fsev.journal.store import FORMAT_VERSION, Journal
+from fsev.journal.writer import MAX_UNCOMMITTED
+from fsev.kernel.records import RECORD_SIZE
+from fsev.session.trace import LOSS_CHECK_S
 
 from journal_env import FsevProc, digest, fsev, one_line_error, write_journal, fs_error
 from kernel_env import ext4, fsev_prog_ids, live_prog_ids, run, tmpfs, unmount
@@ -83,7 +83,7 @@ def test_replay_json_is_byte_for_byte_what_trace_json_printed_while_recording(wo
         (rec,) = jr.recordings()
     assert rec.command == "trace" and rec.clean
     assert rec.options["mounts"] == [bad.mount_point, fs.mount_point, t]
-    from fsev.plan import ProbePoint
+    from fsev.probes.plan import ProbePoint
 
     points = {p.value for p in ProbePoint}
     rungs = {line.split(": ")[1]: line.split(": ")[2].split()[0] for line in tr.stderr_lines

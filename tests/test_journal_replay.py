@@ -17,9 +17,9 @@ import zlib
 import pytest
 from rich.console import Console
 
-from fsev.journal import FORMAT_VERSION, Journal, event_body
-from fsev.journal_writer import JournalWriter
-from fsev.output import human_line
+from fsev.journal.store import FORMAT_VERSION, Journal, event_body
+from fsev.journal.writer import JournalWriter
+from fsev.session.sinks import human_line
 
 from journal_env import FSEV, PLAN, digest, fs_error, fsev, loss, one_line_error, popen, umount, write_journal
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from importlib import metadata
 
-from fsev.program import bpf_dir
+from fsev.probes.program import bpf_dir
 from kernel_env import FSEV
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from fsev.kernel_facts import KernelFacts
-from fsev.plan import plan_probes
-from fsev.program import ProgramConfig, bpf_dir, kprobe_attachments, source
-from fsev.records import RecordClass
+from fsev.kernel.facts import KernelFacts
+from fsev.probes.plan import plan_probes
+from fsev.probes.program import ProgramConfig, bpf_dir, kprobe_attachments, source
+from fsev.kernel.records import RecordClass
 
 pytestmark = pytest.mark.root
 
@@ -37,8 +37,8 @@ def _offsets(plan, cfg) -> dict[str, int]:
     """Offsets from this kernel's BTF. The made-up kernel reads ext4 flag bits
     this one may lack (EXT4_MF_FS_ABORTED went in 6.6): a bit number is not
     a memory offset, so any one will do for the verifier."""
-    from fsev.btf import resolve
-    from fsev.program import required_offsets
+    from fsev.kernel.btf import resolve
+    from fsev.probes.program import required_offsets
 
     specs = required_offsets(plan, cfg)
     got = resolve(specs, modules=("ext4",))

@@ -1,4 +1,4 @@
-"""bpf/fsev.h is the one record layout; fsev/records.py must mirror what bcc compiles."""
+"""bpf/fsev.h is the one record layout; fsev/kernel/records.py must mirror what bcc compiles."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import re
 import pytest
 
 from fsev import records
-from fsev.kernel_facts import KernelFacts
-from fsev.plan import plan_probes
-from fsev.program import ProgramConfig, bpf_dir, source
-from fsev.records import Record, RecordClass
+from fsev.kernel.facts import KernelFacts
+from fsev.probes.plan import plan_probes
+from fsev.probes.program import ProgramConfig, bpf_dir, source
+from fsev.kernel.records import Record, RecordClass
 
 pytestmark = pytest.mark.root
 

@@ -1,4 +1,4 @@
-"""Per-page threshold hooks attached only near a level (fsev/thr_gate.py), without a kernel.
+"""Per-page threshold hooks attached only near a level (fsev/thresholds/gate.py), without a kernel.
 
 The monitor is driven through simulated time: a writer takes blocks at a
 steady rate, the monitor wakes when due_in() says, and a fake switch stands
@@ -13,15 +13,15 @@ import time
 import pytest
 
 from fsev import thr_gate
-from fsev.decode import Clock
+from fsev.probes.decode import Clock
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
-from fsev.plan import plan_probes
-from fsev.session import poll_timeout_ms
-from fsev.thr_gate import Hook
-from fsev.thr_monitor import ThresholdMonitor
-from fsev.thresholds import parse_thr
-from fsev.thresholds_kernel import arm_thresholds
+from fsev.probes.plan import plan_probes
+from fsev.session.trace import poll_timeout_ms
+from fsev.thresholds.gate import Hook
+from fsev.thresholds.monitor import ThresholdMonitor
+from fsev.thresholds.levels import parse_thr
+from fsev.thresholds.arming import arm_thresholds
 from test_thresholds_unit import Disk, facts, mount
 
 BLOCK = 4096

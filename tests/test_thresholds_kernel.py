@@ -132,7 +132,7 @@ def test_tmpfs_plain_raw_tracepoints_where_tp_btf_is_refused():
 
 
 def test_tmpfs_programs_are_btf_typed_here():
-    """The per-page tmpfs programs load as tp_btf (fsev/tp_btf.py): direct loads."""
+    """The per-page tmpfs programs load as tp_btf (fsev/kernel/tp_btf.py): direct loads."""
     with tmpfs("8m") as mp:
         with FsevTrace(["--mount", mp, "--thr", "1000"]) as t:
             t.wait_attached()
@@ -169,13 +169,13 @@ def test_a_writer_busy_while_fsev_arms_is_seen(monkeypatch):
     cache "not watched" for the superblock; the epoch user space bumps after
     adding a slot must drop that verdict. Here the writer starts once the
     programs are attached and writes for 0.5 s before the thresholds are."""
-    from fsev.bpf_loader import KernelProbes
+    from fsev.kernel.loader import KernelProbes
     from fsev.events import EventType
-    from fsev.mountinfo import MountTable
-    from fsev.plan import plan_probes
-    from fsev.session import TraceOptions, TraceSession, kernel_facts
-    from fsev.thresholds import parse_thr
-    from fsev.thresholds_kernel import arm_thresholds
+    from fsev.linux.mountinfo import MountTable
+    from fsev.probes.plan import plan_probes
+    from fsev.session.trace import TraceOptions, TraceSession, kernel_facts
+    from fsev.thresholds.levels import parse_thr
+    from fsev.thresholds.arming import arm_thresholds
 
     # One 4 KiB page per write, without pause, on one CPU: few other pages pass
     # that CPU's programs to displace its cached verdict.
@@ -224,12 +224,12 @@ def test_per_page_hooks_attach_only_near_a_level(kind, monkeypatch):
     below L1 the hooks stay (a level is crossed back and forth); once `rm`
     has taken the mount far above L1 again, they go."""
     from fsev.events import EventType
-    from fsev.mountinfo import MountTable
-    from fsev.plan import plan_probes
-    from fsev.session import TraceOptions, TraceSession, kernel_facts
-    from fsev.thr_gate import Hook
-    from fsev.thresholds import parse_thr
-    from fsev.thresholds_kernel import arm_thresholds
+    from fsev.linux.mountinfo import MountTable
+    from fsev.probes.plan import plan_probes
+    from fsev.session.trace import TraceOptions, TraceSession, kernel_facts
+    from fsev.thresholds.gate import Hook
+    from fsev.thresholds.levels import parse_thr
+    from fsev.thresholds.arming import arm_thresholds
 
     monkeypatch.setenv("FSEV_THR_RATE", str(128 << 20))
     charge = Hook.SHMEM_CHARGE if kind == "tmpfs" else Hook.EXT4_CHARGE
@@ -363,11 +363,11 @@ def test_kernel_estimate_stays_within_the_band_of_statfs(kind):
     """Checks the kernel arithmetic itself (BTF offsets, the ext4_statfs formula):
     every hint's counter estimate is within the band of statfs read while the
     writer pauses."""
-    from fsev.mountinfo import MountTable
-    from fsev.plan import plan_probes
-    from fsev.session import TraceOptions, TraceSession, kernel_facts
-    from fsev.thresholds import parse_thr
-    from fsev.thresholds_kernel import arm_thresholds
+    from fsev.linux.mountinfo import MountTable
+    from fsev.probes.plan import plan_probes
+    from fsev.session.trace import TraceOptions, TraceSession, kernel_facts
+    from fsev.thresholds.levels import parse_thr
+    from fsev.thresholds.arming import arm_thresholds
 
     ctx = tmpfs("8m") if kind == "tmpfs" else ext4(size_mb=32)
     with ctx as fs:
@@ -407,8 +407,8 @@ def test_kernel_estimate_stays_within_the_band_of_statfs(kind):
 def test_thr_state_mirror_matches_what_bcc_compiles():
     from bcc import BPF
 
-    from fsev.program import bpf_dir
-    from fsev.records import ThrState
+    from fsev.probes.program import bpf_dir
+    from fsev.kernel.records import ThrState
 
     b = BPF(text='#include "fsev.h"\nBPF_HASH(thr, u32, struct fsev_thr_state, 1);\n',
             cflags=[f"-I{bpf_dir()}"])
@@ -468,11 +468,11 @@ def test_tmpfs_kprobe_rung_programs_pass_the_verifier_here(funcs):
     """No kprobes to attach here, but the programs of that rung load (verify)."""
     from bcc import BPF
 
-    from fsev.btf import resolve
-    from fsev.kernel_facts import KernelFacts
-    from fsev.plan import ALL_TRACEPOINTS, ProbePoint, plan_probes
-    from fsev.program import ProgramConfig, bpf_dir, required_offsets, source
-    from fsev.records import RecordClass
+    from fsev.kernel.btf import resolve
+    from fsev.kernel.facts import KernelFacts
+    from fsev.probes.plan import ALL_TRACEPOINTS, ProbePoint, plan_probes
+    from fsev.probes.program import ProgramConfig, bpf_dir, required_offsets, source
+    from fsev.kernel.records import RecordClass
 
     facts = KernelFacts(release="x", kprobes=True, kprobe_functions=frozenset(funcs),
                         tracepoints=frozenset(ALL_TRACEPOINTS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsev.thresholds import Levels, ThresholdState
+from fsev.thresholds.levels import Levels, ThresholdState
 
 
 class SeedModel:

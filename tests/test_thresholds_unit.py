@@ -8,16 +8,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from fsev.decode import Clock
+from fsev.probes.decode import Clock
 from fsev.events import Event, EventClass, EventType
-from fsev.kernel_facts import KernelFacts
-from fsev.mountinfo import Mount
-from fsev.plan import EXT4_THR_TRACEPOINTS, SHMEM_TRACEPOINTS, ProbePoint, RungKind, plan_probes
-from fsev.program import ProgramConfig, kprobe_attachments, preamble, required_offsets
-from fsev.records import RecordClass, ThrKind
-from fsev.thr_monitor import ThresholdMonitor
-from fsev.thresholds import Levels, ThresholdError, parse_hysteresis, parse_thr, resolve_levels
-from fsev.thresholds_kernel import arm_thresholds, kernel_points, percpu_batch, reset_gate, single_points, thr_slot_for
+from fsev.kernel.facts import KernelFacts
+from fsev.linux.mountinfo import Mount
+from fsev.probes.plan import EXT4_THR_TRACEPOINTS, SHMEM_TRACEPOINTS, ProbePoint, RungKind, plan_probes
+from fsev.probes.program import ProgramConfig, kprobe_attachments, preamble, required_offsets
+from fsev.kernel.records import RecordClass, ThrKind
+from fsev.thresholds.monitor import ThresholdMonitor
+from fsev.thresholds.levels import Levels, ThresholdError, parse_hysteresis, parse_thr, resolve_levels
+from fsev.thresholds.arming import arm_thresholds, kernel_points, percpu_batch, reset_gate, single_points, thr_slot_for
 
 ALL_TP = frozenset(SHMEM_TRACEPOINTS + EXT4_THR_TRACEPOINTS)
 

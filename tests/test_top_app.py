@@ -14,8 +14,8 @@ import time
 import pytest
 from rich.console import Console
 
-from fsev.mountinfo import MountTable
-from fsev.top_app import Keyboard, TopApp, split_keys
+from fsev.linux.mountinfo import MountTable
+from fsev.top.app import Keyboard, TopApp, split_keys
 from kernel_env import FSEV
 from top_helpers import MOUNTINFO, ev, model, mounts
 

@@ -7,9 +7,9 @@ import os
 import pytest
 
 from fsev.events import EventClass, EventType
-from fsev.fs_snapshot import FsStats, historical_events, read_ext4_errors
-from fsev.thresholds import Levels
-from fsev.top_model import TopModel
+from fsev.top.fs_snapshot import FsStats, historical_events, read_ext4_errors
+from fsev.thresholds.levels import Levels
+from fsev.top.model import TopModel
 from top_helpers import NOW, STATS, ev, model, mounts, thr_ev
 
 
@@ -201,7 +201,7 @@ def test_a_flood_on_one_mount_does_not_push_a_quiet_mount_out_of_its_filtered_fe
 
 
 def test_compiler_mappings_found_in_proc_maps():
-    from fsev.memory import compiler_mappings
+    from fsev.linux.memory import compiler_mappings
 
     maps = "\n".join([
         "7f0000000000-7f0000100000 r--p 00000000 fe:00 1 /usr/lib/x86_64-linux-gnu/libLLVM-14.so.1",

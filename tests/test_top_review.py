@@ -1,4 +1,4 @@
-"""`fsev top --from FILE`: the screen driven by a journal (fsev.top_review)."""
+"""`fsev top --from FILE`: the screen driven by a journal (fsev.top.review)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fsev.top_review import JournalSession
+from fsev.top.review import JournalSession
 from journal_env import fs_error, fsev, loss, one_line_error, umount, write_journal
 
 WALL = 1_700_000_000.0
@@ -89,7 +89,7 @@ def test_bad_review_requests_are_one_line_errors(journal, tmp_path, args, says):
 
 def test_a_recorded_read_only_transition_sets_the_rows_ro_column(tmp_path):
     from fsev.events import Event, EventClass, EventType
-    from fsev.top_review import ReviewTable
+    from fsev.top.review import ReviewTable
 
     t = ReviewTable()
     t.see(fs_error(1))

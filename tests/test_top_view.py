@@ -8,10 +8,10 @@ import re
 from rich.console import Console
 
 from fsev.events import EventClass, EventType
-from fsev.fs_snapshot import Ext4ErrorState, FsStats, RecordedError
-from fsev.thresholds import Levels
-from fsev.top_model import TopModel
-from fsev.top_view import feed_line, header, render, usage_bar
+from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, RecordedError
+from fsev.thresholds.levels import Levels
+from fsev.top.model import TopModel
+from fsev.top.view import feed_line, header, render, usage_bar
 from top_helpers import HOSTILE, NOW, ev, lines_with, model, mounts, screen, thr_ev
 
 

@@ -7,17 +7,17 @@ import json
 import pytest
 from rich.console import Console
 
-from fsev.decode import Clock, DecodeError, Enricher, decode
+from fsev.probes.decode import Clock, DecodeError, Enricher, decode
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
-from fsev.inert import inert
-from fsev.kernel_facts import KernelFacts
-from fsev.mountinfo import MountTable, parse_mountinfo, parse_mountinfo_line
-from fsev.output import JsonSink, human_line
-from fsev.plan import ProbePoint, RungKind, plan_probes
-from fsev.program import ProgramConfig, kprobe_attachments, preamble, required_offsets
-from fsev.records import Field, Record, RecordClass, RecordType, Rung, kernel_dev
-from fsev.selection import parse_classes, resolve_mounts
+from fsev.events.inert import inert
+from fsev.kernel.facts import KernelFacts
+from fsev.linux.mountinfo import MountTable, parse_mountinfo, parse_mountinfo_line
+from fsev.session.sinks import JsonSink, human_line
+from fsev.probes.plan import ProbePoint, RungKind, plan_probes
+from fsev.probes.program import ProgramConfig, kprobe_attachments, preamble, required_offsets
+from fsev.kernel.records import Field, Record, RecordClass, RecordType, Rung, kernel_dev
+from fsev.session.selection import parse_classes, resolve_mounts
 
 MOUNTINFO = """\
 22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
@@ -253,7 +253,7 @@ def test_plan_kprobe_rung_needs_the_central_ext4_error_functions():
 
 
 def test_struct_format_is_derived_from_the_ctypes_mirror():
-    from fsev.records import RECORD_FIELDS, RECORD_SIZE, RECORD_STRUCT
+    from fsev.kernel.records import RECORD_FIELDS, RECORD_SIZE, RECORD_STRUCT
 
     r = record(ts_ns=1, ino=2, block=3, value=4, type=5, cls=6, rung=7, fields=8, dev=9, pid=10, tgid=11,
                err=-12, line=13, mnt_id=14, level=15, direction=16, comm=b"c", func=b"f", path=b"p")

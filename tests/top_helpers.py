@@ -5,10 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 
 from fsev.events import Event, EventClass, EventType
-from fsev.fs_snapshot import FsStats
-from fsev.mountinfo import parse_mountinfo
-from fsev.top_model import TopModel
-from fsev.top_view import render
+from fsev.top.fs_snapshot import FsStats
+from fsev.linux.mountinfo import parse_mountinfo
+from fsev.top.model import TopModel
+from fsev.top.view import render
 
 NOW = 1_800_000_000.0
 HOSTILE = "[red]x[/red]\x1b[2J"  # rich markup and "clear screen", as a kernel string

@@ -1,0 +1,1 @@
+"""fsev.journal."""

@@ -1,0 +1,272 @@
+"""Replay: a journal's records, printed the way `fsev trace` prints events.
+
+Consumers (`--consumer NAME`). A consumer's position is the number of the
+last event it acknowledged, stored in the journal. Two delivery modes:
+
+- Output to a file (`--output FILE`): exactly once. Lines are written, the
+  file is fsynced, and only then is (event number, file size) acknowledged in
+  one transaction. On restart the file is cut back to the acknowledged size
+  and replay resumes after the acknowledged event. Whatever a kill interrupts
+  (a line half written, lines written but not acknowledged) is cut away and
+  written again, so the file holds every event exactly once, in order.
+- Output to stdout (a pipe or terminal cannot take a line back): each line is
+  written and flushed, then acknowledged. A kill between the two repeats that
+  one line on restart: at least once, with at most one repeated line per kill.
+  Acknowledging first would instead lose that line; no order gives exactly
+  once on a stream that cannot be rewound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO, Callable
+
+from rich.console import Console
+
+from fsev import __version__
+from fsev.events import Event
+from fsev.events.inert import inert
+from fsev.journal.store import Journal, JournalError, JournalRecord, Recording
+from fsev.journal.writer import BATCH_EVENTS, BATCH_INTERVAL_S
+from fsev.session.sinks import EventSink, HumanSink, JsonSink
+
+FOLLOW_POLL_S = 0.1
+SLEEP_SLICE_S = 0.1
+
+
+@dataclass
+class ReplayOptions:
+    consumer: str | None = None
+    follow: bool = False
+    json_out: bool = False
+    speed: float | None = None  # None: as fast as possible; X: X times the recorded pace
+    output: str | None = None  # exactly-once file (with a consumer)
+
+
+class UntypedSink:
+    """Records whose type this fsev does not know (written by a newer one) still replay:
+    the JSON form as stored, or a plain human line."""
+
+    def __init__(self, stream: IO[str], json_out: bool) -> None:
+        self.stream = stream
+        self.json_out = json_out
+
+    def emit(self, rec: JournalRecord) -> None:
+        if self.json_out:
+            self.stream.write(rec.body + "\n")
+        else:
+            d = rec.json()
+            wall = d.get("wall_time")
+            clock = time.strftime("%H:%M:%S", time.localtime(wall)) if isinstance(wall, (int, float)) else "?"
+            self.stream.write(
+                f"{clock} {inert(str(d.get('class', '?'))):<4} {inert(str(d.get('type', '?'))):<9} "
+                f"{inert(str(d.get('mount_point', '?')))}  (event type unknown to fsev {__version__})\n"
+            )
+        self.stream.flush()
+
+
+def _display(json_out: bool, stream: IO[str] | None) -> EventSink:
+    if json_out:
+        return JsonSink(stream)
+    if stream is None:
+        return HumanSink()
+    return HumanSink(Console(file=stream, highlight=False, soft_wrap=True, color_system=None, force_terminal=False))
+
+
+class _Acker:
+    """When and how a consumer acknowledges; see the module docstring."""
+
+    def __init__(self, journal: Journal, name: str | None, out_fd: int | None, out_path: str | None,
+                 flush: Callable[[], None]) -> None:
+        self.journal = journal
+        self.name = name
+        self.out_fd = out_fd
+        self.out_path = out_path
+        self.flush_stream = flush
+        self.last_done = 0
+        self.last_acked = 0
+        self.batch_started = 0.0
+
+    def done(self, rid: int) -> None:
+        """Record rid has been written (and flushed) to the output."""
+        self.last_done = rid
+        if self.name is None:
+            return
+        if self.out_fd is None:
+            self.journal.ack(self.name, rid)
+            self.last_acked = rid
+            return
+        now = time.monotonic()
+        if self.batch_started == 0.0:
+            self.batch_started = now
+        if rid - self.last_acked >= BATCH_EVENTS or now - self.batch_started >= BATCH_INTERVAL_S:
+            self.commit()
+
+    def commit(self) -> None:
+        """File mode: make the output durable, then acknowledge it together with its size."""
+        if self.name is None or self.last_done == self.last_acked:
+            return
+        self.flush_stream()
+        if self.out_fd is not None:
+            os.fsync(self.out_fd)
+            size = os.fstat(self.out_fd).st_size
+            self.journal.ack(self.name, self.last_done, self.out_path, size)
+        else:
+            self.journal.ack(self.name, self.last_done)
+        self.last_acked = self.last_done
+        self.batch_started = 0.0
+
+
+def _open_output(path: str, journal: Journal, consumer: str | None) -> tuple[int, IO[str], str]:
+    real = os.path.realpath(path)
+    try:
+        fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise JournalError(f"--output {path}: {e.strerror or e}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if consumer is not None:
+            state = journal.consumer(consumer)
+            if state.output == real and state.output_offset is not None:
+                if size < state.output_offset:
+                    raise JournalError(
+                        f"--output {path} holds {size} bytes, less than the {state.output_offset} that consumer "
+                        f"{consumer!r} acknowledged: it was cut or replaced; use a new output file or consumer"
+                    )
+                if size > state.output_offset:
+                    # Written after the last acknowledgement by a run that was killed: written again below.
+                    os.ftruncate(fd, state.output_offset)
+                    os.fsync(fd)
+            else:
+                # A new output for this consumer: bind it at its current size before writing a
+                # byte, so that even a run killed before its first acknowledgement is cut back.
+                journal.ack(consumer, state.acked, real, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    stream = open(fd, "w", encoding="utf-8", newline="\n", closefd=True)
+    return fd, stream, real
+
+
+def _say(msg: str) -> None:
+    print(f"fsev: {msg}", file=sys.stderr, flush=True)
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def describe_recording(r: Recording) -> str:
+    end = (f"stopped {_when(r.stopped_at)}" if r.clean
+           else f"ended without a clean stop (last commit {_when(r.last_commit_at)})")
+    rungs = ", ".join(f"{p['point']}: {p['kind']}" for p in r.plan)
+    return (f"recording {r.id} ({r.command}) on {inert(r.host)}, kernel {inert(r.kernel)}, "
+            f"fsev {inert(r.fsev_version)}: started {_when(r.started_at)}, {end}; {rungs}")
+
+
+def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
+    """Print the journal's records; returns how many were printed."""
+    if opts.speed is not None and not opts.speed > 0:
+        raise JournalError(f"--speed must be a positive factor, not {opts.speed}")
+    if opts.consumer is not None and not opts.consumer.strip():
+        raise JournalError("--consumer needs a name")
+    journal = Journal.open(path, write=opts.consumer is not None, live=opts.follow)
+    out_fd: int | None = None
+    stream: IO[str] | None = None
+    out_real: str | None = None
+    try:
+        if opts.output is not None:
+            out_fd, stream, out_real = _open_output(opts.output, journal, opts.consumer)
+        sink = _display(opts.json_out, stream)
+        untyped = UntypedSink(stream or sys.stdout, opts.json_out)
+        flush = (stream or sys.stdout).flush
+        acker = _Acker(journal, opts.consumer, out_fd, out_real, flush)
+        if opts.consumer is not None and out_fd is None:
+            # One commit per line; NORMAL survives a kill of this process (an OS crash
+            # may forget the newest acknowledgements: those lines repeat, as documented).
+            journal.conn.execute("PRAGMA synchronous=NORMAL")
+        after = journal.consumer(opts.consumer).acked if opts.consumer else 0
+        if opts.consumer:
+            _say(f"consumer {opts.consumer!r} resumes after event {after}")
+        recordings = {r.id: r for r in journal.recordings()}
+        shown_recording: int | None = None
+        pace: tuple[float, float] | None = None  # (monotonic, wall_time) of the first record paced
+        printed = 0
+        while not stopping():
+            progressed = False
+            for rec in journal.records(after):
+                if stopping():
+                    break
+                if rec.recording != shown_recording:
+                    if rec.recording not in recordings:
+                        recordings = {r.id: r for r in journal.recordings()}
+                    if rec.recording in recordings:
+                        _say(describe_recording(recordings[rec.recording]))
+                    shown_recording = rec.recording
+                ev = record_event(rec)
+                if opts.speed is not None and ev is not None:
+                    pace = _wait_for(ev.wall_time, pace, opts.speed, stopping, acker)
+                    if stopping():
+                        break
+                if ev is not None:
+                    sink.emit(ev)
+                else:
+                    untyped.emit(rec)
+                flush()
+                acker.done(rec.id)
+                after = rec.id
+                printed += 1
+                progressed = True
+            acker.commit()  # caught up (or stopping): acknowledge what is written
+            if not opts.follow:
+                break
+            if not progressed:
+                _sleep(FOLLOW_POLL_S, stopping)
+        acker.commit()
+        sink.close()
+        return printed
+    finally:
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+        journal.close()
+
+
+def record_event(rec: JournalRecord) -> Event | None:
+    try:
+        d = rec.json()
+    except ValueError:
+        raise JournalError(f"record {rec.id} is not valid JSON") from None
+    try:
+        return Event.from_json_dict(d)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _sleep(seconds: float, stopping: Callable[[], bool]) -> None:
+    end = time.monotonic() + seconds
+    while not stopping():
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, SLEEP_SLICE_S))
+
+
+def _wait_for(wall: float, pace: tuple[float, float] | None, speed: float, stopping: Callable[[], bool],
+              acker: _Acker) -> tuple[float, float]:
+    """Hold until the record is due at `speed` times the recorded pace."""
+    if pace is None:
+        return (time.monotonic(), wall)
+    due = pace[0] + (wall - pace[1]) / speed
+    if due - time.monotonic() > BATCH_INTERVAL_S:
+        acker.commit()  # about to idle: acknowledge first, so a kill now repeats nothing
+    _sleep(due - time.monotonic(), stopping)
+    return pace

@@ -1,0 +1,274 @@
+"""`fsev report`: what a journal says happened, per mount, for an incident ticket.
+
+build_report() is a pure function from a journal's recordings, events (as
+their JSON objects) and loss rows to a JSON-ready dict; render_report() turns
+that dict into rich tables. Events are read as JSON, not as Event objects, so
+a journal holding event types newer than this fsev still reports (they are
+counted under "other").
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import time
+from dataclasses import asdict
+from typing import Any, Iterable
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from fsev.events.inert import inert
+from fsev.journal.store import FORMAT_VERSION, Journal, Recording
+
+# Event types of the "rest of the seeds" work (read-only transitions, ENOSPC):
+# named here so their sections fill in once the events exist.
+READ_ONLY_TYPES = frozenset({"read_only"})
+ENOSPC_TYPES = frozenset({"enospc"})
+NO_MOUNT = "(no mount)"
+
+
+def _mount_entry(mp: str) -> dict[str, Any]:
+    return {
+        "mount_point": mp, "fs_types": [], "devs": [], "sources": [], "events": 0,
+        "first": None, "last": None, "errors": [], "thresholds": [], "read_only": [],
+        "unmounts": [], "enospc": {"count": 0, "first": None, "last": None}, "other": {},
+    }
+
+
+def _add_unique(lst: list[Any], v: Any) -> None:
+    if v is not None and v not in lst:
+        lst.append(v)
+
+
+def _span(entry: dict[str, Any], t: float) -> None:
+    if entry["first"] is None or t < entry["first"]:
+        entry["first"] = t
+    if entry["last"] is None or t > entry["last"]:
+        entry["last"] = t
+
+
+def build_report(
+    path: str, recordings: list[Recording], events: Iterable[dict[str, Any]], losses: list[dict[str, Any]]
+) -> dict[str, Any]:
+    mounts: dict[str, dict[str, Any]] = {}
+    errors: dict[str, dict[tuple[Any, Any, Any], dict[str, Any]]] = {}
+    per_recording: dict[int, dict[str, Any]] = {
+        r.id: {"events": 0, "first": None, "last": None} for r in recordings
+    }
+    loss_events = 0
+    for d in events:
+        rec = d.get("_recording")
+        t = float(d.get("wall_time") or 0.0)
+        if rec in per_recording:
+            pr = per_recording[rec]
+            pr["events"] += 1
+            _span(pr, t)
+        typ = d.get("type")
+        if typ == "loss":
+            loss_events += 1
+            continue
+        mp = d.get("mount_point") or NO_MOUNT
+        m = mounts.setdefault(mp, _mount_entry(mp))
+        m["events"] += 1
+        _span(m, t)
+        _add_unique(m["fs_types"], d.get("fs_type"))
+        _add_unique(m["devs"], d.get("dev"))
+        _add_unique(m["sources"], d.get("source"))
+        who = {"pid": d.get("pid"), "comm": d.get("comm")}
+        if typ == "fs_error":
+            key = (d.get("function"), d.get("line"), d.get("errno"))
+            g = errors.setdefault(mp, {}).get(key)
+            if g is None:
+                g = errors[mp][key] = {
+                    "function": key[0], "line": key[1], "errno": key[2],
+                    "errno_name": d.get("errno_name"), "count": 0, "first": t, "last": t, "comms": [],
+                }
+            g["count"] += 1
+            g["first"], g["last"] = min(g["first"], t), max(g["last"], t)
+            if len(g["comms"]) < 5:
+                _add_unique(g["comms"], d.get("comm"))
+            if d.get("errno") == errno_mod.ENOSPC:
+                _count_enospc(m, t, 1)
+        elif typ == "threshold":
+            m["thresholds"].append({
+                "wall_time": t, "level": d.get("level"), "direction": d.get("direction"),
+                "avail_blocks": d.get("avail_blocks"), "level_blocks": d.get("level_blocks"), **who,
+            })
+        elif typ == "umount":
+            m["unmounts"].append({"wall_time": t, "lazy": bool(d.get("lazy")), "rung": d.get("rung"), **who})
+        elif typ in READ_ONLY_TYPES:
+            m["read_only"].append({"wall_time": t, "class": d.get("class"), **who})
+        elif typ in ENOSPC_TYPES:
+            # A storm may arrive as one event carrying a count.
+            n = d.get("count")
+            _count_enospc(m, t, n if isinstance(n, int) and n > 0 else 1)
+        else:
+            m["other"][str(typ)] = m["other"].get(str(typ), 0) + 1
+    for mp, groups in errors.items():
+        mounts[mp]["errors"] = sorted(groups.values(), key=lambda g: (-g["count"], g["first"]))
+    recs = []
+    for r in recordings:
+        pr = per_recording[r.id]
+        lost = sum(x["lost"] for x in losses if x["recording"] == r.id)
+        recs.append({
+            **{k: v for k, v in asdict(r).items() if k != "events"},
+            "clean_stop": r.clean, "events": pr["events"], "lost": lost,
+            "first_event": pr["first"], "last_event": pr["last"],
+        })
+    starts = [r.started_at for r in recordings]
+    starts += [pr["first"] for pr in per_recording.values() if pr["first"] is not None]
+    ends = [r.stopped_at or r.last_commit_at or r.started_at for r in recordings]
+    ends += [pr["last"] for pr in per_recording.values() if pr["last"] is not None]
+    span = {"start": min(starts), "end": max(ends), "seconds": max(ends) - min(starts)} if starts else None
+    return {
+        "journal": path,
+        "format_version": FORMAT_VERSION,
+        "span": span,
+        "recordings": recs,
+        "drops": {
+            # The kernel counts drops per ring buffer: it cannot say which mount a dropped record was for.
+            "lost_total": sum(x["lost"] for x in losses),
+            "loss_records": losses,
+            "unclean_stops": [r.id for r in recordings if not r.clean],
+        },
+        "mounts": sorted(mounts.values(), key=lambda m: (-sum(g["count"] for g in m["errors"]), m["mount_point"])),
+    }
+
+
+def _count_enospc(m: dict[str, Any], t: float, n: int) -> None:
+    e = m["enospc"]
+    e["count"] += n
+    e["first"] = t if e["first"] is None else min(e["first"], t)
+    e["last"] = t if e["last"] is None else max(e["last"], t)
+
+
+def report_journal(path: str) -> dict[str, Any]:
+    with Journal.open(path) as j:
+        recordings = j.recordings()
+
+        def events() -> Iterable[dict[str, Any]]:
+            for rec in j.records():
+                d = rec.json()
+                d["_recording"] = rec.recording
+                yield d
+
+        return build_report(path, recordings, events(), j.losses())
+
+
+# -- rendering ---------------------------------------------------------------
+def _t(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x)) + f".{int(x * 1000) % 1000:03d}"
+
+
+def _cell(s: Any) -> Text:
+    """Kernel and filesystem strings, inert: no markup, no escape sequences."""
+    return Text(inert(None if s is None else str(s)))
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+def render_report(rep: dict[str, Any]) -> Group:
+    parts: list[Any] = []
+    span = rep["span"]
+    head = Text()
+    head.append("fsev report ", style="bold")
+    head.append(inert(rep["journal"]))
+    if span:
+        head.append(f"\nspan: {_t(span['start'])} → {_t(span['end'])} ({_duration(span['seconds'])}); "
+                    f"times are local ({time.strftime('%z')})")
+    drops = rep["drops"]
+    head.append("\ndrops: ")
+    head.append(f"{drops['lost_total']} events lost in the kernel ring buffer",
+                style="bold red" if drops["lost_total"] else "green")
+    if drops["unclean_stops"]:
+        head.append(f"; recording {', '.join(map(str, drops['unclean_stops']))} ended without a clean stop "
+                    "(events of its last batch interval may be missing)", style="bold yellow")
+    for r in rep["recordings"]:
+        head.append(f"\n\nrecording {r['id']} ({r['command']})", style="bold")
+        head.append(f": host {inert(r['host'])}, kernel {inert(r['kernel'])}, fsev {inert(r['fsev_version'])}")
+        head.append(f"\n  started {_t(r['started_at'])}, ")
+        if r["clean_stop"]:
+            head.append(f"stopped {_t(r['stopped_at'])} ({inert(r['stop_reason'])})")
+        else:
+            head.append(f"ended without a clean stop; last commit {_t(r['last_commit_at'])}", style="yellow")
+        head.append(f"; {r['events']} events, {r['lost']} lost")
+        argv = r["options"].get("argv")
+        if argv:
+            head.append(f"\n  started as: fsev {inert(' '.join(argv))}")
+        for p in r["plan"]:
+            targets = ", ".join(p.get("targets") or [])
+            head.append(f"\n  {p['point']}: {p['kind']}" + (f" ({inert(targets)})" if targets else ""))
+            if p.get("misses"):
+                head.append(f"; misses {inert(p['misses'])}", style="dim")
+            for why in p.get("skipped") or []:
+                head.append(f"; skipped {inert(why)}", style="dim")
+    parts.append(head)
+    if not rep["mounts"]:
+        parts.append(Text("\nno events recorded"))
+    for m in rep["mounts"]:
+        parts.extend(_render_mount(m))
+    return Group(*parts)
+
+
+def _render_mount(m: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    title = Text("\n")
+    title.append(inert(m["mount_point"]), style="bold underline")
+    meta = "; ".join(f"{name} {', '.join(inert(x) for x in m[key])}"
+                     for key, name in (("fs_types", "type"), ("devs", "dev"), ("sources", "source")) if m[key])
+    title.append(f"  ({meta})" if meta else "")
+    title.append(f"  {m['events']} events, {_t(m['first'])} → {_t(m['last'])}")
+    enospc = m["enospc"]
+    title.append(f"\n  ENOSPC: {enospc['count']}" + (f" ({_t(enospc['first'])} → {_t(enospc['last'])})"
+                                                      if enospc["count"] else ""))
+    if m["other"]:
+        title.append("\n  other events: " + ", ".join(f"{inert(k)} ×{v}" for k, v in sorted(m["other"].items())))
+    out.append(title)
+    if m["errors"]:
+        t = Table(title="errors", title_justify="left")
+        t.add_column("function:line", overflow="fold")
+        t.add_column("errno")
+        t.add_column("count", justify="right")
+        t.add_column("first", no_wrap=True)
+        t.add_column("last", no_wrap=True)
+        t.add_column("by", overflow="fold")
+        for g in m["errors"]:
+            where = f"{g['function']}:{g['line']}" if g["line"] else (g["function"] or "?")
+            err = f"{g['errno_name']} ({g['errno']})" if g["errno"] is not None else "-"
+            t.add_row(_cell(where), err, str(g["count"]), _t(g["first"]), _t(g["last"]),
+                      _cell(", ".join(c for c in g["comms"] if c)))
+        out.append(t)
+    if m["thresholds"]:
+        t = Table(title="threshold crossings", title_justify="left")
+        for col in ("time", "level", "direction", "available blocks", "level blocks", "by"):
+            t.add_column(col)
+        for x in m["thresholds"]:
+            t.add_row(_t(x["wall_time"]), _cell(x["level"]), _cell(x["direction"]), str(x["avail_blocks"]),
+                      str(x["level_blocks"]), _cell(f"{x['comm'] or ''} {x['pid'] or ''}".strip()))
+        out.append(t)
+    for key, name in (("read_only", "read-only transitions"), ("unmounts", "unmounts")):
+        if m[key]:
+            t = Table(title=name, title_justify="left")
+            for col in ("time", "detail", "by"):
+                t.add_column(col)
+            for x in m[key]:
+                detail = ("lazy" if x.get("lazy") else "") if key == "unmounts" else str(x.get("class") or "")
+                t.add_row(_t(x["wall_time"]), detail, _cell(f"{x['comm'] or ''} {x['pid'] or ''}".strip()))
+            out.append(t)
+    return out
+
+
+def print_report(rep: dict[str, Any], console: Console | None = None) -> None:
+    if console is None:
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            console.width = max(console.width, 120)  # for pasting into a ticket, not 80 columns
+    console.print(render_report(rep))

@@ -1,0 +1,88 @@
+"""What the running kernel offers to attach to: the input of plan_probes().
+
+Gathering touches /sys and /proc; the result is a plain value so planning
+stays a pure function that unit tests drive with made-up kernels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+TRACEFS = os.environ.get("FSEV_TRACEFS", "/sys/kernel/tracing")
+BTF_PATH = os.environ.get("FSEV_BTF_PATH", "/sys/kernel/btf/vmlinux")
+# bcc attaches kprobes through the perf "kprobe" PMU (or kprobe_events on old
+# kernels); either one existing means CONFIG_KPROBES=y.
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    release: str
+    kprobes: bool
+    kprobes_why_not: str = ""
+    # Functions that exist and can be kprobed (only the ones fsev asked about).
+    kprobe_functions: frozenset[str] = field(default_factory=frozenset)
+    # "system:event" names that exist.
+    tracepoints: frozenset[str] = field(default_factory=frozenset)
+    raw_tracepoints: bool = True
+    btf: bool = True
+    tracefs: bool = True
+    # health events (fsev/kernel/health_facts.py)
+    machine: str = "x86_64"  # raw sys_exit decoding knows x86-64 syscall numbers and pt_regs
+    fanotify_fs_error: bool = False  # FAN_FS_ERROR (5.16+)
+    fanotify_mntns: bool = False  # FAN_MARK_MNTNS, FAN_MNT_ATTACH/DETACH (6.15+)
+    ext4_emergency_ro_bit: int | None = None  # EXT4_FLAGS_EMERGENCY_RO in BTF (6.12+)
+    ext4_shutdown_bit: int | None = None  # EXT4_FLAGS_SHUTDOWN in BTF (4.10+; an anonymous enum, not always kept)
+    ext4_aborted_bit: int | None = None  # EXT4_MF_FS_ABORTED in BTF (up to 6.5)
+
+    def has_tracepoint(self, name: str) -> bool:
+        return name in self.tracepoints
+
+
+def _kprobe_blacklist() -> set[str]:
+    for p in ("/sys/kernel/debug/kprobes/blacklist", "/sys/kernel/tracing/../debug/kprobes/blacklist"):
+        try:
+            with open(p) as f:
+                return {line.split()[-1] for line in f if line.strip()}
+        except OSError:
+            continue
+    return set()
+
+
+def _traceable(functions: set[str]) -> set[str]:
+    """Which of these functions are real (not inlined) text symbols."""
+    found: set[str] = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in ("t", "T") and parts[2] in functions:
+                    found.add(parts[2])
+    except OSError:
+        return set()
+    return found - _kprobe_blacklist()
+
+
+def gather(tracepoints: set[str], kprobe_functions: set[str]) -> KernelFacts:
+    """Read the kernel's facts for the probe points fsev may use."""
+    release = os.uname().release
+    tracefs = os.path.isdir(os.path.join(TRACEFS, "events"))
+    kprobes = os.path.exists(KPROBE_PMU) or os.path.exists(os.path.join(TRACEFS, "kprobe_events"))
+    why = "" if kprobes else "kernel built without CONFIG_KPROBES (no kprobe PMU, no kprobe_events)"
+    funcs = frozenset(_traceable(kprobe_functions)) if kprobes else frozenset()
+    tps = frozenset(
+        tp for tp in tracepoints if tracefs and os.path.isdir(os.path.join(TRACEFS, "events", *tp.split(":", 1)))
+    )
+    from fsev.kernel.health_facts import gather_health_facts
+
+    return KernelFacts(
+        **gather_health_facts(),
+        release=release,
+        kprobes=kprobes,
+        kprobes_why_not=why,
+        kprobe_functions=funcs,
+        tracepoints=tps,
+        btf=os.path.exists(BTF_PATH),
+        tracefs=tracefs,
+    )

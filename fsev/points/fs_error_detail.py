@@ -1,0 +1,352 @@
+"""errno and inode for ext4 errors on the tracepoint rung.
+
+ext4:ext4_error carries only device, function and line. Two other sources
+know more, and are merged into the fs_error events, each field marked with
+where it came from (`errno_source`, `inode_source`, `block_source`):
+
+- fanotify FAN_FS_ERROR (5.16+), a filesystem mark per watched ext4 mount:
+  the errno and inode of an error, and how many errors were merged into the
+  queued event while it waited. ext4 queues it right after the tracepoint
+  fires (after printing the error to the console, which on a serial console
+  can take a while), so fsev matches events in order per device: the first
+  error of a queued event gets its errno and inode, errors merged behind it
+  get none from fanotify.
+- the superblock's recorded last error (/sys/fs/ext4/<dev>/last_error_*),
+  used only when its function and line are the event's: for an error
+  fanotify did not tell (no mark, or nothing came in time) its errno, inode
+  and block; for an error fanotify merged, its errno only (the inode of the
+  last error may be another error's). ext4 copies its errors into that
+  on-disk superblock from a work item, a moment after the error; so an error
+  waits until `errors_count` there has counted it.
+
+How many errors fanotify merged depends on when a reader reads, so two fsev
+processes may take an errno from different sources; waiting for each source
+to catch up is what makes them agree on the value.
+
+Every event waits behind an error whose detail has not come yet (at most
+HOLD_S), so that the stream keeps the kernel's order, across devices too.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from fsev.events import Event, EventType
+from fsev.linux.fanotify import FanEvent, FsErrorWatch
+from fsev.linux.mountinfo import Mount
+
+_FS_ERROR = EventType.FS_ERROR  # an enum member lookup costs on the flood path
+# The longest an event waits for fanotify or the superblock. Normally both
+# come within a millisecond; ext4 prints the error to the console first, and
+# a slow serial console under load has taken over 100 ms.
+HOLD_S = 0.5
+# While an error waits for the superblock to count it, sysfs is re-read at
+# most this often per device (a flood would otherwise cost six reads each).
+SYSFS_REREAD_S = 0.001
+# ext4's own error codes (fs/ext4/ext4.h EXT4_ERR_*, 5.9+), as
+# /sys/fs/ext4/<dev>/last_error_errcode shows them -> errno. They are
+# #defines, not in BTF.
+EXT4_ERRCODE_ERRNO = {
+    2: 5,  # EXT4_ERR_EIO
+    3: 12,  # ENOMEM
+    4: 74,  # EFSBADCRC = EBADMSG
+    5: 117,  # EFSCORRUPTED = EUCLEAN
+    6: 28,  # ENOSPC
+    7: 126,  # ENOKEY
+    8: 30,  # EROFS
+    9: 27,  # EFBIG
+    10: 17,  # EEXIST
+    11: 34,  # ERANGE
+    12: 75,  # EOVERFLOW
+    13: 16,  # EBUSY
+    14: 20,  # ENOTDIR
+    15: 39,  # ENOTEMPTY
+    16: 108,  # ESHUTDOWN
+    17: 14,  # EFAULT
+}
+_LAST_ERROR_KEYS = ("func", "line", "errcode", "ino", "block")
+_WAIT: dict = {}  # _superblock_error: not counted yet (compared by identity)
+
+
+@dataclass
+class _Queued:
+    """One FAN_FS_ERROR event: its first error told, the rest merged."""
+
+    errno: int | None
+    ino: int | None
+    untold: int  # errors still to match: the first carries errno/inode
+
+
+@dataclass
+class _Held:
+    """An event waiting for what comes after it in the kernel."""
+
+    since: float
+    ev: Event
+    ordinal: int | None = None  # the superblock's errors_count once it has counted this error
+    merged: bool = False  # fanotify merged it: only the superblock can tell its errno
+
+
+def sysfs_last_error(name: str, root: str = "/sys/fs/ext4") -> dict | None:
+    """The superblock's last recorded error: func (str); line, errcode, ino,
+    block, count (int; count is errors_count, None if unreadable)."""
+    out: dict = {}
+    for key in _LAST_ERROR_KEYS:
+        try:
+            with open(os.path.join(root, name, f"last_error_{key}")) as f:
+                text = f.read().strip()
+        except OSError:
+            return None
+        if key == "func":
+            out[key] = text
+        else:
+            try:
+                out[key] = int(text)
+            except ValueError:
+                return None
+    out["count"] = sysfs_errors_count(name, root)
+    return out
+
+
+def sysfs_errors_count(name: str, root: str = "/sys/fs/ext4") -> int | None:
+    try:
+        with open(os.path.join(root, name, "errors_count")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def block_dev_name(dev: str) -> str | None:
+    """The kernel's name of a block device ("loop2", "sda1"): ext4's sysfs directory."""
+    try:
+        return os.path.basename(os.readlink(f"/sys/dev/block/{dev}"))
+    except OSError:
+        return None
+
+
+def _same_error(ev: Event, last: dict | None) -> bool:
+    return last is not None and last.get("func") == ev.function and last.get("line") == ev.line
+
+
+def fill_from_sysfs(ev: Event, last: dict | None) -> bool:
+    """Take errno, inode, block from the superblock's last error if it is this
+    event's error (same function and line)."""
+    if last is None or not _same_error(ev, last):
+        return False
+    code, ino, block = last.get("errcode"), last.get("ino"), last.get("block")
+    if ev.errno is None and code in EXT4_ERRCODE_ERRNO:
+        ev.errno = EXT4_ERRCODE_ERRNO[code]  # type: ignore[index]
+        ev.extra["errno_source"] = "sysfs"
+    if ev.inode is None and ino:
+        ev.inode = ino
+        ev.extra["inode_source"] = "sysfs"
+    if ev.block is None and block:
+        ev.block = block
+        ev.extra["block_source"] = "sysfs"
+    return True
+
+
+class Ext4ErrorDetail:
+    def __init__(self, watch: FsErrorWatch | None, now: Callable[[], float] = time.monotonic,
+                 last_error: Callable[[str], dict | None] | None = None) -> None:
+        self.fan = watch
+        self.now = now
+        self._last_error = last_error or self._read_sysfs
+        self._fsid_dev: dict[int, str] = {}
+        self._fan_devs: set[str] = set()  # devices with a FAN_FS_ERROR mark
+        self._queued: dict[str, deque[_Queued]] = {}
+        self._late: dict[str, int] = {}  # errors given up on whose fanotify event may still come
+        self._held: deque[_Held] = deque()
+        self._names: dict[str, str | None] = {}
+        self._sysfs: dict[str, tuple[float, dict | None]] = {}  # dev -> (read at, last error)
+        self._ordinal: dict[str, int] = {}  # dev -> errors_count once the superblock has counted all seen
+
+    # -- which filesystems -------------------------------------------------
+    def watch(self, mounts: list[Mount]) -> None:
+        for m in mounts:
+            if m.fs_type != "ext4" or m.dev in self._fsid_dev.values():
+                continue
+            try:
+                fsid = os.statvfs(m.mount_point).f_fsid
+            except OSError:
+                continue
+            if self.fan is None or self.fan.watch(m.mount_point):
+                self._fsid_dev[fsid] = m.dev
+                if self.fan is not None:
+                    self._fan_devs.add(m.dev)
+            last = self._read_last_error(m.dev)
+            if last is not None and last.get("count") is not None:
+                self._ordinal[m.dev] = last["count"]
+
+    def on_fanotify(self, events: list[FanEvent]) -> None:
+        for fe in events:
+            dev = self._fsid_dev.get(fe.fsid) if fe.fsid is not None else None
+            if dev is None or fe.error is None:
+                continue
+            q = _Queued(fe.error, fe.ino, max(1, fe.error_count or 1))
+            late = self._late.get(dev, 0)
+            if late:  # errors that went out without it: theirs, not the next error's
+                skip = min(late, q.untold)
+                self._late[dev] = late - skip
+                q.untold -= skip
+                q.errno = q.ino = None
+                if q.untold <= 0:
+                    continue
+            self._queued.setdefault(dev, deque()).append(q)
+
+    # -- events ------------------------------------------------------------
+    def process(self, ev: Event) -> list[Event]:
+        """Events ready to go on, in order; fs_errors may wait for their detail."""
+        if ev.type is not _FS_ERROR:
+            if self._held:
+                self._held.append(_Held(0.0, ev))
+                return self._release()
+            return [ev]
+        h = _Held(0.0, ev, self._count(ev.dev or ""))
+        if ev.errno is not None:  # the kprobe rung had it from the arguments
+            ev.extra["errno_source"] = ev.rung
+            if ev.inode is not None:
+                ev.extra["inode_source"] = ev.rung
+            if not self._held:
+                return [ev]
+            h.ordinal = None
+        elif not self._held and self._complete(h, self.now(), force=False):
+            # The common case, a flood too: fanotify told already (or merged
+            # this error into one it told), or there is nothing to wait for.
+            return [ev]
+        h.since = self.now()
+        self._held.append(h)
+        return self._release()
+
+    def poll(self) -> list[Event]:
+        if not self._held:
+            return []
+        self.on_fanotify(self._read_fanotify())
+        return self._release()
+
+    def flush(self) -> list[Event]:
+        self.on_fanotify(self._read_fanotify())
+        return self._release(force=True)
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def _count(self, dev: str) -> int | None:
+        """This error's place in the superblock's errors_count."""
+        n = self._ordinal.get(dev)
+        if n is None:
+            return None
+        self._ordinal[dev] = n + 1
+        return n + 1
+
+    def _read_fanotify(self) -> list[FanEvent]:
+        return self.fan.read() if self.fan is not None and self.fan.fd >= 0 else []
+
+    def _release(self, force: bool = False) -> list[Event]:
+        out: list[Event] = []
+        now = self.now()
+        held = self._held
+        while held:
+            h = held[0]
+            if h.ev.type is _FS_ERROR and "errno_source" not in h.ev.extra:
+                if not self._complete(h, now, force or now - h.since >= HOLD_S):
+                    break
+            held.popleft()
+            out.append(h.ev)
+        return out
+
+    def _complete(self, h: _Held, now: float, force: bool) -> bool:
+        """Fill one tracepoint error from fanotify or the superblock; False
+        while it should wait (never when force)."""
+        ev, dev = h.ev, h.ev.dev or ""
+        if dev in self._fan_devs and not h.merged:
+            if not self._queued.get(dev):
+                self.on_fanotify(self._read_fanotify())
+            told = self._take(dev, ev)
+            if told is None:  # fanotify has not told of it yet
+                if not force:
+                    return False
+                self._late[dev] = self._late.get(dev, 0) + 1
+            elif told:
+                return True
+            else:
+                h.merged = True
+        last = self._superblock_error(dev, h, now, force)
+        if last is _WAIT:
+            return False
+        if h.merged:  # the inode of the last error may be another error's
+            if _same_error(ev, last) and last["errno"]:
+                ev.errno = last["errno"]
+                ev.extra["errno_source"] = "sysfs"
+        else:
+            fill_from_sysfs(ev, last)
+        return True
+
+    def _take(self, dev: str, ev: Event) -> bool | None:
+        """Match the next fanotify error of this device: True if it told this
+        error's errno, False if it merged it, None if none came yet."""
+        q = self._queued.get(dev)
+        if not q:
+            return None
+        head = q[0]
+        told = head.errno is not None
+        if told:  # the first error of this queued event
+            ev.errno = head.errno
+            ev.extra["errno_source"] = "fanotify"
+            if head.ino:
+                ev.inode = head.ino
+                ev.extra["inode_source"] = "fanotify"
+            head.errno = None
+        head.untold -= 1
+        if head.untold <= 0:
+            q.popleft()
+        return told
+
+    def _superblock_error(self, dev: str, h: _Held, now: float, force: bool) -> dict | None:
+        """The superblock's last error once it has counted this one; _WAIT to wait."""
+        got = self._sysfs.get(dev)
+        last = got[1] if got is not None else None
+        if got is not None and self._counted(last, h.ordinal):
+            return last
+        if got is None or now - got[0] >= SYSFS_REREAD_S or force:
+            last = self._read_last_error(dev)
+            self._sysfs[dev] = (now, last)
+            if self._counted(last, h.ordinal):
+                return last
+        if not force:
+            return _WAIT
+        # Given up: the superblock did not count this error (a read-only
+        # device does not record errors). Later errors of the device do not wait for it.
+        if h.ordinal is not None:
+            self._ordinal.pop(dev, None)
+            for o in self._held:
+                if o.ev.dev == dev:
+                    o.ordinal = None
+        return last
+
+    @staticmethod
+    def _counted(last: dict | None, ordinal: int | None) -> bool:
+        if ordinal is None or last is None or last.get("count") is None:
+            return True  # nothing to wait for
+        return last["count"] >= ordinal
+
+    def _read_last_error(self, dev: str) -> dict | None:
+        last = self._last_error(dev)
+        if last is not None:
+            last["errno"] = EXT4_ERRCODE_ERRNO.get(last.get("errcode", 0))
+        return last
+
+    def _read_sysfs(self, dev: str) -> dict | None:
+        if dev not in self._names:
+            self._names[dev] = block_dev_name(dev)
+        name = self._names[dev]
+        return sysfs_last_error(name) if name else None
+
+    def close(self) -> None:
+        if self.fan is not None:
+            self.fan.close()

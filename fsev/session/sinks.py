@@ -1,0 +1,99 @@
+"""How events leave fsev: one line each, human (rich) or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Protocol
+
+from rich.console import Console
+from rich.text import Text
+
+from fsev.events import Event, EventClass, EventType
+from fsev.session.output_health import describe_health
+from fsev.events.inert import inert
+
+CLASS_STYLE = {
+    EventClass.ERR: "bold red",
+    EventClass.WARN: "yellow",
+    EventClass.THR: "magenta",
+    EventClass.INFO: "dim",
+}
+
+
+class EventSink(Protocol):
+    def emit(self, ev: Event) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonSink:
+    """One JSON object per line (schema: docs/events.md)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def emit(self, ev: Event) -> None:
+        self.stream.write(json.dumps(ev.to_json_dict(), separators=(",", ":")) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+def describe(ev: Event) -> str:
+    """The event-specific part of a human line."""
+    if ev.type is EventType.FS_ERROR:
+        parts = []
+        if ev.function:
+            parts.append(f"{ev.function}:{ev.line}" if ev.line else ev.function)
+        if ev.errno is not None:
+            parts.append(f"{ev.errno_name}({ev.errno})")
+        if ev.inode:
+            parts.append(f"inode {ev.inode}")
+        if ev.block:
+            parts.append(f"block {ev.block}")
+        return " ".join(parts)
+    if ev.type is EventType.UMOUNT:
+        bits = ["unmounted"]
+        if ev.lazy:
+            bits.append("(lazy)")
+        if ev.extra.get("superblock_gone"):
+            bits.append("superblock torn down")
+        if ev.extra.get("cause") == "namespace_teardown":
+            bits.append("with its mount namespace")
+        return " ".join(bits)
+    if ev.type is EventType.THRESHOLD:
+        return f"{ev.level} {ev.direction}: {ev.avail_blocks} blocks available (level {ev.level_blocks})"
+    if ev.type is EventType.LOSS:
+        return f"{ev.lost} events lost (ring buffer full), {ev.lost_total} since start"
+    return describe_health(ev)
+
+
+def human_line(ev: Event) -> Text:
+    t = Text(no_wrap=True, overflow="ellipsis")
+    clock = time.strftime("%H:%M:%S", time.localtime(ev.wall_time)) + f".{int(ev.wall_time * 1000) % 1000:03d}"
+    t.append(clock + " ")
+    t.append(f"{ev.cls.value:<4} ", style=CLASS_STYLE[ev.cls])
+    t.append(f"{ev.type.value:<9} ", style=CLASS_STYLE[ev.cls])
+    where = inert(ev.mount_point or ev.path or "?")
+    meta = ", ".join(x for x in (inert(ev.fs_type), ev.dev) if x)
+    t.append(where, style="bold")
+    if meta:
+        t.append(f" ({meta})")
+    t.append("  " + inert(describe(ev)))
+    if ev.pid is not None:
+        t.append(f"  pid {ev.pid} {inert(ev.comm)}", style="cyan")
+    t.append(f"  [{ev.rung}]", style="dim")
+    return t
+
+
+class HumanSink:
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False, soft_wrap=True)
+
+    def emit(self, ev: Event) -> None:
+        self.console.print(human_line(ev))
+
+    def close(self) -> None:
+        pass

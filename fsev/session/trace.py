@@ -1,0 +1,342 @@
+"""A tracing session: plan, load, consume, decode, enrich; yields Events.
+
+The CLI (trace, top, record) drives a TraceSession; it never touches bcc.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from fsev.probes.decode import Clock, DecodeError, Enricher, decode
+from fsev.errors import FsevError
+from fsev.events import ALL_CLASSES, Event, EventClass, EventType
+from fsev.session.pipeline import HealthMonitor
+from fsev.linux.inotify import UnmountWatcher
+from fsev.points.unmounts import UnmountTracker
+from fsev.kernel.facts import KernelFacts, gather
+from fsev.linux.mountinfo import Mount, MountTable
+from fsev.probes.plan import ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, Plan, ProbePoint, RungKind, plan_probes
+from fsev.probes.program import (GATED_PROGRAMS, ProgramConfig, bpf_dir, kprobe_attachments, raw_tracepoint_attachments,
+                      required_offsets, source)
+from fsev.kernel.records import RECORD_SIZE, RecordClass, kernel_dev
+from fsev.kernel.ringbuf import PAGE
+from fsev.thresholds.monitor import ThresholdMonitor
+from fsev.thresholds.arming import ArmedMount, kernel_points, single_points
+
+_TO_RECORD_CLASS = {
+    EventClass.INFO: RecordClass.INFO,
+    EventClass.WARN: RecordClass.WARN,
+    EventClass.ERR: RecordClass.ERR,
+    EventClass.THR: RecordClass.THR,
+}
+LOSS_CHECK_S = 0.1
+# Records taken from the ring buffer per poll before they are decoded and
+# emitted: bounds memory and keeps stop/deadline checks responsive in a flood.
+RECORD_BATCH = 4096
+
+
+@dataclass
+class TraceOptions:
+    mounts: list[Mount] = field(default_factory=list)  # empty: every mount
+    classes: frozenset[EventClass] = ALL_CLASSES
+    ringbuf_pages: int = 256
+    thresholds: list[ArmedMount] = field(default_factory=list)  # --thr, armed per mount
+
+    @property
+    def watch_all(self) -> bool:
+        return not self.mounts
+
+
+def poll_timeout_ms(poll_ms: int, due_s: float | None) -> int:
+    """How long one wait may block (epoll counts whole ms) when the threshold
+    monitor is next due in due_s seconds. Rounded up: rounded down, the last
+    fraction of a millisecond before a sample was a string of zero-timeout
+    polls, fsev spinning a CPU near a level (0.15 s of CPU per 1 GiB write);
+    up to 1 ms late is nothing beside the 2 ms between samples there."""
+    return poll_ms if due_s is None else max(0, min(poll_ms, math.ceil(due_s * 1000)))
+
+
+def kernel_facts() -> KernelFacts:
+    return gather(set(ALL_TRACEPOINTS), set(ALL_KPROBE_FUNCTIONS))
+
+
+def resolve_offsets(plan: Plan, config: ProgramConfig | None = None) -> dict[str, int]:
+    specs = required_offsets(plan, config)
+    if not specs:
+        return {}
+    from fsev.kernel.btf import resolve  # imported only when a rung reads kernel structs
+
+    got = resolve(specs, modules=("ext4",))  # ext4 is a module on distribution kernels
+    missing = [s for s in specs if got.get(s) is None]
+    if missing:
+        raise FsevError(f"kernel BTF lacks {', '.join(missing)}: cannot read those structs safely")
+    return {s: int(got[s]) for s in specs}  # type: ignore[arg-type]
+
+
+def raw_tracepoints(plan: Plan, config: ProgramConfig) -> list[tuple[str, str, str, int | None]]:
+    """raw_tracepoint_attachments with the vmlinux BTF id each typed form needs (None: absent)."""
+    attach = raw_tracepoint_attachments(plan, config)
+    if not attach:
+        return []
+    from fsev.kernel.btf import BtfError, resolve
+
+    try:
+        ids = resolve([f"tp_btf:{tp}" for tp, typed, _ in attach if typed])
+    except BtfError:
+        ids = {}
+    return [(tp, typed, plain, ids.get(f"tp_btf:{tp}")) for tp, typed, plain in attach]
+
+
+def build_source(plan: Plan, opts: TraceOptions) -> str:
+    config = program_config(opts)
+    return source(plan, config, resolve_offsets(plan, config))
+
+
+def program_config(opts: TraceOptions) -> ProgramConfig:
+    return ProgramConfig(
+        classes=frozenset(_TO_RECORD_CLASS[c] for c in opts.classes),
+        watch_all=opts.watch_all,
+        ringbuf_pages=opts.ringbuf_pages,
+        thr_points=kernel_points(opts.thresholds),
+        thr_single=single_points(opts.thresholds),
+    )
+
+
+class TraceSession:
+    def __init__(self, opts: TraceOptions, facts: KernelFacts | None = None) -> None:
+        self.opts = opts
+        self.facts = facts or kernel_facts()
+        self.plan = plan_probes(self.facts)
+        self.clock = Clock()
+        self.table = MountTable.read()
+        self.enricher = Enricher(self.table, frozenset(m.mount_point for m in opts.mounts))
+        self._records: list[bytes] = []
+        self._seq = 0
+        self._stop = False
+        self._probes = None
+        self._unmounts: UnmountTracker | None = None
+        self._health: HealthMonitor | None = None
+        self._lost_total = 0
+        self._loss_window_start = time.time()
+        self._last_loss_check = 0.0
+        self._mounts_fd: int | None = None
+        self._thr: ThresholdMonitor | None = None
+        self.started_at = time.time()
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        from fsev.kernel.loader import KernelProbes  # the only bcc user
+
+        text = build_source(self.plan, self.opts)
+        config = program_config(self.opts)
+        self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record,
+                                    ringbuf_bytes=self.opts.ringbuf_pages * PAGE, batch=RECORD_BATCH,
+                                    raw_tps=raw_tracepoints(self.plan, config), gated=GATED_PROGRAMS)
+        if self.opts.thresholds:
+            self._thr = ThresholdMonitor(self.opts.thresholds, self.clock, self._probes.write_thr_state,
+                                         catch_up=self._catch_up_hints, hooks=self._probes)
+        if not self.opts.watch_all:
+            self._probes.watch_devs([kernel_dev(m.major, m.minor) for m in self.opts.mounts])
+            self._probes.watch_paths([m.mount_point for m in self.opts.mounts])
+        drop = self.plan.rung(ProbePoint.MOUNT_DROP)
+        if EventClass.INFO in self.opts.classes and drop and drop.kind is RungKind.TRACEPOINT:
+            self._unmounts = UnmountTracker(self.table, UnmountWatcher())
+            self._watch_roots()
+        self._health = HealthMonitor(self.plan, self.opts.classes, self.table, self.clock, self.opts.mounts,
+                                     self._probes, self._number)
+        # /proc/self/mounts polls POLLPRI when the mount table changes.
+        self._mounts_fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
+        self._mounts_poll = select.poll()
+        self._mounts_poll.register(self._mounts_fd, select.POLLPRI | select.POLLERR)
+        self.started_at = time.time()
+
+    @property
+    def attach_notes(self) -> list[str]:
+        """What the loader had to settle for (a raw tracepoint without BTF types)."""
+        return list(self._probes.notes) if self._probes is not None else []
+
+    def _watch_roots(self) -> None:
+        assert self._unmounts is not None
+        self._unmounts.watch([m.mount_point for m in self.opts.mounts] if not self.opts.watch_all else [
+            m.mount_point for m in self.table if not m.pseudo
+        ])
+
+    def _on_record(self, raw: bytes) -> bool:
+        self._records.append(raw)
+        return len(self._records) >= RECORD_BATCH
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        if self._thr is not None:
+            self._thr.close()
+            self._thr = None
+        if self._probes is not None:
+            self._probes.close()
+            self._probes = None
+        if self._unmounts is not None:
+            self._unmounts.close()
+            self._unmounts = None
+        if self._health is not None:
+            self._health.close()
+            self._health = None
+        if self._mounts_fd is not None:
+            os.close(self._mounts_fd)
+            self._mounts_fd = None
+
+    def __enter__(self) -> "TraceSession":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the loop ----------------------------------------------------------
+    def _refresh_mounts_if_changed(self) -> None:
+        if self._mounts_fd is not None and self._mounts_poll.poll(0):
+            self.table.refresh()
+            # Re-arm the POLLPRI notification by reading from the start.
+            os.lseek(self._mounts_fd, 0, os.SEEK_SET)
+            while os.read(self._mounts_fd, 65536):
+                pass
+            if self._unmounts is not None and self.opts.watch_all:
+                self._watch_roots()
+
+    def _loss_events(self, now: float) -> Iterator[Event]:
+        if self._probes is None or now - self._last_loss_check < LOSS_CHECK_S:
+            return
+        self._last_loss_check = now
+        total = self._probes.drops()
+        if total > self._lost_total:
+            lost = total - self._lost_total
+            self._lost_total = total
+            yield self._user_event(cls=EventClass.WARN, type=EventType.LOSS, rung="ringbuf", lost=lost,
+                                   lost_total=total, since_wall_time=self._loss_window_start)
+        self._loss_window_start = now
+
+    def _number(self, ev: Event) -> Event:
+        self._seq += 1
+        ev.seq = self._seq
+        return ev
+
+    def _user_event(self, **fields: object) -> Event:
+        """An event fsev makes in user space (not from a kernel record)."""
+        ts = time.monotonic_ns()
+        self._seq += 1
+        return Event(seq=self._seq, ts_ns=ts, wall_time=self.clock.wall(ts), **fields)  # type: ignore[arg-type]
+
+    def _unmount_events(self) -> Iterator[Event]:
+        if self._unmounts is None:
+            return
+        for ev in self._unmounts.poll(self._user_event):
+            if ev.seq == 0:  # a held kernel event, numbered when it is emitted
+                self._seq += 1
+                ev.seq = self._seq
+            yield ev
+
+    def _kernel_events(self) -> Iterator[Event]:
+        records, self._records = self._records, []
+        for rec in records:
+            try:
+                ev = decode(rec, 0, self.clock)
+            except DecodeError:
+                continue
+            if ev.type is EventType.THRESHOLD:
+                # Kernel threshold records are hints: the monitor confirms them.
+                if self._thr is not None:
+                    self._thr.on_hint(ev)
+                continue
+            if ev.type is EventType.UMOUNT:
+                self.table.refresh()
+            ev = self.enricher.enrich(ev)
+            if ev.type is EventType.UMOUNT and self._unmounts is not None:
+                if self._unmounts.on_syscall_umount(ev) is None:
+                    continue  # held until the superblock is torn down
+            if self._health is not None:
+                out = self._health.process(ev)  # numbered there; some wait a moment
+                if out:
+                    yield from out
+                continue
+            self._seq += 1
+            ev.seq = self._seq
+            yield ev
+
+    # -- thresholds (fsev/thresholds/monitor.py does the work) ---------------------
+    def _poll_timeout_ms(self, poll_ms: int) -> int:
+        due = self._thr.due_in(time.monotonic()) if self._thr is not None else None
+        if self._health is not None:  # short while events wait for fanotify
+            poll_ms = self._health.timeout_ms(poll_ms)
+        return poll_timeout_ms(poll_ms, due)
+
+    def _catch_up_hints(self) -> None:
+        """Read the ring buffer now and hand threshold hints to the monitor;
+        other records wait in order for _kernel_events."""
+        if self._probes is None or self._thr is None:
+            return
+        self._probes.drain()
+        keep: list[bytes] = []
+        for raw in self._records:
+            try:
+                ev = decode(raw, 0, self.clock)
+            except DecodeError:
+                continue
+            if ev.type is EventType.THRESHOLD:
+                self._thr.on_hint(ev)
+            else:
+                keep.append(raw)
+        self._records = keep
+
+    def _threshold_events(self) -> Iterator[Event]:
+        if self._thr is None:
+            return
+        for ev in self._thr.events():
+            self._seq += 1
+            ev.seq = self._seq
+            yield ev
+
+    @property
+    def lost_total(self) -> int:
+        return self._lost_total
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    def events(self, poll_ms: int = 100, until: float | None = None, last: bool = False) -> Iterator[Event]:
+        """Events until stop(), the monotonic deadline `until`, or the caller stops iterating.
+        last: the deadline ends the session (trace --duration), so what waits
+        (ENOSPC counts, events joined with fanotify) comes out too; a caller
+        that comes back for more (top) leaves it False."""
+        if self._probes is None:
+            self.start()
+        assert self._probes is not None
+        while not self._stop:
+            if until is not None and time.monotonic() >= until:
+                break
+            self._probes.poll(self._poll_timeout_ms(poll_ms))
+            self._refresh_mounts_if_changed()
+            yield from self._kernel_events()
+            yield from self._threshold_events()
+            yield from self._unmount_events()
+            if self._health is not None:
+                yield from self._health.poll()
+            yield from self._loss_events(time.time())
+        # Drain what the kernel already sent before stopping: at most one ring
+        # buffer's worth, so a flood that goes on cannot keep fsev alive.
+        budget = self.opts.ringbuf_pages * PAGE // RECORD_SIZE + RECORD_BATCH
+        while budget > 0:
+            self._probes.drain()
+            if not self._records:
+                break
+            budget -= len(self._records)
+            yield from self._kernel_events()
+        yield from self._threshold_events()
+        if self._health is not None and (self._stop or last):
+            yield from self._health.flush()
+        yield from self._loss_events(time.time() + LOSS_CHECK_S)
