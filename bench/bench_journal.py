@@ -32,7 +32,7 @@ from fsev.events.json_line import event_json  # noqa: E402
 from fsev.events import Event, EventClass, EventType  # noqa: E402
 from fsev.journal.store import Journal  # noqa: E402
 from fsev.kernel.facts import KernelFacts  # noqa: E402
-from fsev.probes.plan import plan_probes  # noqa: E402
+from fsev.points.registry import plan_probes  # noqa: E402
 from fsev.journal.recorder import Recorder  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "journal.json"

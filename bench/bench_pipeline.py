@@ -102,7 +102,7 @@ def decode_only(fs, n: int = 200_000) -> dict:
     from fsev.session.selection import resolve_mounts
     from fsev.session.trace import TraceOptions, TraceSession
     from fsev.events import EventClass
-    from fsev.probes.decode import decode
+    from fsev.points.registry import decode
 
     mounts = resolve_mounts([fs.mount_point], MountTable.read())
     s = TraceSession(TraceOptions(mounts=mounts, classes=frozenset({EventClass.ERR}), ringbuf_pages=64))

@@ -14,7 +14,7 @@ from fsev.errors import FsevError
 from fsev.events import EventType
 from fsev.linux.mountinfo import MountTable
 from fsev.session.sinks import HumanSink, JsonSink
-from fsev.probes.plan import Plan
+from fsev.probes.ladder import Plan
 from fsev.linux.privilege import NEED_ROOT, can_trace
 from fsev.session.selection import parse_classes, resolve_mounts
 from fsev.session.setup_checks import check_bcc, check_btf, check_tracefs, require
@@ -63,7 +63,7 @@ def describe_plan(plan: Plan) -> list[str]:
 def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozenset[EventClass]") -> "list[ArmedMount]":
     """--thr on each --mount: levels in blocks and the rung that watches it (fsev/thresholds/arming.py)."""
     from fsev.events import EventClass
-    from fsev.probes.plan import plan_probes
+    from fsev.points.registry import plan_probes
     from fsev.session.trace import kernel_facts
     from fsev.thresholds.gate import rate_bound
     from fsev.thresholds.levels import parse_hysteresis
@@ -91,7 +91,7 @@ def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozens
 
 def run_trace(req: TraceRequest) -> None:
     from fsev.session.trace import TraceOptions, TraceSession, build_source, kernel_facts
-    from fsev.probes.plan import plan_probes
+    from fsev.points.registry import plan_probes
 
     classes = parse_classes(req.events)
     if req.thr is not None:

@@ -60,7 +60,10 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import bcc' 2>/dev/nu
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "rich>=13" "typer>=0.9" "pytest>=7" "hypothesis>=6"
-# The project itself: always reinstalled, so the installed copy is this tree.
+# The project itself: always reinstalled, so the installed copy is this tree
+# (without setuptools' build/ of an earlier install, which would ship modules
+# that have since moved or gone).
+rm -rf "$HERE/build"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall "$HERE" >/dev/null
 
 # 5. fsev on root's PATH.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fsev import btf as btf_mod
+from fsev.kernel import btf as btf_mod
 from fsev.kernel.btf import Btf, BtfError, resolve
 
 # Kind numbers from the kernel's Documentation/bpf/btf.rst, spelled out again

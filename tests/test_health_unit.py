@@ -12,18 +12,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsev.linux.blockdev import disk_of, partition_of
-from fsev.probes.decode import Clock, decode
+from fsev.events.clock import Clock
+from fsev.points.registry import decode
 from fsev.points.enospc import EnospcAggregator, KernelTotal
 from fsev.events import Event, EventClass, EventType
 from fsev.linux.fanotify import (FAN_EVENT_INFO_TYPE_ERROR, FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_MNT,
                            FAN_FS_ERROR, FAN_MNT_ATTACH, FAN_MNT_DETACH, FanEvent, parse_events)
-from fsev.points.fs_error_detail import Ext4ErrorDetail, fill_from_sysfs
-from fsev.probes.health_records import mount_action, ro_flag_name
+from fsev.points.ext4_error_detail import Ext4ErrorDetail, fill_from_sysfs
+from fsev.points.mount_topology import mount_action
+from fsev.points.read_only import ro_flag_name
 from fsev.kernel.facts import KernelFacts
 from fsev.linux.mountinfo import MountTable, parse_mountinfo
-from fsev.probes.plan import ProbePoint, RungKind, plan_probes
-from fsev.probes.program import ProgramConfig, kprobe_attachments, preamble, required_offsets
-from fsev.points.readonly import EMERGENCY_RO, MNT_READONLY, SB_RDONLY, SHUTDOWN, ReadOnlyTracker, mount_read_only
+from fsev.points.registry import ProbePoint, plan_probes
+from fsev.probes.ladder import RungKind
+from fsev.probes.program import ProgramConfig
+from fsev.points.registry import kprobe_attachments, preamble, required_offsets
+from fsev.points.read_only import EMERGENCY_RO, MNT_READONLY, SB_RDONLY, SHUTDOWN, ReadOnlyTracker, mount_read_only
 from fsev.kernel.records import Call, Field, Record, RecordClass, RecordType, RoBits, Rung, kernel_dev
 
 ALL = frozenset(RecordClass(c) for c in (1, 2, 3, 4))

@@ -83,7 +83,7 @@ def test_replay_json_is_byte_for_byte_what_trace_json_printed_while_recording(wo
         (rec,) = jr.recordings()
     assert rec.command == "trace" and rec.clean
     assert rec.options["mounts"] == [bad.mount_point, fs.mount_point, t]
-    from fsev.probes.plan import ProbePoint
+    from fsev.points.registry import ProbePoint
 
     points = {p.value for p in ProbePoint}
     rungs = {line.split(": ")[1]: line.split(": ")[2].split()[0] for line in tr.stderr_lines

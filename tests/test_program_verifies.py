@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from fsev.kernel.facts import KernelFacts
-from fsev.probes.plan import plan_probes
-from fsev.probes.program import ProgramConfig, bpf_dir, kprobe_attachments, source
+from fsev.points.registry import plan_probes
+from fsev.probes.program import ProgramConfig, bpf_dir
+from fsev.points.registry import kprobe_attachments, source
 from fsev.kernel.records import RecordClass
 
 pytestmark = pytest.mark.root
@@ -38,7 +39,7 @@ def _offsets(plan, cfg) -> dict[str, int]:
     this one may lack (EXT4_MF_FS_ABORTED went in 6.6): a bit number is not
     a memory offset, so any one will do for the verifier."""
     from fsev.kernel.btf import resolve
-    from fsev.probes.program import required_offsets
+    from fsev.points.registry import required_offsets
 
     specs = required_offsets(plan, cfg)
     got = resolve(specs, modules=("ext4",))

@@ -7,10 +7,11 @@ import re
 
 import pytest
 
-from fsev import records
+from fsev.kernel import records
 from fsev.kernel.facts import KernelFacts
-from fsev.probes.plan import plan_probes
-from fsev.probes.program import ProgramConfig, bpf_dir, source
+from fsev.points.registry import plan_probes
+from fsev.probes.program import ProgramConfig, bpf_dir
+from fsev.points.registry import source
 from fsev.kernel.records import Record, RecordClass
 
 pytestmark = pytest.mark.root

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from fsev import thr_gate
-from fsev.probes.decode import Clock
+from fsev.thresholds import gate as thr_gate
+from fsev.events.clock import Clock
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
-from fsev.probes.plan import plan_probes
+from fsev.points.registry import plan_probes
 from fsev.session.trace import poll_timeout_ms
 from fsev.thresholds.gate import Hook
 from fsev.thresholds.monitor import ThresholdMonitor

@@ -172,7 +172,7 @@ def test_a_writer_busy_while_fsev_arms_is_seen(monkeypatch):
     from fsev.kernel.loader import KernelProbes
     from fsev.events import EventType
     from fsev.linux.mountinfo import MountTable
-    from fsev.probes.plan import plan_probes
+    from fsev.points.registry import plan_probes
     from fsev.session.trace import TraceOptions, TraceSession, kernel_facts
     from fsev.thresholds.levels import parse_thr
     from fsev.thresholds.arming import arm_thresholds
@@ -225,7 +225,7 @@ def test_per_page_hooks_attach_only_near_a_level(kind, monkeypatch):
     has taken the mount far above L1 again, they go."""
     from fsev.events import EventType
     from fsev.linux.mountinfo import MountTable
-    from fsev.probes.plan import plan_probes
+    from fsev.points.registry import plan_probes
     from fsev.session.trace import TraceOptions, TraceSession, kernel_facts
     from fsev.thresholds.gate import Hook
     from fsev.thresholds.levels import parse_thr
@@ -364,7 +364,7 @@ def test_kernel_estimate_stays_within_the_band_of_statfs(kind):
     every hint's counter estimate is within the band of statfs read while the
     writer pauses."""
     from fsev.linux.mountinfo import MountTable
-    from fsev.probes.plan import plan_probes
+    from fsev.points.registry import plan_probes
     from fsev.session.trace import TraceOptions, TraceSession, kernel_facts
     from fsev.thresholds.levels import parse_thr
     from fsev.thresholds.arming import arm_thresholds
@@ -470,8 +470,9 @@ def test_tmpfs_kprobe_rung_programs_pass_the_verifier_here(funcs):
 
     from fsev.kernel.btf import resolve
     from fsev.kernel.facts import KernelFacts
-    from fsev.probes.plan import ALL_TRACEPOINTS, ProbePoint, plan_probes
-    from fsev.probes.program import ProgramConfig, bpf_dir, required_offsets, source
+    from fsev.points.registry import ALL_TRACEPOINTS, ProbePoint, plan_probes
+    from fsev.probes.program import ProgramConfig, bpf_dir
+    from fsev.points.registry import required_offsets, source
     from fsev.kernel.records import RecordClass
 
     facts = KernelFacts(release="x", kprobes=True, kprobe_functions=frozenset(funcs),

@@ -8,16 +8,21 @@ from dataclasses import dataclass
 
 import pytest
 
-from fsev.probes.decode import Clock
+from fsev.events.clock import Clock
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
 from fsev.linux.mountinfo import Mount
-from fsev.probes.plan import EXT4_THR_TRACEPOINTS, SHMEM_TRACEPOINTS, ProbePoint, RungKind, plan_probes
-from fsev.probes.program import ProgramConfig, kprobe_attachments, preamble, required_offsets
+from fsev.points.thr_ext4 import EXT4_THR_TRACEPOINTS
+from fsev.points.thr_tmpfs import SHMEM_TRACEPOINTS
+from fsev.points.registry import ProbePoint, plan_probes
+from fsev.probes.ladder import RungKind
+from fsev.probes.program import ProgramConfig
+from fsev.points.registry import kprobe_attachments, preamble, required_offsets
 from fsev.kernel.records import RecordClass, ThrKind
 from fsev.thresholds.monitor import ThresholdMonitor
 from fsev.thresholds.levels import Levels, ThresholdError, parse_hysteresis, parse_thr, resolve_levels
-from fsev.thresholds.arming import arm_thresholds, kernel_points, percpu_batch, reset_gate, single_points, thr_slot_for
+from fsev.kernel.thr_slots import reset_gate, thr_slot_for
+from fsev.thresholds.arming import arm_thresholds, kernel_points, percpu_batch, single_points
 
 ALL_TP = frozenset(SHMEM_TRACEPOINTS + EXT4_THR_TRACEPOINTS)
 

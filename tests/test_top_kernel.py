@@ -54,7 +54,7 @@ def test_live_screen_shows_new_mounts_and_ext4_errors_then_q_exits_clean():
             reader.wait(30)
             s = top.wait_screen(lambda s: "htree_dirblock_to_tree" in _row(s, e4.mount_point))
             # session count / ext4's errors_count (which ext4 writes back a little later)
-            # errno: on the tracepoint rung from fanotify or sysfs (fsev.points.fs_error_detail), when they told
+            # errno: on the tracepoint rung from fanotify or sysfs (fsev.points.ext4_error_detail), when they told
             assert re.search(r"\s1/[01]\s+htree_dirblock_to_tree:\d+ (EBADMSG )?\d+s\s", _row(s, e4.mount_point)), s
             line = next((l for l in _feed(s) if "htree_dirblock_to_tree" in l), None)
             assert line, s

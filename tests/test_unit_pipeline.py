@@ -7,15 +7,20 @@ import json
 import pytest
 from rich.console import Console
 
-from fsev.probes.decode import Clock, DecodeError, Enricher, decode
+from fsev.events.clock import Clock
+from fsev.probes.decode import DecodeError
+from fsev.session.enrich import Enricher
+from fsev.points.registry import decode
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
 from fsev.events.inert import inert
 from fsev.kernel.facts import KernelFacts
 from fsev.linux.mountinfo import MountTable, parse_mountinfo, parse_mountinfo_line
 from fsev.session.sinks import JsonSink, human_line
-from fsev.probes.plan import ProbePoint, RungKind, plan_probes
-from fsev.probes.program import ProgramConfig, kprobe_attachments, preamble, required_offsets
+from fsev.points.registry import ProbePoint, plan_probes
+from fsev.probes.ladder import RungKind
+from fsev.probes.program import ProgramConfig
+from fsev.points.registry import kprobe_attachments, preamble, required_offsets
 from fsev.kernel.records import Field, Record, RecordClass, RecordType, Rung, kernel_dev
 from fsev.session.selection import parse_classes, resolve_mounts
 

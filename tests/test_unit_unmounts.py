@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fsev.events import Event, EventClass, EventType
 from fsev.linux.mountinfo import MountTable, parse_mountinfo
-from fsev.points.unmounts import INOTIFY_GRACE_S, UnmountTracker
+from fsev.points.mount_drop import INOTIFY_GRACE_S, UnmountTracker
 
 ROOT = "22 1 254:0 / / rw - ext4 /dev/vda rw\n"
 TMPFS = "45 22 0:39 / /mnt/t rw - tmpfs tmpfs rw\n"

@@ -14,7 +14,7 @@ from fsev.events import Event
 from fsev.journal.store import Journal, JournalError
 from fsev.journal.writer import JournalWriter
 from fsev.session.sinks import EventSink
-from fsev.probes.plan import Plan
+from fsev.probes.ladder import Plan
 
 
 class NullSink:

@@ -8,15 +8,17 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Hashable, Mapping
 
 from fsev.errors import FsevError
 from fsev.kernel import ringbuf
 from fsev.kernel import tp_btf
 from fsev.kernel.records import PATH_LEN, RECORD_SIZE, THR_SLOTS, ThrState
 from fsev.kernel.ringbuf import RingReader
-from fsev.thresholds.gate import Hook
-from fsev.thresholds.arming import reset_gate, thr_slot_for
+from fsev.kernel.thr_slots import reset_gate, thr_slot_for
+
+# A group of gated programs, switched together (fsev.points.free_space.Hook).
+Hook = Hashable
 
 # The record sink returns True when its batch is full: the callback then
 # returns -1 so libbpf stops consuming (that record is already copied) and
@@ -145,7 +147,7 @@ class KernelProbes:
                 with contextlib.suppress(Exception):
                     undo()
             self._hooks_on.discard(hook)
-            raise FsevError(f"{'attaching' if on else 'detaching'} the {hook.value} hooks failed: {_one_line(e)}") from None
+            raise FsevError(f"{'attaching' if on else 'detaching'} the {getattr(hook, 'value', hook)} hooks failed: {_one_line(e)}") from None
         if on:
             self._hooks_on.add(hook)
         else:

@@ -1,6 +1,10 @@
-"""ENOSPC storms: one event, then an exact count per second.
+"""Probe point enospc: a write, fallocate, create or mkdir failed with ENOSPC (bpf/enospc.bpf.c).
 
-The kernel (bpf/fsev_health.bpf.c) counts every ENOSPC failure per
+Ladder: the raw sys_exit tracepoint with security_inode_create/mkdir kprobes
+(the parent directory's superblock), else raw sys_exit alone (create/mkdir
+resolved from the path by fsev). Both decode x86-64 syscall numbers.
+
+ENOSPC storms: one event, then an exact count per second. The kernel counts every ENOSPC failure per
 superblock with an atomic add and sends a record only for the first failure
 after a quiet second; the record carries its ordinal n (this was failure
 number n on that superblock). Every second fsev reads the per-superblock
@@ -18,6 +22,31 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
+from fsev.kernel.facts import KernelFacts
+from fsev.kernel.records import Call, Field, RecordClass, RecordType
+from fsev.linux.device import Device
+from fsev.linux.mountinfo import Mount
+from fsev.probes.decode import CALL_NAMES
+from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, raw_tp_skip_reason
+from fsev.probes.point import Point, PointMonitor, SessionContext
+from fsev.probes.program import ProgramConfig
+
+NAME = "enospc"
+RAW_SYS_EXIT = "raw_syscalls:sys_exit"  # raw: sys_exit(struct pt_regs *, long ret)
+# kprobe rung. Known signatures (2.6+):
+#   int security_inode_create(struct inode *dir, struct dentry *, umode_t)
+#   int security_inode_mkdir(struct inode *dir, struct dentry *, umode_t)
+ENOSPC_KPROBES = ("security_inode_create", "security_inode_mkdir")
+OFFSETS = ("super_block.s_dev", "pt_regs.orig_ax", "pt_regs.di", "pt_regs.si", "task_struct.files",
+           "files_struct.fdt", "fdtable.fd", "fdtable.max_fds", "file.f_inode", "inode.i_sb", "inode.i_ino",
+           "task_struct.fs", "fs_struct.root.mnt", "fs_struct.pwd.mnt", "vfsmount.mnt_sb")
+# A storm is over after this long without a failure: the next one is sent.
+ENOSPC_QUIET_NS = 1_000_000_000
+# Calls that fail with ENOSPC for want of room for data, and those that need
+# room for a new inode or directory entry (metadata).
+DATA_CALLS = frozenset({Call.WRITE, Call.PWRITE64, Call.WRITEV, Call.PWRITEV, Call.PWRITEV2, Call.FALLOCATE})
+METADATA_CALLS = frozenset({Call.OPEN, Call.OPENAT, Call.OPENAT2, Call.CREAT, Call.MKDIR, Call.MKDIRAT})
+_F_PATH_EXACT = int(Field.PATH_EXACT)
 
 TICK_S = 1.0
 
@@ -125,3 +154,121 @@ def resolve_create_path(path: str, pid: int, containing: Callable[[str], object]
         path = os.path.join(cwd, path)
     parent = os.path.dirname(os.path.normpath(path)) or "/"
     return containing(parent)
+
+
+def plan_enospc(facts: KernelFacts) -> Rung:
+    misses = ("io_uring, aio and in-kernel writers (nfsd, loop); splice, sendfile, copy_file_range; "
+              "ENOSPC reported late by close or fsync; 32-bit (compat) processes, whose syscall numbers "
+              "differ; whether a write lacked room for data or for metadata (told by the call only)")
+    raw_why = raw_tp_skip_reason(facts, (RAW_SYS_EXIT,), x86_64=True)
+    why = kprobe_skip_reason(facts, ENOSPC_KPROBES) or raw_why
+    if why is None:
+        return Rung(NAME, RungKind.KPROBE, ("sys_exit", *ENOSPC_KPROBES),
+                    gives="failed write/fallocate (superblock from the fd) and create/mkdir (superblock of "
+                    "the parent directory, from security_inode_create/mkdir)",
+                    misses=misses)
+    skipped = (why,)
+    if raw_why is None:
+        return Rung(NAME, RungKind.RAW_TRACEPOINT, ("sys_exit",),
+                    gives="failed write/fallocate (superblock from the task's fd table) and create/mkdir "
+                    "(path as passed)",
+                    misses=misses + "; for create/mkdir the mount is resolved from the path by fsev (absolute, "
+                    "or relative to the task's cwd while it lives), so symlinks and other mount "
+                    "namespaces can mislead it",
+                    skipped=skipped)
+    return Rung(NAME, RungKind.NONE, skipped=skipped + (raw_why,))
+
+
+def describe_enospc(ev: Event) -> str:
+    x = ev.extra
+    what = f"{x.get('call', '?')}: no space ({x.get('space', 'data')})"
+    if ev.path:
+        what += f" {ev.path}"
+    if x.get("storm"):
+        return f"{x.get('count')} more ENOSPC ({x.get('count_total')} in all), last {what}"
+    return what
+
+
+class EnospcMonitor(PointMonitor):
+    """Names the mount of a failed create by its path; counts storms."""
+
+    handles = frozenset({EventType.ENOSPC})
+
+    def __init__(self, ctx: SessionContext, aggregator: EnospcAggregator) -> None:
+        self.ctx = ctx
+        self.enospc = aggregator
+        self._last_tick = ctx.now()
+
+    def process(self, ev: Event) -> list[Event]:
+        assert ev.dev is not None
+        key = Device.parse(ev.dev).kernel
+        if not ev.extra.get("_path_exact") and ev.path:
+            m = resolve_create_path(ev.path, ev.tgid or 0, self.ctx.table.containing)
+            if isinstance(m, Mount):
+                ev.dev, ev.mount_point, ev.fs_type, ev.source, ev.mnt_id = (
+                    m.dev, m.mount_point, m.fs_type, m.source, m.mnt_id)
+        return [self.enospc.on_record(key, ev)]
+
+    def poll(self) -> list[Event]:
+        if self.ctx.now() - self._last_tick < TICK_S / 4:
+            return []
+        self._last_tick = self.ctx.now()
+        return self.enospc.tick(self._totals(), self.ctx.make_event)
+
+    def flush(self) -> list[Event]:
+        return self.enospc.tick(self._totals(), self.ctx.make_event, final=True)
+
+    def _totals(self) -> dict[int, KernelTotal]:
+        probes = self.ctx.probes
+        if probes is None:
+            return {}
+        out = {}
+        for key, v in probes.table_items("enospc_states"):
+            out[key] = KernelTotal(int(v.failures), int(v.last_pid), CALL_NAMES.get(int(v.last_call)),  # type: ignore[attr-defined]
+                                   bytes(v.last_comm).split(b"\0", 1)[0].decode("utf-8", "replace"))  # type: ignore[attr-defined]
+        return out
+
+
+class Enospc(Point):
+    name = NAME
+    record_type = RecordType.ENOSPC
+    event_type = EventType.ENOSPC
+    classes = frozenset({RecordClass.WARN})
+    tracepoints = frozenset({RAW_SYS_EXIT})
+    kprobe_functions = frozenset(ENOSPC_KPROBES)
+
+    def plan(self, facts: KernelFacts) -> Rung:
+        return plan_enospc(facts)
+
+    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
+        on = rung is not None and self.compiled(rung, config)
+        kind = rung.kind if rung is not None else None
+        return [("FSEV_ENOSPC_RAW_TP", str(int(on and kind is RungKind.RAW_TRACEPOINT))),
+                ("FSEV_ENOSPC_KPROBE", str(int(on and kind is RungKind.KPROBE))),
+                ("FSEV_ENOSPC_QUIET_NS", f"{ENOSPC_QUIET_NS}ull")]
+
+    def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
+        return OFFSETS if self.compiled(rung, config) else ()
+
+    def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
+        if rung.kind is RungKind.KPROBE and self.compiled(rung, config):
+            return [(fn, f"kp_{fn}") for fn in ENOSPC_KPROBES]
+        return []
+
+    def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
+               arg: int, func: bytes) -> None:
+        x = ev.extra
+        x["space"] = "data" if call in DATA_CALLS else "metadata"
+        x["_ordinal"] = value
+        x["_path_exact"] = bool(f & _F_PATH_EXACT) or call in DATA_CALLS
+
+    def describe(self, ev: Event) -> str:
+        return describe_enospc(ev)
+
+    def monitor(self, ctx: SessionContext) -> PointMonitor | None:
+        if EventClass.WARN not in ctx.classes or ctx.plan.kind(NAME) is None:
+            return None
+        return EnospcMonitor(ctx, EnospcAggregator(ctx.now))
+
+
+POINT = Enospc()

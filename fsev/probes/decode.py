@@ -1,16 +1,18 @@
-"""Kernel records -> typed Events, and enrichment with the mount they concern.
+"""Kernel records -> typed Events: the boundary, past which nothing sees raw bytes.
 
-This is the boundary: past it nothing sees raw bytes.
+The common fields are decoded here, once for every type; each probe point
+decodes its own type's fields (Point.finish), and fsev/points/registry.py
+builds the one RecordDecoder that knows them all.
 """
 
 from __future__ import annotations
 
-import time
+from typing import Mapping
 
 from fsev.events import Event, EventClass, EventType
-from fsev.linux.mountinfo import Mount, MountTable
-from fsev.probes.health_records import decode_health
-from fsev.kernel.records import RECORD_STRUCT, Field, RecordClass, RecordType, Rung
+from fsev.events.clock import Clock
+from fsev.kernel.records import RECORD_STRUCT, Call, Field, RecordClass, Rung
+from fsev.probes.point import Finish
 
 _CLASS = {
     RecordClass.INFO: EventClass.INFO,
@@ -18,32 +20,12 @@ _CLASS = {
     RecordClass.ERR: EventClass.ERR,
     RecordClass.THR: EventClass.THR,
 }
-_TYPE = {
-    RecordType.FS_ERROR: EventType.FS_ERROR,
-    RecordType.UMOUNT: EventType.UMOUNT,
-    RecordType.THRESHOLD: EventType.THRESHOLD,
-    RecordType.READ_ONLY: EventType.READ_ONLY,
-    RecordType.ENOSPC: EventType.ENOSPC,
-    RecordType.BLOCK_IO_ERROR: EventType.BLOCK_IO_ERROR,
-    RecordType.WB_ERROR: EventType.WB_ERROR,
-    RecordType.MOUNT: EventType.MOUNT,
-}
 _RUNG = {Rung.KPROBE: "kprobe", Rung.TRACEPOINT: "tracepoint", Rung.RAW_TRACEPOINT: "raw_tracepoint"}
+CALL_NAMES = {int(c): c.name.lower() for c in Call if c is not Call.NONE}
 
 
 class DecodeError(ValueError):
     pass
-
-
-class Clock:
-    """Maps kernel CLOCK_MONOTONIC nanoseconds to wall time."""
-
-    def __init__(self) -> None:
-        # time.monotonic_ns() is CLOCK_MONOTONIC on Linux, as bpf_ktime_get_ns().
-        self.offset_ns = time.time_ns() - time.monotonic_ns()
-
-    def wall(self, ts_ns: int) -> float:
-        return (ts_ns + self.offset_ns) / 1e9
 
 
 _TEXT_CACHE: dict[bytes, str] = {}
@@ -62,113 +44,62 @@ def _text(b: bytes) -> str:
 
 # Plain-int lookups: enum construction per record would double decode time.
 _CLASS_BY_INT = {int(k): v for k, v in _CLASS.items()}
-_TYPE_BY_INT = {int(k): v for k, v in _TYPE.items()}
-_DIRECTION = {1: "down", 2: "up"}
-F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY, F_SETTLE = (int(x) for x in (
+F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY, F_MNTNS = (int(x) for x in (
     Field.ERRNO, Field.INODE, Field.BLOCK, Field.LINE, Field.FUNC, Field.PATH, Field.MNT_ID, Field.LAZY,
-    Field.SETTLE))
+    Field.MNTNS))
 _unpack = RECORD_STRUCT.unpack_from
-_FIRST_HEALTH_TYPE = int(RecordType.READ_ONLY)
+_DEVS: dict[int, str] = {}
 
 
-def decode(raw: bytes, seq: int, clock: Clock) -> Event:
-    """One raw struct fsev_record -> Event (not yet enriched)."""
-    (ts, ino, block, value, typ_i, cls_i, rung, f, dev, pid, tgid, err, line, mnt_id, level, direction,
-     comm, func, path, mntns, call, arg) = _unpack(raw)
-    cls = _CLASS_BY_INT.get(cls_i)
-    typ = _TYPE_BY_INT.get(typ_i)
-    if cls is None or typ is None:
-        raise DecodeError(f"record with unknown class {cls_i} or type {typ_i}")
-    # Positional core, then only the fields this record has: a dataclass call
-    # with all thirty keywords costs twice as much, and this is the hot path.
-    ev = Event(seq, ts, (ts + clock.offset_ns) / 1e9, cls, typ, _RUNG.get(rung, "unknown"))
-    if dev:
-        ev.dev = f"{dev >> 20}:{dev & 0xFFFFF}"
-    ev.pid = pid
-    ev.tgid = tgid
-    ev.comm = _text(comm)
-    if f & F_FUNC:
-        ev.function = _text(func)
-    if f & F_LINE:
-        ev.line = line
-    if f & F_ERRNO:
-        ev.errno = err
-    if f & F_INODE:
-        ev.inode = ino
-    if f & F_BLOCK:
-        ev.block = block
-    if f & F_MNT_ID:
-        ev.mnt_id = mnt_id
-    if f & F_PATH:
-        ev.path = _text(path)
-        if typ is EventType.UMOUNT:
-            ev.lazy = bool(f & F_LAZY)
-    if typ is EventType.THRESHOLD:
-        ev.avail_blocks = value
-        ev.level = f"L{level}"
-        ev.direction = _DIRECTION.get(direction)
-        if f & F_SETTLE:
-            # A kernel threshold hint whose change comes after it (fsev/thresholds/monitor.py).
-            ev.extra["settle"] = True
-    elif typ_i >= _FIRST_HEALTH_TYPE:
-        decode_health(ev, f, value, mntns, call, arg, func)
-    return ev
+class RecordDecoder:
+    """struct fsev_record -> Event, for the record types it is given."""
 
+    def __init__(self, types: Mapping[int, EventType], finish: Mapping[int, Finish]) -> None:
+        self._types = dict(types)
+        self._finish = dict(finish)
 
-def with_mount(ev: Event, m: Mount | None) -> Event:
-    """Fill the mount fields in place (events are fresh values at this point)."""
-    if m is not None:
-        ev.mount_point = m.mount_point
-        ev.fs_type = m.fs_type
-        ev.source = m.source
-        ev.dev = ev.dev or m.dev
-        if ev.mnt_id is None:
-            ev.mnt_id = m.mnt_id
-    return ev
-
-
-class Enricher:
-    """Names the mount an event concerns, preferring the mounts the user watches."""
-
-    def __init__(self, table: MountTable, watched_mount_points: frozenset[str] = frozenset()) -> None:
-        self.table = table
-        self.watched = watched_mount_points
-        # A flood of errors names the same mount again and again: remember the
-        # answer until the mount table changes.
-        self._cache: dict[tuple[str | None, int | None, str | None], Mount | None] = {}
-        self._generation = table.generation
-
-    def _pick(self, mounts: list[Mount]) -> Mount | None:
-        if not mounts:
-            return None
-        for m in mounts:
-            if m.mount_point in self.watched:
-                return m
-        return mounts[0]
-
-    def mount_for(self, ev: Event) -> Mount | None:
-        if ev.mnt_id is not None:
-            m = self.table.by_id(ev.mnt_id)
-            if m is not None:
-                return m
-        if ev.path is not None:
-            m = self.table.by_mount_point(ev.path) or self.table.departed_by_mount_point(ev.path)
-            if m is not None:
-                return m
-        if ev.dev is not None:
-            major, _, minor = ev.dev.partition(":")
-            return self._pick(self.table.by_dev(int(major), int(minor))) or self._pick(
-                self.table.departed_by_dev(int(major), int(minor))
-            )
-        return None
-
-    def enrich(self, ev: Event) -> Event:
-        if self._generation != self.table.generation:
-            self._cache.clear()
-            self._generation = self.table.generation
-        key = (ev.dev, ev.mnt_id, ev.path)
-        try:
-            m = self._cache[key]
-        except KeyError:
-            m = self._cache[key] = self.mount_for(ev)
-        return with_mount(ev, m)
+    def decode(self, raw: bytes, seq: int, clock: Clock) -> Event:
+        """One raw record -> Event (not yet enriched)."""
+        (ts, ino, block, value, typ_i, cls_i, rung, f, dev, pid, tgid, err, line, mnt_id, level, direction,
+         comm, func, path, mntns, call, arg) = _unpack(raw)
+        cls = _CLASS_BY_INT.get(cls_i)
+        typ = self._types.get(typ_i)
+        if cls is None or typ is None:
+            raise DecodeError(f"record with unknown class {cls_i} or type {typ_i}")
+        # Positional core, then only the fields this record has: a dataclass call
+        # with all thirty keywords costs twice as much, and this is the hot path.
+        ev = Event(seq, ts, (ts + clock.offset_ns) / 1e9, cls, typ, _RUNG.get(rung, "unknown"))
+        if dev:
+            text = _DEVS.get(dev)
+            if text is None:
+                if len(_DEVS) > 4096:
+                    _DEVS.clear()
+                text = _DEVS[dev] = f"{dev >> 20}:{dev & 0xFFFFF}"  # fsev.linux.device.Device.from_kernel
+            ev.dev = text
+        ev.pid = pid
+        ev.tgid = tgid
+        ev.comm = _text(comm)
+        if f & F_FUNC:
+            ev.function = _text(func)
+        if f & F_LINE:
+            ev.line = line
+        if f & F_ERRNO:
+            ev.errno = err
+        if f & F_INODE:
+            ev.inode = ino
+        if f & F_BLOCK:
+            ev.block = block
+        if f & F_MNT_ID:
+            ev.mnt_id = mnt_id
+        if f & F_PATH:
+            ev.path = _text(path)
+            if typ is EventType.UMOUNT:
+                ev.lazy = bool(f & F_LAZY)
+        if call:
+            ev.extra["call"] = CALL_NAMES.get(call, f"call{call}")
+        if f & F_MNTNS:
+            ev.extra["mnt_ns"] = mntns
+        finish = self._finish.get(typ_i)
+        if finish is not None:
+            finish(ev, f, value, level, direction, mntns, call, arg, func)
+        return ev

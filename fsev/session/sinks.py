@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.text import Text
 
 from fsev.events import Event, EventClass, EventType
-from fsev.session.output_health import describe_health
+from fsev.points.registry import describe as describe_point
 from fsev.events.inert import inert
 
 CLASS_STYLE = {
@@ -43,31 +43,9 @@ class JsonSink:
 
 def describe(ev: Event) -> str:
     """The event-specific part of a human line."""
-    if ev.type is EventType.FS_ERROR:
-        parts = []
-        if ev.function:
-            parts.append(f"{ev.function}:{ev.line}" if ev.line else ev.function)
-        if ev.errno is not None:
-            parts.append(f"{ev.errno_name}({ev.errno})")
-        if ev.inode:
-            parts.append(f"inode {ev.inode}")
-        if ev.block:
-            parts.append(f"block {ev.block}")
-        return " ".join(parts)
-    if ev.type is EventType.UMOUNT:
-        bits = ["unmounted"]
-        if ev.lazy:
-            bits.append("(lazy)")
-        if ev.extra.get("superblock_gone"):
-            bits.append("superblock torn down")
-        if ev.extra.get("cause") == "namespace_teardown":
-            bits.append("with its mount namespace")
-        return " ".join(bits)
-    if ev.type is EventType.THRESHOLD:
-        return f"{ev.level} {ev.direction}: {ev.avail_blocks} blocks available (level {ev.level_blocks})"
     if ev.type is EventType.LOSS:
         return f"{ev.lost} events lost (ring buffer full), {ev.lost_total} since start"
-    return describe_health(ev)
+    return describe_point(ev)
 
 
 def human_line(ev: Event) -> Text:

@@ -12,21 +12,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from fsev.probes.decode import Clock, DecodeError, Enricher, decode
 from fsev.errors import FsevError
 from fsev.events import ALL_CLASSES, Event, EventClass, EventType
-from fsev.session.pipeline import HealthMonitor
-from fsev.linux.inotify import UnmountWatcher
-from fsev.points.unmounts import UnmountTracker
+from fsev.events.clock import Clock
+from fsev.events.numbering import EventNumbers
 from fsev.kernel.facts import KernelFacts, gather
-from fsev.linux.mountinfo import Mount, MountTable
-from fsev.probes.plan import ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, Plan, ProbePoint, RungKind, plan_probes
-from fsev.probes.program import (GATED_PROGRAMS, ProgramConfig, bpf_dir, kprobe_attachments, raw_tracepoint_attachments,
-                      required_offsets, source)
-from fsev.kernel.records import RECORD_SIZE, RecordClass, kernel_dev
+from fsev.kernel.records import RECORD_SIZE, RecordClass
 from fsev.kernel.ringbuf import PAGE
-from fsev.thresholds.monitor import ThresholdMonitor
+from fsev.linux.device import kernel_dev
+from fsev.linux.mountinfo import Mount, MountTable
+from fsev.points.registry import (ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, GATED_PROGRAMS, decode, kprobe_attachments,
+                                  plan_probes, raw_tracepoint_attachments, required_offsets, source)
+from fsev.probes.decode import DecodeError
+from fsev.probes.ladder import Plan
+from fsev.probes.program import ProgramConfig, bpf_dir
+from fsev.session.enrich import Enricher
+from fsev.session.pipeline import EventPipeline
 from fsev.thresholds.arming import ArmedMount, kernel_points, single_points
+from fsev.thresholds.monitor import ThresholdMonitor
 
 _TO_RECORD_CLASS = {
     EventClass.INFO: RecordClass.INFO,
@@ -116,11 +119,10 @@ class TraceSession:
         self.table = MountTable.read()
         self.enricher = Enricher(self.table, frozenset(m.mount_point for m in opts.mounts))
         self._records: list[bytes] = []
-        self._seq = 0
+        self.numbers = EventNumbers()
         self._stop = False
         self._probes = None
-        self._unmounts: UnmountTracker | None = None
-        self._health: HealthMonitor | None = None
+        self._pipeline: EventPipeline | None = None
         self._lost_total = 0
         self._loss_window_start = time.time()
         self._last_loss_check = 0.0
@@ -143,12 +145,8 @@ class TraceSession:
         if not self.opts.watch_all:
             self._probes.watch_devs([kernel_dev(m.major, m.minor) for m in self.opts.mounts])
             self._probes.watch_paths([m.mount_point for m in self.opts.mounts])
-        drop = self.plan.rung(ProbePoint.MOUNT_DROP)
-        if EventClass.INFO in self.opts.classes and drop and drop.kind is RungKind.TRACEPOINT:
-            self._unmounts = UnmountTracker(self.table, UnmountWatcher())
-            self._watch_roots()
-        self._health = HealthMonitor(self.plan, self.opts.classes, self.table, self.clock, self.opts.mounts,
-                                     self._probes, self._number)
+        self._pipeline = EventPipeline(self.plan, self.opts.classes, self.table, self.clock, self.opts.mounts,
+                                       self._probes, self.numbers)
         # /proc/self/mounts polls POLLPRI when the mount table changes.
         self._mounts_fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
         self._mounts_poll = select.poll()
@@ -159,12 +157,6 @@ class TraceSession:
     def attach_notes(self) -> list[str]:
         """What the loader had to settle for (a raw tracepoint without BTF types)."""
         return list(self._probes.notes) if self._probes is not None else []
-
-    def _watch_roots(self) -> None:
-        assert self._unmounts is not None
-        self._unmounts.watch([m.mount_point for m in self.opts.mounts] if not self.opts.watch_all else [
-            m.mount_point for m in self.table if not m.pseudo
-        ])
 
     def _on_record(self, raw: bytes) -> bool:
         self._records.append(raw)
@@ -180,12 +172,9 @@ class TraceSession:
         if self._probes is not None:
             self._probes.close()
             self._probes = None
-        if self._unmounts is not None:
-            self._unmounts.close()
-            self._unmounts = None
-        if self._health is not None:
-            self._health.close()
-            self._health = None
+        if self._pipeline is not None:
+            self._pipeline.close()
+            self._pipeline = None
         if self._mounts_fd is not None:
             os.close(self._mounts_fd)
             self._mounts_fd = None
@@ -205,8 +194,8 @@ class TraceSession:
             os.lseek(self._mounts_fd, 0, os.SEEK_SET)
             while os.read(self._mounts_fd, 65536):
                 pass
-            if self._unmounts is not None and self.opts.watch_all:
-                self._watch_roots()
+            if self._pipeline is not None:
+                self._pipeline.mounts_changed()
 
     def _loss_events(self, now: float) -> Iterator[Event]:
         if self._probes is None or now - self._last_loss_check < LOSS_CHECK_S:
@@ -220,25 +209,11 @@ class TraceSession:
                                    lost_total=total, since_wall_time=self._loss_window_start)
         self._loss_window_start = now
 
-    def _number(self, ev: Event) -> Event:
-        self._seq += 1
-        ev.seq = self._seq
-        return ev
-
     def _user_event(self, **fields: object) -> Event:
         """An event fsev makes in user space (not from a kernel record)."""
         ts = time.monotonic_ns()
-        self._seq += 1
-        return Event(seq=self._seq, ts_ns=ts, wall_time=self.clock.wall(ts), **fields)  # type: ignore[arg-type]
-
-    def _unmount_events(self) -> Iterator[Event]:
-        if self._unmounts is None:
-            return
-        for ev in self._unmounts.poll(self._user_event):
-            if ev.seq == 0:  # a held kernel event, numbered when it is emitted
-                self._seq += 1
-                ev.seq = self._seq
-            yield ev
+        ev = Event(seq=0, ts_ns=ts, wall_time=self.clock.wall(ts), **fields)  # type: ignore[arg-type]
+        return self.numbers.assign(ev)
 
     def _kernel_events(self) -> Iterator[Event]:
         records, self._records = self._records, []
@@ -253,25 +228,20 @@ class TraceSession:
                     self._thr.on_hint(ev)
                 continue
             if ev.type is EventType.UMOUNT:
-                self.table.refresh()
+                self.table.refresh()  # the mount is gone from it: remember it as departed
             ev = self.enricher.enrich(ev)
-            if ev.type is EventType.UMOUNT and self._unmounts is not None:
-                if self._unmounts.on_syscall_umount(ev) is None:
-                    continue  # held until the superblock is torn down
-            if self._health is not None:
-                out = self._health.process(ev)  # numbered there; some wait a moment
+            if self._pipeline is not None:
+                out = self._pipeline.process(ev)  # numbered there; some wait a moment
                 if out:
                     yield from out
                 continue
-            self._seq += 1
-            ev.seq = self._seq
-            yield ev
+            yield self.numbers.assign(ev)
 
     # -- thresholds (fsev/thresholds/monitor.py does the work) ---------------------
     def _poll_timeout_ms(self, poll_ms: int) -> int:
         due = self._thr.due_in(time.monotonic()) if self._thr is not None else None
-        if self._health is not None:  # short while events wait for fanotify
-            poll_ms = self._health.timeout_ms(poll_ms)
+        if self._pipeline is not None:  # short while events wait for fanotify
+            poll_ms = self._pipeline.timeout_ms(poll_ms)
         return poll_timeout_ms(poll_ms, due)
 
     def _catch_up_hints(self) -> None:
@@ -296,9 +266,7 @@ class TraceSession:
         if self._thr is None:
             return
         for ev in self._thr.events():
-            self._seq += 1
-            ev.seq = self._seq
-            yield ev
+            yield self.numbers.assign(ev)
 
     @property
     def lost_total(self) -> int:
@@ -323,9 +291,8 @@ class TraceSession:
             self._refresh_mounts_if_changed()
             yield from self._kernel_events()
             yield from self._threshold_events()
-            yield from self._unmount_events()
-            if self._health is not None:
-                yield from self._health.poll()
+            if self._pipeline is not None:
+                yield from self._pipeline.poll()
             yield from self._loss_events(time.time())
         # Drain what the kernel already sent before stopping: at most one ring
         # buffer's worth, so a flood that goes on cannot keep fsev alive.
@@ -337,6 +304,6 @@ class TraceSession:
             budget -= len(self._records)
             yield from self._kernel_events()
         yield from self._threshold_events()
-        if self._health is not None and (self._stop or last):
-            yield from self._health.flush()
+        if self._pipeline is not None and (self._stop or last):
+            yield from self._pipeline.flush()
         yield from self._loss_events(time.time() + LOSS_CHECK_S)

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from fsev.linux.mountinfo import Mount
-from fsev.probes.plan import Plan, ProbePoint, RungKind, shmem_accounting
+from fsev.probes.ladder import Plan, RungKind
+from fsev.points.registry import ProbePoint
+from fsev.points.thr_tmpfs import shmem_accounting
 from fsev.kernel.records import ThrKind, ThrState, kernel_dev
 from fsev.thresholds.levels import LevelSpec, Levels, ThresholdError, ThresholdSpec, resolve_levels
 
@@ -219,30 +221,3 @@ def single_points(armed: list[ArmedMount]) -> frozenset[ProbePoint]:
     ArmedMount per superblock)."""
     points = [a.point for a in armed if not a.polled]
     return frozenset(p for p in points if points.count(p) == 1)
-
-
-def thr_slot_for(kind: int, taken: set[int]) -> int:
-    """The thr_state slot for a new superblock of `kind` (a ThrKind): the first of
-    each kind gets slot kind - 1, where the BPF side looks for the only one of a
-    kind armed on a single superblock (FSEV_THR_*_SINGLE); others the lowest free
-    slot after those."""
-    first = kind - 1
-    if 0 <= first < len(ThrKind) - 1 and first not in taken:
-        return first
-    slot = len(ThrKind) - 1
-    while slot in taken:
-        slot += 1
-    return slot
-
-
-# The gate word of struct fsev_thr_state: generation << 32 | per-CPU share.
-GATE_GEN = 1 << 32
-USER_GEN_STEP = 1 << 16  # far past any generation a racing kernel check can claim
-
-
-def reset_gate(gate: int) -> int:
-    """The gate user space writes with a new state: a generation no CPU holds a
-    share of (so every CPU checks again, under the new depth), share 0. A
-    kernel check racing with the write then fails to publish: its cmpxchg
-    expects the generation it claimed, at most one past the one read here."""
-    return (((gate >> 32) + USER_GEN_STEP) % GATE_GEN) << 32

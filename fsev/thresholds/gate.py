@@ -36,12 +36,12 @@ Pure functions here; fsev/thresholds/monitor.py samples statfs and switches.
 
 from __future__ import annotations
 
-import enum
 import math
 import os
 
 from fsev.errors import FsevError
 from fsev.kernel.records import ThrKind
+from fsev.points.free_space import Hook
 
 RATE_BOUND = 4 << 30  # bytes/s: a single writer into the page cache, with room
 LEAD_S = 0.01  # an attach (0.2-0.4 ms) and a late poll
@@ -52,14 +52,6 @@ POLL_MAX_S = 0.1
 OFF_FACTOR = 2  # detach only beyond OFF_FACTOR x the longer reach: no flapping at the edge
 OBSERVED_MARGIN = 1.25  # over the last observed fall: a writer still speeding up
 RATE_ENV = "FSEV_THR_RATE"  # bytes/s instead of RATE_BOUND (tests; hosts that write faster)
-
-
-class Hook(enum.Enum):
-    """A group of per-page programs attached and detached together."""
-
-    SHMEM_CHARGE = "tmpfs charge"
-    SHMEM_FREE = "tmpfs free"
-    EXT4_CHARGE = "ext4 reservation"
 
 
 CHARGE_HOOK = {ThrKind.SHMEM: Hook.SHMEM_CHARGE, ThrKind.EXT4: Hook.EXT4_CHARGE}

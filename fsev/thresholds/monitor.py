@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
-from fsev.probes.decode import Clock
+from fsev.events.clock import Clock
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
 from fsev.thresholds import gate as thr_gate

@@ -1,5 +1,11 @@
-"""Mount topology: mount, bind, move, remount/reconfigure, and drops no
-umount(2) made (a mount namespace torn down).
+"""Probe point mount_topology: mount, bind, move, remount/reconfigure, and
+drops no umount(2) made (a mount namespace torn down) (bpf/mount_topology.bpf.c).
+
+Ladder: fanotify mount-namespace marks with the syscall tracepoints beside
+them (6.15+), else the syscall tracepoints alone. No kprobe rung: the attach
+paths are static functions whose signatures change every few releases
+(attach_recursive_mnt, 6.16), and drops have their own kprobe rung
+(mount_drop, cleanup_mnt).
 
 Two sources, joined per process:
 - the syscall tracepoints (any namespace): who, which call, target as passed,
@@ -20,9 +26,37 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
+from fsev.kernel.facts import KernelFacts
+from fsev.kernel.records import Call, RecordClass, RecordType
+from fsev.probes.ladder import Rung, RungKind
+from fsev.probes.point import Point, PointMonitor, SessionContext
+from fsev.probes.program import ProgramConfig
 from fsev.linux.fanotify import FAN_MNT_ATTACH, FAN_MNT_DETACH, FanEvent, MntnsWatch
 from fsev.linux.mountinfo import MountTable
 from fsev.linux.statmount import MountInfo, listmount, statmount
+
+NAME = "mount_topology"
+# mount(2) is required; the others exist from 5.2 (move_mount, fsconfig) and
+# 5.12 (mount_setattr) and are attached where present.
+MOUNT_CALL_TRACEPOINTS = tuple(
+    f"syscalls:sys_{side}_{call}" for call in ("mount", "move_mount", "fsconfig", "mount_setattr")
+    for side in ("enter", "exit")
+)
+MOUNT_CALL_REQUIRED = ("syscalls:sys_enter_mount", "syscalls:sys_exit_mount")
+NS_TRACEPOINTS = tuple(
+    f"syscalls:sys_{side}_{call}" for call in ("unshare", "clone", "clone3") for side in ("enter", "exit")
+)
+OFFSETS = ("task_struct.nsproxy", "nsproxy.mnt_ns", "mnt_namespace.ns.inum")
+
+# mount(2) flags (include/uapi/linux/mount.h), as the kernel record carries them.
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_PROPAGATION = (1 << 15) | (1 << 17) | (1 << 18) | (1 << 19)  # UNBINDABLE, PRIVATE, SLAVE, SHARED
+# move_mount(2) flag: the source is a detached mount (fsmount / open_tree).
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+FSCONFIG_CMD_RECONFIGURE = 7
 
 # How long a syscall record and its fanotify event wait for each other.
 GRACE_S = 0.2
@@ -340,3 +374,151 @@ class Topology:
         for ns in self._ns.values():
             ns.watch.close()
         self._ns.clear()
+
+
+# -- the ladder ----------------------------------------------------------------
+def plan_topology(facts: KernelFacts) -> Rung:
+    calls = tuple(t for t in MOUNT_CALL_TRACEPOINTS if facts.has_tracepoint(t))
+    have_calls = all(t in calls for t in MOUNT_CALL_REQUIRED)
+    if facts.fanotify_mntns and have_calls:
+        ns = tuple(t for t in NS_TRACEPOINTS if facts.has_tracepoint(t))
+        return Rung(NAME, RungKind.FANOTIFY, ("FAN_MARK_MNTNS", *calls, *ns),
+                    gives="every attach and detach in fsev's and each new mount namespace with the mount's "
+                    "unique id (fanotify), what the call was (mount/bind/move/remount, syscall "
+                    "tracepoints), drops when a namespace is torn down",
+                    misses="mounts in a namespace that dies before fsev can mark it, other than by "
+                    "mount(2) (those are reported as gone with it); remounts have no fanotify event "
+                    "(the syscall tells)")
+    skipped = ("fanotify: no FAN_MARK_MNTNS (kernel before 6.15)",) if not facts.fanotify_mntns else ()
+    if have_calls:
+        return Rung(NAME, RungKind.TRACEPOINT, calls,
+                    gives="successful mount(2), move_mount, fsconfig reconfigure, mount_setattr: call, "
+                    "target as passed, flags, task and its mount namespace",
+                    misses="propagated mounts; mount ids (taken from mountinfo when fsev's namespace "
+                    "has the mount); drops by namespace teardown",
+                    skipped=skipped)
+    return Rung(NAME, RungKind.NONE, skipped=skipped + ("tracepoint: syscalls:sys_*_mount not present",))
+
+
+# -- records and text ------------------------------------------------------------
+def mount_action(call: int, flags: int) -> str | None:
+    """What a successful mount-table call did; None for calls that change nothing
+    a user watches (fsconfig other than reconfigure)."""
+    if call == Call.MOUNT:
+        if flags & MS_REMOUNT:
+            return "remount"
+        if flags & MS_BIND:
+            return "bind"
+        if flags & MS_MOVE:
+            return "move"
+        if flags & MS_PROPAGATION:
+            return "propagation"
+        return "mount"
+    if call == Call.MOVE_MOUNT:
+        return "attach" if flags & MOVE_MOUNT_F_EMPTY_PATH else "move"
+    if call == Call.FSCONFIG:
+        return "reconfigure" if flags == FSCONFIG_CMD_RECONFIGURE else None
+    if call == Call.MOUNT_SETATTR:
+        return "setattr"
+    if call in (Call.UNSHARE, Call.CLONE, Call.CLONE3):
+        return "new_namespace"
+    return None
+
+
+def _text(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def describe_mount(ev: Event) -> str:
+    x = ev.extra
+    action = x.get("action", "mount")
+    if "from" in x:
+        return f"{action} from {x['from']}"
+    if action == "remount" and "read_only" in x:
+        return f"remount {'ro' if x['read_only'] else 'rw'}"
+    return str(action)
+
+
+_HELD_POLL_MS = 2
+
+
+class TopologyMonitor(PointMonitor):
+    handles = frozenset({EventType.MOUNT})
+    observes = frozenset({EventType.UMOUNT})
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+
+    def process(self, ev: Event) -> list[Event]:
+        return self.topology.on_record(ev)
+
+    def observe(self, ev: Event) -> None:
+        self.topology.on_umount(ev)
+
+    def poll(self) -> list[Event]:
+        return self.topology.poll()
+
+    def flush(self) -> list[Event]:
+        return self.topology.poll(final=True)
+
+    def timeout_ms(self, default: int) -> int:
+        return min(default, 10 * _HELD_POLL_MS) if self.topology.waiting else default
+
+    def close(self) -> None:
+        self.topology.close()
+
+
+class MountTopology(Point):
+    name = NAME
+    record_type = RecordType.MOUNT
+    event_type = EventType.MOUNT
+    classes = frozenset({RecordClass.INFO})
+    tracepoints = frozenset({*MOUNT_CALL_TRACEPOINTS, *NS_TRACEPOINTS})
+
+    def plan(self, facts: KernelFacts) -> Rung:
+        return plan_topology(facts)
+
+    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
+        on = rung is not None and self.compiled(rung, config)
+        kind = rung.kind if rung is not None else None
+        d = [("FSEV_TOPOLOGY_TRACEPOINT", str(int(on and kind in (RungKind.TRACEPOINT, RungKind.FANOTIFY)))),
+             # New namespaces matter only to the fanotify rung, which marks them.
+             ("FSEV_TOPOLOGY_NS", str(int(on and kind is RungKind.FANOTIFY)))]
+        targets = set(rung.targets) if rung else set()
+        for tp in (*MOUNT_CALL_TRACEPOINTS, *NS_TRACEPOINTS):
+            if tp.startswith("syscalls:sys_enter_"):
+                call = tp.removeprefix("syscalls:sys_enter_")
+                have = tp in targets and f"syscalls:sys_exit_{call}" in targets
+                d.append((f"FSEV_HAVE_SYS_{call.upper()}", str(int(have))))
+        return d
+
+    def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
+        return OFFSETS if self.compiled(rung, config) else ()
+
+    def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
+               arg: int, func: bytes) -> None:
+        x = ev.extra
+        action = mount_action(call, arg)
+        if action:
+            x["action"] = action
+        text = _text(func)
+        if text:
+            if action in ("bind", "move"):
+                x["from"] = text
+            elif action == "mount":
+                x["_fstype"] = text
+        if call == Call.MOUNT and arg & MS_REMOUNT:
+            x["read_only"] = bool(arg & MS_RDONLY)
+
+    def describe(self, ev: Event) -> str:
+        return describe_mount(ev)
+
+    def monitor(self, ctx: SessionContext) -> PointMonitor | None:
+        kind = ctx.plan.kind(NAME)
+        if EventClass.INFO not in ctx.classes or kind is None:
+            return None
+        return TopologyMonitor(Topology(ctx.table, ctx.make_event, fanotify=kind is RungKind.FANOTIFY,
+                                        mark_all_namespaces=ctx.watch_all, now=ctx.now))
+
+
+POINT = MountTopology()

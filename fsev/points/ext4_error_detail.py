@@ -1,4 +1,7 @@
-"""errno and inode for ext4 errors on the tracepoint rung.
+"""Probe point ext4_error_detail: errno and inode for ext4 errors on the tracepoint rung.
+
+No BPF of its own: on the kprobe rung ext4_error has them from the function
+arguments; otherwise this point's user-space half (Ext4ErrorDetail) adds them.
 
 ext4:ext4_error carries only device, function and line. Two other sources
 know more, and are merged into the fs_error events, each field marked with
@@ -35,9 +38,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from fsev.events import Event, EventType
+from fsev.events import Event, EventClass, EventType
+from fsev.kernel.facts import KernelFacts
 from fsev.linux.fanotify import FanEvent, FsErrorWatch
 from fsev.linux.mountinfo import Mount
+from fsev.points.ext4_error import plan_ext4_error
+from fsev.probes.ladder import Rung, RungKind
+from fsev.probes.point import Point, PointMonitor, SessionContext
+
+NAME = "ext4_error_detail"
 
 _FS_ERROR = EventType.FS_ERROR  # an enum member lookup costs on the flood path
 # The longest an event waits for fanotify or the superblock. Normally both
@@ -350,3 +359,86 @@ class Ext4ErrorDetail:
     def close(self) -> None:
         if self.fan is not None:
             self.fan.close()
+
+
+def plan_ext4_error_detail(facts: KernelFacts) -> Rung:
+    base = plan_ext4_error(facts)
+    if base.kind is RungKind.KPROBE:
+        return Rung(NAME, RungKind.KPROBE, base.targets, gives="errno, inode, block from the function arguments")
+    if base.kind is RungKind.NONE:
+        return Rung(NAME, RungKind.NONE, skipped=("no ext4 error rung",))
+    skipped = ("kprobe: the ext4 error rung is " + base.kind.value,)
+    if facts.fanotify_fs_error:
+        return Rung(NAME, RungKind.FANOTIFY, ("FAN_FS_ERROR", "/sys/fs/ext4/*/last_error_*"),
+                    gives="errno and inode of the first error fanotify queued (read at once, so almost every "
+                    "error); else the superblock's last recorded error when its function and line match",
+                    misses="errno and inode of errors merged into one queued fanotify event that the "
+                    "superblock's last error does not describe; after ring-buffer loss, errno may be "
+                    "matched to the wrong error",
+                    skipped=skipped)
+    skipped += ("fanotify: no FAN_FS_ERROR (kernel before 5.16)",)
+    return Rung(NAME, RungKind.POLLED, ("/sys/fs/ext4/*/last_error_*",),
+                gives="errno, inode, block of the superblock's last recorded error when its function and line "
+                "match the event's",
+                misses="every error but the last of a burst", skipped=skipped)
+
+
+_HELD_POLL_MS = 2  # loop turn while events wait for fanotify
+
+
+class DetailMonitor(PointMonitor):
+    """Completes fs_errors; every event waits in order behind one that waits
+    for its detail (so this half sees every event first: orders)."""
+
+    orders = True
+
+    def __init__(self, ctx: SessionContext, detail: Ext4ErrorDetail) -> None:
+        self.ctx = ctx
+        self.detail = detail
+        self._generation = -1
+        self.mounts_changed()
+
+    def mounts_changed(self) -> None:
+        ctx = self.ctx
+        if self._generation == ctx.table.generation:
+            return
+        self._generation = ctx.table.generation
+        self.detail.watch([m for m in ctx.table if m.fs_type == "ext4" and ctx.mount_watched(m)])
+
+    def process(self, ev: Event) -> list[Event]:
+        return self.detail.process(ev)
+
+    def poll(self) -> list[Event]:
+        self.mounts_changed()
+        return self.detail.poll()
+
+    def flush(self) -> list[Event]:
+        return self.detail.flush()
+
+    def timeout_ms(self, default: int) -> int:
+        return min(default, _HELD_POLL_MS) if self.detail.holding else default
+
+    def close(self) -> None:
+        self.detail.close()
+
+
+class Ext4ErrorDetailPoint(Point):
+    name = NAME
+
+    def plan(self, facts: KernelFacts) -> Rung:
+        return plan_ext4_error_detail(facts)
+
+    def monitor(self, ctx: SessionContext) -> PointMonitor | None:
+        kind = ctx.plan.kind(NAME)
+        if EventClass.ERR not in ctx.classes or kind is None:
+            return None
+        fan = None
+        if kind is RungKind.FANOTIFY:
+            try:
+                fan = FsErrorWatch()
+            except OSError:
+                fan = None
+        return DetailMonitor(ctx, Ext4ErrorDetail(fan, ctx.now))
+
+
+POINT = Ext4ErrorDetailPoint()

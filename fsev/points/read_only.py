@@ -1,4 +1,11 @@
-"""Read-only state of mounts, and its transitions.
+"""Probe point read_only: a filesystem turned read-only, or back (bpf/read_only.bpf.c).
+
+Ladder: kprobes around ext4_handle_error (every error-caused transition, in
+any context) and reconfigure_super (remounts), else the raw ext4_error and
+sys_exit tracepoints (the state at the error and when the erroring task
+leaves its syscall), else /proc/self/mountinfo alone.
+
+Read-only state of mounts, and its transitions:
 
 mount_read_only() answers "is this mount read-only, and why" from
 /proc/self/mountinfo, which shows ext4's emergency read-only flag (6.12+)
@@ -14,7 +21,30 @@ from collections import deque
 from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
+from fsev.kernel.facts import KernelFacts
+from fsev.kernel.health_facts import EXT4_ABORTED, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN
+from fsev.kernel.records import Call, RecordClass, RecordType, RoBits
 from fsev.linux.mountinfo import Mount, MountTable
+from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, raw_tp_skip_reason
+from fsev.probes.point import Point, PointMonitor, SessionContext
+from fsev.probes.program import ProgramConfig
+
+NAME = "read_only"
+RAW_SYS_EXIT = "raw_syscalls:sys_exit"  # raw: sys_exit(struct pt_regs *, long ret)
+RAW_EXT4_ERROR = "ext4:ext4_error"  # raw: ext4_error(struct super_block *, function, line)
+# kprobe rung. Known signatures:
+#   static void ext4_handle_error(struct super_block *sb, ...)  sb first in every version
+#   int reconfigure_super(struct fs_context *fc)                5.2+
+RO_KPROBE = "ext4_handle_error"
+RO_KPROBE_REMOUNT = "reconfigure_super"
+
+_RO = ("super_block.s_dev", "super_block.s_flags")
+_RO_EXT4_FLAGS = ("super_block.s_fs_info", "ext4_sb_info.s_ext4_flags")
+_RO_EXT4_MOUNT_FLAGS = ("super_block.s_fs_info", "ext4_sb_info.s_mount_flags")
+OFFSETS = {
+    RungKind.RAW_TRACEPOINT: _RO,
+    RungKind.KPROBE: (*_RO, "fs_context.root", "dentry.d_sb"),
+}
 
 EMERGENCY_RO = "emergency_ro"  # ext4 6.12+, after an error with errors=remount-ro
 SHUTDOWN = "shutdown"  # ext4 shut down: errors=remount-ro on 6.7-6.11, or the shutdown ioctl
@@ -192,3 +222,153 @@ class ReadOnlyTracker:
     def read_only_mounts(self) -> dict[str, str]:
         """Mount point -> reason, for every mount read-only now (for `top`)."""
         return {m.mount_point: r for m in self.table if (r := mount_read_only(m))}
+
+
+# -- the ladder ----------------------------------------------------------------
+def ro_flag_description(facts: KernelFacts) -> str:
+    """Which read-only states the programs read: what this kernel's BTF has."""
+    flags = ["super_block.s_flags SB_RDONLY (up to 6.6)"]
+    if facts.ext4_aborted_bit is not None:
+        flags.append(f"ext4_sb_info.s_mount_flags EXT4_MF_FS_ABORTED ({facts.ext4_aborted_bit}; up to 6.5)")
+    if facts.ext4_shutdown_bit is not None:
+        flags.append(f"ext4_sb_info.s_ext4_flags EXT4_FLAGS_SHUTDOWN ({facts.ext4_shutdown_bit}; 6.7-6.11, backports)")
+    if facts.ext4_emergency_ro_bit is not None:
+        flags.append(f"EXT4_FLAGS_EMERGENCY_RO ({facts.ext4_emergency_ro_bit}; 6.12+)")
+    else:
+        flags.append("no EXT4_FLAGS_EMERGENCY_RO (a kernel before 6.12)")
+    return ", ".join(flags)
+
+
+def plan_read_only(facts: KernelFacts) -> Rung:
+    flag = ro_flag_description(facts)
+    reads = tuple(spec for spec, bit in ((EXT4_EMERGENCY_RO, facts.ext4_emergency_ro_bit),
+                                         (EXT4_SHUTDOWN, facts.ext4_shutdown_bit),
+                                         (EXT4_ABORTED, facts.ext4_aborted_bit)) if bit is not None)
+    admin = "; admin remounts ro/rw from /proc/self/mountinfo changes and mount(2) calls"
+    why = kprobe_skip_reason(facts, (RO_KPROBE,))
+    if why is None:
+        targets = (RO_KPROBE,) + ((RO_KPROBE_REMOUNT,) if RO_KPROBE_REMOUNT in facts.kprobe_functions else ())
+        return Rung(NAME, RungKind.KPROBE, targets,
+                    gives=f"every error-caused transition, in any context, from {flag} before and after "
+                    f"ext4_handle_error; remounts from reconfigure_super{admin}", reads=reads)
+    skipped = (why,)
+    why = raw_tp_skip_reason(facts, (RAW_EXT4_ERROR, RAW_SYS_EXIT), x86_64=True)
+    if why is None:
+        return Rung(NAME, RungKind.RAW_TRACEPOINT, ("ext4_error", "sys_exit"),
+                    gives=f"{flag} at the error and again when the erroring task leaves its syscall{admin}",
+                    misses="errors raised outside a syscall (writeback, journal threads): fsev sees those "
+                    "read-only states in /proc/self/mountinfo after the error (rung polled)",
+                    skipped=skipped, reads=reads)
+    return Rung(NAME, RungKind.POLLED, ("/proc/self/mountinfo",),
+                gives="read-only states (ro, emergency_ro) in /proc/self/mountinfo, checked after each "
+                "ext4 error and each mount-table change",
+                misses="the exact moment and the task of an error-caused transition",
+                skipped=skipped + (why,))
+
+
+# -- records and text ------------------------------------------------------------
+def ro_flag_name(bits: int) -> str | None:
+    """The read-only mechanism a superblock's bits show, the most telling first."""
+    if bits & RoBits.EMERGENCY:
+        return "emergency_ro"
+    if bits & RoBits.SHUTDOWN:
+        return "shutdown"
+    if bits & RoBits.SB_RDONLY:
+        return "sb_rdonly"
+    if bits & RoBits.ABORTED:
+        return "aborted"
+    return None
+
+
+def describe_read_only(ev: Event) -> str:
+    x = ev.extra
+    if not x.get("read_only"):
+        return "read-write again" + (f" ({x['call']})" if x.get("call") else "")
+    text = DESCRIPTIONS.get(x.get("flag") or "", "read-only")
+    if x.get("cause") == "error":
+        text += f", after error #{x['caused_by_seq']}" if "caused_by_seq" in x else ", after an error"
+    elif x.get("call"):
+        text += f" ({x['call']})"
+    return text
+
+
+class ReadOnlyMonitor(PointMonitor):
+    """Kernel read_only records, mountinfo changes after errors and remounts."""
+
+    handles = frozenset({EventType.READ_ONLY})
+    observes = frozenset({EventType.FS_ERROR, EventType.MOUNT})
+
+    def __init__(self, ctx: SessionContext, tracker: ReadOnlyTracker) -> None:
+        self.ctx = ctx
+        self.tracker = tracker
+
+    def process(self, ev: Event) -> list[Event]:
+        got = self.tracker.on_kernel_record(ev)
+        return [got] if got is not None else []
+
+    def observe(self, ev: Event) -> None:
+        if ev.type is EventType.FS_ERROR:
+            self.tracker.on_fs_error(ev)
+        else:
+            self.tracker.on_mount_call(ev)
+
+    def poll(self) -> list[Event]:
+        return self.tracker.poll(self.ctx.make_event)
+
+
+class ReadOnly(Point):
+    name = NAME
+    record_type = RecordType.READ_ONLY
+    event_type = EventType.READ_ONLY
+    # Error transitions are err; kprobe remounts are info.
+    classes = frozenset({RecordClass.ERR, RecordClass.INFO})
+    tracepoints = frozenset({RAW_SYS_EXIT, RAW_EXT4_ERROR})
+    kprobe_functions = frozenset({RO_KPROBE, RO_KPROBE_REMOUNT})
+
+    def plan(self, facts: KernelFacts) -> Rung:
+        return plan_read_only(facts)
+
+    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
+        on = rung is not None and self.compiled(rung, config)
+        kind = rung.kind if rung is not None else None
+        return [("FSEV_RO_RAW_TP", str(int(on and kind is RungKind.RAW_TRACEPOINT))),
+                ("FSEV_RO_KPROBE", str(int(on and kind is RungKind.KPROBE)))]
+
+    def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
+        if not self.compiled(rung, config) or rung.kind not in OFFSETS:
+            return ()
+        specs: list[str] = list(OFFSETS[rung.kind])
+        for spec in (EXT4_EMERGENCY_RO, EXT4_SHUTDOWN):
+            if spec in rung.reads:
+                specs += [*_RO_EXT4_FLAGS, spec]
+        if EXT4_ABORTED in rung.reads:
+            specs += [*_RO_EXT4_MOUNT_FLAGS, EXT4_ABORTED]
+        return tuple(specs)
+
+    def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if rung.kind is RungKind.KPROBE and self.compiled(rung, config):
+            for fn in (RO_KPROBE, RO_KPROBE_REMOUNT):
+                if fn in rung.targets:
+                    out += [(fn, f"kp_{fn}"), (fn, f"kretp_{fn}")]
+        return out
+
+    def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
+               arg: int, func: bytes) -> None:
+        x = ev.extra
+        x["read_only"] = bool(value)
+        x["flag"] = ro_flag_name(value) or ro_flag_name(arg)
+        x["cause"] = "error" if call == Call.EXT4_ERROR else "remount"
+        x["_cause_ts"] = ev.block  # ktime of the error handling that caused it
+        ev.block = None
+
+    def describe(self, ev: Event) -> str:
+        return describe_read_only(ev)
+
+    def monitor(self, ctx: SessionContext) -> PointMonitor | None:
+        if not ({EventClass.ERR, EventClass.INFO} & ctx.classes) or ctx.plan.kind(NAME) is None:
+            return None
+        return ReadOnlyMonitor(ctx, ReadOnlyTracker(ctx.table, ctx.mount_watched, ctx.now))
+
+
+POINT = ReadOnly()

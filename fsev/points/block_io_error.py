@@ -1,0 +1,132 @@
+"""Probe point block_io_error: a block request completed with an error (bpf/block_io_error.bpf.c).
+
+Ladder: the block:block_rq_error tracepoint, else a kprobe on
+blk_update_request (kernels without that tracepoint). A request names the
+whole disk; the user-space half maps its sector to the partition and the
+mounts on it.
+"""
+
+from __future__ import annotations
+
+from fsev.events import Event, EventClass, EventType
+from fsev.kernel.facts import KernelFacts
+from fsev.kernel.records import RecordClass, RecordType
+from fsev.linux.blockdev import disk_of, partition_of
+from fsev.linux.device import Device
+from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
+from fsev.probes.point import Point, PointMonitor, SessionContext
+from fsev.probes.program import ProgramConfig
+
+NAME = "block_io_error"
+BLOCK_RQ_ERROR = "block:block_rq_error"
+# bool blk_update_request(struct request *, blk_status_t, unsigned int)  4.13+
+BLOCK_KPROBE = "blk_update_request"
+KPROBE_OFFSETS = ("request.part", "block_device.bd_dev", "request.__sector")
+# blk_status_t values that have kept their number since 4.13 -> errno
+# (block/blk-core.c blk_errors[]); the rest are reported raw.
+BLK_STATUS_ERRNO = {1: 95, 2: 110, 3: 28, 10: 5}
+
+
+def plan_block_io(facts: KernelFacts) -> Rung:
+    misses = ("errors below a stacked device (dm, md) show on the device that failed, which fsev maps to "
+              "mounts only when it, or a partition of it, is mounted")
+    if facts.has_tracepoint(BLOCK_RQ_ERROR):
+        return Rung(NAME, RungKind.TRACEPOINT, (BLOCK_RQ_ERROR,),
+                    gives="device, sector, bytes, errno, operation of each failed request",
+                    misses=misses)
+    skipped = (f"tracepoint: {BLOCK_RQ_ERROR} not present (older kernel)",)
+    why = kprobe_skip_reason(facts, (BLOCK_KPROBE,))
+    if why is None:
+        return Rung(NAME, RungKind.KPROBE, (BLOCK_KPROBE,),
+                    gives="device, sector, bytes and blk_status_t of each failed request completion",
+                    misses=misses + "; the operation (read or write)", skipped=skipped)
+    return Rung(NAME, RungKind.NONE, skipped=skipped + (why,))
+
+
+def _text(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def describe_block_io(ev: Event) -> str:
+    x = ev.extra
+    err = f"{ev.errno_name}({ev.errno})" if ev.errno is not None else f"blk_status {x.get('blk_status')}"
+    where = f"sector {x.get('sector')} +{x.get('bytes')}B"
+    return f"{x.get('rwbs', 'I/O')} {err} {where}"
+
+
+class BlockIoMonitor(PointMonitor):
+    """The request names the disk; the filesystem sits on it or on a partition."""
+
+    handles = frozenset({EventType.BLOCK_IO_ERROR})
+
+    def __init__(self, ctx: SessionContext) -> None:
+        self.ctx = ctx
+        if ctx.probes is not None and not ctx.watch_all:
+            ctx.probes.set_keys("watched_disks", [Device.parse(disk_of(m.dev)).kernel for m in ctx.watched])
+
+    def process(self, ev: Event) -> list[Event]:
+        if ev.dev is None:
+            return [ev]
+        disk = ev.dev
+        part = partition_of(disk, int(ev.extra.get("sector") or 0))
+        d = Device.parse(part)
+        mounts = self.ctx.table.by_dev(d.major, d.minor)
+        if part != disk:
+            ev.extra["disk"] = disk
+            ev.dev = part
+        if mounts:
+            m = next((m for m in mounts if self.ctx.mount_watched(m)), mounts[0])
+            ev.mount_point, ev.fs_type, ev.source, ev.mnt_id = m.mount_point, m.fs_type, m.source, m.mnt_id
+            if len(mounts) > 1:
+                ev.extra["mount_points"] = [x.mount_point for x in mounts]
+        return [ev]
+
+
+class BlockIoError(Point):
+    name = NAME
+    record_type = RecordType.BLOCK_IO_ERROR
+    event_type = EventType.BLOCK_IO_ERROR
+    classes = frozenset({RecordClass.ERR})
+    tracepoints = frozenset({BLOCK_RQ_ERROR})
+    kprobe_functions = frozenset({BLOCK_KPROBE})
+
+    def plan(self, facts: KernelFacts) -> Rung:
+        return plan_block_io(facts)
+
+    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
+        on = rung is not None and self.compiled(rung, config)
+        kind = rung.kind if rung is not None else None
+        return [("FSEV_BLOCK_IO_TRACEPOINT", str(int(on and kind is RungKind.TRACEPOINT))),
+                ("FSEV_BLOCK_IO_KPROBE", str(int(on and kind is RungKind.KPROBE)))]
+
+    def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
+        return KPROBE_OFFSETS if rung.kind is RungKind.KPROBE and self.compiled(rung, config) else ()
+
+    def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
+        if rung.kind is RungKind.KPROBE and self.compiled(rung, config):
+            return [(fn, f"kp_{fn}") for fn in rung.targets]
+        return []
+
+    def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
+               arg: int, func: bytes) -> None:
+        x = ev.extra
+        x["sector"] = ev.block
+        ev.block = None  # a device sector, not a filesystem block
+        x["bytes"] = value
+        if ev.rung == "kprobe":  # blk_update_request: a blk_status_t, not an errno
+            x["blk_status"] = arg
+            if arg in BLK_STATUS_ERRNO:
+                ev.errno = BLK_STATUS_ERRNO[arg]
+        else:
+            x["rwbs"] = _text(func)
+
+    def describe(self, ev: Event) -> str:
+        return describe_block_io(ev)
+
+    def monitor(self, ctx: SessionContext) -> PointMonitor | None:
+        # Built whatever the classes: the watched disks go to the kernel filter
+        # at start, as they always have.
+        return BlockIoMonitor(ctx)
+
+
+POINT = BlockIoError()

@@ -1,0 +1,57 @@
+"""What the three free-space threshold points share (thr_tmpfs, thr_ext4, thr_other).
+
+Their kernel records (FSEV_TYPE_THRESHOLD) are hints, never crossings: the
+threshold monitor (fsev/thresholds/monitor.py) confirms each with statfs
+before fsev reports it. Their programs are compiled in only for mounts armed
+with --thr (ProgramConfig.thr_points), whatever the classes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from fsev.events import Event, EventType
+from fsev.kernel.records import Field, RecordClass, RecordType
+from fsev.probes.ladder import Rung, RungKind
+from fsev.probes.point import Point
+from fsev.probes.program import ProgramConfig
+
+_DIRECTION = {1: "down", 2: "up"}
+_F_SETTLE = int(Field.SETTLE)
+
+
+class Hook(enum.Enum):
+    """A group of per-page programs attached and detached together
+    (fsev/thresholds/gate.py says when)."""
+
+    SHMEM_CHARGE = "tmpfs charge"
+    SHMEM_FREE = "tmpfs free"
+    EXT4_CHARGE = "ext4 reservation"
+
+
+def describe_threshold(ev: Event) -> str:
+    return f"{ev.level} {ev.direction}: {ev.avail_blocks} blocks available (level {ev.level_blocks})"
+
+
+class FreeSpacePoint(Point):
+    record_type = RecordType.THRESHOLD
+    event_type = EventType.THRESHOLD
+    classes = frozenset({RecordClass.THR})
+
+    def armed(self, rung: Rung | None, config: ProgramConfig | None, kind: RungKind) -> bool:
+        """Whether this point's programs of this kind are compiled in."""
+        return (rung is not None and rung.kind is kind and config is not None
+                and self.name in config.thr_points)
+
+    def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
+               arg: int, func: bytes) -> None:
+        ev.avail_blocks = value
+        ev.level = f"L{level}"
+        ev.direction = _DIRECTION.get(direction)
+        if f & _F_SETTLE:
+            # A kernel threshold hint whose change comes after it (fsev/thresholds/monitor.py).
+            ev.extra["settle"] = True
+
+    def describe(self, ev: Event) -> str:
+        return describe_threshold(ev)
+

@@ -1,0 +1,116 @@
+"""The probe points, in one tuple, and what fsev asks of all of them at once.
+
+Nothing registers itself on import: a point is in POINTS or it is not. The
+order is the plan's order (what `fsev doctor` and `fsev trace` show) and the
+order of the points' #defines in the preamble.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import replace
+from typing import Mapping
+
+from fsev.events import Event, EventType
+from fsev.kernel.facts import KernelFacts
+from fsev.points import (block_io_error, enospc, ext4_error, ext4_error_detail, mount_drop, mount_topology,
+                         read_only, thr_ext4, thr_other, thr_tmpfs, wb_error)
+from fsev.probes import program
+from fsev.probes.decode import RecordDecoder
+from fsev.probes.ladder import Plan
+from fsev.probes.point import Finish, Point
+from fsev.probes.program import ProgramConfig
+
+POINTS: tuple[Point, ...] = (
+    ext4_error.POINT,
+    mount_drop.POINT,
+    thr_tmpfs.POINT,
+    thr_ext4.POINT,
+    thr_other.POINT,
+    ext4_error_detail.POINT,
+    read_only.POINT,
+    enospc.POINT,
+    block_io_error.POINT,
+    wb_error.POINT,
+    mount_topology.POINT,
+)
+
+
+class ProbePoint(str, enum.Enum):
+    """The points' names, as plans, `fsev doctor` and journals spell them."""
+
+    EXT4_ERROR = ext4_error.NAME
+    MOUNT_DROP = mount_drop.NAME
+    THR_TMPFS = thr_tmpfs.NAME
+    THR_EXT4 = thr_ext4.NAME
+    THR_OTHER = thr_other.NAME
+    EXT4_ERROR_DETAIL = ext4_error_detail.NAME
+    READ_ONLY = read_only.NAME
+    ENOSPC = enospc.NAME
+    BLOCK_IO_ERROR = block_io_error.NAME
+    WB_ERROR = wb_error.NAME
+    MOUNT_TOPOLOGY = mount_topology.NAME
+
+
+BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}
+ALL_TRACEPOINTS: frozenset[str] = frozenset(t for p in POINTS for t in p.tracepoints)
+ALL_KPROBE_FUNCTIONS: frozenset[str] = frozenset(f for p in POINTS for f in p.kprobe_functions)
+# Per-page programs attached only near a level, by hook group (fsev/thresholds/gate.py).
+GATED_PROGRAMS: dict[str, object] = {prog: hook for p in POINTS for prog, hook in p.gated.items()}
+
+
+def plan_probes(facts: KernelFacts, points: "set[ProbePoint] | None" = None) -> Plan:
+    """Choose a rung for each probe point (all of them by default)."""
+    rungs = []
+    for p in POINTS:
+        if points is None or p.name in points:
+            r = p.plan(facts)
+            # Named by the enum member, so that callers may test it with `is`.
+            rungs.append(replace(r, point=ProbePoint(r.point)))
+    return Plan(tuple(rungs))
+
+
+# -- the kernel side -----------------------------------------------------------
+def required_offsets(plan: Plan, config: ProgramConfig | None = None) -> list[str]:
+    return program.required_offsets(POINTS, plan, config)
+
+
+def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int]) -> str:
+    return program.preamble(POINTS, plan, config, offsets)
+
+
+def source(plan: Plan, config: ProgramConfig, offsets: dict[str, int]) -> str:
+    return program.source(POINTS, plan, config, offsets)
+
+
+def kprobe_attachments(plan: Plan, config: ProgramConfig) -> list[tuple[str, str]]:
+    return program.kprobe_attachments(POINTS, plan, config)
+
+
+def raw_tracepoint_attachments(plan: Plan, config: ProgramConfig) -> list[tuple[str, str, str]]:
+    return program.raw_tracepoint_attachments(POINTS, plan, config)
+
+
+# -- records and text ------------------------------------------------------------
+def _finishers() -> Mapping[int, Finish]:
+    out: dict[int, Finish] = {}
+    for p in POINTS:
+        if p.record_type is not None and type(p).finish is not Point.finish:
+            out.setdefault(int(p.record_type), p.finish)
+    return out
+
+
+_DECODER = RecordDecoder({int(p.record_type): p.event_type for p in POINTS
+                          if p.record_type is not None and p.event_type is not None}, _finishers())
+decode = _DECODER.decode
+_DESCRIBE = {p.event_type: p for p in reversed(POINTS) if p.event_type is not None}
+
+
+def describe(ev: Event) -> str:
+    """The event-specific part of a human line, from the point that made it."""
+    p = _DESCRIBE.get(ev.type)
+    return p.describe(ev) if p is not None else ""
+
+
+def describes(t: EventType) -> bool:
+    return t in _DESCRIBE
