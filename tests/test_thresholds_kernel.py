@@ -242,6 +242,7 @@ def test_per_page_hooks_attach_only_near_a_level(kind, monkeypatch):
             plan_probes(kernel_facts()), [m], parse_thr(f"{l1},{l1 // 8}"))))
         switches: list[tuple[float, Hook, bool]] = []
         crossings: list = []
+        consumer: threading.Thread | None = None
 
         def wait(cond, timeout: float = 5.0) -> None:
             deadline = time.monotonic() + timeout
@@ -277,8 +278,13 @@ def test_per_page_hooks_attach_only_near_a_level(kind, monkeypatch):
             wait(lambda: probes.hooks_on == frozenset(), timeout=2.0)
             far = probes.hooks_on
         finally:
+            # The consumer leaves events() before the session is torn down
+            # (close() is safe against it anyway: tests/test_ring_close.py).
             session.stop()
+            if consumer is not None:
+                consumer.join(10)
             session.close()
+    assert consumer is not None and not consumer.is_alive(), "events() did not end after stop()"
     assert [(c.level, c.direction, c.pid) for c in crossings] == [("L1", "down", w.pid), ("L1", "up", rm.pid)]
     attached = [t for t, h, on in switches if h is charge and on]
     assert attached and attached[0] < crossings[0].ts_ns / 1e9, switches  # before the crossing was confirmed

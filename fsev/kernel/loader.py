@@ -13,6 +13,7 @@ from typing import Callable, Hashable, Mapping
 from fsev.errors import FsevError
 from fsev.kernel import ringbuf
 from fsev.kernel import tp_btf
+from fsev.kernel.closing import CloseGuard
 from fsev.kernel.records import PATH_LEN, RECORD_SIZE, THR_SLOTS, ThrState
 from fsev.kernel.ringbuf import RingReader
 from fsev.kernel.thr_slots import reset_gate, thr_slot_for
@@ -40,7 +41,12 @@ class KernelProbes:
 
     Programs named in `gated` are attached like the others (so a kernel that
     refuses one says so at start), and set_hook() detaches and re-attaches
-    them by group later (fsev/thresholds/gate.py says when)."""
+    them by group later (fsev/thresholds/gate.py says when).
+
+    close() may come from any thread while another is inside poll() or a
+    table method: it waits for that call to end (waking a poll that waits for
+    records) before it frees the ring buffer and the maps; calls after it do
+    nothing (poll returns at once, drops() the last count read)."""
 
     def __init__(self, text: str, include_dir: Path, kprobes: list[tuple[str, str]], on_record: RecordSink,
                  ringbuf_bytes: int, batch: int = 4096,
@@ -51,6 +57,10 @@ class KernelProbes:
             raise FsevError(f"cannot import bcc ({why}); install python3-bpfcc (sudo make install)")
         from bcc import BPF
 
+        # First: the failure paths below close() through it.
+        self._guard = CloseGuard()
+        self._reader: RingReader | None = None
+        self._drops = 0
         self._on_record = on_record
         self._thr_slots: dict[int, int] = {}  # dev -> thr_state slot
         self._fds: list[int] = []  # tp_btf programs, closed by close()
@@ -75,7 +85,6 @@ class KernelProbes:
                                lambda fn=fn, prog=prog: self.bpf.detach_kprobe(event=fn, fn_name=prog))
             for tp, typed, plain, btf_id in raw_tps or ():
                 self._attach_raw_tp(tp, typed, plain, btf_id)
-            self._reader: RingReader | None = None
             self._batch = batch
             if ringbuf.supported() and not os.environ.get("FSEV_BCC_RINGBUF"):
                 self._reader = RingReader(self.bpf["events"].map_fd, ringbuf_bytes)
@@ -132,9 +141,18 @@ class KernelProbes:
     def hooks_on(self) -> frozenset[Hook]:
         return frozenset(self._hooks_on)
 
+    @property
+    def closed(self) -> bool:
+        return self._guard.closed
+
     def set_hook(self, hook: Hook, on: bool) -> None:
         """Attach (on) or detach a group of gated programs; FsevError if the
-        kernel refuses (the group is then left detached)."""
+        kernel refuses (the group is then left detached). Nothing once closed."""
+        with self._guard.call() as live:
+            if live:
+                self._set_hook(hook, on)
+
+    def _set_hook(self, hook: Hook, on: bool) -> None:
         if (hook in self._hooks_on) == on:
             return
         done: list[Callable[[], None]] = []
@@ -158,33 +176,41 @@ class KernelProbes:
         # batches (fsev.probes.decode), and a ctypes object per record costs more.
         return -1 if self._on_record(ctypes.string_at(data, RECORD_SIZE if size >= RECORD_SIZE else size)) else 0
 
+    # The table methods run under the guard too: after close() the maps' fds
+    # are closed, and their numbers may already name someone else's files.
     def watch_devs(self, devs: list[int]) -> None:
-        t = self.bpf["watched_devs"]
-        for d in devs:
-            t[t.Key(d)] = t.Leaf(1)
+        with self._guard.call() as live:
+            if not live:
+                return
+            t = self.bpf["watched_devs"]
+            for d in devs:
+                t[t.Key(d)] = t.Leaf(1)
 
     def watch_paths(self, paths: list[str]) -> None:
-        if not _has_table(self.bpf, "watched_paths"):
-            return
-        t = self.bpf["watched_paths"]
-        for p in paths:
-            k = t.Key()
-            k.path = os.fsencode(p)[: PATH_LEN - 1]
-            t[k] = t.Leaf(1)
+        with self._guard.call() as live:
+            if not live or not _has_table(self.bpf, "watched_paths"):
+                return
+            t = self.bpf["watched_paths"]
+            for p in paths:
+                k = t.Key()
+                k.path = os.fsencode(p)[: PATH_LEN - 1]
+                t[k] = t.Leaf(1)
 
     def set_keys(self, table: str, keys: list[int]) -> None:
         """Put u32 keys (value 1) in a hash the program filters with, if it has it."""
-        if not _has_table(self.bpf, table):
-            return
-        t = self.bpf[table]
-        for k in keys:
-            t[t.Key(k)] = t.Leaf(1)
+        with self._guard.call() as live:
+            if not live or not _has_table(self.bpf, table):
+                return
+            t = self.bpf[table]
+            for k in keys:
+                t[t.Key(k)] = t.Leaf(1)
 
     def table_items(self, table: str) -> list[tuple[int, object]]:
-        """(u32 key, value struct) of a hash the program keeps state in; [] if absent."""
-        if not _has_table(self.bpf, table):
-            return []
-        return [(k.value, v) for k, v in self.bpf[table].items()]
+        """(u32 key, value struct) of a hash the program keeps state in; [] if absent or closed."""
+        with self._guard.call() as live:
+            if not live or not _has_table(self.bpf, table):
+                return []
+            return [(k.value, v) for k, v in self.bpf[table].items()]
 
     def write_thr_state(self, dev: int, state: ThrState) -> None:
         """Set one watched superblock's threshold state (struct fsev_thr_state).
@@ -192,7 +218,13 @@ class KernelProbes:
         The first write for a dev gives it a slot, maps dev -> slot, then bumps
         thr_epoch so that no CPU keeps a "not watched" verdict made before.
         Every write resets the gate (reset_gate): each CPU re-checks.
+        Nothing once closed.
         """
+        with self._guard.call() as live:
+            if live:
+                self._write_thr_state(dev, state)
+
+    def _write_thr_state(self, dev: int, state: ThrState) -> None:
         t = self.bpf["thr_state"]
         leaf = t.Leaf()
         if ctypes.sizeof(leaf) != ctypes.sizeof(state):
@@ -214,14 +246,23 @@ class KernelProbes:
             epoch[epoch.Key(0)] = epoch.Leaf(epoch[epoch.Key(0)].value + 1)
 
     def poll(self, timeout_ms: int) -> None:
-        """Wait up to timeout_ms for records, then hand at most one batch to on_record."""
-        if self._reader is None:
-            self.bpf.ring_buffer_poll(timeout_ms)
-            return
-        self._reader.wait(timeout_ms)
-        self.drain()
+        """Wait up to timeout_ms for records, then hand at most one batch to on_record.
+        Returns at once when closed (also by close() from another thread)."""
+        with self._guard.call() as live:
+            if not live:
+                return
+            if self._reader is None:
+                self.bpf.ring_buffer_poll(timeout_ms)
+                return
+            self._reader.wait(timeout_ms)
+            self._drain()
 
     def drain(self) -> None:
+        with self._guard.call() as live:
+            if live:
+                self._drain()
+
+    def _drain(self) -> None:
         if self._reader is None:
             self.bpf.ring_buffer_consume()
             return
@@ -231,10 +272,28 @@ class KernelProbes:
             self._on_record(raw)
 
     def drops(self) -> int:
-        return int(sum(self.bpf["drops"][0]))
+        """Records the kernel dropped so far; once closed, the last count read."""
+        with self._guard.call() as live:
+            if live:
+                self._drops = int(sum(self.bpf["drops"][0]))
+            return self._drops
+
+    def wake(self) -> None:
+        """Make a poll() in progress return now rather than at its timeout: a
+        closer calls it before it waits for the consumer. (bcc's
+        ring_buffer_poll cannot be woken: with FSEV_BCC_RINGBUF the wait is
+        up to that poll's timeout.)"""
+        reader = self._reader
+        if reader is not None:
+            reader.wake()
 
     def close(self) -> None:
-        reader = getattr(self, "_reader", None)
+        """Detach and free everything; from any thread, at any moment, more than once."""
+        self.wake()
+        self._guard.close(self._teardown)
+
+    def _teardown(self) -> None:
+        reader = self._reader
         if reader is not None:
             reader.close()
             self._reader = None

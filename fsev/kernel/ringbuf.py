@@ -13,6 +13,12 @@ Memory ordering: libbpf reads producer_pos and each header with acquire loads
 and writes consumer_pos with a release store. On x86-64 (TSO) plain loads and
 stores give exactly that, so this reader is used only there; other
 architectures use bcc's callback consumer.
+
+Closing: close() may come from another thread while one is inside read() or
+wait(); unmapping pages that read() is dereferencing kills the process with
+SIGSEGV. A lock held by each read() (once per batch, not per record) and by
+close() orders the two; after close, read() and pending() touch no memory, and
+wait() returns at once.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import mmap
 import os
 import platform
 import select
+import threading
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -72,22 +79,67 @@ class RingReader:
         self._data = self._prod_addr + PAGE
         # Header words of the (double-mapped) data area, as u32s.
         self._words = (ctypes.c_uint32 * (2 * size // 4)).from_address(self._data)
-        self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN)
+        self._lock = threading.Lock()  # held over every access to the mapping, and by close()
+        self._idle = threading.Condition(self._lock)  # notified as a wait() leaves epoll
+        self._waiting = 0
+        self._closed = False
+        # close() (and wake()) write to this eventfd so that a wait() in epoll
+        # returns at once instead of at its timeout. Never read: once written,
+        # every later wait() returns at once too, which is what a closing reader wants.
+        self._wake = -1
+        try:
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._epoll = select.epoll()
+            self._epoll.register(map_fd, select.EPOLLIN)
+            self._epoll.register(self._wake, select.EPOLLIN)
+        except OSError:
+            if self._wake >= 0:
+                os.close(self._wake)
+            _libc.munmap(self._prod_addr, self._prod_len)
+            _libc.munmap(self._cons_addr, PAGE)
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def wait(self, timeout_ms: int) -> None:
-        """Block until the kernel signals new data (or the timeout)."""
-        if not self.pending():
-            try:
-                self._epoll.poll(timeout_ms / 1000.0)
-            except InterruptedError:
-                pass
+        """Block until the kernel signals new data (or the timeout, wake(), close())."""
+        with self._lock:
+            if self._closed or self._cons.value < self._prod.value:
+                return
+            self._waiting += 1
+        try:
+            # Outside the lock: close() must not wait out the timeout. It does
+            # not close the epoll before this call has left it (_waiting).
+            self._epoll.poll(timeout_ms / 1000.0)
+        except InterruptedError:
+            pass
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                self._idle.notify_all()
+
+    def wake(self) -> None:
+        """Make a wait() in progress, and every later one, return now: the first
+        step of closing, for a closer that must first let a consumer leave."""
+        with self._lock:
+            if not self._closed:
+                os.eventfd_write(self._wake, 1)
 
     def pending(self) -> bool:
-        return self._cons.value < self._prod.value
+        with self._lock:
+            return not self._closed and self._cons.value < self._prod.value
 
     def read(self, limit: int, out: list[bytes], record_size: int) -> int:
-        """Append up to `limit` records (each cut to record_size bytes) to out."""
+        """Append up to `limit` records (each cut to record_size bytes) to out;
+        0 once closed."""
+        with self._lock:
+            if self._closed:
+                return 0
+            return self._read(limit, out, record_size)
+
+    def _read(self, limit: int, out: list[bytes], record_size: int) -> int:
         cons_v, prod_v, words, data, mask = self._cons, self._prod, self._words, self._data, self.mask
         string_at = ctypes.string_at
         append = out.append
@@ -110,8 +162,17 @@ class RingReader:
         return n
 
     def close(self) -> None:
-        self._epoll.close()
-        if self._prod_addr:
+        """Unmap the ring; safe from any thread, at any moment, more than once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             _libc.munmap(self._prod_addr, self._prod_len)
             _libc.munmap(self._cons_addr, PAGE)
-            self._prod_addr = self._cons_addr = 0
+            self._prod_addr = self._cons_addr = self._data = 0
+            os.eventfd_write(self._wake, 1)
+            # A wait() still in epoll.poll() would be polling a closed (or
+            # reused) fd number if the epoll were closed under it.
+            self._idle.wait_for(lambda: self._waiting == 0)
+            self._epoll.close()
+            os.close(self._wake)

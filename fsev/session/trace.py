@@ -1,6 +1,11 @@
 """A tracing session: plan, load, consume, decode, enrich; yields Events.
 
 The CLI (trace, top, record) drives a TraceSession; it never touches bcc.
+
+close() may come from another thread while a consumer is inside events(): it
+stops the loop, waits for the step in progress (one poll and the decoding of
+its batch; never for the consumer's handling of what was yielded), then tears
+down; the consumer's events() then ends without an error.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ import os
 import select
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from fsev.errors import FsevError
 from fsev.events import ALL_CLASSES, Event, EventClass, EventType
 from fsev.events.clock import Clock
 from fsev.events.numbering import EventNumbers
+from fsev.kernel.closing import CloseGuard
 from fsev.kernel.facts import KernelFacts, gather
 from fsev.kernel.records import RECORD_SIZE, RecordClass
 from fsev.kernel.ringbuf import PAGE
@@ -31,6 +37,9 @@ from fsev.session.pipeline import EventPipeline
 from fsev.thresholds.arming import ArmedMount, kernel_points, single_points
 from fsev.thresholds.monitor import ThresholdMonitor
 
+if TYPE_CHECKING:
+    from fsev.kernel.loader import KernelProbes  # imported for real in start(): the only bcc user
+
 _TO_RECORD_CLASS = {
     EventClass.INFO: RecordClass.INFO,
     EventClass.WARN: RecordClass.WARN,
@@ -41,6 +50,8 @@ LOSS_CHECK_S = 0.1
 # Records taken from the ring buffer per poll before they are decoded and
 # emitted: bounds memory and keeps stop/deadline checks responsive in a flood.
 RECORD_BATCH = 4096
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -121,17 +132,26 @@ class TraceSession:
         self._records: list[bytes] = []
         self.numbers = EventNumbers()
         self._stop = False
-        self._probes = None
+        self._probes: KernelProbes | None = None
         self._pipeline: EventPipeline | None = None
         self._lost_total = 0
         self._loss_window_start = time.time()
         self._last_loss_check = 0.0
         self._mounts_fd: int | None = None
         self._thr: ThresholdMonitor | None = None
+        # Held by start() and by each step of events(): close() from another
+        # thread frees nothing a step is using (fsev/kernel/closing.py).
+        self._guard = CloseGuard()
         self.started_at = time.time()
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
+        with self._guard.call() as live:
+            if not live:
+                raise FsevError("this tracing session is closed: start a new one")
+            self._start()
+
+    def _start(self) -> None:
         from fsev.kernel.loader import KernelProbes  # the only bcc user
 
         text = build_source(self.plan, self.opts)
@@ -166,6 +186,14 @@ class TraceSession:
         self._stop = True
 
     def close(self) -> None:
+        """Stop and tear down; from any thread, also while another is inside events()."""
+        self._stop = True  # a consumer's events() leaves after its current step
+        probes = self._probes
+        if probes is not None:
+            probes.wake()  # that step may be waiting for records: not for the whole poll_ms
+        self._guard.close(self._teardown)
+
+    def _teardown(self) -> None:
         if self._thr is not None:
             self._thr.close()
             self._thr = None
@@ -280,30 +308,67 @@ class TraceSession:
         """Events until stop(), the monotonic deadline `until`, or the caller stops iterating.
         last: the deadline ends the session (trace --duration), so what waits
         (ENOSPC counts, events joined with fanotify) comes out too; a caller
-        that comes back for more (top) leaves it False."""
-        if self._probes is None:
-            self.start()
-        assert self._probes is not None
+        that comes back for more (top) leaves it False.
+
+        Once closed (by any thread, also while this runs) it ends quietly and
+        starts nothing: a consumer entering just after a close from another
+        thread is in the same race as one already inside, and should just end."""
+        if self._step(self._start_if_needed) is None:
+            return
         while not self._stop:
             if until is not None and time.monotonic() >= until:
                 break
-            self._probes.poll(self._poll_timeout_ms(poll_ms))
-            self._refresh_mounts_if_changed()
-            yield from self._kernel_events()
-            yield from self._threshold_events()
-            if self._pipeline is not None:
-                yield from self._pipeline.poll()
-            yield from self._loss_events(time.time())
+            evs = self._step(lambda: self._poll_step(poll_ms))
+            if evs is None:
+                return
+            yield from evs
         # Drain what the kernel already sent before stopping: at most one ring
         # buffer's worth, so a flood that goes on cannot keep fsev alive.
         budget = self.opts.ringbuf_pages * PAGE // RECORD_SIZE + RECORD_BATCH
         while budget > 0:
-            self._probes.drain()
-            if not self._records:
+            drained = self._step(self._drain_step)
+            if drained is None:
+                return
+            records, evs = drained
+            if not records:
                 break
-            budget -= len(self._records)
-            yield from self._kernel_events()
-        yield from self._threshold_events()
+            budget -= records
+            yield from evs
+        final = self._step(lambda: self._final_events(last))
+        if final is not None:
+            yield from final
+
+    def _step(self, step: Callable[[], T]) -> T | None:
+        """One step of events() under the guard (None once closed). Its events
+        are yielded after it: close() waits for a step, never for the consumer."""
+        with self._guard.call() as live:
+            return step() if live else None
+
+    def _start_if_needed(self) -> bool:
+        if self._probes is None:
+            self._start()
+        return True
+
+    def _poll_step(self, poll_ms: int) -> list[Event]:
+        assert self._probes is not None
+        self._probes.poll(self._poll_timeout_ms(poll_ms))
+        self._refresh_mounts_if_changed()
+        out = list(self._kernel_events())
+        out += self._threshold_events()
+        if self._pipeline is not None:
+            out += self._pipeline.poll()
+        out += self._loss_events(time.time())
+        return out
+
+    def _drain_step(self) -> tuple[int, list[Event]]:
+        """(records read, their events)."""
+        assert self._probes is not None
+        self._probes.drain()
+        return len(self._records), list(self._kernel_events())
+
+    def _final_events(self, last: bool) -> list[Event]:
+        out = list(self._threshold_events())
         if self._pipeline is not None and (self._stop or last):
-            yield from self._pipeline.flush()
-        yield from self._loss_events(time.time() + LOSS_CHECK_S)
+            out += self._pipeline.flush()
+        out += self._loss_events(time.time() + LOSS_CHECK_S)
+        return out
