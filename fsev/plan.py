@@ -37,7 +37,7 @@ class RungKind(str, enum.Enum):
 
 
 # ext4 error entry points, richest first. Known signatures (the kprobe program
-# reads arguments by these positions; see bpf/fsev.bpf.c):
+# reads arguments by these positions; see bpf/ext4_error.bpf.c):
 #   __ext4_error(sb, function, line, force_ro, error, block, fmt, ...)   5.11+
 #   __ext4_error_inode(inode, function, line, block, error, fmt, ...)    5.10+
 #   __ext4_error_file(file, function, line, block, fmt, ...)             errno is EFSCORRUPTED

@@ -1,7 +1,9 @@
 """The BPF program text: bpf/fsev.bpf.c behind a preamble of load-time constants.
 
 Settings reach the kernel side as #defines written here (never as edits to the
-C text), so `fsev trace --print-bpf` shows exactly what bcc compiles.
+C text). source() expands bpf/fsev.bpf.c's includes of the files beside it, so
+the text bcc compiles is the whole program, and `fsev trace --print-bpf`
+shows exactly that.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from importlib import resources
 from pathlib import Path
 
 from .plan import Plan, ProbePoint, RungKind, shmem_accounting
-from .program_health import HEALTH_SOURCE, health_defines, health_kprobes, health_offsets
+from .program_health import health_defines, health_kprobes, health_offsets
 from .records import RecordClass, class_mask
 from .thr_gate import Hook
 
+# The entry file: includes bpf/common.h, then each probe point's bpf/<point>.bpf.c.
 MAIN_SOURCE = "fsev.bpf.c"
-# Free-space thresholds: appended to MAIN_SOURCE, whose ring buffer it shares.
-THR_SOURCE = "fsev_thr.bpf.c"
+# A local include (a file in bpf/), expanded by source(); <...> ones stay for bcc.
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
 
 # Kernel struct fields read by the kprobe programs, as BTF specs.
 KPROBE_OFFSETS = {
@@ -58,7 +61,7 @@ class ProgramConfig:
     # Threshold probe points with a kernel rung armed on at least one mount.
     thr_points: frozenset[ProbePoint] = frozenset()
     # Those of them armed on exactly one superblock: the BPF side may then
-    # cache a mapping or inode as "that superblock" (bpf/fsev_thr.bpf.c).
+    # cache a mapping or inode as "that superblock" (bpf/thr_common.h).
     thr_single: frozenset[ProbePoint] = frozenset()
 
     def __post_init__(self) -> None:
@@ -150,12 +153,34 @@ def preamble(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_er
     return "/* fsev load-time constants */\n" + "\n".join(lines) + "\n"
 
 
+def expand_includes(name: str, directory: Path, done: set[str] | None = None) -> str:
+    """directory/name with each #include "x" of a file in directory replaced by
+    x's text, itself expanded, where x first appears; a later include of x
+    becomes a comment (headers have guards, and a .bpf.c file defines programs
+    that bcc must see once). Depth first, in text order: the order the C
+    preprocessor would read them in."""
+    done = set() if done is None else done
+    done.add(name)
+
+    def one(m: re.Match[str]) -> str:
+        inc = m.group(1)
+        if not (directory / inc).is_file():
+            return m.group(0)
+        if inc in done:
+            return f'/* #include "{inc}": expanded above */'
+        text = expand_includes(inc, directory, done).rstrip("\n")
+        return f"/* ---- bpf/{inc} ---- */\n{text}\n/* ---- end of bpf/{inc} ---- */"
+
+    return _LOCAL_INCLUDE.sub(one, (directory / name).read_text())
+
+
 def source(plan: Plan, config: ProgramConfig, offsets: dict[str, int], ext4_error_args: dict[str, int] | None = None) -> str:
-    body = "\n".join((bpf_dir() / name).read_text() for name in (MAIN_SOURCE, THR_SOURCE, HEALTH_SOURCE))
-    return preamble(plan, config, offsets, ext4_error_args) + body
+    """The whole program as bcc compiles it: the preamble, then bpf/fsev.bpf.c
+    with its local includes expanded (no #include "..." is left for bcc)."""
+    return preamble(plan, config, offsets, ext4_error_args) + expand_includes(MAIN_SOURCE, bpf_dir())
 
 
-# Raw tracepoints whose program comes in two forms (bpf/fsev_thr.bpf.c): BTF-typed,
+# Raw tracepoints whose program comes in two forms (bpf/thr_tmpfs.bpf.c): BTF-typed,
 # loaded as tp_btf by fsev/tp_btf.py, and plain, for kernels that refuse it.
 TMPFS_RAW_TPS = (
     ("mm_lru_insertion", "thr_lru_typed", "thr_lru_plain"),

@@ -1,4 +1,4 @@
-"""The health part of the BPF program: bpf/fsev_health.bpf.c's switches,
+"""The health part of the BPF program: the switches of its points' bpf/*.bpf.c,
 the BTF offsets it reads, and the kprobes it attaches. Pure (fsev.program
 calls these); tests check them without a kernel.
 """
@@ -14,10 +14,6 @@ from .records import RecordClass
 
 if TYPE_CHECKING:
     from .program import ProgramConfig
-
-HEALTH_SOURCE = "fsev_health.bpf.c"
-# A storm is over after this long without a failure: the next one is sent.
-ENOSPC_QUIET_NS = 1_000_000_000
 
 _SB = ("super_block.s_dev",)
 _RO = (*_SB, "super_block.s_flags")
@@ -79,7 +75,7 @@ def health_offsets(plan: Plan, config: "ProgramConfig | None") -> list[str]:
 
 
 def health_defines(plan: Plan, config: "ProgramConfig") -> list[str]:
-    """#define lines for bpf/fsev_health.bpf.c."""
+    """#define lines for the health points' bpf/*.bpf.c."""
     topo = plan.rung(ProbePoint.MOUNT_TOPOLOGY)
     topo_on = _on(plan, config, ProbePoint.MOUNT_TOPOLOGY, RungKind.TRACEPOINT) or _on(
         plan, config, ProbePoint.MOUNT_TOPOLOGY, RungKind.FANOTIFY)
@@ -101,9 +97,7 @@ def health_defines(plan: Plan, config: "ProgramConfig") -> list[str]:
         if tp.startswith("syscalls:sys_enter_"):
             call = tp.removeprefix("syscalls:sys_enter_")
             d[f"FSEV_HAVE_SYS_{call.upper()}"] = tp in targets and f"syscalls:sys_exit_{call}" in targets
-    lines = [f"#define {k} {int(v)}" for k, v in d.items()]
-    lines.append(f"#define FSEV_ENOSPC_QUIET_NS {ENOSPC_QUIET_NS}ull")
-    return lines
+    return [f"#define {k} {int(v)}" for k, v in d.items()]
 
 
 def health_kprobes(plan: Plan, config: "ProgramConfig") -> list[tuple[str, str]]:
