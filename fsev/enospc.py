@@ -1,6 +1,6 @@
 """ENOSPC storms: one event, then an exact count per second.
 
-The kernel (bpf/fsev_health.bpf.c) counts every ENOSPC failure per
+The kernel (bpf/enospc.bpf.c) counts every ENOSPC failure per
 superblock with an atomic add and sends a record only for the first failure
 after a quiet second; the record carries its ordinal n (this was failure
 number n on that superblock). Every second fsev reads the per-superblock
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .events import Event, EventClass, EventType
+from .records import FSEV_H
 
 TICK_S = 1.0
 
@@ -107,7 +108,7 @@ class EnospcAggregator:
             dev=base.dev if base else f"{dev >> 20}:{dev & 0xFFFFF}",
             mount_point=base.mount_point if base else None, fs_type=base.fs_type if base else None,
             source=base.source if base else None, mnt_id=base.mnt_id if base else None,
-            pid=total.last_pid or None, tgid=None, comm=total.last_comm, errno=28, extra=extra,
+            pid=total.last_pid or None, tgid=None, comm=total.last_comm, errno=FSEV_H.FSEV_ENOSPC, extra=extra,
         )
 
 

@@ -9,7 +9,7 @@ before an event leaves fsev.
 from __future__ import annotations
 
 from .events import Event
-from .records import Call, Field, RecordType, RoBits
+from .records import FSEV_H, Call, Field, RecordType, RoBits
 
 CALL_NAMES = {int(c): c.name.lower() for c in Call if c is not Call.NONE}
 # Calls that fail with ENOSPC for want of room for data, and those that need
@@ -20,13 +20,13 @@ METADATA_CALLS = frozenset({Call.OPEN, Call.OPENAT, Call.OPENAT2, Call.CREAT, Ca
 # mount(2) flags (include/uapi/linux/mount.h), as the kernel record carries them.
 MS_RDONLY = 1
 MS_REMOUNT = 32
-MS_BIND = 4096
-MS_MOVE = 8192
+MS_BIND = FSEV_H.FSEV_MS_BIND
+MS_MOVE = FSEV_H.FSEV_MS_MOVE
 MS_REC = 16384
 MS_PROPAGATION = (1 << 15) | (1 << 17) | (1 << 18) | (1 << 19)  # UNBINDABLE, PRIVATE, SLAVE, SHARED
 # move_mount(2) flag: the source is a detached mount (fsmount / open_tree).
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
-FSCONFIG_CMD_RECONFIGURE = 7
+FSCONFIG_CMD_RECONFIGURE = FSEV_H.FSEV_FSCONFIG_CMD_RECONFIGURE
 MOUNT_ATTR_RDONLY = 0x1
 
 # blk_status_t values that have kept their number since 4.13 -> errno
