@@ -1,12 +1,19 @@
-/* fsev.h: the one definition of every kernel -> user record and its enums.
+/* fsev.h: the one definition of every kernel -> user record, its enums, and
+ * every number both sides use.
  *
- * Included by the BPF programs (bpf/fsev.bpf.c) and mirrored, field for field, by
- * fsev/records.py; tests/test_records_contract.py checks that mirror against
- * the struct bcc compiles from this file. Change both or neither.
+ * Included by every BPF program (through bpf/common.h) and read by
+ * fsev/kernel/records.py: it parses the integer #defines and the enums below at
+ * import (records.FSEV_H, and the enum classes RecordClass, RecordType, ...),
+ * so Python never writes one of these numbers again. The struct layouts are
+ * mirrored field for field in fsev/kernel/records.py; tests/test_records_contract.py
+ * checks that mirror against the structs bcc compiles from this file. Change
+ * both or neither.
  *
  * Every enum reserves 0, so a zeroed record never decodes as a real event.
  * Field types are bcc's u64/u32/s32 (not __u64): bcc's event decoder maps
  * only those names, and the contract test decodes through it.
+ * Keep the #defines and enum values integer expressions of literals, earlier
+ * names, ( ) and | & ^ << >> + - * ~ : that is all fsev/kernel/records.py evaluates.
  */
 #ifndef FSEV_H
 #define FSEV_H
@@ -14,6 +21,25 @@
 #define FSEV_COMM_LEN 16
 #define FSEV_FUNC_LEN 48
 #define FSEV_PATH_LEN 64
+
+/* Kernel ABI numbers the programs test or record and user space decodes or
+ * compares with. Prefixed FSEV_: the programs do not take them from kernel
+ * headers (a stand-in headers tree may not match the running kernel), and
+ * the prefix keeps them clear of the headers bcc includes anyway. */
+#define FSEV_ENOSPC 28             /* errno: ENOSPC records' err */
+#define FSEV_EFSCORRUPTED 117      /* errno EUCLEAN: what __ext4_error_file records */
+#define FSEV_MAX_ERRNO 4095        /* errseq_t: its low 12 bits are the errno */
+#define FSEV_AT_FDCWD (-100)       /* a dirfd: the path is relative to the cwd */
+#define FSEV_SB_RDONLY 1           /* super_block.s_flags: read-only superblock */
+#define FSEV_MNT_DETACH 2          /* umount2(2) flags: lazy unmount */
+#define FSEV_MS_BIND 4096          /* mount(2) flags: a bind mount... */
+#define FSEV_MS_MOVE 8192          /* ...or a move: the source is a path */
+#define FSEV_FSCONFIG_CMD_RECONFIGURE 7 /* fsconfig(2) cmd: a remount */
+#define FSEV_CLONE_NEWNS 0x00020000 /* unshare/clone flags: a new mount namespace */
+
+/* ENOSPC storms: a storm is over after this long without a failure on its
+ * superblock; the next failure is sent as a record (bpf/enospc.bpf.c). */
+#define FSEV_ENOSPC_QUIET_NS 1000000000ull
 
 enum fsev_class {
 	FSEV_CLASS_NONE = 0,
@@ -31,7 +57,7 @@ enum fsev_type {
 	FSEV_TYPE_FS_ERROR = 1,  /* an ext4 error was raised */
 	FSEV_TYPE_UMOUNT = 2,    /* a mount was dropped */
 	FSEV_TYPE_THRESHOLD = 3, /* available blocks crossed a level */
-	/* health events (bpf/fsev_health.bpf.c) */
+	/* health events */
 	FSEV_TYPE_READ_ONLY = 4,      /* a filesystem turned read-only (or back) */
 	FSEV_TYPE_ENOSPC = 5,         /* a write/fallocate/create/mkdir failed with ENOSPC */
 	FSEV_TYPE_BLOCK_IO_ERROR = 6, /* a block request completed with an error */
@@ -66,7 +92,7 @@ enum fsev_field {
 };
 
 /* The call behind a health record (fsev_record.call). Syscall names are
- * the x86-64 ones; fsev/enospc.py and fsev/topology.py name them. */
+ * the x86-64 ones; fsev/points/enospc.py and fsev/points/mount_topology.py name them. */
 enum fsev_call {
 	FSEV_CALL_NONE = 0,
 	FSEV_CALL_WRITE = 1,
@@ -129,7 +155,7 @@ struct fsev_record {
 	char comm[FSEV_COMM_LEN];
 	char func[FSEV_FUNC_LEN]; /* kernel function that raised the error */
 	char path[FSEV_PATH_LEN]; /* umount(2) target as the caller passed it */
-	/* health events (bpf/fsev_health.bpf.c) */
+	/* health events */
 	u64 mntns;  /* mount namespace inode number of the task (FSEV_F_MNTNS) */
 	u32 call;   /* enum fsev_call */
 	u32 arg;    /* call flags (mount(2) MS_*, fsconfig cmd), or read-only bits before */
@@ -138,7 +164,7 @@ struct fsev_record {
 /* Threshold records (FSEV_TYPE_THRESHOLD) from the kernel are hints, never
  * crossings: `value` is the approximate available blocks the per-CPU counters
  * gave, `level`/`direction` the crossing that may have happened. User space
- * confirms with statfs before it reports anything (fsev/thr_monitor.py). */
+ * confirms with statfs before it reports anything (fsev/thresholds/monitor.py). */
 
 /* Which counters a watched superblock's available blocks come from. */
 enum fsev_thr_kind {
@@ -154,7 +180,7 @@ enum fsev_thr_kind {
  * Written by user space at start and after each confirmed crossing (depth);
  * last_hint_ns and gate alone are written by the BPF side, and user space
  * resets gate to a fresh generation with no share when it writes (so every
- * CPU re-checks under the new depth). Mirrored by fsev/records.py ThrState. */
+ * CPU re-checks under the new depth). Mirrored by fsev/kernel/records.py ThrState. */
 struct fsev_thr_state {
 	u64 l1;           /* L1 in available blocks */
 	u64 l2;           /* L2 (used only when nlevels == 2) */

@@ -131,7 +131,7 @@ def probes_rounds(dev: int, n: int) -> dict[str, Rounds]:
     thread is in poll(): half with fsev's reader, half with bcc's callback
     consumer (FSEV_BCC_RINGBUF), whose ring bcc frees in cleanup()."""
     from fsev.kernel.loader import KernelProbes
-    from fsev.program import bpf_dir
+    from fsev.probes.program import bpf_dir
     from fsev.kernel.ringbuf import PAGE
 
     text = f"#define WATCHED_DEV {dev}\n#define RING_PAGES {RING_PAGES}\n{PROG}"
@@ -186,7 +186,7 @@ def session_rounds(mount_point: str, n: int) -> dict[str, Rounds]:
     """Whole TraceSessions (fsev's program, compiled each time), half with
     fsev's reader and half with bcc's callback consumer (FSEV_BCC_RINGBUF)."""
     from fsev.events import EventClass, EventType
-    from fsev.mountinfo import MountTable
+    from fsev.linux.mountinfo import MountTable
     from fsev.session.trace import TraceOptions, TraceSession, kernel_facts
 
     facts = kernel_facts()

@@ -22,7 +22,7 @@ from typing import Callable
 
 import pytest
 
-from fsev import ringbuf
+from fsev.kernel import ringbuf
 from fsev.kernel.closing import CloseGuard
 from fsev.kernel.ringbuf import HDR_SZ, PAGE, RingReader
 

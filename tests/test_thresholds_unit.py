@@ -167,7 +167,7 @@ def test_arming_refuses_unlimited_tmpfs_and_names_the_mount():
 
 def test_mapping_and_inode_caches_only_for_a_kind_armed_on_one_superblock():
     """The BPF side may take a cached mapping/inode for "the" watched superblock
-    of its kind only when there is one (bpf/fsev_thr.bpf.c, the verdict caches)."""
+    of its kind only when there is one (bpf/thr_common.h, the verdict caches)."""
     plan = plan_probes(facts())
     mounts = [mount("/t", "tmpfs", 40), mount("/u", "tmpfs", 41), mount("/e", "ext4", 1, 7, "/dev/loop9"),
               mount("/o", "overlay", 42), mount("/p", "overlay", 43)]

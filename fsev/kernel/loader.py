@@ -77,7 +77,7 @@ class KernelProbes:
                             "(see `fsev doctor`; `fsev trace --print-bpf` shows the C)") from None
         try:
             for fn, prog in kprobes:
-                if prog.startswith("kretp_"):  # return probes (fsev/probes/program_health.py)
+                if prog.startswith("kretp_"):  # return probes (fsev/points/read_only.py)
                     self.bpf.attach_kretprobe(event=fn, fn_name=prog)
                 else:
                     self.bpf.attach_kprobe(event=fn, fn_name=prog)

@@ -1,101 +1,130 @@
-"""The Python mirror of bpf/fsev.h: record layout and enums, defined here once.
+"""The Python side of bpf/fsev.h: its numbers and enums, read from the header
+itself, and the record layout, mirrored here once.
 
-tests/test_records_contract.py compiles bpf/fsev.h with bcc and checks that
-field names, offsets and sizeof agree with this module.
+The integer #defines (FSEV_H) and the enums (RecordClass, RecordType, ...)
+are parsed from the installed bpf/fsev.h at import, so no number the kernel
+side uses is written a second time in Python. The ctypes structs below are
+hand-written mirrors; tests/test_records_contract.py compiles bpf/fsev.h with
+bcc and checks field names, offsets and sizeof against them.
 """
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import enum
+import re
 import struct
+import types
+from importlib import resources
+from pathlib import Path
+from typing import Mapping
 
-COMM_LEN = 16
-FUNC_LEN = 48
-PATH_LEN = 64
-
-
-class RecordClass(enum.IntEnum):
-    NONE = 0
-    INFO = 1
-    WARN = 2
-    ERR = 3
-    THR = 4
+HEADER = "fsev.h"
 
 
-class RecordType(enum.IntEnum):
-    NONE = 0
-    FS_ERROR = 1
-    UMOUNT = 2
-    THRESHOLD = 3
-    READ_ONLY = 4
-    ENOSPC = 5
-    BLOCK_IO_ERROR = 6
-    WB_ERROR = 7
-    MOUNT = 8
+def header_text() -> str:
+    """bpf/fsev.h as installed in the package (fsev.bpf, as fsev/program.py
+    bpf_dir() finds it); in a source tree that is not installed, bpf/ beside
+    fsev/."""
+    try:
+        return (resources.files("fsev.bpf") / HEADER).read_text()
+    except ModuleNotFoundError:
+        return (Path(__file__).resolve().parent.parent / "bpf" / HEADER).read_text()
 
 
-class Rung(enum.IntEnum):
-    NONE = 0
-    KPROBE = 1
-    TRACEPOINT = 2
-    RAW_TRACEPOINT = 3
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+# Object-like macros only: a "(" right after the name makes a function-like one.
+_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)(?:[ \t]+(.*?))?[ \t]*$", re.M)
+_ENUM = re.compile(r"\benum\s+(\w+)\s*\{(.*?)\}\s*;", re.S)
+_INT_SUFFIX = re.compile(r"\b(0[xX][0-9a-fA-F]+|[0-9]+)[uUlL]+\b")
+_OPS = {ast.BitOr: lambda a, b: a | b, ast.BitAnd: lambda a, b: a & b, ast.BitXor: lambda a, b: a ^ b,
+        ast.LShift: lambda a, b: a << b, ast.RShift: lambda a, b: a >> b, ast.Add: lambda a, b: a + b,
+        ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
+_UNARY = {ast.USub: lambda a: -a, ast.UAdd: lambda a: a, ast.Invert: lambda a: ~a}
 
 
-class Field(enum.IntFlag):
-    ERRNO = 1 << 0
-    INODE = 1 << 1
-    BLOCK = 1 << 2
-    LINE = 1 << 3
-    FUNC = 1 << 4
-    PATH = 1 << 5
-    MNT_ID = 1 << 6
-    LAZY = 1 << 7
-    SETTLE = 1 << 8
-    MNTNS = 1 << 16
-    PATH_EXACT = 1 << 17
+def c_int(expr: str, names: Mapping[str, int]) -> int | None:
+    """The value of a C integer constant expression made of literals (any
+    u/l suffix), names already known, ( ) and | & ^ << >> + - * ~; None for
+    anything else (a string, a type, an unknown name)."""
+    text = _INT_SUFFIX.sub(r"\1", expr.strip())
+    try:  # (a C octal literal such as 0755 is a SyntaxError in Python: None)
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return None
+
+    def ev(n: ast.AST) -> int:
+        if isinstance(n, ast.Constant) and type(n.value) is int:
+            return n.value
+        if isinstance(n, ast.Name) and n.id in names:
+            return names[n.id]
+        if isinstance(n, ast.BinOp) and type(n.op) in _OPS:
+            return _OPS[type(n.op)](ev(n.left), ev(n.right))
+        if isinstance(n, ast.UnaryOp) and type(n.op) in _UNARY:
+            return _UNARY[type(n.op)](ev(n.operand))
+        raise ValueError(ast.dump(n))
+
+    try:
+        return ev(tree.body)
+    except ValueError:
+        return None
 
 
-class Call(enum.IntEnum):
-    """enum fsev_call: the call behind a health record."""
-
-    NONE = 0
-    WRITE = 1
-    PWRITE64 = 2
-    WRITEV = 3
-    PWRITEV = 4
-    PWRITEV2 = 5
-    FALLOCATE = 6
-    OPEN = 7
-    OPENAT = 8
-    OPENAT2 = 9
-    CREAT = 10
-    MKDIR = 11
-    MKDIRAT = 12
-    MOUNT = 13
-    MOVE_MOUNT = 14
-    FSCONFIG = 15
-    MOUNT_SETATTR = 16
-    UNSHARE = 17
-    CLONE = 18
-    CLONE3 = 19
-    EXT4_ERROR = 20
-    RECONFIGURE_SUPER = 21
-
-
-class RoBits(enum.IntFlag):
-    """enum fsev_ro_bits: a superblock's read-only state."""
-
-    SB_RDONLY = 1 << 0
-    EMERGENCY = 1 << 1
-    SHUTDOWN = 1 << 2
-    ABORTED = 1 << 3
+def parse_header(text: str) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """(integer #defines by name, enums by tag: {member: value}) of a C header,
+    in the order written. Enum members without "=" take the previous + 1."""
+    text = _COMMENT.sub(" ", text)
+    defines: dict[str, int] = {}
+    enums: dict[str, dict[str, int]] = {}
+    known: dict[str, int] = {}
+    items = [(m.start(), "define", m) for m in _DEFINE.finditer(text)]
+    items += [(m.start(), "enum", m) for m in _ENUM.finditer(text)]
+    for _, kind, m in sorted(items, key=lambda t: t[0]):
+        if kind == "define":
+            v = c_int(m.group(2) or "", known)
+            if v is not None:
+                defines[m.group(1)] = known[m.group(1)] = v
+            continue
+        members: dict[str, int] = {}
+        nxt = 0
+        for part in m.group(2).split(","):
+            if not part.strip():
+                continue
+            name, _, expr = part.partition("=")
+            v = c_int(expr, known) if expr else nxt
+            if v is None:
+                raise ValueError(f"{HEADER}: enum {m.group(1)}: cannot evaluate {part.strip()!r}")
+            members[name.strip()] = known[name.strip()] = v
+            nxt = v + 1
+        enums[m.group(1)] = members
+    return defines, enums
 
 
-class Direction(enum.IntEnum):
-    NONE = 0
-    DOWN = 1
-    UP = 2
+_DEFINES, _ENUMS = parse_header(header_text())
+# Every integer #define of bpf/fsev.h, by its C name: FSEV_H.FSEV_ENOSPC.
+FSEV_H = types.SimpleNamespace(**_DEFINES)
+
+
+def _enum(kind: type[enum.IntEnum] | type[enum.IntFlag], name: str, tag: str, prefix: str, doc: str):
+    """A Python enum of bpf/fsev.h's `enum tag`, members named without prefix."""
+    members = [(k.removeprefix(prefix), v) for k, v in _ENUMS[tag].items()]
+    e = kind(name, members, module=__name__, qualname=name)
+    e.__doc__ = doc
+    return e
+
+
+COMM_LEN = FSEV_H.FSEV_COMM_LEN
+FUNC_LEN = FSEV_H.FSEV_FUNC_LEN
+PATH_LEN = FSEV_H.FSEV_PATH_LEN
+
+RecordClass = _enum(enum.IntEnum, "RecordClass", "fsev_class", "FSEV_CLASS_", "enum fsev_class: a record's class.")
+RecordType = _enum(enum.IntEnum, "RecordType", "fsev_type", "FSEV_TYPE_", "enum fsev_type: what a record reports.")
+Rung = _enum(enum.IntEnum, "Rung", "fsev_rung", "FSEV_RUNG_", "enum fsev_rung: how the record was obtained.")
+Field = _enum(enum.IntFlag, "Field", "fsev_field", "FSEV_F_", "enum fsev_field: which optional fields are filled.")
+Call = _enum(enum.IntEnum, "Call", "fsev_call", "FSEV_CALL_", "enum fsev_call: the call behind a health record.")
+RoBits = _enum(enum.IntFlag, "RoBits", "fsev_ro_bits", "FSEV_RO_", "enum fsev_ro_bits: a superblock's read-only state.")
+Direction = _enum(enum.IntEnum, "Direction", "fsev_direction", "FSEV_DIR_", "enum fsev_direction: a crossing's way.")
 
 
 class Record(ctypes.Structure):
@@ -152,13 +181,9 @@ RECORD_STRUCT = struct.Struct(_struct_format(Record))
 RECORD_FIELDS: tuple[str, ...] = tuple(name for name, _ in Record._fields_)
 
 
-THR_SLOTS = 1024  # FSEV_THR_SLOTS: watched superblocks with a kernel rung, at most
-
-
-class ThrKind(enum.IntEnum):
-    NONE = 0
-    SHMEM = 1
-    EXT4 = 2
+THR_SLOTS = FSEV_H.FSEV_THR_SLOTS  # watched superblocks with a kernel rung, at most
+ThrKind = _enum(enum.IntEnum, "ThrKind", "fsev_thr_kind", "FSEV_THR_",
+                "enum fsev_thr_kind: which counters a superblock's available blocks come from.")
 
 
 class ThrState(ctypes.Structure):

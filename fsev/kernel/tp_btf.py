@@ -6,7 +6,7 @@ BPF_PROG_TYPE_TRACING with expected_attach_type BPF_TRACE_RAW_TP (what libbpf
 calls SEC("tp_btf/...")) and attaches it with BPF_RAW_TRACEPOINT_OPEN, through
 bpf(2). The verifier then knows each tracepoint argument's type from vmlinux
 BTF, so the program may load through those pointers directly: one instruction
-instead of a bpf_probe_read_kernel call (bpf/fsev_thr.bpf.c uses it on the
+instead of a bpf_probe_read_kernel call (bpf/thr_tmpfs.bpf.c uses it on the
 per-page tmpfs path). Needs Linux 5.5+ and vmlinux BTF; callers fall back to a
 plain raw tracepoint when loading fails.
 """

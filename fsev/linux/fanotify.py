@@ -13,6 +13,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from fsev.kernel.records import FSEV_H
+
 FAN_CLOEXEC = 0x00000001
 FAN_NONBLOCK = 0x00000002
 FAN_CLASS_NOTIF = 0x00000000
@@ -37,7 +39,7 @@ FAN_EVENT_INFO_TYPE_MNT = 7
 FILEID_INO32_GEN = 1
 FILEID_INO32_GEN_PARENT = 2
 
-AT_FDCWD = -100
+AT_FDCWD = FSEV_H.FSEV_AT_FDCWD
 
 _META = struct.Struct("<IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
 _INFO_HDR = struct.Struct("<BBH")  # info_type, pad, len

@@ -23,7 +23,7 @@ from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
-from fsev.kernel.records import Call, Field, RecordClass, RecordType
+from fsev.kernel.records import FSEV_H, Call, Field, RecordClass, RecordType
 from fsev.linux.device import Device
 from fsev.linux.mountinfo import Mount
 from fsev.probes.decode import CALL_NAMES
@@ -41,7 +41,7 @@ OFFSETS = ("super_block.s_dev", "pt_regs.orig_ax", "pt_regs.di", "pt_regs.si", "
            "files_struct.fdt", "fdtable.fd", "fdtable.max_fds", "file.f_inode", "inode.i_sb", "inode.i_ino",
            "task_struct.fs", "fs_struct.root.mnt", "fs_struct.pwd.mnt", "vfsmount.mnt_sb")
 # A storm is over after this long without a failure: the next one is sent.
-ENOSPC_QUIET_NS = 1_000_000_000
+ENOSPC_QUIET_NS = FSEV_H.FSEV_ENOSPC_QUIET_NS
 # Calls that fail with ENOSPC for want of room for data, and those that need
 # room for a new inode or directory entry (metadata).
 DATA_CALLS = frozenset({Call.WRITE, Call.PWRITE64, Call.WRITEV, Call.PWRITEV, Call.PWRITEV2, Call.FALLOCATE})
@@ -136,7 +136,7 @@ class EnospcAggregator:
             dev=base.dev if base else f"{dev >> 20}:{dev & 0xFFFFF}",
             mount_point=base.mount_point if base else None, fs_type=base.fs_type if base else None,
             source=base.source if base else None, mnt_id=base.mnt_id if base else None,
-            pid=total.last_pid or None, tgid=None, comm=total.last_comm, errno=28, extra=extra,
+            pid=total.last_pid or None, tgid=None, comm=total.last_comm, errno=FSEV_H.FSEV_ENOSPC, extra=extra,
         )
 
 
@@ -244,8 +244,7 @@ class Enospc(Point):
         on = rung is not None and self.compiled(rung, config)
         kind = rung.kind if rung is not None else None
         return [("FSEV_ENOSPC_RAW_TP", str(int(on and kind is RungKind.RAW_TRACEPOINT))),
-                ("FSEV_ENOSPC_KPROBE", str(int(on and kind is RungKind.KPROBE))),
-                ("FSEV_ENOSPC_QUIET_NS", f"{ENOSPC_QUIET_NS}ull")]
+                ("FSEV_ENOSPC_KPROBE", str(int(on and kind is RungKind.KPROBE)))]
 
     def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
         return OFFSETS if self.compiled(rung, config) else ()

@@ -27,7 +27,7 @@ from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
-from fsev.kernel.records import Call, RecordClass, RecordType
+from fsev.kernel.records import FSEV_H, Call, RecordClass, RecordType
 from fsev.probes.ladder import Rung, RungKind
 from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig
@@ -51,12 +51,12 @@ OFFSETS = ("task_struct.nsproxy", "nsproxy.mnt_ns", "mnt_namespace.ns.inum")
 # mount(2) flags (include/uapi/linux/mount.h), as the kernel record carries them.
 MS_RDONLY = 1
 MS_REMOUNT = 32
-MS_BIND = 4096
-MS_MOVE = 8192
+MS_BIND = FSEV_H.FSEV_MS_BIND
+MS_MOVE = FSEV_H.FSEV_MS_MOVE
 MS_PROPAGATION = (1 << 15) | (1 << 17) | (1 << 18) | (1 << 19)  # UNBINDABLE, PRIVATE, SLAVE, SHARED
 # move_mount(2) flag: the source is a detached mount (fsmount / open_tree).
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
-FSCONFIG_CMD_RECONFIGURE = 7
+FSCONFIG_CMD_RECONFIGURE = FSEV_H.FSEV_FSCONFIG_CMD_RECONFIGURE
 
 # How long a syscall record and its fanotify event wait for each other.
 GRACE_S = 0.2

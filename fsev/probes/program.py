@@ -1,7 +1,9 @@
 """The BPF program text: bpf/fsev.bpf.c behind a preamble of load-time constants.
 
 Settings reach the kernel side as #defines written here (never as edits to the
-C text), so `fsev trace --print-bpf` shows exactly what bcc compiles. Each
+C text). source() expands bpf/fsev.bpf.c's includes of the files beside it, so
+the text bcc compiles is the whole program, and `fsev trace --print-bpf`
+shows exactly that. Each
 probe point gives its own switches, offsets and attachments
 (fsev/points/<name>.py); this module puts them together for a plan.
 """
@@ -20,11 +22,10 @@ from fsev.probes.ladder import Plan
 if TYPE_CHECKING:
     from fsev.probes.point import Point
 
+# The entry file: includes bpf/common.h, then each probe point's bpf/<point>.bpf.c.
 MAIN_SOURCE = "fsev.bpf.c"
-# Free-space thresholds and the health events: appended to MAIN_SOURCE, whose
-# ring buffer they share.
-THR_SOURCE = "fsev_thr.bpf.c"
-HEALTH_SOURCE = "fsev_health.bpf.c"
+# A local include (a file in bpf/), expanded by source(); <...> ones stay for bcc.
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ProgramConfig:
     # Threshold probe points with a kernel rung armed on at least one mount.
     thr_points: frozenset[str] = frozenset()
     # Those of them armed on exactly one superblock: the BPF side may then
-    # cache a mapping or inode as "that superblock" (bpf/fsev_thr.bpf.c).
+    # cache a mapping or inode as "that superblock" (bpf/thr_common.h).
     thr_single: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
@@ -78,9 +79,31 @@ def preamble(points: Iterable["Point"], plan: Plan, config: ProgramConfig, offse
     return "/* fsev load-time constants */\n" + "\n".join(lines) + "\n"
 
 
+def expand_includes(name: str, directory: Path, done: set[str] | None = None) -> str:
+    """directory/name with each #include "x" of a file in directory replaced by
+    x's text, itself expanded, where x first appears; a later include of x
+    becomes a comment (headers have guards, and a .bpf.c file defines programs
+    that bcc must see once). Depth first, in text order: the order the C
+    preprocessor would read them in."""
+    done = set() if done is None else done
+    done.add(name)
+
+    def one(m: re.Match[str]) -> str:
+        inc = m.group(1)
+        if not (directory / inc).is_file():
+            return m.group(0)
+        if inc in done:
+            return f'/* #include "{inc}": expanded above */'
+        text = expand_includes(inc, directory, done).rstrip("\n")
+        return f"/* ---- bpf/{inc} ---- */\n{text}\n/* ---- end of bpf/{inc} ---- */"
+
+    return _LOCAL_INCLUDE.sub(one, (directory / name).read_text())
+
+
 def source(points: Iterable["Point"], plan: Plan, config: ProgramConfig, offsets: dict[str, int]) -> str:
-    body = "\n".join((bpf_dir() / name).read_text() for name in (MAIN_SOURCE, THR_SOURCE, HEALTH_SOURCE))
-    return preamble(points, plan, config, offsets) + body
+    """The whole program as bcc compiles it: the preamble, then bpf/fsev.bpf.c
+    with its local includes expanded (no #include "..." is left for bcc)."""
+    return preamble(points, plan, config, offsets) + expand_includes(MAIN_SOURCE, bpf_dir())
 
 
 def kprobe_attachments(points: Iterable["Point"], plan: Plan, config: ProgramConfig) -> list[tuple[str, str]]:

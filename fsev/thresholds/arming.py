@@ -1,7 +1,7 @@
 """Arming free-space thresholds: which rung watches each mount, levels in blocks, the band.
 
 Pure planning (arm_thresholds takes statfs and the CPU count as inputs), so
-unit tests drive it without root. The kernel side (bpf/fsev_thr.bpf.c) gets
+unit tests drive it without root. The kernel side (bpf/thr_common.h) gets
 one ThrState per watched superblock; the user side (fsev/thresholds/monitor.py) gets
 the same ArmedMount list and confirms every crossing with statfs.
 
