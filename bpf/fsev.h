@@ -135,11 +135,31 @@ enum fsev_direction {
 	FSEV_DIR_UP = 2,   /* available blocks rose back above it */
 };
 
+/* One record, every type. The common fields (ts_ns .. comm) mean the same for
+ * every type; `fields` says which optional ones a rung filled in. The others
+ * mean one thing each per type, as the type's probe point writes them
+ * (bpf/<point>.bpf.c) and decodes them (fsev/points/<point>.py finish()):
+ *
+ *   field     FS_ERROR   UMOUNT   THRESHOLD      READ_ONLY     ENOSPC          BLOCK_IO_ERROR  WB_ERROR  MOUNT
+ *   ino       inode      -        -              -             inode (write)   -               inode     -
+ *   block     fs block   -        -              -             -               sector          -         -
+ *   value     -          -        avail blocks   ro bits after failure number  bytes           errseq    mount_setattr set | clr << 32
+ *   err       errno      -        -              -             ENOSPC          errno           errno     -
+ *   line      line       -        -              -             -               -               -         -
+ *   func      function   -        -              -             -               rwbs            -         fs type / source
+ *   path      -          target   -              -             path (create)   -               -         target
+ *   level     -          -        1 = L1, 2 = L2 -             -               -               -         -
+ *   direction -          -        fsev_direction -             -               -               -         -
+ *   mntns     -          -        -              -             -               -               -         task's mount ns
+ *   call      -          -        -              fsev_call     fsev_call       -               -         fsev_call
+ *   arg       -          -        -              ro bits before -              blk_status_t    -         MS_* / cmd flags
+ *   cause_ns  -          -        -              the error's ktime -           -               -         -
+ */
 struct fsev_record {
 	u64 ts_ns;  /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	u64 ino;    /* inode number (FSEV_F_INODE) */
-	u64 block;  /* fs block number (FSEV_F_BLOCK) */
-	u64 value;  /* threshold: available blocks seen at the crossing */
+	u64 block;  /* fs block number, or a device sector (FSEV_F_BLOCK) */
+	u64 value;  /* per type: see the table above */
 	u32 type;   /* enum fsev_type */
 	u32 cls;    /* enum fsev_class */
 	u32 rung;   /* enum fsev_rung */
@@ -154,11 +174,11 @@ struct fsev_record {
 	u32 direction; /* enum fsev_direction */
 	char comm[FSEV_COMM_LEN];
 	char func[FSEV_FUNC_LEN]; /* kernel function that raised the error */
-	char path[FSEV_PATH_LEN]; /* umount(2) target as the caller passed it */
-	/* health events */
+	char path[FSEV_PATH_LEN]; /* a path as the caller passed it */
 	u64 mntns;  /* mount namespace inode number of the task (FSEV_F_MNTNS) */
 	u32 call;   /* enum fsev_call */
-	u32 arg;    /* call flags (mount(2) MS_*, fsconfig cmd), or read-only bits before */
+	u32 arg;    /* call flags (mount(2) MS_*, fsconfig cmd), read-only bits before, blk_status_t */
+	u64 cause_ns; /* ktime of the kernel event this record follows from (READ_ONLY: the error) */
 };
 
 /* Threshold records (FSEV_TYPE_THRESHOLD) from the kernel are hints, never

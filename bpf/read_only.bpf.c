@@ -1,6 +1,6 @@
 /* read_only.bpf.c: probe point read_only. A superblock turned read-only, or
  * back: one FSEV_TYPE_READ_ONLY record (value = the fsev_ro_bits after,
- * arg = before, block = ktime of the error handling that caused it): class
+ * arg = before, cause_ns = ktime of the error handling that caused it): class
  * err after an ext4 error, class info for a remount (kprobe rung).
  *
  * Rungs (#if switches, set by fsev/points/read_only.py):
@@ -83,8 +83,7 @@ static __always_inline int ro_emit(struct ro_watch *w, u32 after, u32 call, u32 
 	r->value = after;
 	r->arg = w->before;
 	r->call = call;
-	r->block = w->ts; /* READ_ONLY records: block is the causing error's ktime */
-	r->fields = FSEV_F_BLOCK;
+	r->cause_ns = w->ts;
 	events.ringbuf_submit(r, 0);
 	return 0;
 }

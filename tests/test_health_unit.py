@@ -28,7 +28,8 @@ from fsev.probes.ladder import RungKind
 from fsev.probes.program import ProgramConfig
 from fsev.points.registry import kprobe_attachments, preamble, required_offsets
 from fsev.points.read_only import EMERGENCY_RO, MNT_READONLY, SB_RDONLY, SHUTDOWN, ReadOnlyTracker, mount_read_only
-from fsev.kernel.records import Call, Field, Record, RecordClass, RecordType, RoBits, Rung, kernel_dev
+from fsev.kernel.records import Call, Field, Record, RecordClass, RecordType, RoBits, Rung
+from fsev.linux.device import kernel_dev
 
 ALL = frozenset(RecordClass(c) for c in (1, 2, 3, 4))
 HERE_TPS = frozenset({
@@ -60,11 +61,11 @@ def record(**kw) -> bytes:
 
 def test_read_only_record_names_the_flag_and_cause():
     ev = decode(record(type=RecordType.READ_ONLY, cls=RecordClass.ERR, rung=Rung.RAW_TRACEPOINT, dev=kernel_dev(7, 3),
-                       value=RoBits.EMERGENCY, arg=0, call=Call.EXT4_ERROR, pid=5, comm=b"ls", block=123,
-                       fields=Field.BLOCK), 0, Clock())
+                       value=RoBits.EMERGENCY, arg=0, call=Call.EXT4_ERROR, pid=5, comm=b"ls", cause_ns=123),
+                0, Clock())
     assert ev.type is EventType.READ_ONLY and ev.rung == "raw_tracepoint" and ev.dev == "7:3"
-    assert ev.extra == {"call": "ext4_error", "read_only": True, "flag": "emergency_ro", "cause": "error",
-                        "_cause_ts": 123}  # block: the causing error's handling time
+    assert ev.extra == {"call": "ext4_error", "_cause_ts": 123,  # the causing error's handling time
+                        "read_only": True, "flag": "emergency_ro", "cause": "error"}
     assert ev.block is None
 
 

@@ -21,7 +21,8 @@ from fsev.points.registry import ProbePoint, plan_probes
 from fsev.probes.ladder import RungKind
 from fsev.probes.program import ProgramConfig
 from fsev.points.registry import kprobe_attachments, preamble, required_offsets
-from fsev.kernel.records import Field, Record, RecordClass, RecordType, Rung, kernel_dev
+from fsev.kernel.records import Field, Record, RecordClass, RecordType, Rung
+from fsev.linux.device import kernel_dev
 from fsev.session.selection import parse_classes, resolve_mounts
 
 MOUNTINFO = """\

@@ -28,7 +28,7 @@ class KernelFacts:
     raw_tracepoints: bool = True
     btf: bool = True
     tracefs: bool = True
-    # health events (fsev/kernel/health_facts.py)
+    # beyond tracepoints and kprobes (_feature_facts)
     machine: str = "x86_64"  # raw sys_exit decoding knows x86-64 syscall numbers and pt_regs
     fanotify_fs_error: bool = False  # FAN_FS_ERROR (5.16+)
     fanotify_mntns: bool = False  # FAN_MARK_MNTNS, FAN_MNT_ATTACH/DETACH (6.15+)
@@ -38,6 +38,38 @@ class KernelFacts:
 
     def has_tracepoint(self, name: str) -> bool:
         return name in self.tracepoints
+
+
+# Types that exist exactly when the feature does.
+FANOTIFY_FS_ERROR_TYPE = "sizeof:fanotify_error_event"  # FAN_FS_ERROR, 5.16
+FANOTIFY_MNT_TYPE = "sizeof:fanotify_mnt_event"  # FAN_MNT_ATTACH/DETACH, FAN_MARK_MNTNS, 6.15
+# ext4 >= 6.12: errors=remount-ro sets this bit of ext4_sb_info.s_ext4_flags
+# instead of SB_RDONLY. Its presence decides which state the programs read.
+EXT4_EMERGENCY_RO = "enum:EXT4_FLAGS_EMERGENCY_RO"
+# 4.10+ (the shutdown ioctl); what errors=remount-ro sets from 6.7 to 6.11.
+EXT4_SHUTDOWN = "enum:EXT4_FLAGS_SHUTDOWN"
+# Up to 6.5, in ext4_sb_info.s_mount_flags: set with SB_RDONLY, or alone in
+# stable kernels that stopped setting SB_RDONLY after errors (Debian's 6.1).
+EXT4_ABORTED = "enum:EXT4_MF_FS_ABORTED"
+
+
+def _feature_facts() -> dict:
+    """The machine, fanotify's features and ext4's read-only flags, from the
+    running kernel's BTF, so no feature is tried by acting."""
+    out: dict = {"machine": os.uname().machine}
+    try:
+        from fsev.kernel.btf import BtfError, resolve  # imported only here: gathering needs it, planning not
+
+        got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN, EXT4_ABORTED],
+                      modules=("ext4",))
+    except (ImportError, OSError, ValueError, BtfError):  # no BTF: fsev cannot trace anyway
+        return out
+    out["fanotify_fs_error"] = got[FANOTIFY_FS_ERROR_TYPE] is not None
+    out["fanotify_mntns"] = got[FANOTIFY_MNT_TYPE] is not None
+    out["ext4_emergency_ro_bit"] = got[EXT4_EMERGENCY_RO]
+    out["ext4_shutdown_bit"] = got[EXT4_SHUTDOWN]
+    out["ext4_aborted_bit"] = got[EXT4_ABORTED]
+    return out
 
 
 def _kprobe_blacklist() -> set[str]:
@@ -74,10 +106,8 @@ def gather(tracepoints: set[str], kprobe_functions: set[str]) -> KernelFacts:
     tps = frozenset(
         tp for tp in tracepoints if tracefs and os.path.isdir(os.path.join(TRACEFS, "events", *tp.split(":", 1)))
     )
-    from fsev.kernel.health_facts import gather_health_facts
-
     return KernelFacts(
-        **gather_health_facts(),
+        **_feature_facts(),
         release=release,
         kprobes=kprobes,
         kprobes_why_not=why,

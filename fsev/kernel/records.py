@@ -150,10 +150,10 @@ class Record(ctypes.Structure):
         ("comm", ctypes.c_char * COMM_LEN),
         ("func", ctypes.c_char * FUNC_LEN),
         ("path", ctypes.c_char * PATH_LEN),
-        # health events
         ("mntns", ctypes.c_uint64),
         ("call", ctypes.c_uint32),
         ("arg", ctypes.c_uint32),
+        ("cause_ns", ctypes.c_uint64),
     ]
 
 
@@ -212,12 +212,3 @@ def class_mask(classes: "set[RecordClass] | frozenset[RecordClass]") -> int:
     for c in classes:
         mask |= 1 << int(c)
     return mask
-
-
-def kernel_dev(major: int, minor: int) -> int:
-    """Kernel-internal dev_t (MINORBITS = 20), as BPF programs see s_dev."""
-    return (major << 20) | minor
-
-
-def split_kernel_dev(dev: int) -> tuple[int, int]:
-    return dev >> 20, dev & ((1 << 20) - 1)

@@ -31,6 +31,7 @@ from fsev.linux.mountinfo import Mount, MountTable
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig
+from fsev.linux.device import Device
 
 NAME = "mount_drop"
 # Every drop of a mount, including lazy unmounts and namespace teardown, ends in
@@ -153,8 +154,8 @@ class UnmountTracker:
         return out
 
     def _still_mounted(self, dev: str) -> bool:
-        major, _, minor = dev.partition(":")
-        return bool(self.table.by_dev(int(major), int(minor)))
+        d = Device.parse(dev)
+        return bool(self.table.by_dev(d.major, d.minor))
 
     def close(self) -> None:
         if self.watcher is not None:

@@ -21,13 +21,13 @@ from collections import deque
 from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
-from fsev.kernel.facts import KernelFacts
-from fsev.kernel.health_facts import EXT4_ABORTED, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN
+from fsev.kernel.facts import EXT4_ABORTED, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN, KernelFacts
 from fsev.kernel.records import Call, RecordClass, RecordType, RoBits
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, raw_tp_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig
+from fsev.linux.device import Device
 
 NAME = "read_only"
 RAW_SYS_EXIT = "raw_syscalls:sys_exit"  # raw: sys_exit(struct pt_regs *, long ret)
@@ -216,8 +216,8 @@ class ReadOnlyTracker:
     def _mounts_of(self, dev: str | None) -> list[Mount]:
         if dev is None:
             return []
-        major, _, minor = dev.partition(":")
-        return self.table.by_dev(int(major), int(minor))
+        d = Device.parse(dev)
+        return self.table.by_dev(d.major, d.minor)
 
     def read_only_mounts(self) -> dict[str, str]:
         """Mount point -> reason, for every mount read-only now (for `top`)."""
@@ -359,8 +359,6 @@ class ReadOnly(Point):
         x["read_only"] = bool(value)
         x["flag"] = ro_flag_name(value) or ro_flag_name(arg)
         x["cause"] = "error" if call == Call.EXT4_ERROR else "remount"
-        x["_cause_ts"] = ev.block  # ktime of the error handling that caused it
-        ev.block = None
 
     def describe(self, ev: Event) -> str:
         return describe_read_only(ev)

@@ -61,7 +61,7 @@ class RecordDecoder:
     def decode(self, raw: bytes, seq: int, clock: Clock) -> Event:
         """One raw record -> Event (not yet enriched)."""
         (ts, ino, block, value, typ_i, cls_i, rung, f, dev, pid, tgid, err, line, mnt_id, level, direction,
-         comm, func, path, mntns, call, arg) = _unpack(raw)
+         comm, func, path, mntns, call, arg, cause_ns) = _unpack(raw)
         cls = _CLASS_BY_INT.get(cls_i)
         typ = self._types.get(typ_i)
         if cls is None or typ is None:
@@ -99,6 +99,8 @@ class RecordDecoder:
             ev.extra["call"] = CALL_NAMES.get(call, f"call{call}")
         if f & F_MNTNS:
             ev.extra["mnt_ns"] = mntns
+        if cause_ns:
+            ev.extra["_cause_ts"] = cause_ns  # for the half that links the two (read_only's)
         finish = self._finish.get(typ_i)
         if finish is not None:
             finish(ev, f, value, level, direction, mntns, call, arg, func)

@@ -23,7 +23,8 @@ from fsev.linux.mountinfo import Mount
 from fsev.probes.ladder import Plan, RungKind
 from fsev.points.registry import ProbePoint
 from fsev.points.thr_tmpfs import shmem_accounting
-from fsev.kernel.records import ThrKind, ThrState, kernel_dev
+from fsev.kernel.records import ThrKind, ThrState
+from fsev.linux.device import kernel_dev
 from fsev.thresholds.levels import LevelSpec, Levels, ThresholdError, ThresholdSpec, resolve_levels
 
 # Filesystem types whose block accounting fsev reads in the kernel. ext3 is

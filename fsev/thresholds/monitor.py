@@ -37,6 +37,7 @@ from fsev.kernel.records import ThrState
 from fsev.thresholds.gate import Hook
 from fsev.thresholds.levels import Crossing, ThresholdState
 from fsev.thresholds.arming import ArmedMount, StatfsResult
+from fsev.linux.device import Device
 
 POLL_NEAR_S = 0.002
 TRAIL_S = 0.02
@@ -217,8 +218,7 @@ class ThresholdMonitor:
         """A kernel threshold record (already decoded): re-read statfs soon."""
         if ev.dev is None:
             return
-        major, _, minor = ev.dev.partition(":")
-        w = self._by_key.get((int(major) << 20) | int(minor))
+        w = self._by_key.get(Device.parse(ev.dev).kernel)
         if w is None:
             return
         now = time.monotonic() if now is None else now

@@ -19,6 +19,7 @@ from fsev.journal.store import Journal, Recording
 from fsev.linux.mountinfo import Mount
 from fsev.journal.replay import record_event
 from fsev.top.app import TopApp
+from fsev.linux.device import Device
 
 # Records handed to the screen per tick when not paced: enough to read a
 # million-event journal in seconds, few enough that keys stay responsive.
@@ -52,9 +53,9 @@ class ReviewTable:
             return
         if not mp or not ev.dev or mp in self._by_point:
             return
-        major, _, minor = ev.dev.partition(":")
         try:
-            m = Mount(ev.mnt_id or 0, 0, int(major), int(minor), "/", mp, (), ev.fs_type or "?", ev.source or "", ())
+            d = Device.parse(ev.dev)
+            m = Mount(ev.mnt_id or 0, 0, d.major, d.minor, "/", mp, (), ev.fs_type or "?", ev.source or "", ())
         except ValueError:
             return
         self._by_point[mp] = m
