@@ -25,15 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from flood import start_writer  # noqa: E402  (bench/ is on sys.path when run as a script)
+from fsev.testing.flood import start_writer
 
-from fsev.events.json_line import event_json  # noqa: E402
-from fsev.events import Event, EventClass, EventType  # noqa: E402
-from fsev.journal.store import Journal  # noqa: E402
-from fsev.kernel.facts import KernelFacts  # noqa: E402
-from fsev.points.registry import plan_probes  # noqa: E402
-from fsev.journal.recorder import Recorder  # noqa: E402
+from fsev.events.json_line import event_json
+from fsev.events import Event, EventClass, EventType
+from fsev.journal.store import Journal
+from fsev.kernel.facts import KernelFacts
+from fsev.points.registry import plan_probes
+from fsev.journal.recorder import Recorder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "journal.json"
 GOAL_EPS = 100_000
@@ -144,7 +143,7 @@ def main() -> None:
     res["write_path"] = write_path()
     res["parts"] = parts()
     if os.geteuid() == 0:
-        from kernel_env import ext4
+        from fsev.testing.kernel_rig import ext4
 
         with ext4() as fs:
             res["end_to_end"] = [end_to_end(fs, r) for r in (50_000, 100_000, 0)]

@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from flood import start_writer  # noqa: E402  (bench/ is on sys.path when run as a script)
-from kernel_env import FSEV, FsevTrace, ext4  # noqa: E402
+from fsev.testing.flood import start_writer
+from fsev.testing.kernel_rig import FSEV, FsevTrace, ext4
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
 
@@ -69,7 +68,7 @@ def latency(fs, n: int = 1000) -> dict:
 def flood(fs, rate: float, seconds: float = 3.0) -> dict:
     """One writer process on CPU 1 raises ext4 errors at `rate`/s (0: as fast as
     it can); the consumer (TraceSession: ring buffer read, decode, enrich) runs
-    on CPU 0. delivered + lost == raised (tests/test_ring_overrun.py proves it)."""
+    on CPU 0. delivered + lost == raised (tests/kernel/test_ring_overrun.py proves it)."""
     from fsev.events import EventClass, EventType
     from fsev.linux.mountinfo import MountTable
     from fsev.session.selection import resolve_mounts

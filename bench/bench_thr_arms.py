@@ -32,8 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_thresholds as bt  # noqa: E402
+import bench_thresholds as bt
 
 RESULTS = Path(__file__).resolve().parent / "results" / "thr_arms.json"
 ARMS = ("base", "fsev_no_thr", "thr_far", "thr_armed")

@@ -33,9 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from kernel_env import ext4, tmpfs  # noqa: E402
-from top_tmux import TmuxTop  # noqa: E402
+from fsev.testing.kernel_rig import ext4, tmpfs
+from fsev.testing.tmux_top import TmuxTop
 
 RESULTS = Path(__file__).resolve().parent / "results" / "top.json"
 HEADER = re.compile(r"events (\d+)\s+([\d.]+)/s\s+drops (\d+)")

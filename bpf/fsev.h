@@ -5,7 +5,7 @@
  * fsev/kernel/records.py: it parses the integer #defines and the enums below at
  * import (records.FSEV_H, and the enum classes RecordClass, RecordType, ...),
  * so Python never writes one of these numbers again. The struct layouts are
- * mirrored field for field in fsev/kernel/records.py; tests/test_records_contract.py
+ * mirrored field for field in fsev/kernel/records.py; tests/kernel/test_records_contract.py
  * checks that mirror against the structs bcc compiles from this file. Change
  * both or neither.
  *

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from kernel_env import run, unmount  # noqa: E402
-from top_tmux import TmuxTop  # noqa: E402
+from fsev.testing.kernel_rig import run, unmount
+from fsev.testing.tmux_top import TmuxTop
 
-from rich.console import Console  # noqa: E402
-from rich.text import Text  # noqa: E402
+from rich.console import Console
+from rich.text import Text
 
 DEMO = Path("/srv/fsev-demo")
 WIDTH, HEIGHT = 132, 22

@@ -11,7 +11,7 @@ time. Two things make it fast:
   floats, where 0.0 == -0.0, are never remembered).
 Anything it does not handle the same way for certain (extra keys, a
 non-finite float, a value of another type) takes the general path.
-tests/test_journal.py checks the two agree on arbitrary events.
+tests/unit/journal/test_journal_store.py checks the two agree on arbitrary events.
 """
 
 from __future__ import annotations

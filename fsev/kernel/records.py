@@ -4,7 +4,7 @@ itself, and the record layout, mirrored here once.
 The integer #defines (FSEV_H) and the enums (RecordClass, RecordType, ...)
 are parsed from the installed bpf/fsev.h at import, so no number the kernel
 side uses is written a second time in Python. The ctypes structs below are
-hand-written mirrors; tests/test_records_contract.py compiles bpf/fsev.h with
+hand-written mirrors; tests/kernel/test_records_contract.py compiles bpf/fsev.h with
 bcc and checks field names, offsets and sizeof against them.
 """
 

@@ -1,0 +1,1 @@
+"""Helpers shared by fsev's tests (imported as `support.*`: pyproject's pytest pythonpath)."""
