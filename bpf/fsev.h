@@ -57,7 +57,7 @@ enum fsev_type {
 	FSEV_TYPE_FS_ERROR = 1,  /* an ext4 error was raised */
 	FSEV_TYPE_UMOUNT = 2,    /* a mount was dropped */
 	FSEV_TYPE_THRESHOLD = 3, /* available blocks crossed a level */
-	/* health events */
+	/* read-only, ENOSPC, block I/O, writeback, mount-table records */
 	FSEV_TYPE_READ_ONLY = 4,      /* a filesystem turned read-only (or back) */
 	FSEV_TYPE_ENOSPC = 5,         /* a write/fallocate/create/mkdir failed with ENOSPC */
 	FSEV_TYPE_BLOCK_IO_ERROR = 6, /* a block request completed with an error */
@@ -86,12 +86,12 @@ enum fsev_field {
 	/* threshold hint: the accounting change this event announces happens
 	 * after it, by an amount it cannot see; user space re-checks a while */
 	FSEV_F_SETTLE = 1 << 8,
-	/* health events; high bits, so other additions below stay clear of them */
+	/* high bits, so other additions below stay clear of them */
 	FSEV_F_MNTNS = 1 << 16,      /* fsev_record.mntns is the task's mount namespace */
 	FSEV_F_PATH_EXACT = 1 << 17, /* ENOSPC: dev is the created entry's parent directory's */
 };
 
-/* The call behind a health record (fsev_record.call). Syscall names are
+/* The call behind a record (fsev_record.call). Syscall names are
  * the x86-64 ones; fsev/points/enospc.py and fsev/points/mount_topology.py name them. */
 enum fsev_call {
 	FSEV_CALL_NONE = 0,

@@ -1,6 +1,6 @@
 """Typed events: what every part of fsev past the ring-buffer boundary sees.
 
-An Event is decoded once from a kernel record (fsev.probes.decode) or made in user
+An Event is decoded once from a kernel record (fsev.kernel.records) or made in user
 space (loss records, polled thresholds, inotify drops), then enriched with the
 mount it belongs to. Its JSON form is documented in docs/events.md.
 """

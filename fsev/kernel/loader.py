@@ -173,7 +173,7 @@ class KernelProbes:
 
     def _callback(self, _ctx: object, data: int, size: int) -> int:
         # Copy out the raw bytes only: decoding happens past this boundary in
-        # batches (fsev.probes.decode), and a ctypes object per record costs more.
+        # batches (fsev.kernel.records), and a ctypes object per record costs more.
         return -1 if self._on_record(ctypes.string_at(data, RECORD_SIZE if size >= RECORD_SIZE else size)) else 0
 
     # The table methods run under the guard too: after close() the maps' fds

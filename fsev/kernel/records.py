@@ -1,5 +1,5 @@
 """The Python side of bpf/fsev.h: its numbers and enums, read from the header
-itself, and the record layout, mirrored here once.
+itself, the record layout, mirrored here once, and its decoding into Events.
 
 The integer #defines (FSEV_H) and the enums (RecordClass, RecordType, ...)
 are parsed from the installed bpf/fsev.h at import, so no number the kernel
@@ -18,13 +18,16 @@ import struct
 import types
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
+
+from fsev.events import Event, EventClass, EventType
+from fsev.events.clock import Clock
 
 HEADER = "fsev.h"
 
 
 def header_text() -> str:
-    """bpf/fsev.h as installed in the package (fsev.bpf, as fsev/program.py
+    """bpf/fsev.h as installed in the package (fsev.bpf, as fsev/probes/program.py
     bpf_dir() finds it); in a source tree that is not installed, bpf/ beside
     fsev/."""
     try:
@@ -122,7 +125,7 @@ RecordClass = _enum(enum.IntEnum, "RecordClass", "fsev_class", "FSEV_CLASS_", "e
 RecordType = _enum(enum.IntEnum, "RecordType", "fsev_type", "FSEV_TYPE_", "enum fsev_type: what a record reports.")
 Rung = _enum(enum.IntEnum, "Rung", "fsev_rung", "FSEV_RUNG_", "enum fsev_rung: how the record was obtained.")
 Field = _enum(enum.IntFlag, "Field", "fsev_field", "FSEV_F_", "enum fsev_field: which optional fields are filled.")
-Call = _enum(enum.IntEnum, "Call", "fsev_call", "FSEV_CALL_", "enum fsev_call: the call behind a health record.")
+Call = _enum(enum.IntEnum, "Call", "fsev_call", "FSEV_CALL_", "enum fsev_call: the call behind a record.")
 RoBits = _enum(enum.IntFlag, "RoBits", "fsev_ro_bits", "FSEV_RO_", "enum fsev_ro_bits: a superblock's read-only state.")
 Direction = _enum(enum.IntEnum, "Direction", "fsev_direction", "FSEV_DIR_", "enum fsev_direction: a crossing's way.")
 
@@ -212,3 +215,106 @@ def class_mask(classes: "set[RecordClass] | frozenset[RecordClass]") -> int:
     for c in classes:
         mask |= 1 << int(c)
     return mask
+
+
+# -- decoding: the boundary, past which nothing sees raw bytes ---------------
+# The common fields are decoded here, once for every type; each probe point
+# decodes its own type's fields (Point.finish in fsev/points/<name>.py), and
+# fsev/points/registry.py builds the one RecordDecoder that knows them all.
+
+_CLASS = {
+    RecordClass.INFO: EventClass.INFO,
+    RecordClass.WARN: EventClass.WARN,
+    RecordClass.ERR: EventClass.ERR,
+    RecordClass.THR: EventClass.THR,
+}
+_RUNG = {Rung.KPROBE: "kprobe", Rung.TRACEPOINT: "tracepoint", Rung.RAW_TRACEPOINT: "raw_tracepoint"}
+CALL_NAMES = {int(c): c.name.lower() for c in Call if c is not Call.NONE}
+
+
+class DecodeError(ValueError):
+    pass
+
+
+_TEXT_CACHE: dict[bytes, str] = {}
+
+
+def _text(b: bytes) -> str:
+    """NUL-terminated kernel string -> str. comm and function names repeat
+    endlessly in a flood, so the answers are kept (in a bounded cache)."""
+    s = _TEXT_CACHE.get(b)
+    if s is None:
+        if len(_TEXT_CACHE) > 8192:
+            _TEXT_CACHE.clear()
+        s = _TEXT_CACHE[b] = b.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return s
+
+
+# Plain-int lookups: enum construction per record would double decode time.
+_CLASS_BY_INT = {int(k): v for k, v in _CLASS.items()}
+F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY, F_MNTNS = (int(x) for x in (
+    Field.ERRNO, Field.INODE, Field.BLOCK, Field.LINE, Field.FUNC, Field.PATH, Field.MNT_ID, Field.LAZY,
+    Field.MNTNS))
+_unpack = RECORD_STRUCT.unpack_from
+_DEVS: dict[int, str] = {}
+
+
+# A record's type-specific fields, after the common ones: ev, then the
+# record's fields bits, value, level, direction, mntns, call, arg, func bytes.
+Finish = Callable[[Event, int, int, int, int, int, int, int, bytes], None]
+
+
+class RecordDecoder:
+    """struct fsev_record -> Event, for the record types it is given."""
+
+    def __init__(self, types: Mapping[int, EventType], finish: Mapping[int, Finish]) -> None:
+        self._types = dict(types)
+        self._finish = dict(finish)
+
+    def decode(self, raw: bytes, seq: int, clock: Clock) -> Event:
+        """One raw record -> Event (not yet enriched)."""
+        (ts, ino, block, value, typ_i, cls_i, rung, f, dev, pid, tgid, err, line, mnt_id, level, direction,
+         comm, func, path, mntns, call, arg, cause_ns) = _unpack(raw)
+        cls = _CLASS_BY_INT.get(cls_i)
+        typ = self._types.get(typ_i)
+        if cls is None or typ is None:
+            raise DecodeError(f"record with unknown class {cls_i} or type {typ_i}")
+        # Positional core, then only the fields this record has: a dataclass call
+        # with all thirty keywords costs twice as much, and this is the hot path.
+        ev = Event(seq, ts, (ts + clock.offset_ns) / 1e9, cls, typ, _RUNG.get(rung, "unknown"))
+        if dev:
+            text = _DEVS.get(dev)
+            if text is None:
+                if len(_DEVS) > 4096:
+                    _DEVS.clear()
+                text = _DEVS[dev] = f"{dev >> 20}:{dev & 0xFFFFF}"  # fsev.linux.device.Device.from_kernel
+            ev.dev = text
+        ev.pid = pid
+        ev.tgid = tgid
+        ev.comm = _text(comm)
+        if f & F_FUNC:
+            ev.function = _text(func)
+        if f & F_LINE:
+            ev.line = line
+        if f & F_ERRNO:
+            ev.errno = err
+        if f & F_INODE:
+            ev.inode = ino
+        if f & F_BLOCK:
+            ev.block = block
+        if f & F_MNT_ID:
+            ev.mnt_id = mnt_id
+        if f & F_PATH:
+            ev.path = _text(path)
+            if typ is EventType.UMOUNT:
+                ev.lazy = bool(f & F_LAZY)
+        if call:
+            ev.extra["call"] = CALL_NAMES.get(call, f"call{call}")
+        if f & F_MNTNS:
+            ev.extra["mnt_ns"] = mntns
+        if cause_ns:
+            ev.extra["_cause_ts"] = cause_ns  # for the half that links the two (read_only's)
+        finish = self._finish.get(typ_i)
+        if finish is not None:
+            finish(ev, f, value, level, direction, mntns, call, arg, func)
+        return ev

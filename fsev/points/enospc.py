@@ -23,10 +23,9 @@ from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
-from fsev.kernel.records import FSEV_H, Call, Field, RecordClass, RecordType
+from fsev.kernel.records import CALL_NAMES, FSEV_H, Call, Field, RecordClass, RecordType
 from fsev.linux.device import Device
 from fsev.linux.mountinfo import Mount
-from fsev.probes.decode import CALL_NAMES
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, raw_tp_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig

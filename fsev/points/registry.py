@@ -16,9 +16,9 @@ from fsev.kernel.facts import KernelFacts
 from fsev.points import (block_io_error, enospc, ext4_error, ext4_error_detail, mount_drop, mount_topology,
                          read_only, thr_ext4, thr_other, thr_tmpfs, wb_error)
 from fsev.probes import program
-from fsev.probes.decode import RecordDecoder
 from fsev.probes.ladder import Plan
-from fsev.probes.point import Finish, Point
+from fsev.kernel.records import Finish, RecordDecoder
+from fsev.probes.point import Point
 from fsev.probes.program import ProgramConfig
 
 POINTS: tuple[Point, ...] = (

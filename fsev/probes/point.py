@@ -84,10 +84,6 @@ class PointMonitor:
         return None
 
 
-# A record's type-specific fields, after the common ones are decoded
-# (fsev.points.registry.decode): ev, then the record's fields bits, value,
-# level, direction, mntns, call, arg and func bytes.
-Finish = Callable[[Event, int, int, int, int, int, int, int, bytes], None]
 
 
 class Point:
@@ -141,7 +137,7 @@ class Point:
     def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
                arg: int, func: bytes) -> None:
         """Fill the fields of this point's record type, after the common ones
-        (fsev.probes.decode): the record's fields bits, value, level,
+        (fsev.kernel.records): the record's fields bits, value, level,
         direction, mntns, call, arg and func. Only overridden ones are called."""
         return None
 

@@ -1,7 +1,8 @@
 """The user-space half of every probe point, between decoding and emission.
 
-TraceSession hands every decoded, enriched kernel event to process() and
-calls poll() on each turn of its loop. The pipeline routes each event to the
+TraceSession hands every decoded kernel event to process() and calls poll()
+on each turn of its loop. The pipeline names the mount each event concerns
+(Enricher), routes each event to the
 half of the point that handles its type (fsev/points/<name>.py), emits what
 comes out, numbered in the order it leaves, and shows the emitted events to
 the halves that follow other points' events (read-only transitions after an
@@ -18,12 +19,72 @@ from typing import Callable, Iterable
 from fsev.events import Event, EventClass, EventType
 from fsev.events.clock import Clock
 from fsev.events.numbering import EventNumbers
+from fsev.linux.device import Device
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.points.registry import POINTS
 from fsev.probes.ladder import Plan
 from fsev.probes.point import KernelTables, PointMonitor, SessionContext
 
 _FS_ERROR = EventType.FS_ERROR  # an enum member lookup costs on the flood path
+_UMOUNT = EventType.UMOUNT
+
+
+def with_mount(ev: Event, m: Mount | None) -> Event:
+    """Fill the mount fields in place (events are fresh values at this point)."""
+    if m is not None:
+        ev.mount_point = m.mount_point
+        ev.fs_type = m.fs_type
+        ev.source = m.source
+        ev.dev = ev.dev or m.dev
+        if ev.mnt_id is None:
+            ev.mnt_id = m.mnt_id
+    return ev
+
+
+class Enricher:
+    """Names the mount an event concerns, preferring the mounts the user watches."""
+
+    def __init__(self, table: MountTable, watched_mount_points: frozenset[str] = frozenset()) -> None:
+        self.table = table
+        self.watched = watched_mount_points
+        # A flood of errors names the same mount again and again: remember the
+        # answer until the mount table changes.
+        self._cache: dict[tuple[str | None, int | None, str | None], Mount | None] = {}
+        self._generation = table.generation
+
+    def _pick(self, mounts: list[Mount]) -> Mount | None:
+        if not mounts:
+            return None
+        for m in mounts:
+            if m.mount_point in self.watched:
+                return m
+        return mounts[0]
+
+    def mount_for(self, ev: Event) -> Mount | None:
+        if ev.mnt_id is not None:
+            m = self.table.by_id(ev.mnt_id)
+            if m is not None:
+                return m
+        if ev.path is not None:
+            m = self.table.by_mount_point(ev.path) or self.table.departed_by_mount_point(ev.path)
+            if m is not None:
+                return m
+        if ev.dev is not None:
+            d = Device.parse(ev.dev)
+            return self._pick(self.table.by_dev(d.major, d.minor)) or self._pick(
+                self.table.departed_by_dev(d.major, d.minor))
+        return None
+
+    def enrich(self, ev: Event) -> Event:
+        if self._generation != self.table.generation:
+            self._cache.clear()
+            self._generation = self.table.generation
+        key = (ev.dev, ev.mnt_id, ev.path)
+        try:
+            m = self._cache[key]
+        except KeyError:
+            m = self._cache[key] = self.mount_for(ev)
+        return with_mount(ev, m)
 
 
 def _poll_order(monitors: list[PointMonitor]) -> list[PointMonitor]:
@@ -42,8 +103,9 @@ def _poll_order(monitors: list[PointMonitor]) -> list[PointMonitor]:
 class EventPipeline:
     def __init__(self, plan: Plan, classes: frozenset[EventClass], table: MountTable, clock: Clock,
                  watched: list[Mount], probes: KernelTables | None, numbers: EventNumbers,
-                 now: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] = time.monotonic, enricher: Enricher | None = None) -> None:
         self.table = table
+        self.enricher = enricher or Enricher(table, frozenset(m.mount_point for m in watched))
         self.clock = clock
         self.classes = classes
         self.numbers = numbers
@@ -94,7 +156,10 @@ class EventPipeline:
 
     # -- the pipeline --------------------------------------------------------
     def process(self, ev: Event) -> list[Event]:
-        """One decoded, enriched kernel event -> the events to emit now."""
+        """One decoded kernel event -> the events to emit now."""
+        if ev.type is _UMOUNT:
+            self.table.refresh()  # the mount is gone from it: remember it as departed
+        ev = self.enricher.enrich(ev)
         ready = self._order.process(ev) if self._order is not None else [ev]
         if ev.type is _FS_ERROR and self._fast_fs_error and len(ready) == 1 and ready[0] is ev:
             # The flood path (fs_errors by the hundred thousand a second): the

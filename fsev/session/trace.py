@@ -23,17 +23,15 @@ from fsev.events.clock import Clock
 from fsev.events.numbering import EventNumbers
 from fsev.kernel.closing import CloseGuard
 from fsev.kernel.facts import KernelFacts, gather
-from fsev.kernel.records import RECORD_SIZE, RecordClass
+from fsev.kernel.records import RECORD_SIZE, DecodeError, RecordClass
 from fsev.kernel.ringbuf import PAGE
 from fsev.linux.device import kernel_dev
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.points.registry import (ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, GATED_PROGRAMS, decode, kprobe_attachments,
                                   plan_probes, raw_tracepoint_attachments, required_offsets, source)
-from fsev.probes.decode import DecodeError
 from fsev.probes.ladder import Plan
 from fsev.probes.program import ProgramConfig, bpf_dir
-from fsev.session.enrich import Enricher
-from fsev.session.pipeline import EventPipeline
+from fsev.session.pipeline import Enricher, EventPipeline
 from fsev.thresholds.arming import ArmedMount, kernel_points, single_points
 from fsev.thresholds.monitor import ThresholdMonitor
 
@@ -166,7 +164,7 @@ class TraceSession:
             self._probes.watch_devs([kernel_dev(m.major, m.minor) for m in self.opts.mounts])
             self._probes.watch_paths([m.mount_point for m in self.opts.mounts])
         self._pipeline = EventPipeline(self.plan, self.opts.classes, self.table, self.clock, self.opts.mounts,
-                                       self._probes, self.numbers)
+                                       self._probes, self.numbers, enricher=self.enricher)
         # /proc/self/mounts polls POLLPRI when the mount table changes.
         self._mounts_fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
         self._mounts_poll = select.poll()
@@ -255,15 +253,10 @@ class TraceSession:
                 if self._thr is not None:
                     self._thr.on_hint(ev)
                 continue
-            if ev.type is EventType.UMOUNT:
-                self.table.refresh()  # the mount is gone from it: remember it as departed
-            ev = self.enricher.enrich(ev)
-            if self._pipeline is not None:
-                out = self._pipeline.process(ev)  # numbered there; some wait a moment
-                if out:
-                    yield from out
-                continue
-            yield self.numbers.assign(ev)
+            assert self._pipeline is not None  # made by start(), with the probes
+            out = self._pipeline.process(ev)  # enriched and numbered there; some wait a moment
+            if out:
+                yield from out
 
     # -- thresholds (fsev/thresholds/monitor.py does the work) ---------------------
     def _poll_timeout_ms(self, poll_ms: int) -> int:

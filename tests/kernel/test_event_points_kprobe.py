@@ -1,4 +1,4 @@
-"""The health kprobe rungs, on a kernel that has kprobes (the stock-kernel VM,
+"""The event points' kprobe rungs, on a kernel that has kprobes (the stock-kernel VM,
 tests/vm: Debian 12's 6.1, which also lacks ext4's emergency_ro flag and
 fanotify mount-namespace marks)."""
 

@@ -29,7 +29,7 @@ KPROBE_FACTS = fake_kernel(
     ext4_shutdown_bit=1,
     ext4_aborted_bit=1,
 )
-HEALTH_KPROBES = {"kp_ext4_handle_error", "kretp_ext4_handle_error", "kp_reconfigure_super", "kretp_reconfigure_super",
+EVENT_POINT_KPROBES = {"kp_ext4_handle_error", "kretp_ext4_handle_error", "kp_reconfigure_super", "kretp_reconfigure_super",
                   "kp_security_inode_create", "kp_security_inode_mkdir", "kp_blk_update_request",
                   "kp___filemap_set_wb_err"}
 
@@ -57,7 +57,7 @@ def test_kprobe_programs_pass_the_verifier(watch_all):
     b = BPF(text=source(plan, cfg, _offsets(plan, cfg)).encode(), cflags=[f"-I{bpf_dir()}"])
     try:
         names = [prog for _, prog in kprobe_attachments(plan, cfg)]
-        assert len(names) == 5 + len(HEALTH_KPROBES) and HEALTH_KPROBES <= set(names)
+        assert len(names) == 5 + len(EVENT_POINT_KPROBES) and EVENT_POINT_KPROBES <= set(names)
         for name in names:
             fn = b.load_func(name.encode(), BPF.KPROBE)
             assert fn.fd >= 0

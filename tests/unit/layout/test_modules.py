@@ -19,9 +19,9 @@ import fsev
 # on lower layers, never from a higher layer or a sibling on its own layer.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"bpf", "errors"}),  # the C (package data), FsevError
+    frozenset({"events"}),
     frozenset({"kernel"}),
     frozenset({"linux"}),
-    frozenset({"events"}),
     frozenset({"probes"}),
     frozenset({"points"}),
     frozenset({"thresholds"}),

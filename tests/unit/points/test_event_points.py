@@ -1,4 +1,4 @@
-"""Health events, pure logic (no root): decoding, ladders, program switches,
+"""The event points (read-only, ENOSPC, block I/O, writeback, topology, error detail), pure logic (no root): decoding, ladders, program switches,
 ENOSPC storm counting, fanotify parsing, errno/inode merging, read-only
 transitions, block device mapping."""
 
@@ -538,7 +538,7 @@ def test_a_sector_maps_to_its_partition(tmp_path):
 
 # -- the schema document ---------------------------------------------------------
 
-HEALTH_KEYS = ("read_only", "flag", "cause", "caused_by_seq", "call", "space", "count", "count_total", "storm",
+EVENT_KEYS = ("read_only", "flag", "cause", "caused_by_seq", "call", "space", "count", "count_total", "storm",
                "sector", "bytes", "rwbs", "blk_status", "disk", "mount_points", "errseq", "action", "from",
                "mnt_id_unique", "mnt_ns", "errno_source", "inode_source", "block_source")
 
@@ -549,5 +549,5 @@ def test_the_schema_document_covers_every_type_and_key():
     doc = (Path(__file__).resolve().parents[3] / "docs" / "events.md").read_text()
     for t in EventType:
         assert f"## `{t.value}`" in doc, t
-    for key in HEALTH_KEYS:
+    for key in EVENT_KEYS:
         assert f"`{key}`" in doc, key

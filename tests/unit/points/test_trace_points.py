@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from fsev.events.clock import Clock
-from fsev.probes.decode import DecodeError
-from fsev.session.enrich import Enricher
+from fsev.kernel.records import DecodeError
+from fsev.session.pipeline import Enricher
 from fsev.points.registry import decode
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType

@@ -1,5 +1,5 @@
 """The program text and the header numbers, without a kernel: source() expands
-bpf/fsev.bpf.c's local includes once each, and fsev/records.py reads
+bpf/fsev.bpf.c's local includes once each, and fsev/kernel/records.py reads
 bpf/fsev.h's numbers and enums instead of writing them again."""
 
 from __future__ import annotations
