@@ -239,7 +239,7 @@ class DecodeError(ValueError):
 _TEXT_CACHE: dict[bytes, str] = {}
 
 
-def _text(b: bytes) -> str:
+def c_string(b: bytes) -> str:
     """NUL-terminated kernel string -> str. comm and function names repeat
     endlessly in a flood, so the answers are kept (in a bounded cache)."""
     s = _TEXT_CACHE.get(b)
@@ -291,9 +291,9 @@ class RecordDecoder:
             ev.dev = text
         ev.pid = pid
         ev.tgid = tgid
-        ev.comm = _text(comm)
+        ev.comm = c_string(comm)
         if f & F_FUNC:
-            ev.function = _text(func)
+            ev.function = c_string(func)
         if f & F_LINE:
             ev.line = line
         if f & F_ERRNO:
@@ -305,7 +305,7 @@ class RecordDecoder:
         if f & F_MNT_ID:
             ev.mnt_id = mnt_id
         if f & F_PATH:
-            ev.path = _text(path)
+            ev.path = c_string(path)
             if typ is EventType.UMOUNT:
                 ev.lazy = bool(f & F_LAZY)
         if call:

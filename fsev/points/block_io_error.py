@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
-from fsev.kernel.records import RecordClass, RecordType
+from fsev.kernel.records import RecordClass, RecordType, c_string
 from fsev.linux.blockdev import disk_of, partition_of
 from fsev.linux.device import Device
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
@@ -41,10 +41,6 @@ def plan_block_io(facts: KernelFacts) -> Rung:
                     gives="device, sector, bytes and blk_status_t of each failed request completion",
                     misses=misses + "; the operation (read or write)", skipped=skipped)
     return Rung(NAME, RungKind.NONE, skipped=skipped + (why,))
-
-
-def _text(b: bytes) -> str:
-    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def describe_block_io(ev: Event) -> str:
@@ -93,19 +89,8 @@ class BlockIoError(Point):
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_block_io(facts)
 
-    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
-        on = rung is not None and self.compiled(rung, config)
-        kind = rung.kind if rung is not None else None
-        return [("FSEV_BLOCK_IO_TRACEPOINT", str(int(on and kind is RungKind.TRACEPOINT))),
-                ("FSEV_BLOCK_IO_KPROBE", str(int(on and kind is RungKind.KPROBE)))]
-
-    def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
-        return KPROBE_OFFSETS if rung.kind is RungKind.KPROBE and self.compiled(rung, config) else ()
-
-    def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
-        if rung.kind is RungKind.KPROBE and self.compiled(rung, config):
-            return [(fn, f"kp_{fn}") for fn in rung.targets]
-        return []
+    switches = {RungKind.TRACEPOINT: "FSEV_BLOCK_IO_TRACEPOINT", RungKind.KPROBE: "FSEV_BLOCK_IO_KPROBE"}
+    rung_offsets = {RungKind.KPROBE: KPROBE_OFFSETS}
 
     def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
                arg: int, func: bytes) -> None:
@@ -118,7 +103,7 @@ class BlockIoError(Point):
             if arg in BLK_STATUS_ERRNO:
                 ev.errno = BLK_STATUS_ERRNO[arg]
         else:
-            x["rwbs"] = _text(func)
+            x["rwbs"] = c_string(func)
 
     def describe(self, ev: Event) -> str:
         return describe_block_io(ev)

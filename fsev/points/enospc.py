@@ -23,7 +23,7 @@ from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
-from fsev.kernel.records import CALL_NAMES, FSEV_H, Call, Field, RecordClass, RecordType
+from fsev.kernel.records import CALL_NAMES, FSEV_H, Call, Field, RecordClass, RecordType, c_string
 from fsev.linux.device import Device
 from fsev.linux.mountinfo import Mount
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, raw_tp_skip_reason
@@ -224,7 +224,7 @@ class EnospcMonitor(PointMonitor):
         out = {}
         for key, v in probes.table_items("enospc_states"):
             out[key] = KernelTotal(int(v.failures), int(v.last_pid), CALL_NAMES.get(int(v.last_call)),  # type: ignore[attr-defined]
-                                   bytes(v.last_comm).split(b"\0", 1)[0].decode("utf-8", "replace"))  # type: ignore[attr-defined]
+                                   c_string(bytes(v.last_comm)))  # type: ignore[attr-defined]
         return out
 
 
@@ -239,14 +239,8 @@ class Enospc(Point):
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_enospc(facts)
 
-    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
-        on = rung is not None and self.compiled(rung, config)
-        kind = rung.kind if rung is not None else None
-        return [("FSEV_ENOSPC_RAW_TP", str(int(on and kind is RungKind.RAW_TRACEPOINT))),
-                ("FSEV_ENOSPC_KPROBE", str(int(on and kind is RungKind.KPROBE)))]
-
-    def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
-        return OFFSETS if self.compiled(rung, config) else ()
+    switches = {RungKind.RAW_TRACEPOINT: "FSEV_ENOSPC_RAW_TP", RungKind.KPROBE: "FSEV_ENOSPC_KPROBE"}
+    rung_offsets = {RungKind.RAW_TRACEPOINT: OFFSETS, RungKind.KPROBE: OFFSETS}
 
     def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
         if rung.kind is RungKind.KPROBE and self.compiled(rung, config):

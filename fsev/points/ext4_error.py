@@ -86,13 +86,11 @@ class Ext4Error(Point):
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_ext4_error(facts)
 
+    switches = {RungKind.KPROBE: "FSEV_EXT4_ERROR_KPROBE", RungKind.TRACEPOINT: "FSEV_EXT4_ERROR_TRACEPOINT"}
+
     def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
-        on = RecordClass.ERR in config.classes and rung is not None
-        kprobe = on and rung is not None and rung.kind is RungKind.KPROBE
-        d = [("FSEV_EXT4_ERROR_KPROBE", "1" if kprobe else "0"),
-             ("FSEV_EXT4_ERROR_TRACEPOINT", "1" if on and rung is not None and rung.kind is RungKind.TRACEPOINT
-              else "0")]
-        if kprobe and rung is not None:
+        d = super().defines(rung, config)
+        if rung is not None and rung.kind is RungKind.KPROBE and self.compiled(rung, config):
             d += [(f"ATTACH_{fn.upper()}", "1") for fn in rung.targets]
             d += [(f"{name}(ctx)", f"PT_REGS_PARM{pos}(ctx)") for name, pos in self.ext4_error_args.items()]
         return d
@@ -101,11 +99,6 @@ class Ext4Error(Point):
         # Resolved for the kprobe rung whatever the classes: a kernel whose BTF
         # lacks them cannot run this rung, and says so at start.
         return KPROBE_OFFSETS if rung.kind is RungKind.KPROBE else ()
-
-    def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
-        if rung.kind is RungKind.KPROBE and RecordClass.ERR in config.classes:
-            return [(fn, "kp_" + fn) for fn in rung.targets]
-        return []
 
     def describe(self, ev: Event) -> str:
         return describe_fs_error(ev)

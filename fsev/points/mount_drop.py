@@ -205,19 +205,11 @@ class MountDrop(Point):
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_mount_drop(facts)
 
-    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
-        on = RecordClass.INFO in config.classes and rung is not None
-        kind = rung.kind if rung is not None else None
-        return [("FSEV_MOUNT_DROP_KPROBE", "1" if on and kind is RungKind.KPROBE else "0"),
-                ("FSEV_MOUNT_DROP_TRACEPOINT", "1" if on and kind is RungKind.TRACEPOINT else "0")]
+    switches = {RungKind.KPROBE: "FSEV_MOUNT_DROP_KPROBE", RungKind.TRACEPOINT: "FSEV_MOUNT_DROP_TRACEPOINT"}
 
     def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
+        # As ext4_error's: resolved for the kprobe rung whatever the classes.
         return KPROBE_OFFSETS if rung.kind is RungKind.KPROBE else ()
-
-    def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
-        if rung.kind is RungKind.KPROBE and RecordClass.INFO in config.classes:
-            return [(fn, "kp_" + fn) for fn in rung.targets]
-        return []
 
     def describe(self, ev: Event) -> str:
         return describe_umount(ev)

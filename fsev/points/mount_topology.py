@@ -27,7 +27,7 @@ from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
-from fsev.kernel.records import FSEV_H, Call, RecordClass, RecordType
+from fsev.kernel.records import FSEV_H, Call, RecordClass, RecordType, c_string
 from fsev.probes.ladder import Rung, RungKind
 from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig
@@ -425,10 +425,6 @@ def mount_action(call: int, flags: int) -> str | None:
     return None
 
 
-def _text(b: bytes) -> str:
-    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
 def describe_mount(ev: Event) -> str:
     x = ev.extra
     action = x.get("action", "mount")
@@ -492,8 +488,7 @@ class MountTopology(Point):
                 d.append((f"FSEV_HAVE_SYS_{call.upper()}", str(int(have))))
         return d
 
-    def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
-        return OFFSETS if self.compiled(rung, config) else ()
+    rung_offsets = {RungKind.TRACEPOINT: OFFSETS, RungKind.FANOTIFY: OFFSETS}
 
     def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
                arg: int, func: bytes) -> None:
@@ -501,7 +496,7 @@ class MountTopology(Point):
         action = mount_action(call, arg)
         if action:
             x["action"] = action
-        text = _text(func)
+        text = c_string(func)
         if text:
             if action in ("bind", "move"):
                 x["from"] = text

@@ -328,16 +328,13 @@ class ReadOnly(Point):
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_read_only(facts)
 
-    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
-        on = rung is not None and self.compiled(rung, config)
-        kind = rung.kind if rung is not None else None
-        return [("FSEV_RO_RAW_TP", str(int(on and kind is RungKind.RAW_TRACEPOINT))),
-                ("FSEV_RO_KPROBE", str(int(on and kind is RungKind.KPROBE)))]
+    switches = {RungKind.RAW_TRACEPOINT: "FSEV_RO_RAW_TP", RungKind.KPROBE: "FSEV_RO_KPROBE"}
+    rung_offsets = OFFSETS
 
     def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
-        if not self.compiled(rung, config) or rung.kind not in OFFSETS:
+        specs = list(super().offsets(rung, config))
+        if not specs:
             return ()
-        specs: list[str] = list(OFFSETS[rung.kind])
         for spec in (EXT4_EMERGENCY_RO, EXT4_SHUTDOWN):
             if spec in rung.reads:
                 specs += [*_RO_EXT4_FLAGS, spec]

@@ -74,19 +74,8 @@ class WbError(Point):
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_wb(facts)
 
-    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
-        on = rung is not None and self.compiled(rung, config)
-        kind = rung.kind if rung is not None else None
-        return [("FSEV_WB_RAW_TP", str(int(on and kind is RungKind.RAW_TRACEPOINT))),
-                ("FSEV_WB_KPROBE", str(int(on and kind is RungKind.KPROBE)))]
-
-    def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
-        return OFFSETS.get(rung.kind, ()) if self.compiled(rung, config) else ()
-
-    def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
-        if rung.kind is RungKind.KPROBE and self.compiled(rung, config):
-            return [(fn, f"kp_{fn}") for fn in rung.targets]
-        return []
+    switches = {RungKind.RAW_TRACEPOINT: "FSEV_WB_RAW_TP", RungKind.KPROBE: "FSEV_WB_KPROBE"}
+    rung_offsets = OFFSETS
 
     def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
                arg: int, func: bytes) -> None:

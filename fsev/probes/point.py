@@ -103,6 +103,10 @@ class Point:
     kprobe_functions: ClassVar[frozenset[str]] = frozenset()
     # Programs attached only while needed, by the hook group that switches them.
     gated: ClassVar[Mapping[str, object]] = {}
+    # The #if switch in bpf/<name>.bpf.c of each rung that has programs there.
+    switches: ClassVar[Mapping[RungKind, str]] = {}
+    # BTF specs (struct offsets, enum values) the programs of each rung read.
+    rung_offsets: ClassVar[Mapping[RungKind, tuple[str, ...]]] = {}
 
     # -- the ladder ------------------------------------------------------------
     def plan(self, facts: KernelFacts) -> Rung:
@@ -117,15 +121,21 @@ class Point:
         return config is None or bool(self.classes & config.classes)
 
     def defines(self, rung: Rung | None, config: "ProgramConfig") -> list[tuple[str, str]]:
-        """(macro, value) pairs of the preamble: the switches its C reads."""
-        return []
+        """(macro, value) pairs of the preamble: the switches its C reads, 1
+        for the rung compiled in, 0 for the others."""
+        on = rung is not None and self.compiled(rung, config)
+        return [(macro, "1" if on and rung is not None and rung.kind is kind else "0")
+                for kind, macro in self.switches.items()]
 
     def offsets(self, rung: Rung, config: "ProgramConfig | None") -> tuple[str, ...]:
         """BTF specs its compiled programs read (struct offsets, enum values)."""
-        return ()
+        return self.rung_offsets.get(rung.kind, ()) if self.compiled(rung, config) else ()
 
     def kprobes(self, rung: Rung, config: "ProgramConfig") -> list[tuple[str, str]]:
-        """(kernel function, BPF function) pairs; kretp_ names are return probes."""
+        """(kernel function, BPF function) pairs; kretp_ names are return
+        probes. By default kp_<function> on each function of the kprobe rung."""
+        if rung.kind is RungKind.KPROBE and self.compiled(rung, config):
+            return [(fn, f"kp_{fn}") for fn in rung.targets]
         return []
 
     def raw_tracepoints(self, rung: Rung, config: "ProgramConfig") -> list[tuple[str, str, str]]:
