@@ -7,10 +7,10 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from fsev.points.registry import ProbePoint, plan_probes
 from fsev.linux.privilege import can_trace
-from fsev.session.trace import kernel_facts
+from fsev.points.registry import ProbePoint, plan_probes
 from fsev.session.setup_checks import Check, check_bcc, check_btf, check_headers, check_tracefs
+from fsev.session.trace import kernel_facts
 
 
 def run_doctor() -> int:

@@ -8,16 +8,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from typing import TYPE_CHECKING
-
 from fsev.errors import FsevError
 from fsev.events import EventType
 from fsev.linux.mountinfo import MountTable
-from fsev.session.sinks import HumanSink, JsonSink
-from fsev.probes.ladder import Plan
 from fsev.linux.privilege import NEED_ROOT, can_trace
+from fsev.probes.ladder import Plan
 from fsev.session.selection import parse_classes, resolve_mounts
 from fsev.session.setup_checks import check_bcc, check_btf, check_tracefs, require
+from fsev.session.sinks import HumanSink, JsonSink
 from fsev.thresholds.levels import ThresholdError, parse_thr
 
 if TYPE_CHECKING:
@@ -65,9 +63,9 @@ def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozens
     from fsev.events import EventClass
     from fsev.points.registry import plan_probes
     from fsev.session.trace import kernel_facts
+    from fsev.thresholds.arming import arm_thresholds
     from fsev.thresholds.gate import rate_bound
     from fsev.thresholds.levels import parse_hysteresis
-    from fsev.thresholds.arming import arm_thresholds
 
     if req.thr is None:
         if req.thr_hysteresis is not None:
@@ -90,8 +88,8 @@ def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozens
 
 
 def run_trace(req: TraceRequest) -> None:
-    from fsev.session.trace import TraceOptions, TraceSession, build_source, kernel_facts
     from fsev.points.registry import plan_probes
+    from fsev.session.trace import TraceOptions, TraceSession, build_source, kernel_facts
 
     classes = parse_classes(req.events)
     if req.thr is not None:

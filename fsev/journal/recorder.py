@@ -13,8 +13,8 @@ from typing import Any
 from fsev.events import Event
 from fsev.journal.store import Journal, JournalError
 from fsev.journal.writer import JournalWriter
-from fsev.session.sinks import EventSink
 from fsev.probes.ladder import Plan
+from fsev.session.sinks import EventSink
 
 
 class NullSink:

@@ -35,8 +35,8 @@ from typing import Any, Iterator
 
 from fsev import __version__
 from fsev.errors import FsevError
-from fsev.events.json_line import event_json
 from fsev.events import Event
+from fsev.events.json_line import event_json
 
 FORMAT_VERSION = 1
 APPLICATION_ID = 0x66736576  # "fsev"

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Callable, Hashable, Mapping
 
 from fsev.errors import FsevError
-from fsev.kernel import ringbuf
-from fsev.kernel import tp_btf
+from fsev.kernel import ringbuf, tp_btf
 from fsev.kernel.closing import CloseGuard
 from fsev.kernel.records import PATH_LEN, RECORD_SIZE, THR_SLOTS, ThrState
 from fsev.kernel.ringbuf import RingReader

@@ -13,8 +13,19 @@ from typing import Mapping
 
 from fsev.events import Event, EventType
 from fsev.kernel.facts import KernelFacts
-from fsev.points import (block_io_error, enospc, ext4_error, ext4_error_detail, mount_drop, mount_topology,
-                         read_only, thr_ext4, thr_other, thr_tmpfs, wb_error)
+from fsev.points import (
+    block_io_error,
+    enospc,
+    ext4_error,
+    ext4_error_detail,
+    mount_drop,
+    mount_topology,
+    read_only,
+    thr_ext4,
+    thr_other,
+    thr_tmpfs,
+    wb_error,
+)
 from fsev.probes import program
 from fsev.probes.decode import RecordDecoder
 from fsev.probes.ladder import Plan

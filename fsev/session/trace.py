@@ -27,8 +27,17 @@ from fsev.kernel.records import RECORD_SIZE, RecordClass
 from fsev.kernel.ringbuf import PAGE
 from fsev.linux.device import kernel_dev
 from fsev.linux.mountinfo import Mount, MountTable
-from fsev.points.registry import (ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, GATED_PROGRAMS, decode, kprobe_attachments,
-                                  plan_probes, raw_tracepoint_attachments, required_offsets, source)
+from fsev.points.registry import (
+    ALL_KPROBE_FUNCTIONS,
+    ALL_TRACEPOINTS,
+    GATED_PROGRAMS,
+    decode,
+    kprobe_attachments,
+    plan_probes,
+    raw_tracepoint_attachments,
+    required_offsets,
+    source,
+)
 from fsev.probes.decode import DecodeError
 from fsev.probes.ladder import Plan
 from fsev.probes.program import ProgramConfig, bpf_dir

@@ -19,13 +19,13 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from fsev.linux.mountinfo import Mount
-from fsev.probes.ladder import Plan, RungKind
-from fsev.points.registry import ProbePoint
-from fsev.points.thr_tmpfs import shmem_accounting
 from fsev.kernel.records import ThrKind, ThrState
 from fsev.linux.device import kernel_dev
-from fsev.thresholds.levels import LevelSpec, Levels, ThresholdError, ThresholdSpec, resolve_levels
+from fsev.linux.mountinfo import Mount
+from fsev.points.registry import ProbePoint
+from fsev.points.thr_tmpfs import shmem_accounting
+from fsev.probes.ladder import Plan, RungKind
+from fsev.thresholds.levels import Levels, LevelSpec, ThresholdError, ThresholdSpec, resolve_levels
 
 # Filesystem types whose block accounting fsev reads in the kernel. ext3 is
 # served by the ext4 driver on every kernel fsev supports (ext3.ko is gone

@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.live import Live
 
 from fsev.events import EventType
-from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, read_ext4_errors, read_statfs
 from fsev.linux.memory import shed_compiler_memory
 from fsev.linux.mountinfo import Mount
+from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, read_ext4_errors, read_statfs
 from fsev.top.model import TopModel
 from fsev.top.view import render
 
