@@ -306,7 +306,8 @@ class TopApp:
                         self._quit = True
                 since = time.monotonic() - self._last_frame
                 changed = self.model.version != self._shown_version
-                if self._resized or (changed and since >= self._min_frame_s) or since >= max(IDLE_FRAME_S, self._min_frame_s):
+                if (self._resized or (changed and since >= self._min_frame_s)
+                        or since >= max(IDLE_FRAME_S, self._min_frame_s)):
                     self._frame(live)
         return 0
 
