@@ -131,12 +131,12 @@ def run_top(req: TopRequest) -> int:
     uname = os.uname()
     model = TopModel(
         host=uname.nodename, kernel=uname.release,
-        rungs=[(r.point.value, r.kind.value) for r in session.plan.rungs],
+        rungs=[(r.point.value, r.kind.value) for r in session.plan.rungs],  # type: ignore[attr-defined]  # Rung.point is a str; plan_probes makes it a ProbePoint
         started=time.time(), show_all=req.all, sort=req.sort,
         watched=[m.mount_point for m in mounts], levels=levels,
     )
     if recorder is not None:
-        recorder.start(session.plan, recording_options(req, opts), None)  # type: ignore[arg-type]
+        recorder.start(session.plan, recording_options(req, opts), None)
     return _show(TopApp, session, model, req, recorder)
 
 

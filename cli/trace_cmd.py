@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from fsev.thresholds.arming import ArmedMount
 
 if TYPE_CHECKING:
+    from fsev.session.sinks import EventSink
+
     from .record_cmd import RecordTarget
+    from .top_cmd import TopRequest
 
 
 @dataclass
@@ -49,7 +52,7 @@ def _say(msg: str) -> None:
 def describe_plan(plan: Plan) -> list[str]:
     lines = []
     for r in plan.rungs:
-        line = f"{r.point.value}: {r.kind.value}"
+        line = f"{r.point.value}: {r.kind.value}"  # type: ignore[attr-defined]  # Rung.point is a str; plan_probes makes it a ProbePoint
         if r.targets:
             line += f" ({', '.join(r.targets)})"
         if r.skipped:
@@ -58,7 +61,8 @@ def describe_plan(plan: Plan) -> list[str]:
     return lines
 
 
-def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozenset[EventClass]") -> "list[ArmedMount]":
+def check_thresholds(req: "TraceRequest | TopRequest", mounts: "list[Mount]",
+                     classes: "frozenset[EventClass]") -> "list[ArmedMount]":
     """--thr on each --mount: levels in blocks and the rung that watches it (fsev/thresholds/arming.py)."""
     from fsev.events import EventClass
     from fsev.points.registry import plan_probes
@@ -124,7 +128,7 @@ def run_trace(req: TraceRequest) -> None:
         _say(f"thr {a.mount.mount_point} ({a.mount.fs_type}): {a.describe()}")
     stop = lambda *_: session.stop()  # noqa: E731
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    sink = JsonSink() if req.json_out else HumanSink()
+    sink: EventSink = JsonSink() if req.json_out else HumanSink()
     if recorder is not None and req.record is not None:
         sink = recorder.start(session.plan, recording_options(req, opts), sink if req.record.show else None)
     shown = 0

@@ -124,7 +124,7 @@ class EnospcAggregator:
     def _summary(self, dev: int, k: _Key, total: KernelTotal, count: int, first: int, upto: int,
                  make_event: Callable[..., Event]) -> Event:
         base = k.last_detail
-        extra = {"count": count, "count_total": upto, "storm": True}
+        extra: dict[str, object] = {"count": count, "count_total": upto, "storm": True}
         if total.last_call:
             extra["call"] = total.last_call
         if base is not None:

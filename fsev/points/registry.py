@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import replace
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from fsev.events import Event, EventType
 from fsev.kernel.facts import KernelFacts
@@ -31,6 +31,9 @@ from fsev.probes.decode import RecordDecoder
 from fsev.probes.ladder import Plan
 from fsev.probes.point import Finish, Point
 from fsev.probes.program import ProgramConfig
+
+if TYPE_CHECKING:
+    from fsev.points.free_space import Hook
 
 POINTS: tuple[Point, ...] = (
     ext4_error.POINT,
@@ -67,7 +70,7 @@ BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}
 ALL_TRACEPOINTS: frozenset[str] = frozenset(t for p in POINTS for t in p.tracepoints)
 ALL_KPROBE_FUNCTIONS: frozenset[str] = frozenset(f for p in POINTS for f in p.kprobe_functions)
 # Per-page programs attached only near a level, by hook group (fsev/thresholds/gate.py).
-GATED_PROGRAMS: dict[str, object] = {prog: hook for p in POINTS for prog, hook in p.gated.items()}
+GATED_PROGRAMS: dict[str, Hook] = {prog: hook for p in POINTS for prog, hook in p.gated.items()}
 
 
 def plan_probes(facts: KernelFacts, points: "set[ProbePoint] | None" = None) -> Plan:

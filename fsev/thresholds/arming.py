@@ -39,9 +39,13 @@ HPAGE_PMD_NR = 512  # a PMD huge page, in 4 KiB pages (x86-64, arm64 with 4K pag
 
 
 class StatfsResult(Protocol):
-    f_frsize: int
-    f_blocks: int
-    f_bavail: int
+    # Read-only, as in os.statvfs_result: plain attributes would demand writable ones.
+    @property
+    def f_frsize(self) -> int: ...
+    @property
+    def f_blocks(self) -> int: ...
+    @property
+    def f_bavail(self) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,8 @@ class JournalSession:
 
     def _next(self) -> Event | None:
         if self._pending is not None:
-            ev, self._pending = self._pending, None
-            return ev
+            pending, self._pending = self._pending, None
+            return pending
         for rec in self._records:
             ev = record_event(rec)
             if ev is not None:  # a type this fsev does not know cannot be drawn
