@@ -14,8 +14,7 @@ import typer
 try:  # typer >= 0.20 vendors click; older ones depend on it
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover
-    # With a typer that vendors click (what install.sh gets), mypy finds no click to import.
-    from click import exceptions as click_exc  # type: ignore[no-redef, import-not-found]
+    from click import exceptions as click_exc  # type: ignore[no-redef, import-not-found]  # new typer: no click
 
 from fsev import __version__
 from fsev.errors import FsevError

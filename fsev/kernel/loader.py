@@ -8,7 +8,7 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from fsev.errors import FsevError
 from fsev.kernel import ringbuf, tp_btf
@@ -344,9 +344,9 @@ _NR_BPF = {"x86_64": 321, "amd64": 321, "aarch64": 280, "arm64": 280}
 _BPF_PROG_GET_FD_BY_ID = 13
 
 
-def _prog_ids(fds: object) -> set[int]:
+def _prog_ids(fds: Iterable[int]) -> set[int]:
     ids: set[int] = set()
-    for fd in fds:  # type: ignore[attr-defined]
+    for fd in fds:
         try:
             with open(f"/proc/self/fdinfo/{fd}") as f:
                 ids |= {int(l.split()[1]) for l in f if l.startswith("prog_id:")}
@@ -376,9 +376,9 @@ def _wait_freed(ids: set[int]) -> None:
             time.sleep(0.02)
 
 
-def _has_table(bpf: object, name: str) -> bool:
+def _has_table(bpf: Any, name: str) -> bool:  # bpf: a bcc.BPF
     try:
-        bpf[name]  # type: ignore[index]
+        bpf[name]
         return True
     except KeyError:
         return False
