@@ -7,10 +7,10 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from fsev.points.registry import ProbePoint, plan_probes
 from fsev.linux.privilege import can_trace
-from fsev.session.trace import kernel_facts
+from fsev.points.registry import ProbePoint, plan_probes
 from fsev.session.setup_checks import Check, check_bcc, check_btf, check_headers, check_tracefs
+from fsev.session.trace import kernel_facts
 
 
 def run_doctor() -> int:
@@ -43,7 +43,7 @@ def run_doctor() -> int:
         why = "\n".join(r.skipped)
         if r.misses:
             why += ("\n" if why else "") + f"misses: {r.misses}"
-        p.add_row(r.point.value, r.kind.value, ", ".join(r.targets) or "-", why or "-")
+        p.add_row(r.point.value, r.kind.value, ", ".join(r.targets) or "-", why or "-")  # type: ignore[attr-defined]  # Rung.point is a str; plan_probes makes it a ProbePoint
     console.print(p)
 
     # Only the foundation's points are required; a health point without a

@@ -14,7 +14,7 @@ import typer
 try:  # typer >= 0.20 vendors click; older ones depend on it
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover
-    from click import exceptions as click_exc  # type: ignore[no-redef]
+    from click import exceptions as click_exc  # type: ignore[no-redef, import-not-found]  # new typer: no click
 
 from fsev import __version__
 from fsev.errors import FsevError
@@ -30,7 +30,8 @@ MountOpt = typer.Option(None, "--mount", "-m", help="Watch this mount point (rep
 EventsOpt = typer.Option(None, "--events", "-e", help="Classes to show: info,warn,err,thr (default: all).")
 ThrOpt = typer.Option(None, "--thr", help="Free-space levels L1[,L2] in available blocks (or 10G, 10%); needs --mount.")
 HystOpt = typer.Option(None, "--thr-hysteresis", help="Blocks (or size/%) above a level before it re-arms.")
-RecordOpt = typer.Option(None, "--record", metavar="FILE", help="Also write every event to this journal (fsev replay, fsev report).")
+RecordOpt = typer.Option(None, "--record", metavar="FILE",
+                         help="Also write every event to this journal (fsev replay, fsev report).")
 
 
 def _version(value: bool) -> None:
@@ -86,7 +87,8 @@ def top(
     from_file: Optional[str] = typer.Option(None, "--from", metavar="FILE",
                                             help="Review a journal (fsev record) instead of watching the kernel."),
     speed: Optional[float] = typer.Option(None, "--speed", metavar="X",
-                                          help="With --from: play at X times the recorded pace (default: all at once)."),
+                                          help="With --from: play at X times the recorded pace "
+                                          "(default: all at once)."),
 ) -> None:
     """Live view of filesystem health: mounts, errors, free space, the event feed."""
     from .record_cmd import record_to
@@ -116,7 +118,8 @@ def doctor() -> None:
 @app.command()
 def record(
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
-                                         help="Journal to write (default: /var/lib/fsev/<time>.fsev; an existing journal is appended to)."),
+                                         help="Journal to write (default: /var/lib/fsev/<time>.fsev; "
+                                         "an existing journal is appended to)."),
     mount: Optional[List[str]] = MountOpt,
     events: Optional[str] = EventsOpt,
     thr: Optional[str] = ThrOpt,
@@ -141,7 +144,8 @@ def replay(
                                            help="Resume after what NAME acknowledged; acknowledge as it goes."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep reading while the journal is being written."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per line, as trace --json."),
-    speed: Optional[float] = typer.Option(None, "--speed", metavar="X", help="Replay at X times the recorded pace (default: at once)."),
+    speed: Optional[float] = typer.Option(None, "--speed", metavar="X",
+                                          help="Replay at X times the recorded pace (default: at once)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
                                          help="Append to FILE instead of stdout; with --consumer, exactly once."),
 ) -> None:

@@ -18,6 +18,7 @@ from fsev.journal.recorder import Recorder
 if TYPE_CHECKING:
     from fsev.session.trace import TraceOptions
 
+    from .top_cmd import TopRequest
     from .trace_cmd import TraceRequest
 
 DEFAULT_DIR = "/var/lib/fsev"
@@ -53,7 +54,7 @@ def open_recorder(target: RecordTarget) -> Recorder:
     return Recorder(target.path, target.command)
 
 
-def recording_options(req: "TraceRequest", opts: "TraceOptions") -> dict[str, Any]:
+def recording_options(req: "TraceRequest | TopRequest", opts: "TraceOptions") -> dict[str, Any]:
     """What the recorder was started with, for the journal's header."""
     return {
         "argv": sys.argv[1:],

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -23,6 +23,7 @@ from .trace_cmd import check_thresholds
 
 if TYPE_CHECKING:
     from fsev.session.sinks import EventSink
+    from fsev.top.app import TopApp
 
 NO_TTY = "top needs a terminal: use `fsev top --once` for one snapshot, or `fsev trace` for a stream"
 # 4 MiB, ~20 000 records, four times trace's default: the screen shares fsev's
@@ -95,7 +96,7 @@ def _check_terminal(req: TopRequest, no_tty: str) -> None:
         raise FsevError(no_tty)
 
 
-def _show(app_class, session, model: TopModel, req: TopRequest,  # type: ignore[no-untyped-def]
+def _show(app_class: type[TopApp], session: Any, model: TopModel, req: TopRequest,
           recorder: EventSink | None = None) -> int:
     """The live screen, or with --once one snapshot on stdout."""
     if req.once:
@@ -131,12 +132,12 @@ def run_top(req: TopRequest) -> int:
     uname = os.uname()
     model = TopModel(
         host=uname.nodename, kernel=uname.release,
-        rungs=[(r.point.value, r.kind.value) for r in session.plan.rungs],
+        rungs=[(r.point.value, r.kind.value) for r in session.plan.rungs],  # type: ignore[attr-defined]  # Rung.point is a str; plan_probes makes it a ProbePoint
         started=time.time(), show_all=req.all, sort=req.sort,
         watched=[m.mount_point for m in mounts], levels=levels,
     )
     if recorder is not None:
-        recorder.start(session.plan, recording_options(req, opts), None)  # type: ignore[arg-type]
+        recorder.start(session.plan, recording_options(req, opts), None)
     return _show(TopApp, session, model, req, recorder)
 
 

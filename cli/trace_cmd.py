@@ -8,16 +8,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from typing import TYPE_CHECKING
-
 from fsev.errors import FsevError
 from fsev.events import EventType
 from fsev.linux.mountinfo import MountTable
-from fsev.session.sinks import HumanSink, JsonSink
-from fsev.probes.ladder import Plan
 from fsev.linux.privilege import NEED_ROOT, can_trace
+from fsev.probes.ladder import Plan
 from fsev.session.selection import parse_classes, resolve_mounts
 from fsev.session.setup_checks import check_bcc, check_btf, check_tracefs, require
+from fsev.session.sinks import HumanSink, JsonSink
 from fsev.thresholds.levels import ThresholdError, parse_thr
 
 if TYPE_CHECKING:
@@ -26,7 +24,10 @@ if TYPE_CHECKING:
     from fsev.thresholds.arming import ArmedMount
 
 if TYPE_CHECKING:
+    from fsev.session.sinks import EventSink
+
     from .record_cmd import RecordTarget
+    from .top_cmd import TopRequest
 
 
 @dataclass
@@ -51,7 +52,7 @@ def _say(msg: str) -> None:
 def describe_plan(plan: Plan) -> list[str]:
     lines = []
     for r in plan.rungs:
-        line = f"{r.point.value}: {r.kind.value}"
+        line = f"{r.point.value}: {r.kind.value}"  # type: ignore[attr-defined]  # Rung.point is a str; plan_probes makes it a ProbePoint
         if r.targets:
             line += f" ({', '.join(r.targets)})"
         if r.skipped:
@@ -60,14 +61,15 @@ def describe_plan(plan: Plan) -> list[str]:
     return lines
 
 
-def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozenset[EventClass]") -> "list[ArmedMount]":
+def check_thresholds(req: "TraceRequest | TopRequest", mounts: "list[Mount]",
+                     classes: "frozenset[EventClass]") -> "list[ArmedMount]":
     """--thr on each --mount: levels in blocks and the rung that watches it (fsev/thresholds/arming.py)."""
     from fsev.events import EventClass
     from fsev.points.registry import plan_probes
     from fsev.session.trace import kernel_facts
+    from fsev.thresholds.arming import arm_thresholds
     from fsev.thresholds.gate import rate_bound
     from fsev.thresholds.levels import parse_hysteresis
-    from fsev.thresholds.arming import arm_thresholds
 
     if req.thr is None:
         if req.thr_hysteresis is not None:
@@ -90,8 +92,8 @@ def check_thresholds(req: TraceRequest, mounts: "list[Mount]", classes: "frozens
 
 
 def run_trace(req: TraceRequest) -> None:
-    from fsev.session.trace import TraceOptions, TraceSession, build_source, kernel_facts
     from fsev.points.registry import plan_probes
+    from fsev.session.trace import TraceOptions, TraceSession, build_source, kernel_facts
 
     classes = parse_classes(req.events)
     if req.thr is not None:
@@ -126,7 +128,7 @@ def run_trace(req: TraceRequest) -> None:
         _say(f"thr {a.mount.mount_point} ({a.mount.fs_type}): {a.describe()}")
     stop = lambda *_: session.stop()  # noqa: E731
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    sink = JsonSink() if req.json_out else HumanSink()
+    sink: EventSink = JsonSink() if req.json_out else HumanSink()
     if recorder is not None and req.record is not None:
         sink = recorder.start(session.plan, recording_options(req, opts), sink if req.record.show else None)
     shown = 0

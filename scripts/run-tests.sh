@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Runs the whole suite with the installed package (not the source tree), as CI does.
+# Lint and types first, on the source tree (configured in pyproject.toml): either failing fails the run.
 set -uo pipefail
 VENV=${FSEV_VENV:-/opt/fsev/venv}
 cd "$(dirname "$0")/.."
+if ! "$VENV/bin/ruff" check fsev cli tests bench scripts; then
+  echo "run-tests: ruff check failed (see above)" >&2
+  exit 1
+fi
+if ! "$VENV/bin/mypy"; then
+  echo "run-tests: mypy failed (see above)" >&2
+  exit 1
+fi
 # pytest exits 5 when it collected no test: that is a failure here, as any non-zero.
 "$VENV/bin/pytest" -p no:cacheprovider "$@" tests
 rc=$?

@@ -34,7 +34,8 @@ _MEMO_MAX = 1024
 _memo: dict[tuple[Any, ...], str | None] = {}
 
 
-def _scalar(v: object) -> str | None:
+def _scalar(v: Any) -> str | None:
+    # Any: the tests below narrow on the exact type (so a bool is not taken for an int); mypy follows none.
     t = type(v)
     if t is str:
         return _str(v)
@@ -42,14 +43,14 @@ def _scalar(v: object) -> str | None:
         return _int(v)
     if t is bool:
         return "true" if v else "false"
-    if t is float and math.isfinite(v):  # type: ignore[arg-type]
+    if t is float and math.isfinite(v):
         return _float(v)
     return None
 
 
 def _optional_text(values: tuple[Any, ...]) -> str | None:
     out = []
-    for key, v in zip(_KEYS, values):
+    for key, v in zip(_KEYS, values, strict=False):
         if v is None:
             continue
         text = _scalar(v)

@@ -13,8 +13,8 @@ from typing import Any
 from fsev.events import Event
 from fsev.journal.store import Journal, JournalError
 from fsev.journal.writer import JournalWriter
-from fsev.session.sinks import EventSink
 from fsev.probes.ladder import Plan
+from fsev.session.sinks import EventSink
 
 
 class NullSink:
@@ -30,7 +30,7 @@ class NullSink:
 def plan_json(plan: Plan) -> list[dict[str, Any]]:
     return [
         {
-            "point": r.point.value, "kind": r.kind.value, "targets": list(r.targets),
+            "point": r.point.value, "kind": r.kind.value, "targets": list(r.targets),  # type: ignore[attr-defined]  # Rung.point is a str; plan_probes makes it a ProbePoint
             "gives": r.gives, "misses": r.misses, "skipped": list(r.skipped),
         }
         for r in plan.rungs

@@ -18,7 +18,6 @@ last event it acknowledged, stored in the journal. Two delivery modes:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time

@@ -35,8 +35,8 @@ from typing import Any, Iterator
 
 from fsev import __version__
 from fsev.errors import FsevError
-from fsev.events.json_line import event_json
 from fsev.events import Event
+from fsev.events.json_line import event_json
 
 FORMAT_VERSION = 1
 APPLICATION_ID = 0x66736576  # "fsev"
@@ -403,7 +403,7 @@ class Journal:
         except sqlite3.Error as e:
             raise self._read_error(e) from None
         keys = ("recording", "event", "source", "lost", "lost_total", "since_wall_time", "wall_time")
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(zip(keys, r, strict=False)) for r in rows]
 
     def _read_error(self, e: Exception) -> JournalError:
         if isinstance(e, sqlite3.Error):
@@ -444,6 +444,7 @@ class Journal:
             )
         except sqlite3.Error as e:
             raise _sqlite_error(self.path, e) from None
+        assert cur.lastrowid is not None  # set by every INSERT that succeeded
         return int(cur.lastrowid)
 
     def end_recording(self, recording: int, reason: str) -> None:

@@ -14,8 +14,8 @@ import sqlite3
 import threading
 import time
 
-from fsev.events.json_line import event_json
 from fsev.events import Event, EventType
+from fsev.events.json_line import event_json
 from fsev.journal.store import Journal, JournalError, _sqlite_error
 
 BATCH_INTERVAL_S = 0.1

@@ -90,7 +90,7 @@ class Btf:
                 kind = info >> 24 & 0x1F
                 if kind in _NAMED:
                     named.setdefault(w[i] << 5 | kind, []).append(len(starts) - 1)
-                i += 3 + _FIXED[kind] + (info & 0xFFFF) * _PER_ITEM[kind]  # type: ignore[operator]
+                i += 3 + _FIXED[kind] + (info & 0xFFFF) * _PER_ITEM[kind]  # type: ignore[operator]  # None marks kind 0: TypeError, caught below
         except (IndexError, TypeError):
             raise BtfError(f"{self.name}: unknown kind {kind} or truncated record"
                            f" at type id {len(starts) - 1}") from None

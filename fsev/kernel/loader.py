@@ -8,18 +8,19 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from fsev.errors import FsevError
-from fsev.kernel import ringbuf
-from fsev.kernel import tp_btf
+from fsev.kernel import ringbuf, tp_btf
 from fsev.kernel.closing import CloseGuard
 from fsev.kernel.records import PATH_LEN, RECORD_SIZE, THR_SLOTS, ThrState
 from fsev.kernel.ringbuf import RingReader
 from fsev.kernel.thr_slots import reset_gate, thr_slot_for
 
-# A group of gated programs, switched together (fsev.points.free_space.Hook).
-Hook = Hashable
+if TYPE_CHECKING:
+    # A group of gated programs, switched together. For annotations only: at
+    # run time the loader only hashes hooks, and needs nothing from fsev.points.
+    from fsev.points.free_space import Hook
 
 # The record sink returns True when its batch is full: the callback then
 # returns -1 so libbpf stops consuming (that record is already copied) and
@@ -80,9 +81,7 @@ class KernelProbes:
                 if prog.startswith("kretp_"):  # return probes (fsev/points/read_only.py)
                     self.bpf.attach_kretprobe(event=fn, fn_name=prog)
                 else:
-                    self.bpf.attach_kprobe(event=fn, fn_name=prog)
-                    self._gate(prog, lambda fn=fn, prog=prog: self.bpf.attach_kprobe(event=fn, fn_name=prog),
-                               lambda fn=fn, prog=prog: self.bpf.detach_kprobe(event=fn, fn_name=prog))
+                    self._attach_kprobe(fn, prog)
             for tp, typed, plain, btf_id in raw_tps or ():
                 self._attach_raw_tp(tp, typed, plain, btf_id)
             self._batch = batch
@@ -99,6 +98,11 @@ class KernelProbes:
         if hook is not None:
             self._switches.setdefault(hook, []).append((attach, detach))
             self._hooks_on.add(hook)
+
+    def _attach_kprobe(self, fn: str, prog: str) -> None:
+        self.bpf.attach_kprobe(event=fn, fn_name=prog)
+        self._gate(prog, lambda: self.bpf.attach_kprobe(event=fn, fn_name=prog),
+                   lambda: self.bpf.detach_kprobe(event=fn, fn_name=prog))
 
     def _attach_raw_tp(self, tp: str, typed: str, plain: str, btf_id: int | None) -> None:
         """The typed form as tp_btf (direct loads), else the plain one through
@@ -165,7 +169,8 @@ class KernelProbes:
                 with contextlib.suppress(Exception):
                     undo()
             self._hooks_on.discard(hook)
-            raise FsevError(f"{'attaching' if on else 'detaching'} the {getattr(hook, 'value', hook)} hooks failed: {_one_line(e)}") from None
+            raise FsevError(f"{'attaching' if on else 'detaching'} the {getattr(hook, 'value', hook)} hooks failed: "
+                            f"{_one_line(e)}") from None
         if on:
             self._hooks_on.add(hook)
         else:
@@ -305,7 +310,7 @@ class KernelProbes:
             ids = _prog_ids(fn.fd for fn in getattr(b, "funcs", {}).values())
             _detach_all(b, links)
             b.cleanup()
-            self.bpf = None  # type: ignore[assignment]
+            self.bpf = None
             _wait_freed(ids)
 
 
@@ -339,9 +344,9 @@ _NR_BPF = {"x86_64": 321, "amd64": 321, "aarch64": 280, "arm64": 280}
 _BPF_PROG_GET_FD_BY_ID = 13
 
 
-def _prog_ids(fds: object) -> set[int]:
+def _prog_ids(fds: Iterable[int]) -> set[int]:
     ids: set[int] = set()
-    for fd in fds:  # type: ignore[attr-defined]
+    for fd in fds:
         try:
             with open(f"/proc/self/fdinfo/{fd}") as f:
                 ids |= {int(l.split()[1]) for l in f if l.startswith("prog_id:")}
@@ -371,9 +376,9 @@ def _wait_freed(ids: set[int]) -> None:
             time.sleep(0.02)
 
 
-def _has_table(bpf: object, name: str) -> bool:
+def _has_table(bpf: Any, name: str) -> bool:  # bpf: a bcc.BPF
     try:
-        bpf[name]  # type: ignore[index]
+        bpf[name]
         return True
     except KeyError:
         return False

@@ -18,10 +18,14 @@ import struct
 import types
 from importlib import resources
 from pathlib import Path
+<<<<<<< HEAD
 from typing import Callable, Mapping
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.clock import Clock
+=======
+from typing import Any, Mapping
+>>>>>>> lint
 
 HEADER = "fsev.h"
 
@@ -109,8 +113,12 @@ _DEFINES, _ENUMS = parse_header(header_text())
 FSEV_H = types.SimpleNamespace(**_DEFINES)
 
 
-def _enum(kind: type[enum.IntEnum] | type[enum.IntFlag], name: str, tag: str, prefix: str, doc: str):
-    """A Python enum of bpf/fsev.h's `enum tag`, members named without prefix."""
+def _enum(kind: enum.EnumMeta, name: str, tag: str, prefix: str, doc: str) -> Any:
+    """A Python enum of bpf/fsev.h's `enum tag`, members named without prefix.
+    `kind` is enum.IntEnum or enum.IntFlag, typed by their metaclass, which is
+    where the functional API (name, members) is declared. The result is Any:
+    its members come from the header at import time, which mypy cannot see. A
+    name declared Any (RecordClass) may also stand in this module's annotations."""
     members = [(k.removeprefix(prefix), v) for k, v in _ENUMS[tag].items()]
     e = kind(name, members, module=__name__, qualname=name)
     e.__doc__ = doc
@@ -121,7 +129,7 @@ COMM_LEN = FSEV_H.FSEV_COMM_LEN
 FUNC_LEN = FSEV_H.FSEV_FUNC_LEN
 PATH_LEN = FSEV_H.FSEV_PATH_LEN
 
-RecordClass = _enum(enum.IntEnum, "RecordClass", "fsev_class", "FSEV_CLASS_", "enum fsev_class: a record's class.")
+RecordClass: Any = _enum(enum.IntEnum, "RecordClass", "fsev_class", "FSEV_CLASS_", "enum fsev_class: a record's class.")
 RecordType = _enum(enum.IntEnum, "RecordType", "fsev_type", "FSEV_TYPE_", "enum fsev_type: what a record reports.")
 Rung = _enum(enum.IntEnum, "Rung", "fsev_rung", "FSEV_RUNG_", "enum fsev_rung: how the record was obtained.")
 Field = _enum(enum.IntFlag, "Field", "fsev_field", "FSEV_F_", "enum fsev_field: which optional fields are filled.")
@@ -167,9 +175,9 @@ def _struct_format(rec: type[ctypes.Structure]) -> str:
     """A struct-module format equal to the ctypes layout, derived from it (not
     written twice): the hot path unpacks raw bytes with it, which is several
     times cheaper than building a ctypes object per record."""
-    codes = {ctypes.c_uint64: "Q", ctypes.c_uint32: "I", ctypes.c_int32: "i"}
+    codes: dict[type, str] = {ctypes.c_uint64: "Q", ctypes.c_uint32: "I", ctypes.c_int32: "i"}
     fmt, pos = "<", 0
-    for name, ctype in rec._fields_:
+    for name, ctype, *_ in rec._fields_:
         off = getattr(rec, name).offset
         if off > pos:
             fmt += f"{off - pos}x"
@@ -181,7 +189,7 @@ def _struct_format(rec: type[ctypes.Structure]) -> str:
 
 
 RECORD_STRUCT = struct.Struct(_struct_format(Record))
-RECORD_FIELDS: tuple[str, ...] = tuple(name for name, _ in Record._fields_)
+RECORD_FIELDS: tuple[str, ...] = tuple(name for name, *_ in Record._fields_)
 
 
 THR_SLOTS = FSEV_H.FSEV_THR_SLOTS  # watched superblocks with a kernel rung, at most

@@ -42,7 +42,8 @@ def partition_of(disk: str, sector: int, root: str = SYS_BLOCK) -> str:
         p = os.path.join(base, name)
         if not os.path.exists(os.path.join(p, "partition")):
             continue
-        start, size, dev = _read(os.path.join(p, "start")), _read(os.path.join(p, "size")), _read(os.path.join(p, "dev"))
+        start, size, dev = (_read(os.path.join(p, "start")), _read(os.path.join(p, "size")),
+                            _read(os.path.join(p, "dev")))
         if start and size and dev and int(start) <= sector < int(start) + int(size):
             return dev
     return disk

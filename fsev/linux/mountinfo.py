@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 # Pseudo filesystems that a user watching disk health rarely wants listed.
 PSEUDO_FS_TYPES = frozenset(
@@ -124,7 +124,7 @@ class MountTable:
         with open(self._path, encoding="utf-8", errors="surrogateescape") as f:
             self._index(parse_mountinfo(f.read()))
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Mount]:
         return iter(self._mounts)
 
     def __len__(self) -> int:

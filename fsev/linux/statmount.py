@@ -72,7 +72,8 @@ def statmount(mnt_id: int, ns_id: int = 0) -> MountInfo | None:
         if ctypes.get_errno() != 22 or not with_source:  # EINVAL: a kernel without SB_SOURCE
             return None
     raw = buf.raw
-    (_size, _opts, got, major, minor, _magic, _sbflags, fstype_off, uid, _parent, old_id, _old_parent) = _SM.unpack_from(raw)
+    (_size, _opts, got, major, minor, _magic, _sbflags, fstype_off, uid, _parent, old_id,
+     _old_parent) = _SM.unpack_from(raw)
     if not got & STATMOUNT_MNT_POINT:
         return None
     source = _str_at(raw, _OFF_SB_SOURCE) if got & STATMOUNT_SB_SOURCE else None

@@ -8,7 +8,7 @@ mounts on it.
 
 from __future__ import annotations
 
-from fsev.events import Event, EventClass, EventType
+from fsev.events import Event, EventType
 from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import RecordClass, RecordType, c_string
 from fsev.linux.blockdev import disk_of, partition_of

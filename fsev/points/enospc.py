@@ -123,7 +123,7 @@ class EnospcAggregator:
     def _summary(self, dev: int, k: _Key, total: KernelTotal, count: int, first: int, upto: int,
                  make_event: Callable[..., Event]) -> Event:
         base = k.last_detail
-        extra = {"count": count, "count_total": upto, "storm": True}
+        extra: dict[str, object] = {"count": count, "count_total": upto, "storm": True}
         if total.last_call:
             extra["call"] = total.last_call
         if base is not None:
@@ -223,8 +223,13 @@ class EnospcMonitor(PointMonitor):
             return {}
         out = {}
         for key, v in probes.table_items("enospc_states"):
+<<<<<<< HEAD
             out[key] = KernelTotal(int(v.failures), int(v.last_pid), CALL_NAMES.get(int(v.last_call)),  # type: ignore[attr-defined]
                                    c_string(bytes(v.last_comm)))  # type: ignore[attr-defined]
+=======
+            out[key] = KernelTotal(int(v.failures), int(v.last_pid), CALL_NAMES.get(int(v.last_call)),  # type: ignore[attr-defined]  # bcc table leaves are built at run time
+                                   bytes(v.last_comm).split(b"\0", 1)[0].decode("utf-8", "replace"))  # type: ignore[attr-defined]  # as above
+>>>>>>> lint
         return out
 
 

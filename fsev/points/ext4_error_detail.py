@@ -148,7 +148,7 @@ def fill_from_sysfs(ev: Event, last: dict | None) -> bool:
         return False
     code, ino, block = last.get("errcode"), last.get("ino"), last.get("block")
     if ev.errno is None and code in EXT4_ERRCODE_ERRNO:
-        ev.errno = EXT4_ERRCODE_ERRNO[code]  # type: ignore[index]
+        ev.errno = EXT4_ERRCODE_ERRNO[code]
         ev.extra["errno_source"] = "sysfs"
     if ev.inode is None and ino:
         ev.inode = ino
@@ -289,7 +289,7 @@ class Ext4ErrorDetail:
         if last is _WAIT:
             return False
         if h.merged:  # the inode of the last error may be another error's
-            if _same_error(ev, last) and last["errno"]:
+            if last is not None and _same_error(ev, last) and last["errno"]:
                 ev.errno = last["errno"]
                 ev.extra["errno_source"] = "sysfs"
         else:
@@ -367,7 +367,7 @@ def plan_ext4_error_detail(facts: KernelFacts) -> Rung:
         return Rung(NAME, RungKind.KPROBE, base.targets, gives="errno, inode, block from the function arguments")
     if base.kind is RungKind.NONE:
         return Rung(NAME, RungKind.NONE, skipped=("no ext4 error rung",))
-    skipped = ("kprobe: the ext4 error rung is " + base.kind.value,)
+    skipped: tuple[str, ...] = ("kprobe: the ext4 error rung is " + base.kind.value,)
     if facts.fanotify_fs_error:
         return Rung(NAME, RungKind.FANOTIFY, ("FAN_FS_ERROR", "/sys/fs/ext4/*/last_error_*"),
                     gives="errno and inode of the first error fanotify queued (read at once, so almost every "

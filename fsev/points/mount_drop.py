@@ -26,12 +26,12 @@ from typing import Callable
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import RecordClass, RecordType
+from fsev.linux.device import Device
 from fsev.linux.inotify import UnmountWatcher
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig
-from fsev.linux.device import Device
 
 NAME = "mount_drop"
 # Every drop of a mount, including lazy unmounts and namespace teardown, ends in

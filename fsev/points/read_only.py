@@ -23,11 +23,11 @@ from typing import Callable
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import EXT4_ABORTED, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN, KernelFacts
 from fsev.kernel.records import Call, RecordClass, RecordType, RoBits
+from fsev.linux.device import Device
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, raw_tp_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig
-from fsev.linux.device import Device
 
 NAME = "read_only"
 RAW_SYS_EXIT = "raw_syscalls:sys_exit"  # raw: sys_exit(struct pt_regs *, long ret)
@@ -107,9 +107,9 @@ class ReadOnlyTracker:
     def on_fs_error(self, ev: Event) -> None:
         """An emitted (numbered) fs_error event. On the flood path: cheap."""
         t = ev.ts_ns * 1e-9  # CLOCK_MONOTONIC, as self.now()
-        recent = self._errors.get(ev.dev)  # type: ignore[arg-type]
+        recent = self._errors.get(ev.dev)  # type: ignore[arg-type]  # an fs_error always names its device
         if recent is None:
-            recent = self._errors[ev.dev] = deque(maxlen=64)  # type: ignore[index]
+            recent = self._errors[ev.dev] = deque(maxlen=64)  # type: ignore[index]  # an fs_error always names its device
         recent.append((ev.seq, ev.ts_ns))
         if not self._due or self._due[-1] < t:  # a flood of errors shares one round of checks
             self._due += [t + d for d in CHECK_DELAYS_S]
@@ -170,7 +170,7 @@ class ReadOnlyTracker:
         now = self.now()
         call = next((e for t, e in reversed(self._calls) if self._call_names(e, m)), None)
         err = self._errors.get(m.dev)
-        recent_error = bool(err) and now - err[-1][1] * 1e-9 < CAUSE_WINDOW_S  # type: ignore[index]
+        recent_error = bool(err and now - err[-1][1] * 1e-9 < CAUSE_WINDOW_S)
         by_error = new == EMERGENCY_RO or (new is not None and call is None and recent_error)
         if new == SHUTDOWN:  # the ioctl (a tool asked) unless an error just came
             by_error = recent_error

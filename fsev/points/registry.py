@@ -9,17 +9,31 @@ from __future__ import annotations
 
 import enum
 from dataclasses import replace
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from fsev.events import Event, EventType
 from fsev.kernel.facts import KernelFacts
-from fsev.points import (block_io_error, enospc, ext4_error, ext4_error_detail, mount_drop, mount_topology,
-                         read_only, thr_ext4, thr_other, thr_tmpfs, wb_error)
+from fsev.points import (
+    block_io_error,
+    enospc,
+    ext4_error,
+    ext4_error_detail,
+    mount_drop,
+    mount_topology,
+    read_only,
+    thr_ext4,
+    thr_other,
+    thr_tmpfs,
+    wb_error,
+)
 from fsev.probes import program
 from fsev.probes.ladder import Plan
 from fsev.kernel.records import Finish, RecordDecoder
 from fsev.probes.point import Point
 from fsev.probes.program import ProgramConfig
+
+if TYPE_CHECKING:
+    from fsev.points.free_space import Hook
 
 POINTS: tuple[Point, ...] = (
     ext4_error.POINT,
@@ -56,7 +70,7 @@ BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}
 ALL_TRACEPOINTS: frozenset[str] = frozenset(t for p in POINTS for t in p.tracepoints)
 ALL_KPROBE_FUNCTIONS: frozenset[str] = frozenset(f for p in POINTS for f in p.kprobe_functions)
 # Per-page programs attached only near a level, by hook group (fsev/thresholds/gate.py).
-GATED_PROGRAMS: dict[str, object] = {prog: hook for p in POINTS for prog, hook in p.gated.items()}
+GATED_PROGRAMS: dict[str, Hook] = {prog: hook for p in POINTS for prog, hook in p.gated.items()}
 
 
 def plan_probes(facts: KernelFacts, points: "set[ProbePoint] | None" = None) -> Plan:

@@ -20,6 +20,7 @@ from fsev.probes.ladder import Plan, Rung, RungKind
 if TYPE_CHECKING:
     from fsev.events.clock import Clock
     from fsev.linux.mountinfo import Mount, MountTable
+    from fsev.points.free_space import Hook
     from fsev.probes.program import ProgramConfig
 
 
@@ -102,7 +103,7 @@ class Point:
     tracepoints: ClassVar[frozenset[str]] = frozenset()
     kprobe_functions: ClassVar[frozenset[str]] = frozenset()
     # Programs attached only while needed, by the hook group that switches them.
-    gated: ClassVar[Mapping[str, object]] = {}
+    gated: ClassVar[Mapping[str, Hook]] = {}
     # The #if switch in bpf/<name>.bpf.c of each rung that has programs there.
     switches: ClassVar[Mapping[RungKind, str]] = {}
     # BTF specs (struct offsets, enum values) the programs of each rung read.

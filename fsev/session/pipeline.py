@@ -14,7 +14,7 @@ kernel's order.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.clock import Clock
@@ -126,10 +126,10 @@ class EventPipeline:
         self._fast_fs_error = _FS_ERROR not in self._handler
 
     # -- helpers -----------------------------------------------------------
-    def _make(self, **fields: object) -> Event:
+    def _make(self, **fields: Any) -> Event:
         """A user-space event, numbered when it is emitted."""
         ts = time.monotonic_ns()
-        return Event(seq=0, ts_ns=ts, wall_time=self.clock.wall(ts), **fields)  # type: ignore[arg-type]
+        return Event(seq=0, ts_ns=ts, wall_time=self.clock.wall(ts), **fields)
 
     def _mount_watched(self, m: Mount) -> bool:
         return self.watch_all or m.mount_point in self._points or m.dev in self._devs

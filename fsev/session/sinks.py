@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.text import Text
 
 from fsev.events import Event, EventClass, EventType
-from fsev.points.registry import describe as describe_point
 from fsev.events.inert import inert
+from fsev.points.registry import describe as describe_point
 
 CLASS_STYLE = {
     EventClass.ERR: "bold red",

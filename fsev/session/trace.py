@@ -15,7 +15,7 @@ import os
 import select
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from fsev.errors import FsevError
 from fsev.events import ALL_CLASSES, Event, EventClass, EventType
@@ -27,8 +27,17 @@ from fsev.kernel.records import RECORD_SIZE, DecodeError, RecordClass
 from fsev.kernel.ringbuf import PAGE
 from fsev.linux.device import kernel_dev
 from fsev.linux.mountinfo import Mount, MountTable
-from fsev.points.registry import (ALL_KPROBE_FUNCTIONS, ALL_TRACEPOINTS, GATED_PROGRAMS, decode, kprobe_attachments,
-                                  plan_probes, raw_tracepoint_attachments, required_offsets, source)
+from fsev.points.registry import (
+    ALL_KPROBE_FUNCTIONS,
+    ALL_TRACEPOINTS,
+    GATED_PROGRAMS,
+    decode,
+    kprobe_attachments,
+    plan_probes,
+    raw_tracepoint_attachments,
+    required_offsets,
+    source,
+)
 from fsev.probes.ladder import Plan
 from fsev.probes.program import ProgramConfig, bpf_dir
 from fsev.session.pipeline import Enricher, EventPipeline
@@ -87,7 +96,7 @@ def resolve_offsets(plan: Plan, config: ProgramConfig | None = None) -> dict[str
     missing = [s for s in specs if got.get(s) is None]
     if missing:
         raise FsevError(f"kernel BTF lacks {', '.join(missing)}: cannot read those structs safely")
-    return {s: int(got[s]) for s in specs}  # type: ignore[arg-type]
+    return {s: int(got[s]) for s in specs}  # type: ignore[arg-type]  # none is None: missing is empty
 
 
 def raw_tracepoints(plan: Plan, config: ProgramConfig) -> list[tuple[str, str, str, int | None]]:
@@ -235,10 +244,10 @@ class TraceSession:
                                    lost_total=total, since_wall_time=self._loss_window_start)
         self._loss_window_start = now
 
-    def _user_event(self, **fields: object) -> Event:
+    def _user_event(self, **fields: Any) -> Event:
         """An event fsev makes in user space (not from a kernel record)."""
         ts = time.monotonic_ns()
-        ev = Event(seq=0, ts_ns=ts, wall_time=self.clock.wall(ts), **fields)  # type: ignore[arg-type]
+        ev = Event(seq=0, ts_ns=ts, wall_time=self.clock.wall(ts), **fields)
         return self.numbers.assign(ev)
 
     def _kernel_events(self) -> Iterator[Event]:

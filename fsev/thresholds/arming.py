@@ -19,13 +19,13 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from fsev.linux.mountinfo import Mount
-from fsev.probes.ladder import Plan, RungKind
-from fsev.points.registry import ProbePoint
-from fsev.points.thr_tmpfs import shmem_accounting
 from fsev.kernel.records import ThrKind, ThrState
 from fsev.linux.device import kernel_dev
-from fsev.thresholds.levels import LevelSpec, Levels, ThresholdError, ThresholdSpec, resolve_levels
+from fsev.linux.mountinfo import Mount
+from fsev.points.registry import ProbePoint
+from fsev.points.thr_tmpfs import shmem_accounting
+from fsev.probes.ladder import Plan, RungKind
+from fsev.thresholds.levels import Levels, LevelSpec, ThresholdError, ThresholdSpec, resolve_levels
 
 # Filesystem types whose block accounting fsev reads in the kernel. ext3 is
 # served by the ext4 driver on every kernel fsev supports (ext3.ko is gone
@@ -39,9 +39,13 @@ HPAGE_PMD_NR = 512  # a PMD huge page, in 4 KiB pages (x86-64, arm64 with 4K pag
 
 
 class StatfsResult(Protocol):
-    f_frsize: int
-    f_blocks: int
-    f_bavail: int
+    # Read-only, as in os.statvfs_result: plain attributes would demand writable ones.
+    @property
+    def f_frsize(self) -> int: ...
+    @property
+    def f_blocks(self) -> int: ...
+    @property
+    def f_bavail(self) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
-from fsev.events.clock import Clock
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
-from fsev.thresholds import gate as thr_gate
+from fsev.events.clock import Clock
 from fsev.kernel.records import ThrState
+from fsev.linux.device import Device
+from fsev.thresholds import gate as thr_gate
+from fsev.thresholds.arming import ArmedMount, StatfsResult
 from fsev.thresholds.gate import Hook
 from fsev.thresholds.levels import Crossing, ThresholdState
-from fsev.thresholds.arming import ArmedMount, StatfsResult
-from fsev.linux.device import Device
 
 POLL_NEAR_S = 0.002
 TRAIL_S = 0.02

@@ -20,15 +20,15 @@ import threading
 import time
 import tty
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from rich.console import Console
 from rich.live import Live
 
 from fsev.events import EventType
-from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, read_ext4_errors, read_statfs
 from fsev.linux.memory import shed_compiler_memory
 from fsev.linux.mountinfo import Mount
+from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, read_ext4_errors, read_statfs
 from fsev.top.model import TopModel
 from fsev.top.view import render
 
@@ -165,7 +165,8 @@ if TYPE_CHECKING:
 class TopApp:
     """Drives a TraceSession (not yet started) into a TopModel and onto the screen."""
 
-    def __init__(self, session, model: TopModel, console: Console | None = None,  # type: ignore[no-untyped-def]
+    # session: a TraceSession, or a JournalSession standing in for one (fsev/top/review.py).
+    def __init__(self, session: Any, model: TopModel, console: Console | None = None,
                  recorder: "EventSink | None" = None) -> None:
         self.session = session
         self.recorder = recorder  # `fsev top --record FILE`: every event also goes to the journal
@@ -256,7 +257,8 @@ class TopApp:
         --once into a pipe but freeze a live screen at a stale size.
         """
         try:
-            return tuple(os.get_terminal_size(self.console.file.fileno()))  # type: ignore[return-value]
+            size = os.get_terminal_size(self.console.file.fileno())
+            return size.columns, size.lines
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             return self.console.size
 
@@ -306,7 +308,8 @@ class TopApp:
                         self._quit = True
                 since = time.monotonic() - self._last_frame
                 changed = self.model.version != self._shown_version
-                if self._resized or (changed and since >= self._min_frame_s) or since >= max(IDLE_FRAME_S, self._min_frame_s):
+                if (self._resized or (changed and since >= self._min_frame_s)
+                        or since >= max(IDLE_FRAME_S, self._min_frame_s)):
                     self._frame(live)
         return 0
 

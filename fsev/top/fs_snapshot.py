@@ -117,7 +117,8 @@ def _recorded(d: str, which: str) -> RecordedError | None:
         return None
 
 
-def read_ext4_errors(mount: Mount, root: str = EXT4_SYSFS, sys_dev_block: str = "/sys/dev/block") -> Ext4ErrorState | None:
+def read_ext4_errors(mount: Mount, root: str = EXT4_SYSFS,
+                     sys_dev_block: str = "/sys/dev/block") -> Ext4ErrorState | None:
     """The error state ext4 keeps for the superblock of this mount (None: not ext4, or gone)."""
     if mount.fs_type not in EXT4_DRIVER_TYPES:
         return None

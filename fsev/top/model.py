@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from fsev.events import Event, EventType
-from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, historical_events
 from fsev.linux.mountinfo import Mount
 from fsev.thresholds.levels import Levels, ThresholdState
 from fsev.top.feed import Feed, Filter
+from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, historical_events
 
 RATE_WINDOW_S = 5
 SORT_KEYS = ("severity", "usage", "avail", "errors", "mount")

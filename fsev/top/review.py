@@ -15,11 +15,11 @@ import time
 from typing import Iterator
 
 from fsev.events import Event, EventType
-from fsev.journal.store import Journal, Recording
-from fsev.linux.mountinfo import Mount
 from fsev.journal.replay import record_event
-from fsev.top.app import TopApp
+from fsev.journal.store import Journal, Recording
 from fsev.linux.device import Device
+from fsev.linux.mountinfo import Mount
+from fsev.top.app import TopApp
 
 # Records handed to the screen per tick when not paced: enough to read a
 # million-event journal in seconds, few enough that keys stay responsive.
@@ -101,8 +101,8 @@ class JournalSession:
 
     def _next(self) -> Event | None:
         if self._pending is not None:
-            ev, self._pending = self._pending, None
-            return ev
+            pending, self._pending = self._pending, None
+            return pending
         for rec in self._records:
             ev = record_event(rec)
             if ev is not None:  # a type this fsev does not know cannot be drawn

@@ -117,7 +117,8 @@ def usage_bar(row: MountRow, st: SuperState | None, width: int = BAR_WIDTH) -> T
 def thr_cell(st: SuperState | None) -> Text:
     if st is None or not st.levels:
         return Text("-", style="dim")
-    return [Text("ok", style="green"), Text("L1", style="bold yellow"), Text("L2", style="bold red")][min(st.thr_depth, 2)]
+    marks = [Text("ok", style="green"), Text("L1", style="bold yellow"), Text("L2", style="bold red")]
+    return marks[min(st.thr_depth, 2)]
 
 
 def ro_cell(row: MountRow) -> Text:
@@ -211,13 +212,14 @@ def _layout(columns: tuple[Column, ...], cells: list[list[Text]], width: int) ->
     widths fit, then the flexible ones shrink in turn (by `shrink`): the device
     first, then the last error, the mount point last.
     """
-    nat = [max(c.min, min(c.max, max([len(c.title)] + [row[i].cell_len for row in cells]))) for i, c in enumerate(columns)]
+    nat = [max(c.min, min(c.max, max([len(c.title)] + [row[i].cell_len for row in cells])))
+           for i, c in enumerate(columns)]
     keep = list(range(len(columns)))
 
     def total(widths: list[int]) -> int:
         return sum(widths[i] for i in keep) + GAP * (len(keep) - 1)
 
-    mins = [min(c.min, n) if c.shrink else n for c, n in zip(columns, nat)]
+    mins = [min(c.min, n) if c.shrink else n for c, n in zip(columns, nat, strict=False)]
     for i in sorted((i for i, c in enumerate(columns) if c.drop), key=lambda i: columns[i].drop):
         if total(mins) > width:
             keep.remove(i)
@@ -252,7 +254,7 @@ def mounts_table(model: TopModel, width: int, now: float, max_rows: int | None =
         head.append((" " * GAP if k else "") + (c.title.rjust(w) if c.right else c.title.ljust(w)))
     head.pad_right(max(0, width - head.cell_len))
     lines = [head]
-    for (r, st), row_cells in zip(pairs, cells):
+    for (r, st), row_cells in zip(pairs, cells, strict=False):
         line = Text(no_wrap=True, overflow="ellipsis")
         for k, (c, i, w) in enumerate(layout):
             if k:
@@ -263,7 +265,8 @@ def mounts_table(model: TopModel, width: int, now: float, max_rows: int | None =
             line.stylize("on #300000")
         lines.append(line)
     if not pairs:
-        lines.append(Text("  no mounts match" + (f" filter {model.filter.text!r}" if model.filter.text else ""), style="dim"))
+        lines.append(Text("  no mounts match" + (f" filter {model.filter.text!r}" if model.filter.text else ""),
+                          style="dim"))
     if hidden:
         lines.append(Text(f"  … {hidden} more mounts (/ to filter, --sort to order)", style="dim"))
     return lines
