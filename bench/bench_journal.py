@@ -19,20 +19,17 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from fsev.testing.flood import start_writer
-
-from fsev.events.json_line import event_json
 from fsev.events import Event, EventClass, EventType
+from fsev.events.json_line import event_json
+from fsev.journal.recorder import Recorder
 from fsev.journal.store import Journal
 from fsev.kernel.facts import KernelFacts
 from fsev.points.registry import plan_probes
-from fsev.journal.recorder import Recorder
+from fsev.testing.flood import start_writer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "journal.json"
 GOAL_EPS = 100_000

@@ -14,12 +14,11 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from fsev.testing.flood import start_writer
-from fsev.testing.kernel_rig import FSEV, FsevTrace, ext4
+from fsev.testing.kernel_rig import FSEV, ext4
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
 
@@ -97,11 +96,11 @@ def flood(fs, rate: float, seconds: float = 3.0) -> dict:
 def decode_only(fs, n: int = 200_000) -> dict:
     """Decode + enrich throughput on real records captured from the kernel,
     without the flood competing for the 2 cores."""
+    from fsev.events import EventClass
     from fsev.linux.mountinfo import MountTable
+    from fsev.points.registry import decode
     from fsev.session.selection import resolve_mounts
     from fsev.session.trace import TraceOptions, TraceSession
-    from fsev.events import EventClass
-    from fsev.points.registry import decode
 
     mounts = resolve_mounts([fs.mount_point], MountTable.read())
     s = TraceSession(TraceOptions(mounts=mounts, classes=frozenset({EventClass.ERR}), ringbuf_pages=64))

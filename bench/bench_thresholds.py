@@ -282,7 +282,7 @@ def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, blocks: i
         return statistics.median(r[i] for r in runs_)
 
     mb, ma = med(base, 0), med(armed, 0)
-    paired = [(a[1] / b[1] - 1) * 100 for b, a in zip(base, armed)]
+    paired = [(a[1] / b[1] - 1) * 100 for b, a in zip(base, armed, strict=False)]
     cb, ca = med(base, 1), med(armed, 1)
     return {
         "name": name, "bytes": nbytes, "fsync": fsync, "thr": thr, "pairs": len(base),
@@ -366,8 +366,8 @@ def bpf_cost(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, hot_tp: s
                 before: dict[int, tuple[str, int, int]] = {}
                 after: dict[int, tuple[str, int, int]] = {}
                 # the writer's part only, not the previous file's delete
-                timed_write(mp, nbytes, fsync, lambda: before.update(prog_stats(ids)),
-                            lambda: after.update(prog_stats(ids)))
+                timed_write(mp, nbytes, fsync, lambda before=before: before.update(prog_stats(ids)),
+                            lambda after=after: after.update(prog_stats(ids)))
                 for i in ids:
                     if i in before and i in after:
                         dt, dn = after[i][1] - before[i][1], after[i][2] - before[i][2]
@@ -545,7 +545,8 @@ def run(args: argparse.Namespace, reporting: dict) -> int:
             # empty one (bpf_stats) plus the dispatch every run pays (the floor).
             dispatch_ms = floor_ns.get(b["hot_tracepoint"], 0.0) * b["hot_program_runs_per_write"] / 1e6
             b["dispatch_ms_per_write"] = round(dispatch_ms, 2)
-            b["estimated_with_dispatch_pct"] = round((b["added_ms_per_write"] + dispatch_ms) / 1e3 / b["base_cpu_s"] * 100, 2)
+            added_s = (b["added_ms_per_write"] + dispatch_ms) / 1e3
+            b["estimated_with_dispatch_pct"] = round(added_s / b["base_cpu_s"] * 100, 2)
     result["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
     result["latency"] = [
         latency("tmpfs write -> event line", tmpfs("64m"), args.trials),
@@ -555,7 +556,9 @@ def run(args: argparse.Namespace, reporting: dict) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for o in result["overhead"]:
         print(f"{o['name']}: writer CPU base {o['base_median_cpu_s']:.3f}s armed {o['armed_median_cpu_s']:.3f}s "
-              f"= {o['overhead_cpu_pct']:+.2f}% (median of {o['pairs']} pairs {o['paired_overhead_cpu_pct_median']:+.2f}%, 95% CI {o['paired_overhead_cpu_pct_ci95']}, of minimums {o['overhead_cpu_min_pct']:+.2f}%); wall base {o['base_median_wall_s']:.3f}s armed "
+              f"= {o['overhead_cpu_pct']:+.2f}% (median of {o['pairs']} pairs "
+              f"{o['paired_overhead_cpu_pct_median']:+.2f}%, 95% CI {o['paired_overhead_cpu_pct_ci95']}, "
+              f"of minimums {o['overhead_cpu_min_pct']:+.2f}%); wall base {o['base_median_wall_s']:.3f}s armed "
               f"{o['armed_median_wall_s']:.3f}s = {o['overhead_wall_pct']:+.2f}% (target <= 2%); "
               f"events per armed block {sorted(set(o['crossing_events_per_armed_block']))}")
     for b in result["bpf_cost"]:

@@ -43,7 +43,7 @@ def run_doctor() -> int:
         why = "\n".join(r.skipped)
         if r.misses:
             why += ("\n" if why else "") + f"misses: {r.misses}"
-        p.add_row(r.point.value, r.kind.value, ", ".join(r.targets) or "-", why or "-")  # type: ignore[attr-defined]  # Rung.point is a str; plan_probes makes it a ProbePoint
+        p.add_row(r.name, r.kind.value, ", ".join(r.targets) or "-", why or "-")
     console.print(p)
 
     # Only the foundation's points are required; a health point without a

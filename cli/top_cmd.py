@@ -132,7 +132,7 @@ def run_top(req: TopRequest) -> int:
     uname = os.uname()
     model = TopModel(
         host=uname.nodename, kernel=uname.release,
-        rungs=[(r.point.value, r.kind.value) for r in session.plan.rungs],  # type: ignore[attr-defined]  # Rung.point is a str; plan_probes makes it a ProbePoint
+        rungs=[(r.name, r.kind.value) for r in session.plan.rungs],
         started=time.time(), show_all=req.all, sort=req.sort,
         watched=[m.mount_point for m in mounts], levels=levels,
     )

@@ -52,7 +52,7 @@ def _say(msg: str) -> None:
 def describe_plan(plan: Plan) -> list[str]:
     lines = []
     for r in plan.rungs:
-        line = f"{r.point.value}: {r.kind.value}"  # type: ignore[attr-defined]  # Rung.point is a str; plan_probes makes it a ProbePoint
+        line = f"{r.name}: {r.kind.value}"
         if r.targets:
             line += f" ({', '.join(r.targets)})"
         if r.skipped:

@@ -59,7 +59,9 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import bcc' 2>/dev/nu
   mkdir -p "$(dirname "$VENV")"
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "rich>=13" "typer>=0.9" "pytest>=7" "hypothesis>=6" ruff mypy
+# ruff and mypy are pinned: a newer linter may find new things in an old tree.
+# (One line: vm/build-image.sh reads the guest's wheel list from it.)
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "rich>=13" "typer>=0.9" "pytest>=7" "hypothesis>=6" "ruff==0.17.6" "mypy==2.4.1"
 # The project itself: always reinstalled, so the installed copy is this tree
 # (without setuptools' build/ of an earlier install, which would ship modules
 # that have since moved or gone).

@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
+from rich.console import Console
+from rich.text import Text
+
 from fsev.testing.kernel_rig import run, unmount
 from fsev.testing.tmux_top import TmuxTop
 
-from rich.console import Console
-from rich.text import Text
+ROOT = Path(__file__).resolve().parent.parent
 
 DEMO = Path("/srv/fsev-demo")
 WIDTH, HEIGHT = 132, 22

@@ -30,7 +30,7 @@ class NullSink:
 def plan_json(plan: Plan) -> list[dict[str, Any]]:
     return [
         {
-            "point": r.point.value, "kind": r.kind.value, "targets": list(r.targets),  # type: ignore[attr-defined]  # Rung.point is a str; plan_probes makes it a ProbePoint
+            "point": r.name, "kind": r.kind.value, "targets": list(r.targets),
             "gives": r.gives, "misses": r.misses, "skipped": list(r.skipped),
         }
         for r in plan.rungs

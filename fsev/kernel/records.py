@@ -18,14 +18,10 @@ import struct
 import types
 from importlib import resources
 from pathlib import Path
-<<<<<<< HEAD
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.clock import Clock
-=======
-from typing import Any, Mapping
->>>>>>> lint
 
 HEADER = "fsev.h"
 

@@ -15,7 +15,6 @@ from fsev.linux.blockdev import disk_of, partition_of
 from fsev.linux.device import Device
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
-from fsev.probes.program import ProgramConfig
 
 NAME = "block_io_error"
 BLOCK_RQ_ERROR = "block:block_rq_error"

@@ -223,13 +223,8 @@ class EnospcMonitor(PointMonitor):
             return {}
         out = {}
         for key, v in probes.table_items("enospc_states"):
-<<<<<<< HEAD
-            out[key] = KernelTotal(int(v.failures), int(v.last_pid), CALL_NAMES.get(int(v.last_call)),  # type: ignore[attr-defined]
-                                   c_string(bytes(v.last_comm)))  # type: ignore[attr-defined]
-=======
             out[key] = KernelTotal(int(v.failures), int(v.last_pid), CALL_NAMES.get(int(v.last_call)),  # type: ignore[attr-defined]  # bcc table leaves are built at run time
-                                   bytes(v.last_comm).split(b"\0", 1)[0].decode("utf-8", "replace"))  # type: ignore[attr-defined]  # as above
->>>>>>> lint
+                                   c_string(bytes(v.last_comm)))  # type: ignore[attr-defined]  # as above
         return out
 
 

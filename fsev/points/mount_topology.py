@@ -27,14 +27,7 @@ from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
-<<<<<<< HEAD
 from fsev.kernel.records import FSEV_H, Call, RecordClass, RecordType, c_string
-from fsev.probes.ladder import Rung, RungKind
-from fsev.probes.point import Point, PointMonitor, SessionContext
-from fsev.probes.program import ProgramConfig
-=======
-from fsev.kernel.records import FSEV_H, Call, RecordClass, RecordType
->>>>>>> lint
 from fsev.linux.fanotify import FAN_MNT_ATTACH, FAN_MNT_DETACH, FanEvent, MntnsWatch
 from fsev.linux.mountinfo import MountTable
 from fsev.linux.statmount import MountInfo, listmount, statmount

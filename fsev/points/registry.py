@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from fsev.events import Event, EventType
 from fsev.kernel.facts import KernelFacts
+from fsev.kernel.records import Finish, RecordDecoder
 from fsev.points import (
     block_io_error,
     enospc,
@@ -28,7 +29,6 @@ from fsev.points import (
 )
 from fsev.probes import program
 from fsev.probes.ladder import Plan
-from fsev.kernel.records import Finish, RecordDecoder
 from fsev.probes.point import Point
 from fsev.probes.program import ProgramConfig
 

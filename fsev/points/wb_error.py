@@ -11,7 +11,6 @@ from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import RecordClass, RecordType
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, raw_tp_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
-from fsev.probes.program import ProgramConfig
 
 NAME = "wb_error"
 FILEMAP_SET_WB_ERR = "filemap:filemap_set_wb_err"

@@ -38,6 +38,11 @@ class Rung:
     def usable(self) -> bool:
         return self.kind is not RungKind.NONE
 
+    @property
+    def name(self) -> str:
+        """The point's name as text (point may be a str enum member)."""
+        return str(getattr(self.point, "value", self.point))
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -55,7 +60,7 @@ class Plan:
         return r.kind if r is not None and r.usable else None
 
     def summary(self) -> dict[str, str]:
-        return {str(r.point.value if isinstance(r.point, enum.Enum) else r.point): r.kind.value for r in self.rungs}
+        return {r.name: r.kind.value for r in self.rungs}
 
 
 def kprobe_skip_reason(facts: KernelFacts, required: tuple[str, ...]) -> str | None:

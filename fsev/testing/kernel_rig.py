@@ -19,12 +19,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Any, Callable, Iterator
 
 FSEV = str(Path(sys.executable).parent / "fsev")
 
 
-def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+def run(*cmd: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), check=check, capture_output=True, text=True, **kw)
 
 
@@ -158,7 +158,7 @@ class FsevTrace:
             t.start()
 
     @staticmethod
-    def _pump(stream, sink: list[str]) -> None:
+    def _pump(stream: IO[str], sink: list[str]) -> None:
         for line in stream:
             sink.append(line)
 
@@ -176,7 +176,7 @@ class FsevTrace:
     def events(self) -> list[dict]:
         return [json.loads(l) for l in list(self.stdout_lines) if l.strip()]
 
-    def wait_for(self, pred, timeout: float = 10) -> list[dict]:
+    def wait_for(self, pred: Callable[[list[dict]], object], timeout: float = 10) -> list[dict]:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             evs = self.events()
@@ -205,5 +205,5 @@ class FsevTrace:
     def __enter__(self) -> "FsevTrace":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.kill()

@@ -46,8 +46,9 @@ class TmuxTop:
 
     def __enter__(self) -> "TmuxTop":
         fsev = " ".join(shlex.quote(a) for a in (FSEV, "top", *self.args))
+        rc = shlex.quote(self.rc_path)
         cmd = (f"trap : INT TERM HUP; {fsev} 2>{shlex.quote(self.stderr_path)}; "
-               f"echo $? > {shlex.quote(self.rc_path)}.tmp; mv {shlex.quote(self.rc_path)}.tmp {shlex.quote(self.rc_path)}")
+               f"echo $? > {rc}.tmp; mv {rc}.tmp {rc}")
         env = [a for k, v in self.env.items() for a in ("-e", f"{k}={v}")]
         self.tmux("new-session", "-d", "-s", "top", "-x", str(self.width), "-y", str(self.height), *env, cmd)
         self.shell_pid = int(self.tmux("display", "-p", "-t", "top", "#{pane_pid}").strip())

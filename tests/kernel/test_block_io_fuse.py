@@ -11,8 +11,8 @@ import time
 from typing import Iterator
 
 import pytest
-
 from support.fuse_disk import FuseDisk, fuse_disk
+
 from fsev.testing.kernel_rig import FsevTrace, run, unmount
 
 pytestmark = pytest.mark.root

@@ -101,8 +101,10 @@ def clang_layout() -> Iterator[dict[str, int]]:
         ir = subprocess.run([clang, "-target", "bpf", "-S", "-emit-llvm", "-o", "-", str(src)],
                             capture_output=True, text=True, timeout=300, check=False)
         assert ir.returncode == 0, ir.stderr[-3000:]
-        values = {names[m[1]]: int(m[2]) for m in re.finditer(r"^@(\w+) = .*global i64 (-?\d+)", ir.stdout, re.MULTILINE)}
-        assert len(values) == len(names), f"clang output lacks some globals: {sorted(set(names.values()) - set(values))}"
+        found = re.finditer(r"^@(\w+) = .*global i64 (-?\d+)", ir.stdout, re.MULTILINE)
+        values = {names[m[1]]: int(m[2]) for m in found}
+        missing = sorted(set(names.values()) - set(values))
+        assert len(values) == len(names), f"clang output lacks some globals: {missing}"
         yield values
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
-
-from fsev.testing.kernel_rig import FsevTrace, ext4, run, tmpfs, unmount
 from support.topology_scenario import _rung_for, check_topology, topology_scenario
+
+from fsev.testing.kernel_rig import FsevTrace, ext4, run, tmpfs
 
 pytestmark = pytest.mark.root
 

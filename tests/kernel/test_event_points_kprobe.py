@@ -10,9 +10,9 @@ import subprocess
 import time
 
 import pytest
+from support.topology_scenario import check_topology, topology_scenario
 
 from fsev.testing.kernel_rig import FsevTrace, ext4, run, tmpfs
-from support.topology_scenario import check_topology, topology_scenario
 
 pytestmark = [pytest.mark.root, pytest.mark.kprobe]
 ATTACH_S = 300  # bcc compiles slowly under emulation

@@ -16,14 +16,13 @@ import threading
 import time
 
 import pytest
+from support.journal_data import FsevProc, digest, fs_error, fsev, one_line_error, write_journal
 
 from fsev.journal.store import FORMAT_VERSION, Journal
 from fsev.journal.writer import MAX_UNCOMMITTED
 from fsev.kernel.records import RECORD_SIZE
 from fsev.session.trace import LOSS_CHECK_S
-
-from support.journal_data import FsevProc, digest, fsev, one_line_error, write_journal, fs_error
-from fsev.testing.kernel_rig import ext4, fsev_prog_ids, live_prog_ids, run, tmpfs, unmount
+from fsev.testing.kernel_rig import Ext4, ext4, fsev_prog_ids, live_prog_ids, run, tmpfs
 
 pytestmark = pytest.mark.root
 
@@ -40,7 +39,7 @@ def workdir():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _scenario(corrupt: "ext4_ctx", fs: "ext4_ctx", t: str) -> subprocess.Popen:
+def _scenario(corrupt: Ext4, fs: Ext4, t: str) -> subprocess.Popen:
     """One real error in htree_dirblock_to_tree, three through trigger_fs_error, one unmount."""
     reader = subprocess.Popen(["ls", os.path.join(corrupt.mount_point, "d")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -117,8 +116,8 @@ def test_record_and_trace_side_by_side_see_the_same_events(workdir):
     assert [strip(e) for e in replayed] == [strip(e) for e in traced]
     assert all(e.get("errno") for e in traced if e["type"] == "fs_error")
     assert [e["seq"] for e in replayed] == [e["seq"] for e in traced] == [1, 2, 3, 4, 5]
-    assert all(abs(r["wall_time"] - t["wall_time"]) < 0.5 for r, t in zip(replayed, traced))
-    assert any(f"recorded 5 events" in l for l in rec.stderr_lines), rec.stderr_lines
+    assert all(abs(r["wall_time"] - t["wall_time"]) < 0.5 for r, t in zip(replayed, traced, strict=False))
+    assert any("recorded 5 events" in l for l in rec.stderr_lines), rec.stderr_lines
 
 
 def test_top_from_a_journal_shows_what_was_recorded(workdir):

@@ -5,12 +5,11 @@ Return probes (kretp_*) are BPF_PROG_TYPE_KPROBE programs too."""
 from __future__ import annotations
 
 import pytest
-
 from support.kernels import fake_kernel
-from fsev.points.registry import plan_probes
-from fsev.probes.program import ProgramConfig, bpf_dir
-from fsev.points.registry import kprobe_attachments, source
+
 from fsev.kernel.records import RecordClass
+from fsev.points.registry import kprobe_attachments, plan_probes, source
+from fsev.probes.program import ProgramConfig, bpf_dir
 
 pytestmark = pytest.mark.root
 
@@ -29,7 +28,8 @@ KPROBE_FACTS = fake_kernel(
     ext4_shutdown_bit=1,
     ext4_aborted_bit=1,
 )
-EVENT_POINT_KPROBES = {"kp_ext4_handle_error", "kretp_ext4_handle_error", "kp_reconfigure_super", "kretp_reconfigure_super",
+EVENT_POINT_KPROBES = {"kp_ext4_handle_error", "kretp_ext4_handle_error",
+                       "kp_reconfigure_super", "kretp_reconfigure_super",
                   "kp_security_inode_create", "kp_security_inode_mkdir", "kp_blk_update_request",
                   "kp___filemap_set_wb_err"}
 

@@ -6,13 +6,12 @@ import ctypes
 import re
 
 import pytest
+from support.kernels import TRACEPOINTS_ONLY
 
 from fsev.kernel import records
-from support.kernels import TRACEPOINTS_ONLY
-from fsev.points.registry import plan_probes
-from fsev.probes.program import ProgramConfig, bpf_dir
-from fsev.points.registry import source
 from fsev.kernel.records import Record, RecordClass
+from fsev.points.registry import plan_probes, source
+from fsev.probes.program import ProgramConfig, bpf_dir
 
 pytestmark = pytest.mark.root
 
@@ -44,7 +43,7 @@ def _header() -> str:
 
 
 def _c_enum(name: str) -> dict[str, int]:
-    body = re.search(r"enum %s \{(.*?)\};" % name, _header(), re.S).group(1)
+    body = re.search(rf"enum {name} \{{(.*?)\}};", _header(), re.S).group(1)
     out = {}
     for m in re.finditer(r"(FSEV_\w+)\s*=\s*([^,\n/]+)", body):
         out[m.group(1)] = eval(m.group(2).replace("<<", "<<"))  # only integer literals and shifts

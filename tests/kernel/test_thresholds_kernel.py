@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from fsev.testing.kernel_rig import FSEV, FsevTrace, ext4, live_prog_ids, fsev_prog_ids, run, tmpfs, unmount
+from fsev.testing.kernel_rig import FSEV, FsevTrace, ext4, fsev_prog_ids, live_prog_ids, run, tmpfs, unmount
 
 pytestmark = pytest.mark.root
 
@@ -161,7 +161,7 @@ def test_each_watched_superblock_reports_its_own_crossings():
             assert t.stop() == 0
     evs = thr_events(t)
     assert [(e["mount_point"], e["pid"], e["level"], e["direction"]) for e in evs] == [
-        (mp, pid, "L1", "down") for mp, pid in zip(mps, pids)]
+        (mp, pid, "L1", "down") for mp, pid in zip(mps, pids, strict=False)]
 
 
 def test_a_writer_busy_while_fsev_arms_is_seen(monkeypatch):
@@ -169,13 +169,13 @@ def test_a_writer_busy_while_fsev_arms_is_seen(monkeypatch):
     cache "not watched" for the superblock; the epoch user space bumps after
     adding a slot must drop that verdict. Here the writer starts once the
     programs are attached and writes for 0.5 s before the thresholds are."""
-    from fsev.kernel.loader import KernelProbes
     from fsev.events import EventType
+    from fsev.kernel.loader import KernelProbes
     from fsev.linux.mountinfo import MountTable
     from fsev.points.registry import plan_probes
     from fsev.session.trace import TraceOptions, TraceSession, kernel_facts
-    from fsev.thresholds.levels import parse_thr
     from fsev.thresholds.arming import arm_thresholds
+    from fsev.thresholds.levels import parse_thr
 
     # One 4 KiB page per write, without pause, on one CPU: few other pages pass
     # that CPU's programs to displace its cached verdict.
@@ -227,9 +227,9 @@ def test_per_page_hooks_attach_only_near_a_level(kind, monkeypatch):
     from fsev.linux.mountinfo import MountTable
     from fsev.points.registry import plan_probes
     from fsev.session.trace import TraceOptions, TraceSession, kernel_facts
+    from fsev.thresholds.arming import arm_thresholds
     from fsev.thresholds.gate import Hook
     from fsev.thresholds.levels import parse_thr
-    from fsev.thresholds.arming import arm_thresholds
 
     monkeypatch.setenv("FSEV_THR_RATE", str(128 << 20))
     charge = Hook.SHMEM_CHARGE if kind == "tmpfs" else Hook.EXT4_CHARGE
@@ -312,7 +312,7 @@ def test_a_stale_cached_mapping_never_hides_a_crossing():
                     os.unlink(os.path.join(other, f"f{i}"))
             pid, avail = write_until(os.path.join(mp, "fill"), 500)
             assert avail < 500
-            evs = wait_thr(t, 2)
+            wait_thr(t, 2)
             time.sleep(0.3)
             assert t.stop() == 0
     assert [(e["level"], e["direction"], e["pid"]) for e in thr_events(t)] == [("L1", "down", pid), ("L2", "down", pid)]
@@ -372,8 +372,8 @@ def test_kernel_estimate_stays_within_the_band_of_statfs(kind):
     from fsev.linux.mountinfo import MountTable
     from fsev.points.registry import plan_probes
     from fsev.session.trace import TraceOptions, TraceSession, kernel_facts
-    from fsev.thresholds.levels import parse_thr
     from fsev.thresholds.arming import arm_thresholds
+    from fsev.thresholds.levels import parse_thr
 
     ctx = tmpfs("8m") if kind == "tmpfs" else ext4(size_mb=32)
     with ctx as fs:
@@ -413,8 +413,8 @@ def test_kernel_estimate_stays_within_the_band_of_statfs(kind):
 def test_thr_state_mirror_matches_what_bcc_compiles():
     from bcc import BPF
 
-    from fsev.probes.program import bpf_dir
     from fsev.kernel.records import ThrState
+    from fsev.probes.program import bpf_dir
 
     b = BPF(text='#include "fsev.h"\nBPF_HASH(thr, u32, struct fsev_thr_state, 1);\n',
             cflags=[f"-I{bpf_dir()}"])
@@ -473,13 +473,12 @@ def test_bad_thr_input_is_one_line_and_exit_2():
 def test_tmpfs_kprobe_rung_programs_pass_the_verifier_here(funcs):
     """No kprobes to attach here, but the programs of that rung load (verify)."""
     from bcc import BPF
+    from support.kernels import fake_kernel
 
     from fsev.kernel.btf import resolve
-    from support.kernels import fake_kernel
-    from fsev.points.registry import ALL_TRACEPOINTS, ProbePoint, plan_probes
-    from fsev.probes.program import ProgramConfig, bpf_dir
-    from fsev.points.registry import required_offsets, source
     from fsev.kernel.records import RecordClass
+    from fsev.points.registry import ALL_TRACEPOINTS, ProbePoint, plan_probes, required_offsets, source
+    from fsev.probes.program import ProgramConfig, bpf_dir
 
     facts = fake_kernel(release="x", kprobes=True, kprobe_functions=frozenset(funcs),
                         tracepoints=frozenset(ALL_TRACEPOINTS))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fsev.testing.kernel_rig import FsevTrace, ext4, fsev_prog_ids, live_prog_ids, run, tmpfs
+from fsev.testing.kernel_rig import FSEV, FsevTrace, ext4, fsev_prog_ids, live_prog_ids, run, tmpfs
 
 pytestmark = pytest.mark.root
 
@@ -77,7 +77,7 @@ def test_lazy_umount_of_busy_mount_reported_when_last_user_lets_go():
             finally:
                 busy.kill()
                 busy.wait()
-            evs = t.wait_for(lambda e: any(x["type"] == "umount" for x in e))
+            t.wait_for(lambda e: any(x["type"] == "umount" for x in e))
             time.sleep(0.3)
             assert t.stop() == 0
         drops = [e for e in t.events() if e["type"] == "umount"]
@@ -126,7 +126,7 @@ def test_count_and_duration_end_the_stream():
 
 
 def test_dry_run_attaches_and_exits_zero():
-    r = run(os.environ.get("FSEV", "") or __import__("kernel_env").FSEV, "trace", "--dry-run", check=False)
+    r = run(os.environ.get("FSEV", "") or FSEV, "trace", "--dry-run", check=False)
     assert r.returncode == 0, r.stderr
     assert "dry run" in r.stderr and "attached in" in r.stderr
 

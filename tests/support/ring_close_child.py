@@ -131,8 +131,8 @@ def probes_rounds(dev: int, n: int) -> dict[str, Rounds]:
     thread is in poll(): half with fsev's reader, half with bcc's callback
     consumer (FSEV_BCC_RINGBUF), whose ring bcc frees in cleanup()."""
     from fsev.kernel.loader import KernelProbes
-    from fsev.probes.program import bpf_dir
     from fsev.kernel.ringbuf import PAGE
+    from fsev.probes.program import bpf_dir
 
     text = f"#define WATCHED_DEV {dev}\n#define RING_PAGES {RING_PAGES}\n{PROG}"
     out = {"probes_reader": Rounds(), "probes_bcc": Rounds()}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 
 from fsev.events import Event, EventClass, EventType
-from fsev.top.fs_snapshot import FsStats
 from fsev.linux.mountinfo import parse_mountinfo
+from fsev.top.fs_snapshot import FsStats
 from fsev.top.model import TopModel
 from fsev.top.view import render
 

@@ -240,7 +240,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                   f"guest {t.get('boot_to_results_s', '?')} s, total {t.get('total_s', '?')} s")
     doctor = run.out / "results" / "doctor.txt"
     if doctor.exists():
-        tr.write_line(f"`fsev doctor` in the guest:")
+        tr.write_line("`fsev doctor` in the guest:")
         for line in doctor.read_text(errors="replace").splitlines():
             tr.write_line(f"  {line}")
     expected = {junit_key(n): n for n in config.stash.get(_EXPECTED, [])}

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.vm
 def test_guest_kernel_is_stock_with_kprobes(guest_run):
     f = guest_run.facts
     print(f"guest uname -r: {guest_run.kernel}")
-    assert guest_run.kernel not in ("?", os.uname().release), f"guest kernel {guest_run.kernel!r} is not a separate kernel"
+    assert guest_run.kernel not in ("?", os.uname().release), (
+        f"guest kernel {guest_run.kernel!r} is not a separate kernel")
     assert f.get("kprobe_events") == "yes", f"no kprobe_events in the guest: {f}"
     assert f.get("config_kprobes") == "y", f"guest kernel config has no CONFIG_KPROBES=y: {f}"
     assert f.get("headers") == "yes", f"no matching kernel headers in the guest: {f}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import stat
@@ -12,13 +11,12 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.journal_data import PLAN, digest, fs_error, loss, umount, write_journal
 
-from fsev.events import Event, EventClass, EventType
+from fsev.events import Event, EventClass
 from fsev.journal.store import APPLICATION_ID, FORMAT_VERSION, Journal, JournalError, event_body
 from fsev.journal.writer import MAX_UNCOMMITTED, JournalWriter
 from fsev.session.sinks import JsonSink
-
-from support.journal_data import PLAN, digest, fs_error, loss, umount, write_journal
 
 
 @pytest.fixture

@@ -119,7 +119,7 @@ class _Ring:
         self.prod = 0
 
     def produce(self, n: int) -> None:
-        for i in range(n):
+        for _i in range(n):
             off = 2 * PAGE + self.prod
             struct.pack_into("<II", self.mem, off, REC, 0)
             struct.pack_into("<Q", self.mem, off + HDR_SZ, self.prod)
@@ -201,7 +201,7 @@ def test_close_and_wake_release_a_waiting_reader(ring):
         for end in ("wake", "close"):
             r = RingReader(ring.fd, SIZE)
             left: list[float] = []
-            t = threading.Thread(target=lambda: (r.wait(10_000), left.append(time.monotonic())))
+            t = threading.Thread(target=lambda r=r, left=left: (r.wait(10_000), left.append(time.monotonic())))
             t.start()
             time.sleep(0.1)  # in epoll by now
             t0 = time.monotonic()
@@ -224,7 +224,7 @@ def test_close_at_any_moment_of_reading(ring):
             r = RingReader(ring.fd, SIZE)
             stop = threading.Event()
 
-            def consume(r: RingReader = r) -> None:
+            def consume(r: RingReader = r, stop: threading.Event = stop) -> None:
                 out: list[bytes] = []
                 while not stop.is_set():
                     r.wait(50)

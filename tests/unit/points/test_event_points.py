@@ -1,37 +1,50 @@
-"""The event points (read-only, ENOSPC, block I/O, writeback, topology, error detail), pure logic (no root): decoding, ladders, program switches,
+"""The event points (read-only, ENOSPC, block I/O, writeback, topology, error
+detail), pure logic (no root): decoding, ladders, program switches,
 ENOSPC storm counting, fanotify parsing, errno/inode merging, read-only
 transitions, block device mapping."""
 
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.kernels import fake_kernel, raw_record
 
-from fsev.linux.blockdev import disk_of, partition_of
-from fsev.events.clock import Clock
-from fsev.points.registry import decode
-from fsev.points.enospc import EnospcAggregator, KernelTotal
 from fsev.events import Event, EventClass, EventType
-from fsev.linux.fanotify import (FAN_EVENT_INFO_TYPE_ERROR, FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_MNT,
-                           FAN_FS_ERROR, FAN_MNT_ATTACH, FAN_MNT_DETACH, FanEvent, parse_events)
+from fsev.events.clock import Clock
+from fsev.kernel.records import Call, Field, RecordClass, RecordType, RoBits, Rung
+from fsev.linux.blockdev import disk_of, partition_of
+from fsev.linux.device import kernel_dev
+from fsev.linux.fanotify import (
+    FAN_EVENT_INFO_TYPE_ERROR,
+    FAN_EVENT_INFO_TYPE_FID,
+    FAN_EVENT_INFO_TYPE_MNT,
+    FAN_FS_ERROR,
+    FAN_MNT_ATTACH,
+    FAN_MNT_DETACH,
+    FanEvent,
+    parse_events,
+)
+from fsev.linux.mountinfo import MountTable, parse_mountinfo
+from fsev.points.enospc import EnospcAggregator, KernelTotal
 from fsev.points.ext4_error_detail import Ext4ErrorDetail, fill_from_sysfs
 from fsev.points.mount_topology import mount_action
-from fsev.points.read_only import ro_flag_name
-from support.kernels import fake_kernel, raw_record
-from fsev.linux.mountinfo import MountTable, parse_mountinfo
-from fsev.points.registry import ProbePoint, plan_probes
+from fsev.points.read_only import (
+    EMERGENCY_RO,
+    MNT_READONLY,
+    SB_RDONLY,
+    SHUTDOWN,
+    ReadOnlyTracker,
+    mount_read_only,
+    ro_flag_name,
+)
+from fsev.points.registry import ProbePoint, decode, kprobe_attachments, plan_probes, preamble, required_offsets
 from fsev.probes.ladder import RungKind
 from fsev.probes.program import ProgramConfig
-from fsev.points.registry import kprobe_attachments, preamble, required_offsets
-from fsev.points.read_only import EMERGENCY_RO, MNT_READONLY, SB_RDONLY, SHUTDOWN, ReadOnlyTracker, mount_read_only
-from fsev.kernel.records import Call, Field, Record, RecordClass, RecordType, RoBits, Rung
-from fsev.linux.device import kernel_dev
 
 ALL = frozenset(RecordClass(c) for c in (1, 2, 3, 4))
 HERE_TPS = frozenset({
@@ -273,7 +286,8 @@ def test_parse_fs_error_without_inode_and_mount_events():
     raw = _event(FAN_FS_ERROR, 1, _info(FAN_EVENT_INFO_TYPE_FID, fid), _info(FAN_EVENT_INFO_TYPE_ERROR,
                                                                              struct.pack("<iI", 117, 3)))
     # FAN_EVENT_INFO_TYPE_MNT: the u64 is 8-aligned, after 4 bytes of padding
-    raw += _event(FAN_MNT_ATTACH | FAN_MNT_DETACH, 2, _info(FAN_EVENT_INFO_TYPE_MNT, b"\0" * 4 + struct.pack("<Q", 2147484888)))
+    mnt = _info(FAN_EVENT_INFO_TYPE_MNT, b"\0" * 4 + struct.pack("<Q", 2147484888))
+    raw += _event(FAN_MNT_ATTACH | FAN_MNT_DETACH, 2, mnt)
     a, b = parse_events(raw + b"\x01\x02")  # a torn tail is ignored
     assert a.ino is None and (a.error, a.error_count) == (117, 3)
     assert b.mnt_id == 2147484888 and b.mask == FAN_MNT_ATTACH | FAN_MNT_DETACH

@@ -6,24 +6,21 @@ import json
 
 import pytest
 from rich.console import Console
+from support.kernels import fake_kernel, raw_record
 
-from fsev.events.clock import Clock
-from fsev.kernel.records import DecodeError
-from fsev.session.pipeline import Enricher
-from fsev.points.registry import decode
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
+from fsev.events.clock import Clock
 from fsev.events.inert import inert
-from support.kernels import fake_kernel, raw_record
+from fsev.kernel.records import DecodeError, Field, RecordClass, RecordType, Rung
+from fsev.linux.device import kernel_dev
 from fsev.linux.mountinfo import MountTable, parse_mountinfo, parse_mountinfo_line
-from fsev.session.sinks import JsonSink, human_line
-from fsev.points.registry import ProbePoint, plan_probes
+from fsev.points.registry import ProbePoint, decode, kprobe_attachments, plan_probes, preamble, required_offsets
 from fsev.probes.ladder import RungKind
 from fsev.probes.program import ProgramConfig
-from fsev.points.registry import kprobe_attachments, preamble, required_offsets
-from fsev.kernel.records import Field, Record, RecordClass, RecordType, Rung
-from fsev.linux.device import kernel_dev
+from fsev.session.pipeline import Enricher
 from fsev.session.selection import parse_classes, resolve_mounts
+from fsev.session.sinks import JsonSink, human_line
 
 MOUNTINFO = """\
 22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
@@ -260,6 +257,6 @@ def test_struct_format_is_derived_from_the_ctypes_mirror():
     r = record(ts_ns=1, ino=2, block=3, value=4, type=5, cls=6, rung=7, fields=8, dev=9, pid=10, tgid=11,
                err=-12, line=13, mnt_id=14, level=15, direction=16, comm=b"c", func=b"f", path=b"p")
     assert RECORD_STRUCT.size == RECORD_SIZE
-    got = dict(zip(RECORD_FIELDS, RECORD_STRUCT.unpack(bytes(r))))
+    got = dict(zip(RECORD_FIELDS, RECORD_STRUCT.unpack(bytes(r)), strict=False))
     assert [got[k] for k in RECORD_FIELDS[:16]] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, -12, 13, 14, 15, 16]
     assert got["comm"].rstrip(b"\0") == b"c" and got["path"].rstrip(b"\0") == b"p"

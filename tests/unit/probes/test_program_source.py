@@ -8,10 +8,10 @@ import errno
 import re
 
 from support.kernels import TRACEPOINTS_ONLY
-from fsev.points.registry import plan_probes
-from fsev.points.registry import source
-from fsev.probes.program import MAIN_SOURCE, ProgramConfig, bpf_dir, expand_includes
+
 from fsev.kernel.records import FSEV_H, RecordClass, parse_header
+from fsev.points.registry import plan_probes, source
+from fsev.probes.program import MAIN_SOURCE, ProgramConfig, bpf_dir, expand_includes
 
 TP_FACTS = TRACEPOINTS_ONLY
 

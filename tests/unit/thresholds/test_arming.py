@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 
 import pytest
+from support.thresholds_data import Disk, FakeStatfs, facts, mount
 
-from fsev.events.clock import Clock
 from fsev.events import Event, EventClass, EventType
-from fsev.kernel.facts import KernelFacts
-from support.thresholds_data import ALL_TP, Disk, FakeStatfs, facts, mount
-from fsev.linux.mountinfo import Mount
-from fsev.points.thr_ext4 import EXT4_THR_TRACEPOINTS
-from fsev.points.thr_tmpfs import SHMEM_TRACEPOINTS
-from fsev.points.registry import ProbePoint, plan_probes
+from fsev.events.clock import Clock
+from fsev.kernel.records import RecordClass, ThrKind
+from fsev.kernel.thr_slots import reset_gate, thr_slot_for
+from fsev.points.registry import ProbePoint, kprobe_attachments, plan_probes, preamble, required_offsets
 from fsev.probes.ladder import RungKind
 from fsev.probes.program import ProgramConfig
-from fsev.points.registry import kprobe_attachments, preamble, required_offsets
-from fsev.kernel.records import RecordClass, ThrKind
-from fsev.thresholds.monitor import ThresholdMonitor
-from fsev.thresholds.levels import Levels, ThresholdError, parse_hysteresis, parse_thr, resolve_levels
-from fsev.kernel.thr_slots import reset_gate, thr_slot_for
 from fsev.thresholds.arming import arm_thresholds, kernel_points, percpu_batch, single_points
-
-
-
-
-
-
-
-
+from fsev.thresholds.levels import Levels, ThresholdError, parse_hysteresis, parse_thr, resolve_levels
+from fsev.thresholds.monitor import ThresholdMonitor
 
 # ---- parsing and levels ---------------------------------------------------
 
@@ -97,7 +83,8 @@ def test_tmpfs_kprobe_rung_picks_the_signature_this_kernel_has(funcs, targets):
     plan = plan_probes(facts(kprobes=True, funcs=frozenset(funcs)))
     r = plan.rung(ProbePoint.THR_TMPFS)
     assert r.kind is RungKind.KPROBE and r.targets == targets
-    config = ProgramConfig(classes=frozenset(RecordClass), watch_all=False, thr_points=frozenset({ProbePoint.THR_TMPFS}))
+    config = ProgramConfig(classes=frozenset(RecordClass), watch_all=False,
+                           thr_points=frozenset({ProbePoint.THR_TMPFS}))
     assert (targets[0], "kp_thr_shmem_acct") in kprobe_attachments(plan, config)
     text = preamble(plan, config, {})
     assert "#define FSEV_THR_SHMEM_KPROBE 1" in text
@@ -138,7 +125,8 @@ def test_arming_picks_rung_by_fs_type_and_sizes_the_band():
     assert o.band == 0
     assert kernel_points(armed) == {ProbePoint.THR_TMPFS, ProbePoint.THR_EXT4}
     st = t.state(depth=1)
-    assert (st.l1, st.l2, st.hysteresis, st.nlevels, st.depth, st.kind, st.step) == (1000, 500, 10, 2, 1, ThrKind.SHMEM, 512)
+    got = (st.l1, st.l2, st.hysteresis, st.nlevels, st.depth, st.kind, st.step)
+    assert got == (1000, 500, 10, 2, 1, ThrKind.SHMEM, 512)
     assert e.state(0).step == 1 and e.state(0).gate == 0
     assert t.key == 40 and e.key == (7 << 20) | 1
     assert (t.state(0).dev, e.state(0).dev, t.state(0).cpus) == (40, (7 << 20) | 1, 2)  # names hints; cuts shares

@@ -11,18 +11,18 @@ from __future__ import annotations
 import time
 
 import pytest
+from support.thresholds_data import Disk, facts, mount
 
-from fsev.thresholds import gate as thr_gate
-from fsev.events.clock import Clock
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
+from fsev.events.clock import Clock
 from fsev.points.registry import plan_probes
 from fsev.session.trace import poll_timeout_ms
-from fsev.thresholds.gate import Hook
-from fsev.thresholds.monitor import ThresholdMonitor
-from fsev.thresholds.levels import parse_thr
+from fsev.thresholds import gate as thr_gate
 from fsev.thresholds.arming import arm_thresholds
-from support.thresholds_data import Disk, facts, mount
+from fsev.thresholds.gate import Hook
+from fsev.thresholds.levels import parse_thr
+from fsev.thresholds.monitor import ThresholdMonitor
 
 BLOCK = 4096
 TOTAL = 1_000_000
@@ -108,7 +108,8 @@ def test_reach_and_poll_interval_arithmetic():
     assert thr_gate.distance([1000, 500], 0, 100) == 400  # below L2 too: it may be crossed back
     assert thr_gate.distance([1000], 50, 1030) == 0  # between a level and its re-arm point
     assert thr_gate.distance([1000], 50, 1070) == 20
-    assert thr_gate.charge_needed(r, r, slow, attached=False) and not thr_gate.charge_needed(r + 1, r, slow, attached=False)
+    assert thr_gate.charge_needed(r, r, slow, attached=False)
+    assert not thr_gate.charge_needed(r + 1, r, slow, attached=False)
     # attached, it stays out to twice the slow reach: the re-attach after a detach is never due within its wait
     assert thr_gate.charge_needed(2 * slow, r, slow, attached=True)
     assert not thr_gate.charge_needed(2 * slow + 1, r, slow, attached=True)

@@ -13,11 +13,11 @@ import time
 
 import pytest
 from rich.console import Console
+from support.top_data import MOUNTINFO, ev, model, mounts
 
 from fsev.linux.mountinfo import MountTable
-from fsev.top.app import Keyboard, TopApp, split_keys
 from fsev.testing.kernel_rig import FSEV
-from support.top_data import MOUNTINFO, ev, model, mounts
+from fsev.top.app import Keyboard, TopApp, split_keys
 
 
 class FakeSession:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
+from support.top_data import NOW, STATS, ev, model, mounts, thr_ev
 
 from fsev.events import EventClass, EventType
-from fsev.top.fs_snapshot import FsStats, historical_events, read_ext4_errors
 from fsev.thresholds.levels import Levels
+from fsev.top.fs_snapshot import FsStats, historical_events, read_ext4_errors
 from fsev.top.model import TopModel
-from support.top_data import NOW, STATS, ev, model, mounts, thr_ev
 
 
 def test_errors_counted_per_superblock_and_last_error_kept():

@@ -6,9 +6,9 @@ import os
 import time
 
 import pytest
+from support.journal_data import fs_error, fsev, loss, one_line_error, umount, write_journal
 
 from fsev.top.review import JournalSession
-from support.journal_data import fs_error, fsev, loss, one_line_error, umount, write_journal
 
 WALL = 1_700_000_000.0
 

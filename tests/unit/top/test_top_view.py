@@ -6,13 +6,13 @@ import io
 import re
 
 from rich.console import Console
+from support.top_data import HOSTILE, NOW, ev, lines_with, model, mounts, screen, thr_ev
 
 from fsev.events import EventClass, EventType
-from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, RecordedError
 from fsev.thresholds.levels import Levels
+from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, RecordedError
 from fsev.top.model import TopModel
 from fsev.top.view import feed_line, header, render, usage_bar
-from support.top_data import HOSTILE, NOW, ev, lines_with, model, mounts, screen, thr_ev
 
 
 def _row(text: str, mount_point: str) -> str:
