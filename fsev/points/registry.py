@@ -66,7 +66,6 @@ class ProbePoint(str, enum.Enum):
     MOUNT_TOPOLOGY = mount_topology.NAME
 
 
-BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}
 ALL_TRACEPOINTS: frozenset[str] = frozenset(t for p in POINTS for t in p.tracepoints)
 ALL_KPROBE_FUNCTIONS: frozenset[str] = frozenset(f for p in POINTS for f in p.kprobe_functions)
 # Per-page programs attached only near a level, by hook group (fsev/thresholds/gate.py).
