@@ -20,7 +20,7 @@ from fsev.kernel.thr_slots import reset_gate, thr_slot_for
 if TYPE_CHECKING:
     # A group of gated programs, switched together. For annotations only: at
     # run time the loader only hashes hooks, and needs nothing from fsev.points.
-    from fsev.points.free_space import Hook
+    from fsev.kernel.thr_slots import Hook
 
 # The record sink returns True when its batch is full: the callback then
 # returns -1 so libbpf stops consuming (that record is already copied) and

@@ -1,4 +1,6 @@
-"""The thr_state map's slots and gate word (struct fsev_thr_state in bpf/fsev.h).
+"""The threshold programs' kernel-side bookkeeping: the thr_state map's slots
+and gate word (struct fsev_thr_state in bpf/fsev.h), and the groups the
+per-page programs are attached and detached in.
 
 Pure: which slot a new superblock takes, and the gate user space writes with
 a new state. The loader (fsev.kernel.loader) applies them.
@@ -6,7 +8,18 @@ a new state. The loader (fsev.kernel.loader) applies them.
 
 from __future__ import annotations
 
+import enum
+
 from fsev.kernel.records import ThrKind
+
+
+class Hook(enum.Enum):
+    """A group of per-page programs attached and detached together
+    (fsev/thresholds/gate.py says when; fsev/points/thr_*.py name their programs')."""
+
+    SHMEM_CHARGE = "tmpfs charge"
+    SHMEM_FREE = "tmpfs free"
+    EXT4_CHARGE = "ext4 reservation"
 
 
 def thr_slot_for(kind: int, taken: set[int]) -> int:

@@ -8,25 +8,15 @@ with --thr (ProgramConfig.thr_points), whatever the classes.
 
 from __future__ import annotations
 
-import enum
-
 from fsev.events import Event, EventType
 from fsev.kernel.records import Field, RecordClass, RecordType
+from fsev.kernel.thr_slots import Hook
 from fsev.probes.ladder import Rung, RungKind
 from fsev.probes.point import Point
 from fsev.probes.program import ProgramConfig
 
 _DIRECTION = {1: "down", 2: "up"}
 _F_SETTLE = int(Field.SETTLE)
-
-
-class Hook(enum.Enum):
-    """A group of per-page programs attached and detached together
-    (fsev/thresholds/gate.py says when)."""
-
-    SHMEM_CHARGE = "tmpfs charge"
-    SHMEM_FREE = "tmpfs free"
-    EXT4_CHARGE = "ext4 reservation"
 
 
 def describe_threshold(ev: Event) -> str:
@@ -54,4 +44,7 @@ class FreeSpacePoint(Point):
 
     def describe(self, ev: Event) -> str:
         return describe_threshold(ev)
+
+
+__all__ = ["FreeSpacePoint", "Hook", "describe_threshold"]
 

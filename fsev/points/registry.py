@@ -33,7 +33,7 @@ from fsev.probes.point import Point
 from fsev.probes.program import ProgramConfig
 
 if TYPE_CHECKING:
-    from fsev.points.free_space import Hook
+    from fsev.kernel.thr_slots import Hook
 
 POINTS: tuple[Point, ...] = (
     ext4_error.POINT,

@@ -19,8 +19,8 @@ from fsev.probes.ladder import Plan, Rung, RungKind
 
 if TYPE_CHECKING:
     from fsev.events.clock import Clock
+    from fsev.kernel.thr_slots import Hook
     from fsev.linux.mountinfo import Mount, MountTable
-    from fsev.points.free_space import Hook
     from fsev.probes.program import ProgramConfig
 
 

@@ -41,7 +41,7 @@ import os
 
 from fsev.errors import FsevError
 from fsev.kernel.records import ThrKind
-from fsev.points.free_space import Hook
+from fsev.kernel.thr_slots import Hook
 
 RATE_BOUND = 4 << 30  # bytes/s: a single writer into the page cache, with room
 LEAD_S = 0.01  # an attach (0.2-0.4 ms) and a late poll
