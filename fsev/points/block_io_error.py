@@ -85,11 +85,11 @@ class BlockIoError(Point):
     tracepoints = frozenset({BLOCK_RQ_ERROR})
     kprobe_functions = frozenset({BLOCK_KPROBE})
 
-    def plan(self, facts: KernelFacts) -> Rung:
-        return plan_block_io(facts)
-
     switches = {RungKind.TRACEPOINT: "FSEV_BLOCK_IO_TRACEPOINT", RungKind.KPROBE: "FSEV_BLOCK_IO_KPROBE"}
     rung_offsets = {RungKind.KPROBE: KPROBE_OFFSETS}
+
+    def plan(self, facts: KernelFacts) -> Rung:
+        return plan_block_io(facts)
 
     def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
                arg: int, func: bytes) -> None:

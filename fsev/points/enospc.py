@@ -236,11 +236,11 @@ class Enospc(Point):
     tracepoints = frozenset({RAW_SYS_EXIT})
     kprobe_functions = frozenset(ENOSPC_KPROBES)
 
-    def plan(self, facts: KernelFacts) -> Rung:
-        return plan_enospc(facts)
-
     switches = {RungKind.RAW_TRACEPOINT: "FSEV_ENOSPC_RAW_TP", RungKind.KPROBE: "FSEV_ENOSPC_KPROBE"}
     rung_offsets = {RungKind.RAW_TRACEPOINT: OFFSETS, RungKind.KPROBE: OFFSETS}
+
+    def plan(self, facts: KernelFacts) -> Rung:
+        return plan_enospc(facts)
 
     def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
         if rung.kind is RungKind.KPROBE and self.compiled(rung, config):

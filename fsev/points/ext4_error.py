@@ -83,10 +83,10 @@ class Ext4Error(Point):
     # Which __ext4_error argument positions the kprobe program reads.
     ext4_error_args: ClassVar[dict[str, int]] = EXT4_ERROR_ARGS_5_11
 
+    switches = {RungKind.KPROBE: "FSEV_EXT4_ERROR_KPROBE", RungKind.TRACEPOINT: "FSEV_EXT4_ERROR_TRACEPOINT"}
+
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_ext4_error(facts)
-
-    switches = {RungKind.KPROBE: "FSEV_EXT4_ERROR_KPROBE", RungKind.TRACEPOINT: "FSEV_EXT4_ERROR_TRACEPOINT"}
 
     def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
         d = super().defines(rung, config)

@@ -202,10 +202,10 @@ class MountDrop(Point):
     tracepoints = frozenset(UMOUNT_TRACEPOINTS)
     kprobe_functions = frozenset({MOUNT_DROP_FUNCTION})
 
+    switches = {RungKind.KPROBE: "FSEV_MOUNT_DROP_KPROBE", RungKind.TRACEPOINT: "FSEV_MOUNT_DROP_TRACEPOINT"}
+
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_mount_drop(facts)
-
-    switches = {RungKind.KPROBE: "FSEV_MOUNT_DROP_KPROBE", RungKind.TRACEPOINT: "FSEV_MOUNT_DROP_TRACEPOINT"}
 
     def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
         # As ext4_error's: resolved for the kprobe rung whatever the classes.

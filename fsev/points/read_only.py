@@ -325,11 +325,11 @@ class ReadOnly(Point):
     tracepoints = frozenset({RAW_SYS_EXIT, RAW_EXT4_ERROR})
     kprobe_functions = frozenset({RO_KPROBE, RO_KPROBE_REMOUNT})
 
-    def plan(self, facts: KernelFacts) -> Rung:
-        return plan_read_only(facts)
-
     switches = {RungKind.RAW_TRACEPOINT: "FSEV_RO_RAW_TP", RungKind.KPROBE: "FSEV_RO_KPROBE"}
     rung_offsets = OFFSETS
+
+    def plan(self, facts: KernelFacts) -> Rung:
+        return plan_read_only(facts)
 
     def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
         specs = list(super().offsets(rung, config))

@@ -70,11 +70,11 @@ class WbError(Point):
     tracepoints = frozenset({FILEMAP_SET_WB_ERR})
     kprobe_functions = frozenset({WB_KPROBE})
 
-    def plan(self, facts: KernelFacts) -> Rung:
-        return plan_wb(facts)
-
     switches = {RungKind.RAW_TRACEPOINT: "FSEV_WB_RAW_TP", RungKind.KPROBE: "FSEV_WB_KPROBE"}
     rung_offsets = OFFSETS
+
+    def plan(self, facts: KernelFacts) -> Rung:
+        return plan_wb(facts)
 
     def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
                arg: int, func: bytes) -> None:
