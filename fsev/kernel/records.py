@@ -33,7 +33,7 @@ def header_text() -> str:
     try:
         return (resources.files("fsev.bpf") / HEADER).read_text()
     except ModuleNotFoundError:
-        return (Path(__file__).resolve().parent.parent / "bpf" / HEADER).read_text()
+        return (Path(__file__).resolve().parents[2] / "bpf" / HEADER).read_text()
 
 
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
