@@ -243,7 +243,7 @@ class Enospc(Point):
         return plan_enospc(facts)
 
     def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
-        if rung.kind is RungKind.KPROBE and self.compiled(rung, config):
+        if self.compiled_as(rung, config, RungKind.KPROBE):
             return [(fn, f"kp_{fn}") for fn in ENOSPC_KPROBES]
         return []
 

@@ -90,7 +90,7 @@ class Ext4Error(Point):
 
     def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
         d = super().defines(rung, config)
-        if rung is not None and rung.kind is RungKind.KPROBE and self.compiled(rung, config):
+        if rung is not None and self.compiled_as(rung, config, RungKind.KPROBE):
             d += [(f"ATTACH_{fn.upper()}", "1") for fn in rung.targets]
             d += [(f"{name}(ctx)", f"PT_REGS_PARM{pos}(ctx)") for name, pos in self.ext4_error_args.items()]
         return d

@@ -8,6 +8,8 @@ with --thr (ProgramConfig.thr_points), whatever the classes.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from fsev.events import Event, EventType
 from fsev.kernel.records import Field, RecordClass, RecordType
 from fsev.kernel.thr_slots import Hook
@@ -28,10 +30,20 @@ class FreeSpacePoint(Point):
     event_type = EventType.THRESHOLD
     classes = frozenset({RecordClass.THR})
 
-    def armed(self, rung: Rung | None, config: ProgramConfig | None, kind: RungKind) -> bool:
-        """Whether this point's programs of this kind are compiled in."""
-        return (rung is not None and rung.kind is kind and config is not None
-                and self.name in config.thr_points)
+    # Its C's switch for "armed on exactly one superblock" (ProgramConfig.thr_single).
+    single_switch: ClassVar[str | None] = None
+
+    def compiled(self, rung: Rung, config: ProgramConfig | None) -> bool:
+        """Armed: a kernel rung, and --thr on a mount of this point's kind
+        (whatever the classes asked for)."""
+        return (config is not None and self.name in config.thr_points
+                and rung.kind in (RungKind.KPROBE, RungKind.RAW_TRACEPOINT))
+
+    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
+        d = super().defines(rung, config)
+        if self.single_switch is not None:
+            d.append((self.single_switch, str(int(self.name in config.thr_single))))
+        return d
 
     def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
                arg: int, func: bytes) -> None:

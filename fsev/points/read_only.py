@@ -344,7 +344,7 @@ class ReadOnly(Point):
 
     def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        if rung.kind is RungKind.KPROBE and self.compiled(rung, config):
+        if self.compiled_as(rung, config, RungKind.KPROBE):
             for fn in (RO_KPROBE, RO_KPROBE_REMOUNT):
                 if fn in rung.targets:
                     out += [(fn, f"kp_{fn}"), (fn, f"kretp_{fn}")]

@@ -46,19 +46,15 @@ class ThrExt4(FreeSpacePoint):
     tracepoints = frozenset(EXT4_THR_TRACEPOINTS)
     gated = {"thr_ext4_reserve": Hook.EXT4_CHARGE}
 
+    switches = {RungKind.RAW_TRACEPOINT: "FSEV_THR_EXT4_RAW_TP"}
+    single_switch = "FSEV_THR_EXT4_SINGLE"
+    rung_offsets = {RungKind.RAW_TRACEPOINT: OFFSETS}
+
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_thr_ext4(facts)
 
-    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
-        return [("FSEV_THR_EXT4_RAW_TP", str(int(self.armed(rung, config, RungKind.RAW_TRACEPOINT)))),
-                ("FSEV_THR_EXT4_SINGLE", str(int(NAME in config.thr_single)))]
-
-    def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
-        armed = config is not None and NAME in config.thr_points and rung.kind is RungKind.RAW_TRACEPOINT
-        return OFFSETS if armed else ()
-
     def raw_tracepoints(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str, str]]:
-        return list(EXT4_RAW_TPS) if self.armed(rung, config, RungKind.RAW_TRACEPOINT) else []
+        return list(EXT4_RAW_TPS) if self.compiled_as(rung, config, RungKind.RAW_TRACEPOINT) else []
 
 
 POINT = ThrExt4()

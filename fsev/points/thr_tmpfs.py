@@ -111,14 +111,16 @@ class ThrTmpfs(FreeSpacePoint):
         "kp_thr_shmem_unacct": Hook.SHMEM_FREE,
     }
 
+    switches = {RungKind.RAW_TRACEPOINT: "FSEV_THR_SHMEM_RAW_TP", RungKind.KPROBE: "FSEV_THR_SHMEM_KPROBE"}
+    single_switch = "FSEV_THR_SHMEM_SINGLE"
+    rung_offsets = OFFSETS
+
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_thr_tmpfs(facts)
 
     def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
-        kprobe = self.armed(rung, config, RungKind.KPROBE)
-        d = [("FSEV_THR_SHMEM_RAW_TP", str(int(self.armed(rung, config, RungKind.RAW_TRACEPOINT)))),
-             ("FSEV_THR_SHMEM_KPROBE", str(int(kprobe))),
-             ("FSEV_THR_SHMEM_SINGLE", str(int(NAME in config.thr_single)))]
+        d = super().defines(rung, config)
+        kprobe = self.compiled_as(rung, config, RungKind.KPROBE)
         row = shmem_accounting(rung.targets) if rung is not None and kprobe else None
         if row is not None:
             def arg(pos: int) -> str:
@@ -131,17 +133,14 @@ class ThrTmpfs(FreeSpacePoint):
                   ("THR_KP_UNACCT_SETTLE", "0" if row.unacct_pages else "1")]
         return d
 
-    def offsets(self, rung: Rung, config: ProgramConfig | None) -> tuple[str, ...]:
-        return OFFSETS.get(rung.kind, ()) if config is not None and NAME in config.thr_points else ()
-
     def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
-        if not self.armed(rung, config, RungKind.KPROBE):
+        if not self.compiled_as(rung, config, RungKind.KPROBE):
             return []
         acct, unacct = rung.targets
         return [(acct, "kp_thr_shmem_acct"), (unacct, "kp_thr_shmem_unacct")]
 
     def raw_tracepoints(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str, str]]:
-        return list(TMPFS_RAW_TPS) if self.armed(rung, config, RungKind.RAW_TRACEPOINT) else []
+        return list(TMPFS_RAW_TPS) if self.compiled_as(rung, config, RungKind.RAW_TRACEPOINT) else []
 
 
 POINT = ThrTmpfs()

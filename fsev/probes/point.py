@@ -121,12 +121,14 @@ class Point:
             return False
         return config is None or bool(self.classes & config.classes)
 
+    def compiled_as(self, rung: Rung | None, config: "ProgramConfig | None", kind: RungKind) -> bool:
+        """Whether this point's programs of this rung kind are compiled in."""
+        return rung is not None and rung.kind is kind and self.compiled(rung, config)
+
     def defines(self, rung: Rung | None, config: "ProgramConfig") -> list[tuple[str, str]]:
         """(macro, value) pairs of the preamble: the switches its C reads, 1
         for the rung compiled in, 0 for the others."""
-        on = rung is not None and self.compiled(rung, config)
-        return [(macro, "1" if on and rung is not None and rung.kind is kind else "0")
-                for kind, macro in self.switches.items()]
+        return [(macro, str(int(self.compiled_as(rung, config, kind)))) for kind, macro in self.switches.items()]
 
     def offsets(self, rung: Rung, config: "ProgramConfig | None") -> tuple[str, ...]:
         """BTF specs its compiled programs read (struct offsets, enum values)."""
@@ -135,7 +137,7 @@ class Point:
     def kprobes(self, rung: Rung, config: "ProgramConfig") -> list[tuple[str, str]]:
         """(kernel function, BPF function) pairs; kretp_ names are return
         probes. By default kp_<function> on each function of the kprobe rung."""
-        if rung.kind is RungKind.KPROBE and self.compiled(rung, config):
+        if self.compiled_as(rung, config, RungKind.KPROBE):
             return [(fn, f"kp_{fn}") for fn in rung.targets]
         return []
 
@@ -160,7 +162,3 @@ class Point:
     def monitor(self, ctx: SessionContext) -> PointMonitor | None:
         return None
 
-
-def on(plan: Plan, point: str, kind: RungKind) -> bool:
-    """Whether point's rung in plan is of this kind."""
-    return plan.kind(point) is kind
