@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Any
+
+from fsev.events.event import Event
 
 
 class Clock:
@@ -14,3 +17,9 @@ class Clock:
 
     def wall(self, ts_ns: int) -> float:
         return (ts_ns + self.offset_ns) / 1e9
+
+    def user_event(self, **fields: Any) -> Event:
+        """An event fsev makes in user space, now (no kernel record behind it);
+        seq 0: it is numbered when it is emitted."""
+        ts = time.monotonic_ns()
+        return Event(seq=0, ts_ns=ts, wall_time=self.wall(ts), **fields)

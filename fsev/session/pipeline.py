@@ -14,7 +14,7 @@ kernel's order.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.clock import Clock
@@ -114,7 +114,7 @@ class EventPipeline:
         self._points = {m.mount_point for m in watched}
         self._devs = {m.dev for m in watched}
         ctx = SessionContext(plan=plan, classes=classes, table=table, clock=clock, watched=watched, probes=probes,
-                             now=now, make_event=self._make, mount_watched=self._mount_watched)
+                             now=now, make_event=clock.user_event, mount_watched=self._mount_watched)
         self.monitors = _poll_order([m for p in POINTS if (m := p.monitor(ctx)) is not None])
         self._order = next((m for m in self.monitors if m.orders), None)
         self._handler: dict[EventType, PointMonitor] = {t: m for m in self.monitors for t in m.handles}
@@ -126,11 +126,6 @@ class EventPipeline:
         self._fast_fs_error = _FS_ERROR not in self._handler
 
     # -- helpers -----------------------------------------------------------
-    def _make(self, **fields: Any) -> Event:
-        """A user-space event, numbered when it is emitted."""
-        ts = time.monotonic_ns()
-        return Event(seq=0, ts_ns=ts, wall_time=self.clock.wall(ts), **fields)
-
     def _mount_watched(self, m: Mount) -> bool:
         return self.watch_all or m.mount_point in self._points or m.dev in self._devs
 

@@ -245,10 +245,8 @@ class TraceSession:
         self._loss_window_start = now
 
     def _user_event(self, **fields: Any) -> Event:
-        """An event fsev makes in user space (not from a kernel record)."""
-        ts = time.monotonic_ns()
-        ev = Event(seq=0, ts_ns=ts, wall_time=self.clock.wall(ts), **fields)
-        return self.numbers.assign(ev)
+        """An event fsev makes in user space, numbered now (loss reports)."""
+        return self.numbers.assign(self.clock.user_event(**fields))
 
     def _kernel_events(self) -> Iterator[Event]:
         records, self._records = self._records, []
