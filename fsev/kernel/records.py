@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.clock import Clock
+from fsev.events.device import Device
 
 HEADER = "fsev.h"
 
@@ -291,7 +292,7 @@ class RecordDecoder:
             if text is None:
                 if len(_DEVS) > 4096:
                     _DEVS.clear()
-                text = _DEVS[dev] = f"{dev >> 20}:{dev & 0xFFFFF}"  # fsev.linux.device.Device.from_kernel
+                text = _DEVS[dev] = str(Device.from_kernel(dev))
             ev.dev = text
         ev.pid = pid
         ev.tgid = tgid

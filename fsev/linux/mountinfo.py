@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from fsev.events.device import Device
+
 # Pseudo filesystems that a user watching disk health rarely wants listed.
 PSEUDO_FS_TYPES = frozenset(
     {
@@ -67,12 +69,12 @@ def parse_mountinfo_line(line: str) -> Mount:
     b = right.split(" ")
     if len(a) < 6 or len(b) < 2:
         raise ValueError(f"mountinfo line too short: {line!r}")
-    major, _, minor = a[2].partition(":")
+    dev = Device.parse(a[2])
     return Mount(
         mnt_id=int(a[0]),
         parent_id=int(a[1]),
-        major=int(major),
-        minor=int(minor),
+        major=dev.major,
+        minor=dev.minor,
         root=_unescape(a[3]),
         mount_point=_unescape(a[4]),
         options=tuple(a[5].split(",")),

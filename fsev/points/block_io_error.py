@@ -9,10 +9,10 @@ mounts on it.
 from __future__ import annotations
 
 from fsev.events import Event, EventType
+from fsev.events.device import Device
 from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import RecordClass, RecordType, c_string
 from fsev.linux.blockdev import disk_of, partition_of
-from fsev.linux.device import Device
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
+from fsev.events.device import Device
 from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import CALL_NAMES, FSEV_H, Call, Field, RecordClass, RecordType, c_string
-from fsev.linux.device import Device
 from fsev.linux.mountinfo import Mount
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, raw_tp_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
@@ -132,7 +132,7 @@ class EnospcAggregator:
                     extra[key] = base.extra[key]
         return make_event(
             cls=EventClass.WARN, type=EventType.ENOSPC, rung=base.rung if base else "raw_tracepoint",
-            dev=base.dev if base else f"{dev >> 20}:{dev & 0xFFFFF}",
+            dev=base.dev if base else str(Device.from_kernel(dev)),
             mount_point=base.mount_point if base else None, fs_type=base.fs_type if base else None,
             source=base.source if base else None, mnt_id=base.mnt_id if base else None,
             pid=total.last_pid or None, tgid=None, comm=total.last_comm, errno=FSEV_H.FSEV_ENOSPC, extra=extra,

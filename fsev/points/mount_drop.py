@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
+from fsev.events.device import Device
 from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import RecordClass, RecordType
-from fsev.linux.device import Device
 from fsev.linux.inotify import UnmountWatcher
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason

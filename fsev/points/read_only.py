@@ -21,9 +21,9 @@ from collections import deque
 from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
+from fsev.events.device import Device
 from fsev.kernel.facts import EXT4_ABORTED, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN, KernelFacts
 from fsev.kernel.records import Call, RecordClass, RecordType, RoBits
-from fsev.linux.device import Device
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, raw_tp_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext

@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.clock import Clock
+from fsev.events.device import Device
 from fsev.events.numbering import EventNumbers
-from fsev.linux.device import Device
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.points.registry import POINTS
 from fsev.probes.ladder import Plan

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 from fsev.errors import FsevError
 from fsev.events import ALL_CLASSES, Event, EventClass, EventType
 from fsev.events.clock import Clock
+from fsev.events.device import kernel_dev
 from fsev.events.numbering import EventNumbers
 from fsev.kernel.closing import CloseGuard
 from fsev.kernel.facts import KernelFacts, gather
 from fsev.kernel.records import RECORD_SIZE, DecodeError, RecordClass
 from fsev.kernel.ringbuf import PAGE
-from fsev.linux.device import kernel_dev
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.points.registry import (
     ALL_KPROBE_FUNCTIONS,

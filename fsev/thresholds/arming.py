@@ -19,8 +19,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from fsev.events.device import kernel_dev
 from fsev.kernel.records import ThrKind, ThrState
-from fsev.linux.device import kernel_dev
 from fsev.linux.mountinfo import Mount
 from fsev.points.registry import ProbePoint
 from fsev.points.thr_tmpfs import shmem_accounting

@@ -32,8 +32,8 @@ from typing import Callable, Iterator, Protocol
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
 from fsev.events.clock import Clock
+from fsev.events.device import Device
 from fsev.kernel.records import ThrState
-from fsev.linux.device import Device
 from fsev.thresholds import gate as thr_gate
 from fsev.thresholds.arming import ArmedMount, StatfsResult
 from fsev.thresholds.gate import Hook

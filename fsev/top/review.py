@@ -15,9 +15,9 @@ import time
 from typing import Iterator
 
 from fsev.events import Event, EventType
+from fsev.events.device import Device
 from fsev.journal.replay import record_event
 from fsev.journal.store import Journal, Recording
-from fsev.linux.device import Device
 from fsev.linux.mountinfo import Mount
 from fsev.top.app import TopApp
 

@@ -16,9 +16,9 @@ from support.kernels import fake_kernel, raw_record
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.clock import Clock
+from fsev.events.device import kernel_dev
 from fsev.kernel.records import Call, Field, RecordClass, RecordType, RoBits, Rung
 from fsev.linux.blockdev import disk_of, partition_of
-from fsev.linux.device import kernel_dev
 from fsev.linux.fanotify import (
     FAN_EVENT_INFO_TYPE_ERROR,
     FAN_EVENT_INFO_TYPE_FID,

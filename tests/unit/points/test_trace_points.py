@@ -11,9 +11,9 @@ from support.kernels import fake_kernel, raw_record
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
 from fsev.events.clock import Clock
+from fsev.events.device import kernel_dev
 from fsev.events.inert import inert
 from fsev.kernel.records import DecodeError, Field, RecordClass, RecordType, Rung
-from fsev.linux.device import kernel_dev
 from fsev.linux.mountinfo import MountTable, parse_mountinfo, parse_mountinfo_line
 from fsev.points.registry import ProbePoint, decode, kprobe_attachments, plan_probes, preamble, required_offsets
 from fsev.probes.ladder import RungKind

@@ -1,5 +1,5 @@
 """Device numbers: one value type instead of "major:minor" strings parsed again
-wherever they are used.
+wherever they are used, and the one place that knows the kernel's dev_t encoding.
 
 Events and mount tables carry a device as its text (how mountinfo and fsev's
 JSON spell it); Device.parse turns that text into numbers once (answers are
