@@ -87,6 +87,34 @@ static __always_inline int ro_emit(struct ro_watch *w, u32 after, u32 call, u32 
 	events.ringbuf_submit(r, 0);
 	return 0;
 }
+
+/* Fill w with sb's state now, to compare with when the operation ends; 0
+ * when the superblock is not watched. ext4: read ext4's own flags too. */
+static __always_inline int ro_watch_begin(struct ro_watch *w, void *sb, int ext4)
+{
+	w->dev = sb_dev(sb);
+	if (!dev_watched(w->dev))
+		return 0;
+	w->sb = (u64)sb;
+	w->ts = bpf_ktime_get_ns();
+	w->before = ro_bits(sb, ext4);
+	return 1;
+}
+
+/* The current task's error watch, if any: a read-only state its error
+ * handling set becomes a record (raw rung at syscall exit, kprobe rung at
+ * ext4_handle_error's return). */
+static __always_inline void ro_error_watch_end(u32 rung)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct ro_watch *w = ro_watch.lookup(&tid);
+	if (!w)
+		return;
+	u32 after = ro_bits((void *)w->sb, 1);
+	if (after & ~w->before)
+		ro_emit(w, after, FSEV_CALL_EXT4_ERROR, FSEV_CLASS_ERR, rung);
+	ro_watch.delete(&tid);
+}
 #endif
 
 #if FSEV_RO_RAW_TP
@@ -101,16 +129,11 @@ BPF_ARRAY(ro_pending_until, u64, 1);
  * fires before ext4_handle_error() applies errors=remount-ro. */
 RAW_TRACEPOINT_PROBE(ext4_error)
 {
-	void *sb = (void *)ctx->args[0];
 	struct ro_watch w = {};
-	w.dev = sb_dev(sb);
-	if (!dev_watched(w.dev))
+	if (!ro_watch_begin(&w, (void *)ctx->args[0], 1))
 		return 0;
-	w.before = ro_bits(sb, 1);
 	if (w.before)
 		return 0; /* read-only already: no transition to see */
-	w.sb = (u64)sb;
-	w.ts = bpf_ktime_get_ns();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	ro_watch.update(&tid, &w);
 	u32 zero = 0;
@@ -131,14 +154,7 @@ static __always_inline void ro_check_at_exit(void)
 		*until = 0; /* errors outside syscalls are left to fsev's mountinfo check */
 		return;
 	}
-	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct ro_watch *w = ro_watch.lookup(&tid);
-	if (!w)
-		return;
-	u32 after = ro_bits((void *)w->sb, 1);
-	if (after & ~w->before)
-		ro_emit(w, after, FSEV_CALL_EXT4_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_RAW_TRACEPOINT);
-	ro_watch.delete(&tid);
+	ro_error_watch_end(FSEV_RUNG_RAW_TRACEPOINT);
 }
 #endif
 
@@ -149,14 +165,9 @@ static __always_inline void ro_check_at_exit(void)
  * kernel threads included. */
 int kp_ext4_handle_error(struct pt_regs *ctx)
 {
-	void *sb = (void *)PT_REGS_PARM1(ctx);
 	struct ro_watch w = {};
-	w.dev = sb_dev(sb);
-	if (!dev_watched(w.dev))
+	if (!ro_watch_begin(&w, (void *)PT_REGS_PARM1(ctx), 1))
 		return 0;
-	w.sb = (u64)sb;
-	w.ts = bpf_ktime_get_ns();
-	w.before = ro_bits(sb, 1);
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	ro_watch.update(&tid, &w);
 	return 0;
@@ -164,14 +175,7 @@ int kp_ext4_handle_error(struct pt_regs *ctx)
 
 int kretp_ext4_handle_error(struct pt_regs *ctx)
 {
-	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct ro_watch *w = ro_watch.lookup(&tid);
-	if (!w)
-		return 0;
-	u32 after = ro_bits((void *)w->sb, 1);
-	if (after & ~w->before)
-		ro_emit(w, after, FSEV_CALL_EXT4_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_KPROBE);
-	ro_watch.delete(&tid);
+	ro_error_watch_end(FSEV_RUNG_KPROBE);
 	return 0;
 }
 
@@ -186,12 +190,8 @@ int kp_reconfigure_super(struct pt_regs *ctx)
 	READ_KERNEL(root, fc, OFF_FS_CONTEXT_ROOT);
 	READ_KERNEL(sb, root, OFF_DENTRY_D_SB);
 	struct ro_watch w = {};
-	w.dev = sb_dev(sb);
-	if (!dev_watched(w.dev))
+	if (!ro_watch_begin(&w, sb, 0)) /* any filesystem: its SB_RDONLY only */
 		return 0;
-	w.sb = (u64)sb;
-	w.ts = bpf_ktime_get_ns();
-	w.before = ro_bits(sb, 0); /* any filesystem: its SB_RDONLY only */
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	remount_watch.update(&tid, &w);
 	return 0;
