@@ -27,6 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"thresholds"}),
     frozenset({"session"}),
     frozenset({"journal"}),
+    frozenset({"service"}),
     frozenset({"top"}),
     frozenset({"testing"}),
     frozenset({"cli"}),
