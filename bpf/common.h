@@ -11,7 +11,8 @@
  *   FSEV_RINGBUF_PAGES   ring buffer size in pages (a power of two)
  *   FSEV_CLASS_MASK      bit (1 << class) of each class the user asked for
  *                        (FSEV_CLASS_BIT): new_record() of another class is 0
- *   FSEV_WATCH_ALL       1: every mount; 0: only the devs in watched_devs
+ *   FSEV_WATCH_ALL       1: every mount; 0: only the devs in watched_devs, for
+ *                        the classes their value names
  *   OFF_SUPER_BLOCK_S_DEV                       sb_dev()
  *   OFF_INODE_I_SB                              inode_sb()
  *   OFF_FILE_F_INODE                            file_f_inode()
@@ -31,15 +32,20 @@
 BPF_RINGBUF_OUTPUT(events, FSEV_RINGBUF_PAGES);
 /* Failed ring-buffer reserves: the kernel never waits on fsev. */
 BPF_PERCPU_ARRAY(drops, u64, 1);
-/* kernel dev_t of each watched superblock -> 1 */
+/* kernel dev_t of each watched superblock -> the classes watched there, as
+ * FSEV_CLASS_BIT bits: a mount configured for err only (fsev serve) sends no
+ * ENOSPC records. User space rewrites a value in place to change a mount's
+ * classes, without touching the programs. */
 BPF_HASH(watched_devs, u32, u8, 4096);
 
-static __always_inline int dev_watched(u32 dev)
+/* Is dev watched for any class of `classes` (FSEV_CLASS_BIT bits)? */
+static __always_inline int dev_watched(u32 dev, u32 classes)
 {
 #if FSEV_WATCH_ALL
 	return 1;
 #else
-	return watched_devs.lookup(&dev) != 0;
+	u8 *mask = watched_devs.lookup(&dev);
+	return mask && (*mask & classes);
 #endif
 }
 

@@ -159,7 +159,7 @@ static __always_inline int enospc_at_exit(void *regs)
 #endif
 	}
 	/* An absolute path may lead to any mount: user space resolves it. */
-	if (!absolute && !dev_watched(dev))
+	if (!absolute && !dev_watched(dev, FSEV_CLASS_BIT(FSEV_CLASS_WARN)))
 		return 0;
 
 	struct enospc_state zero = {};

@@ -23,7 +23,7 @@
 TRACEPOINT_PROBE(ext4, ext4_error)
 {
 	u32 dev = args->dev;
-	if (!dev_watched(dev))
+	if (!dev_watched(dev, FSEV_CLASS_BIT(FSEV_CLASS_ERR)))
 		return 0;
 	struct fsev_record *r = new_record(FSEV_TYPE_FS_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_TRACEPOINT);
 	if (!r)
@@ -42,7 +42,7 @@ static __always_inline int emit_ext4_error(void *sb, const char *function, u32 l
 					   u64 ino, u64 block, u32 fields)
 {
 	u32 dev = sb_dev(sb);
-	if (!dev_watched(dev))
+	if (!dev_watched(dev, FSEV_CLASS_BIT(FSEV_CLASS_ERR)))
 		return 0;
 	struct fsev_record *r = new_record(FSEV_TYPE_FS_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_KPROBE);
 	if (!r)

@@ -25,7 +25,7 @@ int kp_cleanup_mnt(struct pt_regs *ctx)
 	int mnt_id = 0;
 	READ_KERNEL(sb, mnt, OFF_MOUNT_MNT_MNT_SB);
 	u32 dev = sb_dev(sb);
-	if (!dev_watched(dev))
+	if (!dev_watched(dev, FSEV_CLASS_BIT(FSEV_CLASS_INFO)))
 		return 0;
 	struct fsev_record *r = new_record(FSEV_TYPE_UMOUNT, FSEV_CLASS_INFO, FSEV_RUNG_KPROBE);
 	if (!r)

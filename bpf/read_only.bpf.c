@@ -93,7 +93,8 @@ static __always_inline int ro_emit(struct ro_watch *w, u32 after, u32 call, u32 
 static __always_inline int ro_watch_begin(struct ro_watch *w, void *sb, int ext4)
 {
 	w->dev = sb_dev(sb);
-	if (!dev_watched(w->dev))
+	/* info (an admin remount) or err (after an error): which, only the end tells */
+	if (!dev_watched(w->dev, FSEV_CLASS_BIT(FSEV_CLASS_INFO) | FSEV_CLASS_BIT(FSEV_CLASS_ERR)))
 		return 0;
 	w->sb = (u64)sb;
 	w->ts = bpf_ktime_get_ns();

@@ -22,7 +22,7 @@ RAW_TRACEPOINT_PROBE(filemap_set_wb_err)
 	void *mapping = (void *)ctx->args[0], *inode = 0;
 	READ_KERNEL(inode, mapping, OFF_ADDRESS_SPACE_HOST);
 	u32 dev = sb_dev(inode_sb(inode));
-	if (!dev_watched(dev))
+	if (!dev_watched(dev, FSEV_CLASS_BIT(FSEV_CLASS_ERR)))
 		return 0;
 	struct fsev_record *r = new_record(FSEV_TYPE_WB_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_RAW_TRACEPOINT);
 	if (!r)
@@ -47,7 +47,7 @@ int kp___filemap_set_wb_err(struct pt_regs *ctx)
 	s32 err = (s32)PT_REGS_PARM2(ctx);
 	READ_KERNEL(inode, mapping, OFF_ADDRESS_SPACE_HOST);
 	u32 dev = sb_dev(inode_sb(inode));
-	if (!dev_watched(dev))
+	if (!dev_watched(dev, FSEV_CLASS_BIT(FSEV_CLASS_ERR)))
 		return 0;
 	struct fsev_record *r = new_record(FSEV_TYPE_WB_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_KPROBE);
 	if (!r)

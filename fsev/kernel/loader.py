@@ -183,32 +183,35 @@ class KernelProbes:
 
     # The table methods run under the guard too: after close() the maps' fds
     # are closed, and their numbers may already name someone else's files.
-    def watch_devs(self, devs: list[int]) -> None:
+    def watch_devs(self, devs: dict[int, int]) -> None:
+        """Make watched_devs exactly devs: kernel dev_t -> the classes watched
+        there (FSEV_CLASS_BIT mask). New and changed keys are written before
+        stale ones go, so a mount in both the old and the new set is never
+        unwatched in between."""
         with self._guard.call() as live:
-            if not live:
-                return
-            t = self.bpf["watched_devs"]
-            for d in devs:
-                t[t.Key(d)] = t.Leaf(1)
+            if live:
+                _replace(self.bpf["watched_devs"], {k: v for k, v in devs.items()})
 
     def watch_paths(self, paths: list[str]) -> None:
+        """Make watched_paths (the umount path filter) exactly paths."""
         with self._guard.call() as live:
             if not live or not _has_table(self.bpf, "watched_paths"):
                 return
             t = self.bpf["watched_paths"]
-            for p in paths:
+            want = {os.fsencode(p)[: PATH_LEN - 1] for p in paths}
+            for p in want:
                 k = t.Key()
-                k.path = os.fsencode(p)[: PATH_LEN - 1]
+                k.path = p
                 t[k] = t.Leaf(1)
+            for k in list(t.keys()):
+                if bytes(k.path).rstrip(b"\0") not in want:
+                    del t[k]
 
     def set_keys(self, table: str, keys: list[int]) -> None:
-        """Put u32 keys (value 1) in a hash the program filters with, if it has it."""
+        """Make a u32 -> 1 hash the program filters with hold exactly keys, if it has it."""
         with self._guard.call() as live:
-            if not live or not _has_table(self.bpf, table):
-                return
-            t = self.bpf[table]
-            for k in keys:
-                t[t.Key(k)] = t.Leaf(1)
+            if live and _has_table(self.bpf, table):
+                _replace(self.bpf[table], {k: 1 for k in keys})
 
     def table_items(self, table: str) -> list[tuple[int, object]]:
         """(u32 key, value struct) of a hash the program keeps state in; [] if absent or closed."""
@@ -247,6 +250,24 @@ class KernelProbes:
         if new:
             slots = self.bpf["thr_slot"]
             slots[slots.Key(dev)] = slots.Leaf(slot)
+            epoch = self.bpf["thr_epoch"]
+            epoch[epoch.Key(0)] = epoch.Leaf(epoch[epoch.Key(0)].value + 1)
+
+    def release_thr_state(self, dev: int) -> None:
+        """A superblock no longer armed: its slot is emptied (no levels, so a
+        check there finds nothing to do), unmapped and free for another; the
+        epoch bump drops every CPU's cached verdict for it."""
+        with self._guard.call() as live:
+            if not live or dev not in self._thr_slots:
+                return
+            slot = self._thr_slots.pop(dev)
+            t = self.bpf["thr_state"]
+            t[t.Key(slot)] = t.Leaf()
+            slots = self.bpf["thr_slot"]
+            try:
+                del slots[slots.Key(dev)]
+            except KeyError:
+                pass
             epoch = self.bpf["thr_epoch"]
             epoch[epoch.Key(0)] = epoch.Leaf(epoch[epoch.Key(0)].value + 1)
 
@@ -291,6 +312,22 @@ class KernelProbes:
         reader = self._reader
         if reader is not None:
             reader.wake()
+
+    def nudge(self) -> None:
+        """Make a poll() in progress (or the next) return now, once: the
+        consumer's thread has a request to handle."""
+        reader = self._reader
+        if reader is not None:
+            reader.nudge()
+
+    def wake_on(self, fd: int, events: int) -> bool:
+        """Let poll() also return when fd is ready (epoll flags); False where
+        the wait cannot take other fds (bcc's own ring_buffer_poll)."""
+        reader = self._reader
+        if reader is None:
+            return False
+        reader.wake_on(fd, events)
+        return True
 
     def close(self) -> None:
         """Detach and free everything; from any thread, at any moment, more than once."""
@@ -374,6 +411,15 @@ def _wait_freed(ids: set[int]) -> None:
         ids = {i for i in ids if _prog_loaded(libc, nr, i)}
         if ids:
             time.sleep(0.02)
+
+
+def _replace(t: Any, want: dict[int, int]) -> None:  # t: a bcc hash of u32 -> u8
+    """Write want's keys, then delete the others: never a moment without a wanted key."""
+    for k, v in want.items():
+        t[t.Key(k)] = t.Leaf(v)
+    for key in list(t.keys()):
+        if key.value not in want:
+            del t[key]
 
 
 def _has_table(bpf: Any, name: str) -> bool:  # bpf: a bcc.BPF

@@ -87,14 +87,21 @@ class RingReader:
         # returns at once instead of at its timeout. Never read: once written,
         # every later wait() returns at once too, which is what a closing reader wants.
         self._wake = -1
+        # nudge() writes this one, and wait() reads it back: one early return,
+        # for a request the consumer's thread must handle soon (fsev serve's
+        # configuration changes).
+        self._nudge = -1
         try:
             self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._nudge = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
             self._epoll = select.epoll()
             self._epoll.register(map_fd, select.EPOLLIN)
             self._epoll.register(self._wake, select.EPOLLIN)
+            self._epoll.register(self._nudge, select.EPOLLIN)
         except OSError:
-            if self._wake >= 0:
-                os.close(self._wake)
+            for fd in (self._wake, self._nudge):
+                if fd >= 0:
+                    os.close(fd)
             _libc.munmap(self._prod_addr, self._prod_len)
             _libc.munmap(self._cons_addr, PAGE)
             raise
@@ -119,6 +126,25 @@ class RingReader:
             with self._lock:
                 self._waiting -= 1
                 self._idle.notify_all()
+                if not self._closed:
+                    try:
+                        os.eventfd_read(self._nudge)
+                    except BlockingIOError:
+                        pass
+
+    def nudge(self) -> None:
+        """Make a wait() in progress, or the next one, return now; once."""
+        with self._lock:
+            if not self._closed:
+                os.eventfd_write(self._nudge, 1)
+
+    def wake_on(self, fd: int, events: int) -> None:
+        """Let wait() also return when fd is ready for events (epoll flags):
+        the mount table's POLLPRI, for one. The caller keeps fd open until
+        close() and then closes it itself."""
+        with self._lock:
+            if not self._closed:
+                self._epoll.register(fd, events)
 
     def wake(self) -> None:
         """Make a wait() in progress, and every later one, return now: the first
@@ -176,3 +202,4 @@ class RingReader:
             self._idle.wait_for(lambda: self._waiting == 0)
             self._epoll.close()
             os.close(self._wake)
+            os.close(self._nudge)

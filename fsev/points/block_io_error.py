@@ -56,8 +56,16 @@ class BlockIoMonitor(PointMonitor):
 
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
-        if ctx.probes is not None and not ctx.watch_all:
-            ctx.probes.set_keys("watched_disks", [Device.parse(disk_of(m.dev)).kernel for m in ctx.watched])
+        self._generation = -1
+        self.mounts_changed()
+
+    def mounts_changed(self) -> None:
+        """The disks of the watched mounts, again when the watched set changed (fsev serve)."""
+        ctx = self.ctx
+        if ctx.probes is None or ctx.watch_all or ctx.watch_generation == self._generation:
+            return
+        self._generation = ctx.watch_generation
+        ctx.probes.set_keys("watched_disks", sorted({Device.parse(disk_of(m.dev)).kernel for m in ctx.watched}))
 
     def process(self, ev: Event) -> list[Event]:
         if ev.dev is None:

@@ -395,14 +395,15 @@ class DetailMonitor(PointMonitor):
     def __init__(self, ctx: SessionContext, detail: Ext4ErrorDetail) -> None:
         self.ctx = ctx
         self.detail = detail
-        self._generation = -1
+        self._generation = (-1, -1)
         self.mounts_changed()
 
     def mounts_changed(self) -> None:
         ctx = self.ctx
-        if self._generation == ctx.table.generation:
+        generation = (ctx.table.generation, ctx.watch_generation)
+        if self._generation == generation:
             return
-        self._generation = ctx.table.generation
+        self._generation = generation
         self.detail.watch([m for m in ctx.table if m.fs_type == "ext4" and ctx.mount_watched(m)])
 
     def process(self, ev: Event) -> list[Event]:

@@ -184,7 +184,10 @@ class UnmountMonitor(PointMonitor):
             m.mount_point for m in ctx.table if not m.pseudo])
 
     def mounts_changed(self) -> None:
-        if self.ctx.watch_all:  # new mounts are watched too; --mount ones were watched at start
+        # New mounts are watched too; --mount ones were watched at start, and
+        # fsev serve's set changes. A root no longer watched keeps its inotify
+        # watch: its unmount is then filtered out, like any unwatched event.
+        if self.ctx.watch_all or self.ctx.dynamic:
             self._watch_roots()
 
     def poll(self) -> list[Event]:

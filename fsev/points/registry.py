@@ -66,6 +66,9 @@ class ProbePoint(str, enum.Enum):
     MOUNT_TOPOLOGY = mount_topology.NAME
 
 
+# Threshold points with a kernel rung (thr_other is always polled): what fsev
+# serve compiles in, so that levels configured later need no new program.
+KERNEL_THR_POINTS: frozenset[str] = frozenset({ProbePoint.THR_TMPFS.value, ProbePoint.THR_EXT4.value})
 ALL_TRACEPOINTS: frozenset[str] = frozenset(t for p in POINTS for t in p.tracepoints)
 ALL_KPROBE_FUNCTIONS: frozenset[str] = frozenset(f for p in POINTS for f in p.kprobe_functions)
 # Per-page programs attached only near a level, by hook group (fsev/thresholds/gate.py).

@@ -39,15 +39,20 @@ class SessionContext:
     classes: frozenset[EventClass]
     table: "MountTable"
     clock: "Clock"
-    watched: "list[Mount]"  # empty: every mount
+    watched: "list[Mount]"  # empty: every mount (unless dynamic)
     probes: KernelTables | None
     now: Callable[[], float]
     make_event: Callable[..., Event]  # a user-space event, numbered when emitted
     mount_watched: Callable[["Mount"], bool]
+    # fsev serve: `watched` is the configured mounts now, replaced in place as
+    # the configuration or the mount table changes (each change bumps
+    # watch_generation, then mounts_changed() runs); empty is then nothing.
+    dynamic: bool = False
+    watch_generation: int = 0
 
     @property
     def watch_all(self) -> bool:
-        return not self.watched
+        return not self.dynamic and not self.watched
 
 
 class PointMonitor:

@@ -52,6 +52,10 @@ class Enricher:
         self._cache: dict[tuple[str | None, int | None, str | None], Mount | None] = {}
         self._generation = table.generation
 
+    def set_watched(self, mount_points: frozenset[str]) -> None:
+        self.watched = mount_points
+        self._cache.clear()  # its answers preferred the mounts watched before
+
     def _pick(self, mounts: list[Mount]) -> Mount | None:
         if not mounts:
             return None
@@ -103,18 +107,21 @@ def _poll_order(monitors: list[PointMonitor]) -> list[PointMonitor]:
 class EventPipeline:
     def __init__(self, plan: Plan, classes: frozenset[EventClass], table: MountTable, clock: Clock,
                  watched: list[Mount], probes: KernelTables | None, numbers: EventNumbers,
-                 now: Callable[[], float] = time.monotonic, enricher: Enricher | None = None) -> None:
+                 now: Callable[[], float] = time.monotonic, enricher: Enricher | None = None,
+                 dynamic: bool = False) -> None:
         self.table = table
         self.enricher = enricher or Enricher(table, frozenset(m.mount_point for m in watched))
         self.clock = clock
         self.classes = classes
         self.numbers = numbers
         self.now = now
-        self.watch_all = not watched
-        self._points = {m.mount_point for m in watched}
-        self._devs = {m.dev for m in watched}
-        ctx = SessionContext(plan=plan, classes=classes, table=table, clock=clock, watched=watched, probes=probes,
-                             now=now, make_event=clock.user_event, mount_watched=self._mount_watched)
+        self.watch_all = not watched and not dynamic
+        # The classes watched on each watched mount, by mount point and by device.
+        self._points: dict[str, frozenset[EventClass]] = {m.mount_point: classes for m in watched}
+        self._devs: dict[str | None, frozenset[EventClass]] = {m.dev: classes for m in watched}
+        self.ctx = ctx = SessionContext(plan=plan, classes=classes, table=table, clock=clock, watched=list(watched),
+                                        probes=probes, now=now, make_event=clock.user_event,
+                                        mount_watched=self._mount_watched, dynamic=dynamic)
         self.monitors = _poll_order([m for p in POINTS if (m := p.monitor(ctx)) is not None])
         self._order = next((m for m in self.monitors if m.orders), None)
         self._handler: dict[EventType, PointMonitor] = {t: m for m in self.monitors for t in m.handles}
@@ -132,7 +139,26 @@ class EventPipeline:
     def _wanted(self, ev: Event) -> bool:
         if ev.cls not in self.classes:
             return False
-        return self.watch_all or ev.mount_point in self._points or ev.dev in self._devs
+        if self.watch_all:
+            return True
+        got = self._points.get(ev.mount_point) if ev.mount_point is not None else None
+        if got is None:
+            got = self._devs.get(ev.dev)
+        return got is not None and ev.cls in got
+
+    def set_watch(self, mounts: Iterable[tuple[Mount, frozenset[EventClass]]]) -> None:
+        """fsev serve: watch exactly these mounts, each for its classes, from now on
+        (the halves see the new set at the mounts_changed() that follows)."""
+        mounts = list(mounts)
+        points: dict[str, frozenset[EventClass]] = {}
+        devs: dict[str | None, frozenset[EventClass]] = {}
+        for m, cl in mounts:
+            points[m.mount_point] = points.get(m.mount_point, frozenset()) | cl
+            devs[m.dev] = devs.get(m.dev, frozenset()) | cl
+        self._points, self._devs = points, devs
+        self.ctx.watched[:] = [m for m, _ in mounts]
+        self.ctx.watch_generation += 1
+        self.enricher.set_watched(frozenset(points))
 
     def _emit(self, events: Iterable[Event]) -> list[Event]:
         out: list[Event] = []

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import os
 import select
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from fsev.errors import FsevError
 from fsev.events import ALL_CLASSES, Event, EventClass, EventType
@@ -24,13 +25,14 @@ from fsev.events.device import kernel_dev
 from fsev.events.numbering import EventNumbers
 from fsev.kernel.closing import CloseGuard
 from fsev.kernel.facts import KernelFacts, gather
-from fsev.kernel.records import RECORD_SIZE, DecodeError, RecordClass
+from fsev.kernel.records import RECORD_SIZE, DecodeError, RecordClass, class_mask
 from fsev.kernel.ringbuf import PAGE
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.points.registry import (
     ALL_KPROBE_FUNCTIONS,
     ALL_TRACEPOINTS,
     GATED_PROGRAMS,
+    KERNEL_THR_POINTS,
     decode,
     kprobe_attachments,
     plan_probes,
@@ -61,16 +63,38 @@ RECORD_BATCH = 4096
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What a dynamic session (fsev serve) watches now: each mount with its
+    classes, and the free-space levels armed on them."""
+
+    mounts: tuple[tuple[Mount, frozenset[EventClass]], ...] = ()
+    thresholds: tuple[ArmedMount, ...] = ()
+
+
+# The service's answer to "what is watched, given this mount table": asked at
+# start, after each mount-table change and at each rewatch(), on the session's
+# own thread.
+WatchSource = Callable[[MountTable], Watch]
+
+
 @dataclass
 class TraceOptions:
     mounts: list[Mount] = field(default_factory=list)  # empty: every mount
     classes: frozenset[EventClass] = ALL_CLASSES
     ringbuf_pages: int = 256
     thresholds: list[ArmedMount] = field(default_factory=list)  # --thr, armed per mount
+    # fsev serve: the watched set comes from here and changes while the
+    # probes stay attached (mounts and classes above are then unused).
+    watch_source: WatchSource | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.watch_source is not None
 
     @property
     def watch_all(self) -> bool:
-        return not self.mounts
+        return not self.mounts and not self.dynamic
 
 
 def poll_timeout_ms(poll_ms: int, due_s: float | None) -> int:
@@ -119,6 +143,12 @@ def build_source(plan: Plan, opts: TraceOptions) -> str:
 
 
 def program_config(opts: TraceOptions) -> ProgramConfig:
+    if opts.dynamic:
+        # Every class and both kernel threshold points are compiled in: a
+        # configuration change then rewrites maps, never the programs. The
+        # per-page threshold hooks stay detached until a mount is near a level.
+        return ProgramConfig(classes=frozenset(_TO_RECORD_CLASS.values()), watch_all=False,
+                             ringbuf_pages=opts.ringbuf_pages, thr_points=KERNEL_THR_POINTS)
     return ProgramConfig(
         classes=frozenset(_TO_RECORD_CLASS[c] for c in opts.classes),
         watch_all=opts.watch_all,
@@ -126,6 +156,16 @@ def program_config(opts: TraceOptions) -> ProgramConfig:
         thr_points=kernel_points(opts.thresholds),
         thr_single=single_points(opts.thresholds),
     )
+
+
+def kernel_dev_classes(mounts: Iterable[tuple[Mount, frozenset[EventClass]]]) -> dict[int, int]:
+    """watched_devs' contents: each superblock's dev_t -> the FSEV_CLASS_BIT
+    mask of the classes watched on any of its mounts."""
+    devs: dict[int, int] = {}
+    for m, classes in mounts:
+        key = kernel_dev(m.major, m.minor)
+        devs[key] = devs.get(key, 0) | class_mask({_TO_RECORD_CLASS[c] for c in classes})
+    return devs
 
 
 class TraceSession:
@@ -150,6 +190,9 @@ class TraceSession:
         # thread frees nothing a step is using (fsev/kernel/closing.py).
         self._guard = CloseGuard()
         self.started_at = time.time()
+        self.watch = Watch()  # a dynamic session's watched set now
+        self._rewatch_lock = threading.Lock()
+        self._rewatch_waiters: list[threading.Event] = []
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -166,24 +209,69 @@ class TraceSession:
         self._probes = KernelProbes(text, bpf_dir(), kprobe_attachments(self.plan, config), self._on_record,
                                     ringbuf_bytes=self.opts.ringbuf_pages * PAGE, batch=RECORD_BATCH,
                                     raw_tps=raw_tracepoints(self.plan, config), gated=GATED_PROGRAMS)
-        if self.opts.thresholds:
+        if self.opts.thresholds or self.opts.dynamic:
             self._thr = ThresholdMonitor(self.opts.thresholds, self.clock, self._probes.write_thr_state,
-                                         catch_up=self._catch_up_hints, hooks=self._probes)
-        if not self.opts.watch_all:
-            self._probes.watch_devs([kernel_dev(m.major, m.minor) for m in self.opts.mounts])
+                                         catch_up=self._catch_up_hints, hooks=self._probes,
+                                         release_state=self._probes.release_thr_state)
+        if not self.opts.watch_all and not self.opts.dynamic:
+            self._probes.watch_devs(kernel_dev_classes((m, self.opts.classes) for m in self.opts.mounts))
             self._probes.watch_paths([m.mount_point for m in self.opts.mounts])
         self._pipeline = EventPipeline(self.plan, self.opts.classes, self.table, self.clock, self.opts.mounts,
-                                       self._probes, self.numbers, enricher=self.enricher)
+                                       self._probes, self.numbers, enricher=self.enricher, dynamic=self.opts.dynamic)
+        if self.opts.dynamic:
+            self._rewatch_now()
         # /proc/self/mounts polls POLLPRI when the mount table changes.
         self._mounts_fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
         self._mounts_poll = select.poll()
         self._mounts_poll.register(self._mounts_fd, select.POLLPRI | select.POLLERR)
+        if self.opts.dynamic:
+            # A configured mount is watched the moment it is mounted: the
+            # mount table's change ends the wait, not the poll's timeout.
+            self._probes.wake_on(self._mounts_fd, select.EPOLLPRI | select.EPOLLERR)
         self.started_at = time.time()
 
     @property
     def attach_notes(self) -> list[str]:
         """What the loader had to settle for (a raw tracepoint without BTF types)."""
         return list(self._probes.notes) if self._probes is not None else []
+
+    # -- the watched set of a dynamic session (fsev serve) -------------------
+    def rewatch(self) -> threading.Event:
+        """Ask the watch source again, on the session's thread, before its next
+        step reads the kernel (from any thread: the service's control socket).
+        The Event is set once the kernel filter, the halves and the thresholds
+        follow the answer (or the session closed). Nothing is detached: the
+        maps change under the attached programs, so no event is lost."""
+        done = threading.Event()
+        with self._rewatch_lock:
+            self._rewatch_waiters.append(done)
+        probes = self._probes
+        if probes is not None:
+            probes.nudge()
+        return done
+
+    def _rewatch_if_asked(self) -> None:
+        with self._rewatch_lock:
+            waiters, self._rewatch_waiters = self._rewatch_waiters, []
+        if waiters:
+            try:
+                self._rewatch_now()
+            finally:
+                for w in waiters:
+                    w.set()
+
+    def _rewatch_now(self) -> None:
+        source = self.opts.watch_source
+        if source is None or self._probes is None or self._pipeline is None:
+            return
+        watch = source(self.table)
+        self.watch = watch
+        self._probes.watch_devs(kernel_dev_classes(watch.mounts))
+        self._probes.watch_paths([m.mount_point for m, cl in watch.mounts if EventClass.INFO in cl])
+        self._pipeline.set_watch(watch.mounts)
+        self._pipeline.mounts_changed()
+        if self._thr is not None:
+            self._thr.update(list(watch.thresholds))
 
     def _on_record(self, raw: bytes) -> bool:
         self._records.append(raw)
@@ -201,6 +289,10 @@ class TraceSession:
         self._guard.close(self._teardown)
 
     def _teardown(self) -> None:
+        with self._rewatch_lock:  # closed: nobody waits for a rewatch that will not come
+            for w in self._rewatch_waiters:
+                w.set()
+            self._rewatch_waiters = []
         if self._thr is not None:
             self._thr.close()
             self._thr = None
@@ -229,7 +321,9 @@ class TraceSession:
             os.lseek(self._mounts_fd, 0, os.SEEK_SET)
             while os.read(self._mounts_fd, 65536):
                 pass
-            if self._pipeline is not None:
+            if self.opts.dynamic:
+                self._rewatch_now()  # a configured mount may have come or gone
+            elif self._pipeline is not None:
                 self._pipeline.mounts_changed()
 
     def _loss_events(self, now: float) -> Iterator[Event]:
@@ -351,6 +445,7 @@ class TraceSession:
 
     def _poll_step(self, poll_ms: int) -> list[Event]:
         assert self._probes is not None
+        self._rewatch_if_asked()
         self._probes.poll(self._poll_timeout_ms(poll_ms))
         self._refresh_mounts_if_changed()
         out = list(self._kernel_events())

@@ -174,9 +174,11 @@ class ThresholdMonitor:
         catch_up: Callable[[], None] | None = None,
         hooks: HookSwitch | None = None,
         rate_bound: int | None = None,
+        release_state: Callable[[int], None] | None = None,
     ) -> None:
         self.clock = clock
         self._write_state = write_state
+        self._release_state = release_state  # a superblock no longer armed: its kernel slot goes
         self._statfs = statfs
         self._notice = notice or (lambda msg: print(f"fsev: {msg}", file=sys.stderr, flush=True))
         self._poll_interval = poll_interval
@@ -209,6 +211,32 @@ class ThresholdMonitor:
             self._write_state(a.key, a.state(w.machine.depth))
         self._watches.append(w)
         self._by_key[a.key] = w
+
+    def update(self, armed: list[ArmedMount]) -> None:
+        """Arm exactly these (fsev serve: the configuration or the mount table
+        changed). A superblock armed before with the same levels keeps its
+        watch, so a level already crossed stays crossed: no crossing repeated,
+        none missed. New ones start silently in the state statfs gives now;
+        a superblock no longer armed, or armed with other levels, starts over."""
+        want = {a.key: a for a in armed}
+        for w in list(self._watches):
+            a = want.get(w.armed.key)
+            if a is not None and a.levels == w.armed.levels and a.rung is w.armed.rung:
+                w.armed = a  # the same superblock, maybe seen through another mount now
+                continue
+            self._remove(w)
+        for key, a in want.items():
+            if key not in self._by_key:
+                self._add(a)
+        self._switch_pending = bool(self._gated)
+
+    def _remove(self, w: _Watch) -> None:
+        if w.poller is not None:
+            w.poller.close()
+        elif self._release_state is not None:
+            self._release_state(w.armed.key)
+        self._watches.remove(w)
+        del self._by_key[w.armed.key]
 
     @property
     def watches(self) -> list[ArmedMount]:
