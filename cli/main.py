@@ -32,6 +32,9 @@ ThrOpt = typer.Option(None, "--thr", help="Free-space levels L1[,L2] in availabl
 HystOpt = typer.Option(None, "--thr-hysteresis", help="Blocks (or size/%) above a level before it re-arms.")
 RecordOpt = typer.Option(None, "--record", metavar="FILE",
                          help="Also write every event to this journal (fsev replay, fsev report).")
+StandaloneOpt = typer.Option(False, "--standalone",
+                             help="Attach probes of its own even when an fsev service runs "
+                             "(by default its events are used).")
 
 
 def _version(value: bool) -> None:
@@ -60,6 +63,7 @@ def trace(
     print_bpf: bool = typer.Option(False, "--print-bpf", hidden=True, help="Print the final BPF C and exit."),
     ringbuf_pages: int = typer.Option(256, "--ringbuf-pages", hidden=True, help="Ring buffer size in pages."),
     record: Optional[str] = RecordOpt,
+    standalone: bool = StandaloneOpt,
 ) -> None:
     """Stream filesystem health events, one line each."""
     from .record_cmd import record_to
@@ -69,7 +73,7 @@ def trace(
         TraceRequest(
             mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis, json_out=json_out,
             count=count, duration=duration, dry_run=dry_run, print_bpf=print_bpf, ringbuf_pages=ringbuf_pages,
-            record=record_to(record, "trace"),
+            record=record_to(record, "trace"), standalone=standalone,
         )
     )
 
@@ -89,6 +93,7 @@ def top(
     speed: Optional[float] = typer.Option(None, "--speed", metavar="X",
                                           help="With --from: play at X times the recorded pace "
                                           "(default: all at once)."),
+    standalone: bool = StandaloneOpt,
 ) -> None:
     """Live view of filesystem health: mounts, errors, free space, the event feed."""
     from .record_cmd import record_to
@@ -102,7 +107,7 @@ def top(
         )))
     raise typer.Exit(run_top(TopRequest(
         mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
-        once=once, all=all_mounts, sort=sort, record=record_to(record, "top"),
+        once=once, all=all_mounts, sort=sort, record=record_to(record, "top"), standalone=standalone,
     )))
 
 
@@ -127,6 +132,7 @@ def record(
     count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="Stop after N events."),
     duration: Optional[float] = typer.Option(None, "--duration", "-d", min=0.0, help="Stop after SECONDS."),
     ringbuf_pages: int = typer.Option(256, "--ringbuf-pages", hidden=True, help="Ring buffer size in pages."),
+    standalone: bool = StandaloneOpt,
 ) -> None:
     """Record everything trace would show into a crash-safe journal, until stopped."""
     from .record_cmd import RecordTarget, default_journal_path
@@ -134,7 +140,35 @@ def record(
 
     target = RecordTarget(output or default_journal_path(), "record", show=False)
     run_trace(TraceRequest(mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
-                           count=count, duration=duration, ringbuf_pages=ringbuf_pages, record=target))
+                           count=count, duration=duration, ringbuf_pages=ringbuf_pages, record=target,
+                           standalone=standalone))
+
+
+# -- the service: serve, config (cli/service_cmd.py, docs/service.md) ----------
+@app.command()
+def serve(
+    config: str = typer.Option("/etc/fsev/fsev.conf", "--config", "-c", metavar="FILE",
+                               help="The configuration (MOUNT TYPES [L1 [L2]] lines; docs/service.md)."),
+    socket_path: Optional[str] = typer.Option(None, "--socket", metavar="PATH",
+                                              help="Listen here (default: $FSEV_SOCKET or /run/fsev/fsev.sock)."),
+) -> None:
+    """Run as the service: hold the probes, serve listeners, keep the flight recorder (SIGHUP: reload)."""
+    from .service_cmd import run_serve
+
+    raise typer.Exit(run_serve(config, socket_path))
+
+
+@app.command("config")
+def config_cmd(
+    lines: Optional[List[str]] = typer.Argument(None, metavar="[LINE]...",
+                                                help="Requests: 'MOUNT TYPES [L1 [L2]]', '!MOUNT [TYPES]', "
+                                                "or a setting; ';' between several."),
+    show: bool = typer.Option(False, "--show", help="Print the service's running configuration."),
+) -> None:
+    """Change the running service's configuration, all or nothing (root), or --show it."""
+    from .service_cmd import run_config
+
+    raise typer.Exit(run_config(lines or [], show))
 
 
 @app.command()

@@ -44,6 +44,7 @@ class TopRequest:
     sort: str = "severity"
     record: "RecordTarget | None" = None
     from_file: str | None = None  # --from: review a journal
+    standalone: bool = False  # never a running service's events
     speed: float | None = None
     # what the journal header reads (recording_options): top has no count/duration
     count: None = None
@@ -117,6 +118,21 @@ def run_top(req: TopRequest) -> int:
         except ThresholdError as e:
             raise FsevError(str(e)) from None
     _check_terminal(req, NO_TTY)
+    from .service_cmd import find_service, listen
+
+    sock = find_service(req.standalone, "--thr arms levels of its own (the service's are its configuration: "
+                        "fsev config)" if req.thr is not None else None)
+    if sock is not None:
+        mounts = resolve_mounts(req.mounts, MountTable.read())
+        recorder = open_recorder(req.record) if req.record is not None else None
+        listener = listen(sock, mounts, classes, "top")
+        uname = os.uname()
+        model = TopModel(host=uname.nodename, kernel=uname.release,
+                         rungs=[(r.name, r.kind.value) for r in listener.plan.rungs], started=time.time(),
+                         show_all=req.all, sort=req.sort, watched=[m.mount_point for m in mounts])
+        if recorder is not None:
+            recorder.start(listener.plan, recording_options(req, TraceOptions(mounts=mounts, classes=classes)), None)
+        return _show(TopApp, listener, model, req, recorder)
     if not can_trace():
         raise FsevError(NEED_ROOT)
     require(check_btf(), check_tracefs(mount_if_missing=True))

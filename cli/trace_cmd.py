@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from fsev.thresholds.arming import ArmedMount
 
 if TYPE_CHECKING:
+    from fsev.journal.recorder import Recorder
+    from fsev.service.client import ServiceSession
     from fsev.session.sinks import EventSink
+    from fsev.session.trace import TraceOptions, TraceSession
 
     from .record_cmd import RecordTarget
     from .top_cmd import TopRequest
@@ -43,6 +46,7 @@ class TraceRequest:
     print_bpf: bool = False
     ringbuf_pages: int = 256
     record: "RecordTarget | None" = None  # also write every event to a journal (cli/record_cmd.py)
+    standalone: bool = False  # never a running service's events: attach probes of its own
 
 
 def _say(msg: str) -> None:
@@ -95,6 +99,8 @@ def run_trace(req: TraceRequest) -> None:
     from fsev.points.registry import plan_probes
     from fsev.session.trace import TraceOptions, TraceSession, build_source, kernel_facts
 
+    from .service_cmd import find_service, listen
+
     classes = parse_classes(req.events)
     if req.thr is not None:
         try:
@@ -103,6 +109,19 @@ def run_trace(req: TraceRequest) -> None:
             raise FsevError(str(e)) from None
     if req.ringbuf_pages < 1 or req.ringbuf_pages & (req.ringbuf_pages - 1):
         raise FsevError(f"--ringbuf-pages must be a power of two, not {req.ringbuf_pages}")
+    t0 = time.monotonic()
+    sock = None
+    if not (req.dry_run or req.print_bpf):
+        sock = find_service(req.standalone, "--thr arms levels of its own (the service's are its configuration: "
+                            "fsev config)" if req.thr is not None else None)
+    if sock is not None:
+        mounts = resolve_mounts(req.mounts, MountTable.read())
+        opts = TraceOptions(mounts=mounts, classes=classes)
+        recorder = _open_recorder(req)
+        listener = listen(sock, mounts, classes, req.record.command if req.record else "trace")
+        _stream(req, listener, recorder, opts, t0)
+        return
+
     if not can_trace():
         raise FsevError(NEED_ROOT)
     require(check_btf(), check_tracefs(mount_if_missing=True))
@@ -115,17 +134,32 @@ def run_trace(req: TraceRequest) -> None:
         print(build_source(plan_probes(kernel_facts()), opts))
         return
     require(check_bcc())
-    recorder = None
-    if req.record is not None:  # the journal is checked before anything attaches
-        from .record_cmd import open_recorder, recording_options
-
-        recorder = open_recorder(req.record)
-
+    recorder = _open_recorder(req)
     session = TraceSession(opts)
     for line in describe_plan(session.plan):
         _say(line)
     for a in armed:
         _say(f"thr {a.mount.mount_point} ({a.mount.fs_type}): {a.describe()}")
+    _stream(req, session, recorder, opts, None)
+
+
+def _open_recorder(req: TraceRequest) -> "Recorder | None":
+    """The journal is checked before anything attaches."""
+    if req.record is None:
+        return None
+    from .record_cmd import open_recorder
+
+    return open_recorder(req.record)
+
+
+def _stream(req: TraceRequest, session: "TraceSession | ServiceSession", recorder: "Recorder | None",
+            opts: "TraceOptions", t0: float | None) -> None:
+    """Start the session (probes of its own, or a service's listener), then
+    emit until stopped, the count or the duration. t0: when a listener's
+    command began (its connect is part of attaching); None: just before the
+    probes' compile and attach."""
+    from .record_cmd import recording_options
+
     stop = lambda *_: session.stop()  # noqa: E731
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     sink: EventSink = JsonSink() if req.json_out else HumanSink()
@@ -133,9 +167,9 @@ def run_trace(req: TraceRequest) -> None:
         sink = recorder.start(session.plan, recording_options(req, opts), sink if req.record.show else None)
     shown = 0
     try:
-        t0 = time.monotonic()
+        t0 = time.monotonic() if t0 is None else t0
         session.start()
-        where = ", ".join(m.mount_point for m in mounts) or "every mount"
+        where = ", ".join(m.mount_point for m in opts.mounts) or "every mount"
         _say(f"attached in {time.monotonic() - t0:.2f}s; watching {where}")
         for note in session.attach_notes:
             _say(note)

@@ -2,6 +2,12 @@ import os
 
 import pytest
 
+# trace, top and record use a running `fsev serve` when there is one: a
+# service on this machine (or one a test left) must not take the place of the
+# standalone sessions the tests mean to run. Tests of the service give their
+# own socket to the processes they start.
+os.environ["FSEV_SOCKET"] = "/nonexistent/fsev-tests-standalone.sock"
+
 
 def _kprobes() -> bool:
     return os.path.exists("/sys/bus/event_source/devices/kprobe/type") or os.path.exists(

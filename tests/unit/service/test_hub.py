@@ -1,0 +1,163 @@
+"""The hub's queues and protocol over real Unix sockets (no kernel: events are made here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from fsev.events import Event, EventClass, EventType
+from fsev.events.clock import Clock
+from fsev.events.json_line import event_json
+from fsev.service.access import Peer
+from fsev.service.hub import Hub
+from fsev.service.protocol import ListenFilter, encode
+
+
+class Answers:
+    """The daemon's side of the control requests, for the hub alone."""
+
+    def __init__(self) -> None:
+        self.configured: list[str] = []
+
+    def hello(self) -> dict[str, Any]:
+        return {"version": "test", "pid": os.getpid()}
+
+    def configure(self, text: str, peer: Peer) -> dict[str, Any]:
+        self.configured.append(text)
+        return {"ok": True, "config": text}
+
+    def show(self) -> dict[str, Any]:
+        return {"ok": True, "config": "* err\n"}
+
+    def status(self) -> dict[str, Any]:
+        return {"ok": True, "status": {}}
+
+
+@pytest.fixture
+def hub() -> Iterator[tuple[Hub, str]]:
+    d = tempfile.mkdtemp(prefix="fsev-hub-")
+    path = os.path.join(d, "s")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(16)
+    h = Hub(path, Answers(), Clock(), queue_cap=16, timeout_s=5.0, group=None, log=lambda m: None)
+    h.start(server)
+    try:
+        yield h, path
+    finally:
+        h.close()
+        server.close()
+        os.unlink(path)
+        os.rmdir(d)
+
+
+def fs_error(seq: int, mount: str = "/mnt/a", dev: str = "7:0") -> Event:
+    return Event(seq=seq, ts_ns=seq, wall_time=1.0 + seq, cls=EventClass.ERR, type=EventType.FS_ERROR,
+                 rung="tracepoint", dev=dev, mount_point=mount, func="f", line=1)
+
+
+def publish(h: Hub, events: list[Event]) -> None:
+    h.publish([(ev, event_json(ev).encode() + b"\n") for ev in events])
+
+
+def connect(path: str, flt: ListenFilter | None = None) -> tuple[socket.socket, dict[str, Any]]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    s.sendall(encode({"op": "listen", "filter": (flt or ListenFilter()).to_json(), "name": "t"}))
+    f = s.makefile("rb")
+    hello = json.loads(f.readline())
+    s._fsev_file = f  # type: ignore[attr-defined]
+    return s, hello
+
+
+def read_lines(s: socket.socket, n: int, timeout: float = 5) -> list[dict[str, Any]]:
+    f = s._fsev_file  # type: ignore[attr-defined]
+    s.settimeout(timeout)
+    return [json.loads(f.readline()) for _ in range(n)]
+
+
+def wait_listeners(h: Hub, n: int) -> None:
+    end = time.monotonic() + 5
+    while len(h.listeners) != n and time.monotonic() < end:
+        time.sleep(0.01)
+    assert len(h.listeners) == n
+
+
+def test_a_listener_gets_hello_then_exactly_its_filter(hub: tuple[Hub, str]) -> None:
+    h, path = hub
+    a, hello = connect(path, ListenFilter(mount_points=frozenset({"/mnt/a"})))
+    b, _ = connect(path, ListenFilter(classes=frozenset({EventClass.INFO})))
+    assert hello == {"ok": True, "hello": {"version": "test", "pid": os.getpid()}}
+    wait_listeners(h, 2)
+    publish(h, [fs_error(1), fs_error(2, mount="/mnt/b", dev="7:1"), fs_error(3)])
+    got = read_lines(a, 2)
+    assert [e["seq"] for e in got] == [1, 3]
+    b.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        b.recv(1)  # b asked for info only
+    a.close()
+    b.close()
+
+
+def test_a_full_queue_is_counted_and_reported_exactly_once_it_drains(hub: tuple[Hub, str]) -> None:
+    h, path = hub
+    slow, _ = connect(path)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    fast, _ = connect(path)
+    wait_listeners(h, 2)
+    n = 20000
+    got_fast: list[dict[str, Any]] = []
+    for i in range(0, n, 100):  # the fast one keeps up; the slow one reads nothing meanwhile
+        publish(h, [fs_error(seq) for seq in range(i + 1, i + 101)])
+        got_fast += read_lines(fast, 100)
+    assert [e["seq"] for e in got_fast] == list(range(1, n + 1))
+    delivered: list[int] = []
+    lost = 0
+    slow.settimeout(2)
+    f = slow._fsev_file  # type: ignore[attr-defined]
+    while len(delivered) + lost < n:
+        e = json.loads(f.readline())
+        if e["type"] == "loss":
+            assert e["rung"] == "listener" and e["lost"] > 0
+            assert e["first_seq"] <= e["last_seq"]
+            lost += e["lost"]
+        else:
+            delivered.append(e["seq"])
+    assert len(delivered) + lost == n
+    assert lost > 0 and delivered == sorted(delivered)
+    assert h.listeners[0].lost_total == lost
+
+
+def test_garbage_is_refused_and_the_hub_goes_on(hub: tuple[Hub, str]) -> None:
+    h, path = hub
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    s.sendall(b"\x00\xffnot json\n")
+    reply = json.loads(s.makefile("rb").readline())
+    assert reply == {"ok": False, "error": "not a JSON line"}
+    s.close()
+    chatty, _ = connect(path)
+    wait_listeners(h, 1)
+    chatty.sendall(b"more\n")  # a listener sends nothing after its request
+    wait_listeners(h, 0)
+    ok, _ = connect(path)
+    wait_listeners(h, 1)
+    publish(h, [fs_error(7)])
+    assert read_lines(ok, 1)[0]["seq"] == 7
+
+
+def test_control_requests_get_their_reply(hub: tuple[Hub, str]) -> None:
+    _, path = hub
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    s.sendall(encode({"op": "show"}))
+    assert json.loads(s.makefile("rb").readline()) == {"ok": True, "config": "* err\n"}
