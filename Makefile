@@ -1,15 +1,19 @@
-# fsev: `sudo make top` installs and runs the live view; `sudo make test` installs
-# and runs the whole suite against the real kernel. Both need root.
+# fsev: `sudo make top` installs what fsev needs to run, and runs the live view;
+# `sudo make test` installs that and what only the tests need (test-deps), and
+# runs the whole suite against the real kernel. Both need root.
 PREFIX ?= /opt/fsev
 VENV   := $(PREFIX)/venv
 export FSEV_VENV := $(VENV)
 
-.PHONY: install test top trace bench test-vm
+.PHONY: install test-deps test top trace bench test-vm
 
 install:
 	@bash scripts/install.sh
 
-test: install
+test-deps: install
+	@bash scripts/install-test-deps.sh
+
+test: test-deps
 	@bash scripts/run-tests.sh
 
 top: install
@@ -18,8 +22,8 @@ top: install
 trace: install
 	$(VENV)/bin/fsev trace
 
-test-vm: install
+test-vm: test-deps
 	FSEV_VM=1 $(VENV)/bin/pytest -p no:cacheprovider -v tests/vm
 
-bench: install
+bench: test-deps
 	@bash scripts/run-bench.sh

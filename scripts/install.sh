@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Idempotent install of fsev and everything it needs, as root, on Debian 12.
-# Safe to run again: each step checks before it acts.
+# Idempotent install of fsev and what it needs to run, as root, on Debian 12.
+# Safe to run again: each step checks before it acts. What only the tests need
+# (qemu, debootstrap, clang, pytest, ...) is scripts/install-test-deps.sh's, run
+# by `make test`.
 set -euo pipefail
 VENV=${FSEV_VENV:-/opt/fsev/venv}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,9 +12,8 @@ say() { printf 'fsev install: %s\n' "$*"; }
 
 # 1. Debian packages. bcc is the system package python3-bpfcc, never a pip dependency.
 ARCH=$(dpkg --print-architecture)
-PKGS="python3-bpfcc python3-venv python3-pip bpftool clang llvm e2fsprogs util-linux mount kmod tmux procps inotify-tools python3-fusepy"
-# Host side of the stock-kernel VM test (tests/vm); the VM itself needs none of them.
-[ "${FSEV_VM_GUEST:-0}" = 1 ] || PKGS="$PKGS debootstrap qemu-system-x86 qemu-utils"
+# (One line: vm/provision.sh reads the list from it.)
+PKGS="python3-bpfcc python3-venv python3-pip"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -59,9 +60,9 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import bcc' 2>/dev/nu
   mkdir -p "$(dirname "$VENV")"
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-# ruff and mypy are pinned: a newer linter may find new things in an old tree.
-# (One line: vm/build-image.sh reads the guest's wheel list from it.)
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "rich>=13" "typer>=0.9" "pytest>=7" "hypothesis>=6" "ruff==0.17.6" "mypy==2.4.1"
+# What fsev imports (pyproject's dependencies). One line: vm/build-image.sh
+# reads the guest's wheel list from it (and from install-test-deps.sh's).
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "rich>=13" "typer>=0.9"
 # The project itself: always reinstalled, so the installed copy is this tree
 # (without setuptools' build/ of an earlier install, which would ship modules
 # that have since moved or gone).
@@ -70,4 +71,20 @@ rm -rf "$HERE/build"
 
 # 5. fsev on root's PATH.
 ln -sfn "$VENV/bin/fsev" /usr/local/bin/fsev
+
+# 6. The service (docs/service.md): the unit where locally installed units go
+# (an admin's /etc/systemd/system copy or drop-in still wins), the default
+# configuration only if there is none (an edited one is kept). Enabling it is
+# the admin's choice: systemctl enable --now fsev.
+UNIT_DIR=/usr/local/lib/systemd/system
+install -D -m 0644 "$HERE/packaging/fsev.service" "$UNIT_DIR/fsev.service"
+if [ ! -e /etc/fsev/fsev.conf ]; then
+  install -D -m 0644 "$HERE/packaging/fsev.conf" /etc/fsev/fsev.conf
+  say "default configuration /etc/fsev/fsev.conf"
+fi
+# Only when systemd is PID 1 (sd_booted(3)'s test): in a container or a
+# chroot there is no manager to tell.
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload || say "systemctl daemon-reload failed; run it before starting fsev"
+fi
 say "ok: $("$VENV/bin/fsev" --version 2>/dev/null || echo fsev)"

@@ -39,15 +39,18 @@ done
 
 PKGS=$(bash "$HERE/provision.sh" --packages image)
 
-# The PyPI packages: what install.sh pip-installs (its quoted requirement
-# specifiers; this list if it has none), and, in the wheelhouse only, the build
+# The PyPI packages: what install.sh and install-test-deps.sh pip-install
+# (their quoted requirement specifiers: the guest runs the tests, so it needs
+# both; this list if they have none), and, in the wheelhouse only, the build
 # backend, in case a pip install ever builds in isolation.
 install_specs() {
-  local f="$REPO/scripts/install.sh" specs=""
-  if [ -r "$f" ]; then
-    specs=$(grep -E 'pip install' "$f" | grep -v -e '--no-deps' \
-              | grep -oE '"[A-Za-z][A-Za-z0-9._-]*[^"$]*"' | tr -d '"' | tr '\n' ' ') || true
-  fi
+  local f specs=""
+  for f in "$REPO/scripts/install.sh" "$REPO/scripts/install-test-deps.sh"; do
+    [ -r "$f" ] || continue
+    specs="$specs $(grep -E 'pip install' "$f" | grep -v -e '--no-deps' \
+              | grep -oE '"[A-Za-z][A-Za-z0-9._-]*[^"$]*"' | tr -d '"' | tr '\n' ' ')" || true
+  done
+  specs=$(echo $specs)
   echo "${specs:-rich>=13 typer>=0.9 pytest>=7 hypothesis>=6}"
 }
 SPECS=$(install_specs)
@@ -119,7 +122,9 @@ say "debootstrap done after $(( $(date +%s) - T0 )) s"
 # through the same script the Vagrant box uses.
 mkdir -p "$ROOT/tmp/fsev/vm" "$ROOT/tmp/fsev/scripts"
 cp "$HERE/provision.sh" "$ROOT/tmp/fsev/vm/"
-[ -r "$REPO/scripts/install.sh" ] && cp "$REPO/scripts/install.sh" "$ROOT/tmp/fsev/scripts/"
+for f in install.sh install-test-deps.sh; do
+  [ -r "$REPO/scripts/$f" ] && cp "$REPO/scripts/$f" "$ROOT/tmp/fsev/scripts/"
+done
 mount -t proc proc "$ROOT/proc"
 mount -t sysfs sysfs "$ROOT/sys"
 FSEV_PROVISION_IMAGE=1 chroot "$ROOT" /bin/bash /tmp/fsev/vm/provision.sh >&2

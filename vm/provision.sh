@@ -8,9 +8,11 @@
 #   provision.sh                   install what is missing (root; needs the archive)
 #   provision.sh --packages [image]  print the list, one line, space-separated
 #
-# The list is this file's own plus the PKGS="..." line of scripts/install.sh,
-# so that install.sh, run later inside the machine, finds every package it
-# checks for already installed and never needs the network for apt.
+# The list is this file's own plus the PKGS="..." lines of scripts/install.sh
+# (what fsev needs to run) and scripts/install-test-deps.sh (what the tests
+# need: the machine runs them), so that those scripts, run later inside the
+# machine, find every package they check for already installed and never need
+# the network for apt.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # Vagrant uploads this script alone to /tmp; the Vagrantfile says where the tree is.
@@ -27,9 +29,11 @@ BASE="make udev kmod procps e2fsprogs mount util-linux python3-bpfcc python3-ven
 IMAGE_ONLY="linux-image-cloud-amd64 linux-headers-cloud-amd64 initramfs-tools"
 
 install_sh_packages() {
-  local f="$SRC/scripts/install.sh"
-  [ -r "$f" ] || return 0
-  sed -n 's/^PKGS="\([^"$]*\)".*/\1/p' "$f" | head -n 1
+  local f
+  for f in "$SRC/scripts/install.sh" "$SRC/scripts/install-test-deps.sh"; do
+    [ -r "$f" ] || continue
+    sed -n 's/^PKGS="\([^"$]*\)".*/\1/p' "$f" | head -n 1
+  done
 }
 
 packages() {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent install, as root on Debian 12, of what only fsev's tests need, on
+# top of what scripts/install.sh installs to run fsev (run that first: this
+# adds to its venv). `make test` runs both.
+set -euo pipefail
+VENV=${FSEV_VENV:-/opt/fsev/venv}
+say() { printf 'fsev test deps: %s\n' "$*"; }
+
+[ "$(id -u)" = 0 ] || { echo "fsev test deps: must run as root (try: sudo make test)" >&2; exit 2; }
+[ -x "$VENV/bin/python" ] || { echo "fsev test deps: no venv $VENV (run scripts/install.sh first)" >&2; exit 2; }
+
+# 1. Debian packages: test material (ext4 images, loop devices, FUSE disks,
+# tmux for `fsev top`), bpftool + clang as the BTF oracle
+# (tests/kernel/test_btf_kernel.py) and the rigs' program listing, systemd for
+# systemd-analyze and systemd-journald (tests/service). One line: vm/provision.sh
+# reads the list from it, so the VM image has them too.
+PKGS="bpftool clang llvm e2fsprogs util-linux mount kmod tmux procps inotify-tools python3-fusepy systemd"
+# Host side of the stock-kernel VM test (tests/vm); the VM itself needs none of them.
+[ "${FSEV_VM_GUEST:-0}" = 1 ] || PKGS="$PKGS debootstrap qemu-system-x86 qemu-utils"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  say "installing Debian packages:$missing"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+# 2. The test tools, into fsev's venv. ruff and mypy are pinned: a newer linter
+# may find new things in an old tree. (One line: vm/build-image.sh reads the
+# guest's wheel list from it.)
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "pytest>=7" "hypothesis>=6" "ruff==0.17.6" "mypy==2.4.1"
+say "ok: $("$VENV/bin/pytest" --version 2>&1 | head -n 1)"
