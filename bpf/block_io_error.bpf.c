@@ -24,11 +24,7 @@ BPF_HASH(watched_disks, u32, u8, 4096);
 
 static __always_inline int disk_watched(u32 dev)
 {
-#if FSEV_WATCH_ALL
-	return 1;
-#else
-	return watched_disks.lookup(&dev) != 0;
-#endif
+	return every_mount_watched(FSEV_CLASS_BIT(FSEV_CLASS_ERR)) || watched_disks.lookup(&dev) != 0;
 }
 #endif
 

@@ -38,12 +38,31 @@ BPF_PERCPU_ARRAY(drops, u64, 1);
  * classes, without touching the programs. */
 BPF_HASH(watched_devs, u32, u8, 4096);
 
-/* Is dev watched for any class of `classes` (FSEV_CLASS_BIT bits)? */
+/* Key 0 (no superblock has dev_t 0): the classes watched on every mount,
+ * fsev serve's `*`, including mounts made after user space last looked: a
+ * mount that comes and goes between two reads of the mount table is seen. */
+#define FSEV_EVERY_MOUNT 0
+
+/* Are `classes` (FSEV_CLASS_BIT bits) watched on every mount? */
+static __always_inline int every_mount_watched(u32 classes)
+{
+#if FSEV_WATCH_ALL
+	return 1;
+#else
+	u32 every = FSEV_EVERY_MOUNT;
+	u8 *mask = watched_devs.lookup(&every);
+	return mask && (*mask & classes);
+#endif
+}
+
+/* Is dev watched for any class of `classes`? */
 static __always_inline int dev_watched(u32 dev, u32 classes)
 {
 #if FSEV_WATCH_ALL
 	return 1;
 #else
+	if (every_mount_watched(classes))
+		return 1;
 	u8 *mask = watched_devs.lookup(&dev);
 	return mask && (*mask & classes);
 #endif

@@ -57,10 +57,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_umount)
 {
 	struct umount_args a = {};
 	user_str(a.target.path, sizeof(a.target.path), args->name);
-#if !FSEV_WATCH_ALL
-	if (!watched_paths.lookup(&a.target))
+	if (!every_mount_watched(FSEV_CLASS_BIT(FSEV_CLASS_INFO)) && !watched_paths.lookup(&a.target))
 		return 0;
-#endif
 	a.flags = args->flags;
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	umount_in_flight.update(&tid, &a);

@@ -145,6 +145,10 @@ def record(
 
 
 # -- the service: serve, config (cli/service_cmd.py, docs/service.md) ----------
+ConfigLinesArg = typer.Argument(None, metavar="[LINE]...", help="Requests: 'MOUNT TYPES [L1 [L2]]', "
+                                "'!MOUNT [TYPES]', or a setting; ';' between several.")
+
+
 @app.command()
 def serve(
     config: str = typer.Option("/etc/fsev/fsev.conf", "--config", "-c", metavar="FILE",
@@ -160,9 +164,7 @@ def serve(
 
 @app.command("config")
 def config_cmd(
-    lines: Optional[List[str]] = typer.Argument(None, metavar="[LINE]...",
-                                                help="Requests: 'MOUNT TYPES [L1 [L2]]', '!MOUNT [TYPES]', "
-                                                "or a setting; ';' between several."),
+    lines: Optional[List[str]] = ConfigLinesArg,
     show: bool = typer.Option(False, "--show", help="Print the service's running configuration."),
 ) -> None:
     """Change the running service's configuration, all or nothing (root), or --show it."""

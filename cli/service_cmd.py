@@ -31,10 +31,11 @@ def run_config(lines: list[str], show: bool) -> int:
     if show and lines:
         raise FsevError("--show takes no LINE: it prints the running configuration")
     if show or not lines:
-        print(request({"op": "show"})["config"], end="")
-        return 0
-    reply = request({"op": "config", "text": "\n".join(lines)})
-    print(reply["config"], end="")
+        text = request({"op": "show"})["config"]
+    else:
+        text = request({"op": "config", "text": "\n".join(lines)})["config"]
+    if text:
+        print(text)  # the configuration in effect, in the language of the file
     return 0
 
 

@@ -32,7 +32,7 @@ from fsev.events.json_line import event_json
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.service import systemd
 from fsev.service.access import Peer
-from fsev.service.config import ConfigError, ServiceConfig, apply, parse, read_file
+from fsev.service.config import EVERY_MOUNT, ConfigError, ServiceConfig, apply, parse, read_file
 from fsev.service.hub import Hub
 from fsev.service.protocol import DEFAULT_SOCKET
 from fsev.session.trace import TraceOptions, TraceSession, Watch
@@ -156,7 +156,8 @@ class Service:
                         _log(f"thresholds on {m.mount_point} not armed: {why}")
         if self.hub is not None:
             self.hub.mounts_changed()
-        return Watch(tuple(mounts), tuple(_one_per_superblock(armed)))
+        every = config.rule(EVERY_MOUNT)
+        return Watch(tuple(mounts), tuple(_one_per_superblock(armed)), every.classes if every else frozenset())
 
     def check_levels(self, config: ServiceConfig) -> None:
         """Refuse a configuration whose levels cannot be armed on a mount that
@@ -191,7 +192,7 @@ class Service:
 
     def reload(self) -> None:
         """SIGHUP: the file again, whole; on any error the running configuration stays."""
-        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        systemd.notify_reloading()
         try:
             with self._config_lock:
                 try:
@@ -203,7 +204,7 @@ class Service:
                 self._install(new)
                 _log(f"reloaded {self.opts.config_path}")
         finally:
-            systemd.notify("READY=1\n" + self.status_line())
+            systemd.notify_ready(self.status_text())  # also after a refused reload: systemd waits for it
 
     def _validate(self, new: ServiceConfig) -> None:
         check_group(new)
@@ -255,9 +256,9 @@ class Service:
             "journald_dropped": self.journald.dropped if self.journald is not None else 0,
         }}
 
-    def status_line(self) -> str:
+    def status_text(self) -> str:
         rungs = ", ".join(f"{r.name}={r.kind.value}" for r in self.session.plan.rungs)
-        return f"STATUS=watching {len(self.session.watch.mounts)} mounts; {rungs}"
+        return f"watching {len(self.session.watch.mounts)} mounts; {rungs}"
 
     # -- the run ---------------------------------------------------------------
     def run(self) -> int:
@@ -278,7 +279,7 @@ class Service:
         self.hub.start(server)
         self.session.rewatch()  # the hub now exists: namespaces' views follow mount changes
         _log(f"serving on {self.opts.socket_path}; watching {len(self.session.watch.mounts)} mounts")
-        systemd.notify("READY=1\n" + self.status_line())
+        systemd.notify_ready(self.status_text())  # only now: the probes are attached and the socket serves
         reason = "stopped"
         try:
             for ev in self.session.events(poll_ms=POLL_MS, last=True):
@@ -287,7 +288,7 @@ class Service:
             reason = f"failed: {e}"
             raise
         finally:
-            systemd.notify("STOPPING=1")
+            systemd.notify_stopping()
             self.close(reason)
         return 0
 

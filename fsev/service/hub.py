@@ -39,6 +39,7 @@ from fsev.service.protocol import MAX_REQUEST_BYTES, ListenFilter, ProtocolError
 REQUEST_TIMEOUT_S = 5.0  # a client that connects and says nothing for this long is dropped
 SEND_CHUNK = 256 * 1024
 TICK_S = 0.25
+_LOSS = EventType.LOSS
 
 
 class Control(Protocol):
@@ -150,6 +151,12 @@ class Hub:
                 was_empty = not q and not lst.out
                 for ev, line in batch:
                     if not lst.takes(ev):
+                        continue
+                    if ev.type is _LOSS:
+                        # A loss report is never itself lost: its count is
+                        # what makes the listener's accounting exact. They are
+                        # few (one per LOSS_CHECK_S at most), so the cap holds.
+                        q.append(line)
                         continue
                     if len(q) >= lst.cap:
                         self._count_lost(lst, ev)

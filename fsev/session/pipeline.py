@@ -119,6 +119,7 @@ class EventPipeline:
         # The classes watched on each watched mount, by mount point and by device.
         self._points: dict[str, frozenset[EventClass]] = {m.mount_point: classes for m in watched}
         self._devs: dict[str | None, frozenset[EventClass]] = {m.dev: classes for m in watched}
+        self._every: frozenset[EventClass] = frozenset()  # fsev serve's `*` (set_watch)
         self.ctx = ctx = SessionContext(plan=plan, classes=classes, table=table, clock=clock, watched=list(watched),
                                         probes=probes, now=now, make_event=clock.user_event,
                                         mount_watched=self._mount_watched, dynamic=dynamic)
@@ -134,22 +135,26 @@ class EventPipeline:
 
     # -- helpers -----------------------------------------------------------
     def _mount_watched(self, m: Mount) -> bool:
-        return self.watch_all or m.mount_point in self._points or m.dev in self._devs
+        return self.watch_all or bool(self._every) or m.mount_point in self._points or m.dev in self._devs
 
     def _wanted(self, ev: Event) -> bool:
         if ev.cls not in self.classes:
             return False
-        if self.watch_all:
+        if self.watch_all or ev.cls in self._every:
             return True
         got = self._points.get(ev.mount_point) if ev.mount_point is not None else None
         if got is None:
             got = self._devs.get(ev.dev)
         return got is not None and ev.cls in got
 
-    def set_watch(self, mounts: Iterable[tuple[Mount, frozenset[EventClass]]]) -> None:
-        """fsev serve: watch exactly these mounts, each for its classes, from now on
-        (the halves see the new set at the mounts_changed() that follows)."""
+    def set_watch(self, mounts: Iterable[tuple[Mount, frozenset[EventClass]]],
+                  every: frozenset[EventClass] = frozenset()) -> None:
+        """fsev serve: watch exactly these mounts, each for its classes, and
+        `every` class on any mount, also one not in the table now (it came and
+        went between two reads), from now on. The halves see the new set at
+        the mounts_changed() that follows."""
         mounts = list(mounts)
+        self._every = every
         points: dict[str, frozenset[EventClass]] = {}
         devs: dict[str | None, frozenset[EventClass]] = {}
         for m, cl in mounts:

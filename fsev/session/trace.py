@@ -56,6 +56,8 @@ _TO_RECORD_CLASS = {
     EventClass.THR: RecordClass.THR,
 }
 LOSS_CHECK_S = 0.1
+# watched_devs' key for the classes watched on every mount (FSEV_EVERY_MOUNT in bpf/common.h).
+EVERY_MOUNT = 0
 # Records taken from the ring buffer per poll before they are decoded and
 # emitted: bounds memory and keeps stop/deadline checks responsive in a flood.
 RECORD_BATCH = 4096
@@ -70,6 +72,9 @@ class Watch:
 
     mounts: tuple[tuple[Mount, frozenset[EventClass]], ...] = ()
     thresholds: tuple[ArmedMount, ...] = ()
+    # Classes watched on every mount (`*`), also one mounted and gone before
+    # the mount table was read again: the kernel filter has them under key 0.
+    every: frozenset[EventClass] = frozenset()
 
 
 # The service's answer to "what is watched, given this mount table": asked at
@@ -185,6 +190,7 @@ class TraceSession:
         self._loss_window_start = time.time()
         self._last_loss_check = 0.0
         self._mounts_fd: int | None = None
+        self._mounts_wake_fd: int | None = None
         self._thr: ThresholdMonitor | None = None
         # Held by start() and by each step of events(): close() from another
         # thread frees nothing a step is using (fsev/kernel/closing.py).
@@ -226,8 +232,12 @@ class TraceSession:
         self._mounts_poll.register(self._mounts_fd, select.POLLPRI | select.POLLERR)
         if self.opts.dynamic:
             # A configured mount is watched the moment it is mounted: the
-            # mount table's change ends the wait, not the poll's timeout.
-            self._probes.wake_on(self._mounts_fd, select.EPOLLPRI | select.EPOLLERR)
+            # mount table's change ends the wait, not the poll's timeout. Its
+            # own open file: a poll of /proc/self/mounts takes the change it
+            # reports (the kernel keeps the last event seen per open file), so
+            # the wait and _refresh_mounts_if_changed must not share one.
+            self._mounts_wake_fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
+            self._probes.wake_on(self._mounts_wake_fd, select.EPOLLPRI | select.EPOLLERR)
         self.started_at = time.time()
 
     @property
@@ -266,9 +276,12 @@ class TraceSession:
             return
         watch = source(self.table)
         self.watch = watch
-        self._probes.watch_devs(kernel_dev_classes(watch.mounts))
+        devs = kernel_dev_classes(watch.mounts)
+        if watch.every:
+            devs[EVERY_MOUNT] = class_mask({_TO_RECORD_CLASS[c] for c in watch.every})
+        self._probes.watch_devs(devs)
         self._probes.watch_paths([m.mount_point for m, cl in watch.mounts if EventClass.INFO in cl])
-        self._pipeline.set_watch(watch.mounts)
+        self._pipeline.set_watch(watch.mounts, watch.every)
         self._pipeline.mounts_changed()
         if self._thr is not None:
             self._thr.update(list(watch.thresholds))
@@ -305,6 +318,9 @@ class TraceSession:
         if self._mounts_fd is not None:
             os.close(self._mounts_fd)
             self._mounts_fd = None
+        if self._mounts_wake_fd is not None:  # after the probes: their wait polled it
+            os.close(self._mounts_wake_fd)
+            self._mounts_wake_fd = None
 
     def __enter__(self) -> "TraceSession":
         self.start()

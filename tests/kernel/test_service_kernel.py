@@ -51,7 +51,7 @@ def test_listeners_with_different_filters_get_exactly_their_events():
         assert {e["function"] for e in got_x} == {"trigger_test_error"}
         got_info = info.events()
         assert got_info and all(e["class"] == "info" for e in got_info)
-        assert any(e["type"] == "umount" and e["mount_point"] == sub for e in got_info)
+        assert any(e["type"] == "umount" and e.get("mount_point") == sub for e in got_info), got_info
         got_all = every.events()
         assert len(errors_of(got_all, x.mount_point)) == 3 and len(errors_of(got_all, y.mount_point)) == 2
         # seq is the service's: every listener sees the same numbers, in order
@@ -238,7 +238,7 @@ def test_non_root_listeners_are_refused_or_see_only_their_namespace(listen_group
         r = subprocess.run([*nobody, FSEV, "trace", "--count", "1"], capture_output=True, text=True,
                            env=svc.env, timeout=30)
         assert r.returncode == 2 and "permission denied" in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 2  # "no service"/attach notice is not printed; the error is
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line: the socket is root's
     with tmpfs() as a, tmpfs() as b, fsev_serve(f"socket_group {listen_group}\n* info,warn,err\n") as svc:
         gid = int(run("getent", "group", listen_group).stdout.split(":")[2])
         member = ["setpriv", "--reuid", "65534", "--regid", "65534", "--groups", str(gid)]
@@ -285,10 +285,9 @@ def test_sighup_reloads_the_file_and_a_bad_file_keeps_the_running_configuration(
         line = svc.wait_log("reload refused")
         assert "unknown type 'warning'" in line
         assert svc.config("--show").stdout == shown
-        os.chmod(svc.config_path, 0)
         os.rename(svc.config_path, svc.config_path + ".gone")
         svc.signal(signal.SIGHUP)
-        assert "cannot read" in svc.wait_log("reload refused: cannot read")
+        assert "reload refused" in svc.wait_log("cannot read")
         x.trigger_errors(1)
         lst.wait_for(lambda e: len(errors_of(e, x.mount_point)) == 1)
         assert lst.stop() == 0
