@@ -85,7 +85,8 @@ def trim(journal: Journal, retention: Retention, now: float) -> TrimResult:
                 conn.execute("ROLLBACK")
             raise
         if result.segments:
-            conn.execute("PRAGMA incremental_vacuum").fetchall()  # one row per page freed: step to the end
+            # executescript steps it to the end; execute() would step once, freeing one page.
+            conn.executescript("PRAGMA incremental_vacuum;")
     except sqlite3.Error as e:
         raise _sqlite_error(journal.path, e) from None
     return result
