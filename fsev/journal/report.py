@@ -56,7 +56,6 @@ def build_report(
     """window: the report covers only it (recordings, events and losses outside it are left
     out, and the span is cut to it). trimmed: what retention deleted, said in the report."""
     if window is not None and window.bounded:
-        recordings = [r for r in recordings if _overlaps(r, window)]
         losses = [x for x in losses if window.contains(x["wall_time"])]
     else:
         window = None
@@ -116,6 +115,8 @@ def build_report(
             m["other"][str(typ)] = m["other"].get(str(typ), 0) + 1
     for mp, groups in errors.items():
         mounts[mp]["errors"] = sorted(groups.values(), key=lambda g: (-g["count"], g["first"]))
+    if window is not None:  # the recordings that ran in the window or have events in it
+        recordings = [r for r in recordings if per_recording[r.id]["events"] or _overlaps(r, window)]
     recs = []
     for r in recordings:
         pr = per_recording[r.id]
