@@ -97,6 +97,7 @@ class _Acker:
         self.last_done = 0
         self.last_acked = 0
         self.reported: list[int] = []  # consumer_loss rows told but not yet acknowledged
+        self.told: set[int] = set()  # consumer_loss rows told by this run
         self.batch_started = 0.0
 
     def resume(self, acked: int) -> None:
@@ -105,6 +106,7 @@ class _Acker:
     def loss_told(self, loss: ConsumerLoss) -> None:
         """A consumer_loss row's loss event has been written (and flushed) to the output."""
         self.reported.append(loss.id)
+        self.told.add(loss.id)
         self.done(max(self.last_done, loss.last))
 
     def done(self, rid: int) -> None:
@@ -219,13 +221,8 @@ def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
         if opts.consumer:
             _say(f"consumer {opts.consumer!r} resumes after event {after}")
             acker.resume(after)
-            for loss in journal.consumer_losses(opts.consumer):
-                _say(f"consumer {opts.consumer!r} lost events {loss.first}-{loss.last} ({loss.count}): "
-                     "deleted by the journal's hard size cap before it acknowledged them")
-                _emit(sink, consumer_loss_event(loss))
-                flush()
-                acker.loss_told(loss)
-                printed += 1
+            told, after = _tell_losses(journal, opts.consumer, sink, acker, flush, after)
+            printed += told
         recordings = {r.id: r for r in journal.recordings()}
         shown_recording: int | None = None
         pace: tuple[float, float] | None = None  # (monotonic, wall_time) of the first record paced
@@ -234,6 +231,10 @@ def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
             for rec in journal.records(after, window=window):
                 if stopping():
                     break
+                if opts.consumer and rec.id > after + 1:
+                    # Numbering has no gaps: a jump is a trim that ran while we read (--follow).
+                    told, after = _tell_losses(journal, opts.consumer, sink, acker, flush, after)
+                    printed += told
                 if rec.recording != shown_recording:
                     if rec.recording not in recordings:
                         recordings = {r.id: r for r in journal.recordings()}
@@ -273,6 +274,24 @@ def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
             except OSError:
                 pass
         journal.close()
+
+
+def _tell_losses(journal: Journal, consumer: str, sink: EventSink, acker: _Acker, flush: Callable[[], None],
+                 after: int) -> tuple[int, int]:
+    """Emit (and acknowledge) a loss event for each trim that took events from this consumer
+    and that this run has not told yet; returns how many, and the position after them."""
+    told = 0
+    for loss in journal.consumer_losses(consumer):
+        if loss.id in acker.told:
+            continue  # told, its acknowledgement not committed yet (file mode batches them)
+        _say(f"consumer {consumer!r} lost events {loss.first}-{loss.last} ({loss.count}): "
+             "deleted by the journal's hard size cap before it acknowledged them")
+        _emit(sink, consumer_loss_event(loss))
+        flush()
+        acker.loss_told(loss)
+        after = max(after, loss.last)
+        told += 1
+    return told, after
 
 
 def consumer_loss_event(loss: ConsumerLoss) -> Event:

@@ -217,3 +217,42 @@ def test_the_event_schema_documents_the_journal_loss():
     loss = loss[: loss.index("\n## ", 1)]
     for key in ("`journal`", "`consumer`", "`first_event`", "`last_event`"):
         assert key in loss, key
+
+
+def test_a_following_consumer_is_told_of_a_trim_that_ran_while_it_read(jpath):
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from support.journal_data import FSEV, popen
+
+    write_segments(jpath, [fs_error(i + 1, wall=T0 + i) for i in range(100)], per=10)
+    with popen([FSEV, "replay", jpath, "--json", "--consumer", "tail", "--follow"], stdout=subprocess.PIPE,
+               stderr=subprocess.DEVNULL, text=True) as p:
+        assert p.stdout is not None
+        lines: list[dict] = []
+        reader = threading.Thread(target=lambda: lines.extend(json.loads(x) for x in p.stdout), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 30
+        while len(lines) < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(lines) == 100
+        os.kill(p.pid, signal.SIGSTOP)  # it reads nothing while events come and the hard cap trims
+        try:
+            with Journal.open(jpath, write=True) as j:
+                rec = j.begin_recording("record", [], {})
+                for s in range(10):
+                    j.commit_segment(rec, [event_body(fs_error(101 + s * 10 + i, wall=T0 + 100 + s * 10 + i))
+                                           for i in range(10)], [])
+            assert _force_out(jpath, keep_from=151) == 150
+        finally:
+            os.kill(p.pid, signal.SIGCONT)
+        while len(lines) < 151 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(30) == 0
+        reader.join(10)
+    loss, *rest = lines[100:]
+    assert (loss["rung"], loss["lost"], loss["first_event"], loss["last_event"]) == ("journal", 50, 101, 150)
+    assert [d["seq"] for d in rest] == list(range(151, 201))
