@@ -173,9 +173,18 @@ def config_cmd(
     raise typer.Exit(run_config(lines or [], show))
 
 
+SinceOpt = typer.Option(None, "--since", metavar="T",
+                        help="Only events at or after T: HH:MM[:SS] (the last one), YYYY-MM-DD[ HH:MM[:SS]], "
+                        "ISO 8601, Unix seconds, -30m / -2h / -1d, '2h ago'.")
+UntilOpt = typer.Option(None, "--until", metavar="T", help="Only events before T (forms as --since).")
+JournalArg = typer.Argument(None, metavar="[FILE]",
+                            help="A journal written by fsev record (default: fsev serve's, "
+                            "/var/lib/fsev/flight.fsev).")
+
+
 @app.command()
 def replay(
-    journal: str = typer.Argument(..., metavar="FILE", help="A journal written by fsev record."),
+    journal: Optional[str] = JournalArg,
     consumer: Optional[str] = typer.Option(None, "--consumer", "-c", metavar="NAME",
                                            help="Resume after what NAME acknowledged; acknowledge as it goes."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep reading while the journal is being written."),
@@ -184,24 +193,29 @@ def replay(
                                           help="Replay at X times the recorded pace (default: at once)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
                                          help="Append to FILE instead of stdout; with --consumer, exactly once."),
+    since: Optional[str] = SinceOpt,
+    until: Optional[str] = UntilOpt,
 ) -> None:
-    """Print a journal's events as trace did (docs/journal.md: consumers)."""
+    """Print a journal's events as trace did (docs/journal.md: consumers, time windows)."""
     from fsev.journal.replay import ReplayOptions
 
-    from .journal_cmd import run_replay
+    from .journal_cmd import run_replay, window
 
-    run_replay(journal, ReplayOptions(consumer=consumer, follow=follow, json_out=json_out, speed=speed, output=output))
+    run_replay(journal, ReplayOptions(consumer=consumer, follow=follow, json_out=json_out, speed=speed, output=output,
+                                      window=window(since, until)))
 
 
 @app.command()
 def report(
-    journal: str = typer.Argument(..., metavar="FILE", help="A journal written by fsev record."),
+    journal: Optional[str] = JournalArg,
     json_out: bool = typer.Option(False, "--json", help="The report as one JSON document."),
+    since: Optional[str] = SinceOpt,
+    until: Optional[str] = UntilOpt,
 ) -> None:
     """Summarize a journal per mount: errors, thresholds, read-only, unmounts, ENOSPC, drops."""
-    from .journal_cmd import run_report
+    from .journal_cmd import run_report, window
 
-    run_report(journal, json_out)
+    run_report(journal, json_out, window(since, until))
 
 
 def run() -> None:

@@ -14,6 +14,11 @@ last event it acknowledged, stored in the journal. Two delivery modes:
   one line on restart: at least once, with at most one repeated line per kill.
   Acknowledging first would instead lose that line; no order gives exactly
   once on a stream that cannot be rewound.
+
+Events that retention's hard cap deleted before a consumer acknowledged them
+(fsev.journal.retention) reach that consumer as a loss event, rung
+"journal", ahead of the first event left; telling it is acknowledged like an
+event (with the file's size, in file mode), so it is told once.
 """
 
 from __future__ import annotations
@@ -25,13 +30,15 @@ from dataclasses import dataclass
 from typing import IO, Callable
 
 from rich.console import Console
+from rich.text import Text
 
 from fsev import __version__
-from fsev.events import Event
+from fsev.events import Event, EventClass, EventType
 from fsev.events.inert import inert
-from fsev.journal.store import Journal, JournalError, JournalRecord, Recording
+from fsev.journal.store import ConsumerLoss, Journal, JournalError, JournalRecord, Recording
+from fsev.journal.timewindow import TimeWindow
 from fsev.journal.writer import BATCH_EVENTS, BATCH_INTERVAL_S
-from fsev.session.sinks import EventSink, HumanSink, JsonSink
+from fsev.session.sinks import CLASS_STYLE, EventSink, HumanSink, JsonSink
 
 FOLLOW_POLL_S = 0.1
 SLEEP_SLICE_S = 0.1
@@ -44,6 +51,7 @@ class ReplayOptions:
     json_out: bool = False
     speed: float | None = None  # None: as fast as possible; X: X times the recorded pace
     output: str | None = None  # exactly-once file (with a consumer)
+    window: TimeWindow | None = None  # only events with a wall_time in it
 
 
 class UntypedSink:
@@ -88,7 +96,18 @@ class _Acker:
         self.flush_stream = flush
         self.last_done = 0
         self.last_acked = 0
+        self.reported: list[int] = []  # consumer_loss rows told but not yet acknowledged
+        self.told: set[int] = set()  # consumer_loss rows told by this run
         self.batch_started = 0.0
+
+    def resume(self, acked: int) -> None:
+        self.last_done = self.last_acked = acked
+
+    def loss_told(self, loss: ConsumerLoss) -> None:
+        """A consumer_loss row's loss event has been written (and flushed) to the output."""
+        self.reported.append(loss.id)
+        self.told.add(loss.id)
+        self.done(max(self.last_done, loss.last))
 
     def done(self, rid: int) -> None:
         """Record rid has been written (and flushed) to the output."""
@@ -96,8 +115,9 @@ class _Acker:
         if self.name is None:
             return
         if self.out_fd is None:
-            self.journal.ack(self.name, rid)
+            self.journal.ack(self.name, rid, reported=self.reported)
             self.last_acked = rid
+            self.reported = []
             return
         now = time.monotonic()
         if self.batch_started == 0.0:
@@ -107,16 +127,17 @@ class _Acker:
 
     def commit(self) -> None:
         """File mode: make the output durable, then acknowledge it together with its size."""
-        if self.name is None or self.last_done == self.last_acked:
+        if self.name is None or (self.last_done == self.last_acked and not self.reported):
             return
         self.flush_stream()
         if self.out_fd is not None:
             os.fsync(self.out_fd)
             size = os.fstat(self.out_fd).st_size
-            self.journal.ack(self.name, self.last_done, self.out_path, size)
+            self.journal.ack(self.name, self.last_done, self.out_path, size, reported=self.reported)
         else:
-            self.journal.ack(self.name, self.last_done)
+            self.journal.ack(self.name, self.last_done, reported=self.reported)
         self.last_acked = self.last_done
+        self.reported = []
         self.batch_started = 0.0
 
 
@@ -175,6 +196,11 @@ def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
         raise JournalError(f"--speed must be a positive factor, not {opts.speed}")
     if opts.consumer is not None and not opts.consumer.strip():
         raise JournalError("--consumer needs a name")
+    window = opts.window if opts.window is not None and opts.window.bounded else None
+    if window is not None and opts.consumer is not None:
+        raise JournalError("--since/--until do not go with --consumer: a consumer takes every event, in order")
+    if window is not None and window.until is not None and opts.follow:
+        raise JournalError("--until does not go with --follow: --follow never ends, --until does")
     journal = Journal.open(path, write=opts.consumer is not None, live=opts.follow)
     out_fd: int | None = None
     stream: IO[str] | None = None
@@ -191,17 +217,24 @@ def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
             # may forget the newest acknowledgements: those lines repeat, as documented).
             journal.conn.execute("PRAGMA synchronous=NORMAL")
         after = journal.consumer(opts.consumer).acked if opts.consumer else 0
+        printed = 0
         if opts.consumer:
             _say(f"consumer {opts.consumer!r} resumes after event {after}")
+            acker.resume(after)
+            told, after = _tell_losses(journal, opts.consumer, sink, acker, flush, after)
+            printed += told
         recordings = {r.id: r for r in journal.recordings()}
         shown_recording: int | None = None
         pace: tuple[float, float] | None = None  # (monotonic, wall_time) of the first record paced
-        printed = 0
         while not stopping():
             progressed = False
-            for rec in journal.records(after):
+            for rec in journal.records(after, window=window):
                 if stopping():
                     break
+                if opts.consumer and rec.id > after + 1:
+                    # Numbering has no gaps: a jump is a trim that ran while we read (--follow).
+                    told, after = _tell_losses(journal, opts.consumer, sink, acker, flush, after)
+                    printed += told
                 if rec.recording != shown_recording:
                     if rec.recording not in recordings:
                         recordings = {r.id: r for r in journal.recordings()}
@@ -229,6 +262,10 @@ def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
                 _sleep(FOLLOW_POLL_S, stopping)
         acker.commit()
         sink.close()
+        if window is not None and not printed:
+            since = "the start" if window.since is None else _when(window.since)
+            until = "the end" if window.until is None else _when(window.until)
+            _say(f"no events from {since} to {until} in {path}")
         return printed
     finally:
         if stream is not None:
@@ -237,6 +274,55 @@ def replay(path: str, opts: ReplayOptions, stopping: Callable[[], bool]) -> int:
             except OSError:
                 pass
         journal.close()
+
+
+def _tell_losses(journal: Journal, consumer: str, sink: EventSink, acker: _Acker, flush: Callable[[], None],
+                 after: int) -> tuple[int, int]:
+    """Emit (and acknowledge) a loss event for each trim that took events from this consumer
+    and that this run has not told yet; returns how many, and the position after them."""
+    told = 0
+    for loss in journal.consumer_losses(consumer):
+        if loss.id in acker.told:
+            continue  # told, its acknowledgement not committed yet (file mode batches them)
+        _say(f"consumer {consumer!r} lost events {loss.first}-{loss.last} ({loss.count}): "
+             "deleted by the journal's hard size cap before it acknowledged them")
+        _emit(sink, consumer_loss_event(loss))
+        flush()
+        acker.loss_told(loss)
+        after = max(after, loss.last)
+        told += 1
+    return told, after
+
+
+def consumer_loss_event(loss: ConsumerLoss) -> Event:
+    """The loss event a consumer gets for events trimmed before it acknowledged them.
+
+    seq and ts_ns are 0: the journal made it, no session numbered or timed it;
+    wall_time is when the trim deleted them.
+    """
+    return Event(seq=0, ts_ns=0, wall_time=loss.wall_time, cls=EventClass.WARN, type=EventType.LOSS,
+                 rung="journal", lost=loss.count, lost_total=loss.total,
+                 extra={"consumer": loss.consumer, "first_event": loss.first, "last_event": loss.last})
+
+
+def journal_loss_line(ev: Event) -> Text:
+    """A human line for a consumer's journal loss, in the layout of trace's lines."""
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(time.strftime("%H:%M:%S", time.localtime(ev.wall_time)) + f".{int(ev.wall_time * 1000) % 1000:03d} ")
+    t.append(f"{ev.cls.value:<4} {ev.type.value:<9} ", style=CLASS_STYLE[ev.cls])
+    t.append("journal", style="bold")
+    t.append(f"  {ev.lost} events lost: trimmed (hard size cap) before consumer "
+             f"{inert(str(ev.extra.get('consumer')))!r} acknowledged them, events "
+             f"{ev.extra.get('first_event')}-{ev.extra.get('last_event')}; {ev.lost_total} lost in all")
+    t.append(f"  [{ev.rung}]", style="dim")
+    return t
+
+
+def _emit(sink: EventSink, ev: Event) -> None:
+    if ev.rung == "journal" and isinstance(sink, HumanSink):
+        sink.console.print(journal_loss_line(ev))
+    else:
+        sink.emit(ev)
 
 
 def record_event(rec: JournalRecord) -> Event | None:

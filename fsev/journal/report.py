@@ -19,7 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fsev.events.inert import inert
-from fsev.journal.store import FORMAT_VERSION, Journal, Recording
+from fsev.journal.store import FORMAT_VERSION, Journal, Recording, Trimmed
+from fsev.journal.timewindow import TimeWindow
 
 # Event types of the "rest of the seeds" work (read-only transitions, ENOSPC):
 # named here so their sections fill in once the events exist.
@@ -49,8 +50,15 @@ def _span(entry: dict[str, Any], t: float) -> None:
 
 
 def build_report(
-    path: str, recordings: list[Recording], events: Iterable[dict[str, Any]], losses: list[dict[str, Any]]
+    path: str, recordings: list[Recording], events: Iterable[dict[str, Any]], losses: list[dict[str, Any]],
+    window: TimeWindow | None = None, trimmed: Trimmed | None = None,
 ) -> dict[str, Any]:
+    """window: the report covers only it (recordings, events and losses outside it are left
+    out, and the span is cut to it). trimmed: what retention deleted, said in the report."""
+    if window is not None and window.bounded:
+        losses = [x for x in losses if window.contains(x["wall_time"])]
+    else:
+        window = None
     mounts: dict[str, dict[str, Any]] = {}
     errors: dict[str, dict[tuple[Any, Any, Any], dict[str, Any]]] = {}
     per_recording: dict[int, dict[str, Any]] = {
@@ -107,6 +115,8 @@ def build_report(
             m["other"][str(typ)] = m["other"].get(str(typ), 0) + 1
     for mp, groups in errors.items():
         mounts[mp]["errors"] = sorted(groups.values(), key=lambda g: (-g["count"], g["first"]))
+    if window is not None:  # the recordings that ran in the window or have events in it
+        recordings = [r for r in recordings if per_recording[r.id]["events"] or _overlaps(r, window)]
     recs = []
     for r in recordings:
         pr = per_recording[r.id]
@@ -120,10 +130,20 @@ def build_report(
     starts += [pr["first"] for pr in per_recording.values() if pr["first"] is not None]
     ends = [r.stopped_at or r.last_commit_at or r.started_at for r in recordings]
     ends += [pr["last"] for pr in per_recording.values() if pr["last"] is not None]
-    span = {"start": min(starts), "end": max(ends), "seconds": max(ends) - min(starts)} if starts else None
+    span = None
+    if starts:
+        start, end = min(starts), max(ends)
+        if window is not None:
+            start = start if window.since is None else max(start, window.since)
+            end = end if window.until is None else min(end, window.until)
+        span = {"start": start, "end": end, "seconds": max(0.0, end - start)}
     return {
         "journal": path,
         "format_version": FORMAT_VERSION,
+        "window": None if window is None else {"since": window.since, "until": window.until},
+        # Deleted by retention: events numbered 1..through are gone (fsev serve's flight recorder).
+        "trimmed": None if trimmed is None else {"through": trimmed.through, "events": trimmed.events,
+                                                  "bytes": trimmed.bytes, "at": trimmed.at},
         "span": span,
         "recordings": recs,
         "drops": {
@@ -143,17 +163,23 @@ def _count_enospc(m: dict[str, Any], t: float, n: int) -> None:
     e["last"] = t if e["last"] is None else max(e["last"], t)
 
 
-def report_journal(path: str) -> dict[str, Any]:
+def _overlaps(r: Recording, w: TimeWindow) -> bool:
+    # Never stopped cleanly: it may have run on past its last commit, up to now.
+    end = r.stopped_at if r.stopped_at is not None else float("inf")
+    return (w.until is None or r.started_at < w.until) and (w.since is None or end >= w.since)
+
+
+def report_journal(path: str, window: TimeWindow | None = None) -> dict[str, Any]:
     with Journal.open(path) as j:
         recordings = j.recordings()
 
         def events() -> Iterable[dict[str, Any]]:
-            for rec in j.records():
+            for rec in j.records(window=window):
                 d = rec.json()
                 d["_recording"] = rec.recording
                 yield d
 
-        return build_report(path, recordings, events(), j.losses())
+        return build_report(path, recordings, events(), j.losses(), window, j.trimmed())
 
 
 # -- rendering ---------------------------------------------------------------
@@ -184,6 +210,14 @@ def render_report(rep: dict[str, Any]) -> Group:
     if span:
         head.append(f"\nspan: {_t(span['start'])} → {_t(span['end'])} ({_duration(span['seconds'])}); "
                     f"times are local ({time.strftime('%z')})")
+    w = rep.get("window")
+    if w:
+        head.append(f"\nwindow: {_t(w['since']) if w['since'] is not None else 'the start'} → "
+                    f"{_t(w['until']) if w['until'] is not None else 'the end'} (events outside it left out)")
+    tr = rep.get("trimmed")
+    if tr:
+        head.append(f"\nretention: events 1-{tr['through']} deleted ({tr['events']} events, {tr['bytes']} bytes; "
+                    f"latest trim {_t(tr['at'])})", style="dim")
     drops = rep["drops"]
     head.append("\ndrops: ")
     head.append(f"{drops['lost_total']} events lost in the kernel ring buffer",

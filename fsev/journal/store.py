@@ -31,73 +31,33 @@ import time
 import urllib.parse
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from fsev import __version__
 from fsev.errors import FsevError
 from fsev.events import Event
 from fsev.events.json_line import event_json
+from fsev.journal import schema
+from fsev.journal.schema import APPLICATION_ID as APPLICATION_ID  # re-exported: the format's names
+from fsev.journal.schema import DEFAULT_FLIGHT_JOURNAL as DEFAULT_FLIGHT_JOURNAL
+from fsev.journal.schema import FORMAT_VERSION as FORMAT_VERSION
+from fsev.journal.schema import SQLITE_MAGIC, create_tables, upgrade
+from fsev.journal.timewindow import TimeWindow
 
-FORMAT_VERSION = 1
-APPLICATION_ID = 0x66736576  # "fsev"
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-SCHEMA = """
-CREATE TABLE recording (
-    id INTEGER PRIMARY KEY,
-    command TEXT NOT NULL,          -- record, trace or top
-    host TEXT NOT NULL,
-    kernel TEXT NOT NULL,           -- uname -r
-    kernel_build TEXT NOT NULL,     -- uname -v
-    fsev_version TEXT NOT NULL,
-    plan TEXT NOT NULL,             -- JSON: the probe plan (rung per probe point, and why)
-    options TEXT NOT NULL,          -- JSON: what the recorder was started with
-    started_at REAL NOT NULL,
-    last_commit_at REAL,            -- the newest moment known to be on disk
-    stopped_at REAL,                -- NULL: the recorder never stopped cleanly (killed, crashed)
-    stop_reason TEXT,
-    events INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE segment (
-    id INTEGER PRIMARY KEY,
-    recording INTEGER NOT NULL REFERENCES recording(id),
-    first INTEGER NOT NULL UNIQUE,  -- the number of its first event
-    count INTEGER NOT NULL CHECK (count > 0),
-    crc INTEGER NOT NULL,           -- CRC-32 of events (UTF-8)
-    events TEXT NOT NULL            -- JSON array, one event per line as `fsev trace --json` prints it
-);
-CREATE TABLE loss (
-    id INTEGER PRIMARY KEY,
-    recording INTEGER NOT NULL REFERENCES recording(id),
-    event INTEGER NOT NULL,         -- the number of the loss record in the event stream
-    source TEXT NOT NULL,           -- where events were dropped (ringbuf)
-    lost INTEGER NOT NULL,
-    lost_total INTEGER,
-    since_wall_time REAL,
-    wall_time REAL NOT NULL
-);
-CREATE TABLE consumer (
-    name TEXT PRIMARY KEY,
-    acked INTEGER NOT NULL,         -- the last event this consumer is done with (0: none)
-    output TEXT,                    -- its output file, when it writes one (exactly-once mode)
-    output_offset INTEGER,          -- that file's size right after event `acked`
-    updated_at REAL NOT NULL
-);
-CREATE VIEW event AS
-    SELECT s.first + j.key AS id, s.recording AS recording,
-           json_extract(j.value, '$.seq') AS seq, json_extract(j.value, '$.wall_time') AS wall_time,
-           json_extract(j.value, '$.class') AS class, json_extract(j.value, '$.type') AS type,
-           json_extract(j.value, '$.mount_point') AS mount_point, j.value AS body
-    FROM segment AS s, json_each(s.events) AS j;
-"""
-
-_INSERT_SEGMENT = "INSERT INTO segment (recording, first, count, crc, events) VALUES (?, ?, ?, ?, ?)"
+_INSERT_SEGMENT = (
+    "INSERT INTO segment (recording, first, count, crc, events, first_time, last_time, bytes)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _INSERT_LOSS = (
     "INSERT INTO loss (recording, event, source, lost, lost_total, since_wall_time, wall_time)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_NEXT_NUMBER = "SELECT first + count FROM segment ORDER BY first DESC LIMIT 1"
+_NEXT_NUMBER_1 = "SELECT first + count FROM segment ORDER BY first DESC LIMIT 1"
+# Retention may have deleted every segment: numbering goes on after what it deleted.
+_NEXT_NUMBER = (
+    "SELECT max(coalesce((SELECT first + count FROM segment ORDER BY first DESC LIMIT 1), 1),"
+    " coalesce((SELECT through + 1 FROM trimmed), 1))"
+)
 _SEPARATOR = ",\n"  # between events in a segment; json.dumps never puts a raw newline in a line
 
 
@@ -114,10 +74,34 @@ def unpack(text: str, count: int) -> list[str] | None:
 
 
 event_body = event_json  # an event's line in a segment: exactly what JsonSink prints
+_FAR = 1e300  # an open end of a time window, in SQL
+
+
+def _line_in(line: str, window: TimeWindow | None) -> bool:
+    if window is None:
+        return True
+    try:
+        t = json.loads(line).get("wall_time")
+    except (ValueError, AttributeError):
+        return True  # not for the window to judge: the reader reports what it cannot read
+    return isinstance(t, (int, float)) and window.contains(float(t))
+
+
+WAL_SIZE_LIMIT = 32 * 1024 * 1024
 
 
 class JournalError(FsevError):
     pass
+
+
+def journal_path(path: str | None) -> str:
+    """FILE as given, or the flight recorder's journal when none is named (replay, report)."""
+    if path is not None:
+        return path
+    default = schema.DEFAULT_FLIGHT_JOURNAL  # read now, not at import: tests point it elsewhere
+    if not os.path.lexists(default):
+        raise JournalError(f"no journal at {default}: is `fsev serve` running? (or name a FILE)")
+    return default
 
 
 # -- opening ---------------------------------------------------------------
@@ -203,11 +187,11 @@ def _create(path: str) -> None:
         os.close(fd)
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
+            # Before the first table: afterwards SQLite cannot switch it on without a VACUUM.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("BEGIN")
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
+            create_tables(conn)
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
             conn.execute("COMMIT")
@@ -273,12 +257,34 @@ class ConsumerState:
     output_offset: int | None = None
 
 
+@dataclass(frozen=True)
+class ConsumerLoss:
+    """Events numbered first..last (count of them) that a trim deleted before `consumer` had them."""
+
+    id: int
+    consumer: str
+    first: int
+    last: int
+    count: int
+    wall_time: float  # when the trim deleted them
+    total: int  # this consumer's losses so far, this one included
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    through: int  # every event numbered up to this one is gone
+    events: int
+    bytes: int
+    at: float
+
+
 class Journal:
     """An open journal. Every sqlite3 error leaves as a one-line JournalError."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: str, conn: sqlite3.Connection, version: int = FORMAT_VERSION) -> None:
         self.path = path
         self.conn = conn
+        self.version = version  # a journal opened read-only keeps the format it was written in
 
     @classmethod
     def open(cls, path: str, *, write: bool = False, create: bool = False, check: bool = True,
@@ -297,11 +303,8 @@ class Journal:
         try:
             conn = _connect(path, "rw" if write else "ro-live" if live else "ro")
             try:
-                _check_ids(
-                    path,
-                    conn.execute("PRAGMA application_id").fetchone()[0],
-                    conn.execute("PRAGMA user_version").fetchone()[0],
-                )
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                _check_ids(path, conn.execute("PRAGMA application_id").fetchone()[0], version)
                 if check:
                     bad = [r[0] for r in conn.execute("PRAGMA quick_check(1)")]
                     if bad != ["ok"]:
@@ -312,12 +315,18 @@ class Journal:
                     conn.execute("PRAGMA synchronous=FULL")
                     if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                         conn.execute("PRAGMA journal_mode=WAL")
+                    # After a checkpoint the -wal file is cut back to this, so a large
+                    # trim does not leave a WAL as large as what it deleted.
+                    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+                    if version < FORMAT_VERSION:
+                        upgrade(conn)
+                        version = FORMAT_VERSION
             except BaseException:
                 conn.close()
                 raise
         except sqlite3.Error as e:
             raise _sqlite_error(path, e) from None
-        return cls(path, conn)
+        return cls(path, conn, version)
 
     def close(self) -> None:
         try:
@@ -345,13 +354,16 @@ class Journal:
         except (sqlite3.Error, ValueError) as e:
             raise self._read_error(e) from None
 
-    def records(self, after: int = 0, page: int = 4) -> Iterator[JournalRecord]:
+    def records(self, after: int = 0, page: int = 4, window: TimeWindow | None = None) -> Iterator[JournalRecord]:
         """Events numbered above `after`, in order, each segment checked against its CRC.
 
         Read a few segments at a time, each query its own short read
         transaction, so a long replay never keeps the recorder's WAL from
-        being checkpointed.
+        being checkpointed. With a window, only events whose wall_time is in
+        it; segments wholly outside it are skipped in SQL by their times
+        (the covering index segment_span), so their events are never read.
         """
+        bounded = window is not None and window.bounded
         try:
             row = self.conn.execute(
                 "SELECT first FROM segment WHERE first <= ? ORDER BY first DESC LIMIT 1", (after + 1,)
@@ -361,19 +373,39 @@ class Journal:
         start = row[0] if row else 0
         while True:
             try:
-                rows = self.conn.execute(
-                    "SELECT recording, first, count, crc, CAST(events AS BLOB) FROM segment"
-                    " WHERE first >= ? ORDER BY first LIMIT ?", (start, page),
-                ).fetchall()
+                rows = self.conn.execute(*self._page_query(start, page, window if bounded else None)).fetchall()
             except sqlite3.Error as e:
                 raise self._read_error(e) from None
             if not rows:
                 return
-            for rec, first, count, crc, raw in rows:
-                for i, line in enumerate(self._lines(first, count, crc, raw)):
-                    if first + i > after:
+            for rec, first, count, crc, raw, t0, t1 in rows:
+                lines = self._lines(first, count, crc, raw)
+                # A segment inside the window yields every line; one across an edge
+                # (or of unknown times) is filtered event by event.
+                whole = not bounded or (t0 is not None and t1 is not None and window is not None
+                                        and window.contains(t0) and window.contains(t1))
+                for i, line in enumerate(lines):
+                    if first + i > after and (whole or _line_in(line, window)):
                         yield JournalRecord(first + i, rec, line)
                 start = first + count
+
+    def _page_query(self, start: int, page: int, window: TimeWindow | None) -> tuple[str, tuple[Any, ...]]:
+        cols = "recording, first, count, crc, CAST(events AS BLOB)"
+        if self.version < 2:  # no times stored: every segment is read, and its events filtered
+            return (f"SELECT {cols}, NULL, NULL FROM segment WHERE first >= ? ORDER BY first LIMIT ?",
+                    (start, page))
+        if window is None:
+            return (f"SELECT {cols}, first_time, last_time FROM segment WHERE first >= ? ORDER BY first LIMIT ?",
+                    (start, page))
+        since = -_FAR if window.since is None else window.since
+        until = _FAR if window.until is None else window.until
+        return (
+            f"SELECT {cols}, first_time, last_time FROM segment WHERE first IN"
+            " (SELECT first FROM segment INDEXED BY segment_span WHERE first >= ?"
+            "  AND (last_time IS NULL OR last_time >= ?) AND (first_time IS NULL OR first_time < ?)"
+            "  ORDER BY first LIMIT ?) ORDER BY first",
+            (start, since, until, page),
+        )
 
     def _lines(self, first: int, count: int, crc: int, raw: bytes | None) -> list[str]:
         where = f"{self.path}: events {first}-{first + count - 1} are corrupted"
@@ -388,9 +420,9 @@ class Journal:
         return lines
 
     def last_id(self) -> int:
-        """The number of the newest committed event (0: none)."""
+        """The number of the newest committed event (0: none), deleted by retention or not."""
         try:
-            row = self.conn.execute(_NEXT_NUMBER).fetchone()
+            row = self.conn.execute(_NEXT_NUMBER if self.version >= 2 else _NEXT_NUMBER_1).fetchone()
         except sqlite3.Error as e:
             raise self._read_error(e) from None
         return row[0] - 1 if row else 0
@@ -420,17 +452,63 @@ class Journal:
             raise self._read_error(e) from None
         return ConsumerState(name, *row) if row else ConsumerState(name)
 
-    def ack(self, name: str, acked: int, output: str | None = None, output_offset: int | None = None) -> None:
-        """Record, in one transaction, that consumer `name` is done with every record up to `acked`."""
+    def consumers(self) -> list[ConsumerState]:
+        """Every registered consumer (one that has acknowledged or bound an output)."""
         try:
-            self.conn.execute(
-                "INSERT INTO consumer (name, acked, output, output_offset, updated_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET acked = excluded.acked, output = excluded.output,"
-                " output_offset = excluded.output_offset, updated_at = excluded.updated_at",
-                (name, acked, output, output_offset, time.time()),
-            )
+            rows = self.conn.execute("SELECT name, acked, output, output_offset FROM consumer ORDER BY name").fetchall()
+        except sqlite3.Error as e:
+            raise self._read_error(e) from None
+        return [ConsumerState(*r) for r in rows]
+
+    def ack(self, name: str, acked: int, output: str | None = None, output_offset: int | None = None,
+            reported: Sequence[int] = ()) -> None:
+        """Record, in one transaction, that consumer `name` is done with every record up to `acked`,
+        and has been told of the consumer_loss rows `reported` (their ids)."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO consumer (name, acked, output, output_offset, updated_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET acked = excluded.acked, output = excluded.output,"
+                    " output_offset = excluded.output_offset, updated_at = excluded.updated_at",
+                    (name, acked, output, output_offset, time.time()),
+                )
+                for loss_id in reported:
+                    conn.execute("UPDATE consumer_loss SET reported_at = ? WHERE id = ? AND consumer = ?",
+                                 (time.time(), loss_id, name))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as e:
             raise _sqlite_error(self.path, e) from None
+
+    def consumer_losses(self, name: str) -> list[ConsumerLoss]:
+        """Events retention's hard cap deleted before consumer `name` acknowledged them,
+        of which it has not been told yet, oldest first."""
+        if self.version < 2:
+            return []
+        try:
+            rows = self.conn.execute(
+                "SELECT id, consumer, first, last, count, wall_time,"
+                " (SELECT sum(count) FROM consumer_loss AS b WHERE b.consumer = a.consumer AND b.id <= a.id)"
+                " FROM consumer_loss AS a WHERE consumer = ? AND reported_at IS NULL ORDER BY id", (name,),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise self._read_error(e) from None
+        return [ConsumerLoss(*r) for r in rows]
+
+    def trimmed(self) -> Trimmed | None:
+        """What retention has deleted from this journal, if anything."""
+        if self.version < 2:
+            return None
+        try:
+            row = self.conn.execute("SELECT through, events, bytes, at FROM trimmed").fetchone()
+        except sqlite3.Error as e:
+            raise self._read_error(e) from None
+        return Trimmed(*row) if row else None
 
     # -- recording ---------------------------------------------------------
     def begin_recording(self, command: str, plan: list[dict[str, Any]], options: dict[str, Any]) -> int:
@@ -455,19 +533,24 @@ class Journal:
         except sqlite3.Error as e:
             raise _sqlite_error(self.path, e) from None
 
-    def commit_segment(self, recording: int, lines: list[str], losses: list[tuple[int, Event]]) -> None:
-        """Append events (their JSON lines) as one segment, in one transaction.
+    def commit_segment(self, recording: int, lines: list[str], losses: list[tuple[int, Event]],
+                       span: tuple[float, float] | None = None) -> int:
+        """Append events (their JSON lines) as one segment, in one transaction; returns its bytes.
 
         losses: (index in lines, loss record) pairs, also written to the loss table.
+        span: the oldest and newest wall_time among the events (None: read from the lines).
         """
         text = pack(lines)
+        raw = text.encode()
+        first_time, last_time = span if span is not None else _span_of(lines)
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 row = conn.execute(_NEXT_NUMBER).fetchone()  # under the write lock: another recorder may append
                 first = row[0] if row else 1
-                conn.execute(_INSERT_SEGMENT, (recording, first, len(lines), zlib.crc32(text.encode()), text))
+                conn.execute(_INSERT_SEGMENT, (recording, first, len(lines), zlib.crc32(raw), text,
+                                               first_time, last_time, len(raw)))
                 for i, ev in losses:
                     conn.execute(_INSERT_LOSS, (recording, first + i, ev.rung, ev.lost or 0, ev.lost_total,
                                                 ev.since_wall_time, ev.wall_time))
@@ -480,3 +563,16 @@ class Journal:
                 raise
         except sqlite3.Error as e:
             raise _sqlite_error(self.path, e) from None
+        return len(raw)
+
+
+def _span_of(lines: list[str]) -> tuple[float | None, float | None]:
+    times = []
+    for line in lines:
+        try:
+            t = json.loads(line).get("wall_time")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(t, (int, float)):
+            times.append(float(t))
+    return (min(times), max(times)) if times else (None, None)

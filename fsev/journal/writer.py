@@ -6,6 +6,13 @@ whichever comes first; a commit is atomic and fsynced. At most
 MAX_UNCOMMITTED events are ever held in memory: beyond that, append() waits
 for the commit, so a flood backs up into the kernel ring buffer, where drops
 are counted and reported. A kill or crash loses only uncommitted events.
+
+With a Retention, the same thread trims the journal (fsev.journal.retention):
+right after a commit that takes the stored events over max_bytes, and
+otherwise at most every TRIM_INTERVAL_S while commits come, or when the
+oldest segment ages out, and every TRIM_RECHECK_S regardless (another
+process may be appending). append() never waits for a trim: events queue as
+during a slow commit. A trim that fails is reported like a commit that fails.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ import time
 
 from fsev.events import Event, EventType
 from fsev.events.json_line import event_json
+from fsev.journal.retention import Retention, TrimResult, trim
 from fsev.journal.store import Journal, JournalError, _sqlite_error
 
 BATCH_INTERVAL_S = 0.1
 BATCH_EVENTS = 1000
 MAX_UNCOMMITTED = 10_000
+TRIM_INTERVAL_S = 5.0
+TRIM_RECHECK_S = 60.0
 _LOSS = EventType.LOSS
 
 
@@ -34,17 +44,27 @@ class JournalWriter:
     def __init__(
         self, journal: Journal, recording: int, *, interval: float = BATCH_INTERVAL_S,
         batch: int = BATCH_EVENTS, max_uncommitted: int = MAX_UNCOMMITTED,
+        retention: Retention | None = None, trim_interval: float = TRIM_INTERVAL_S,
     ) -> None:
         self.journal = journal
         self.recording = recording
         self.interval = interval
         self.batch = batch
         self.max_uncommitted = max_uncommitted
+        self.retention = retention
+        self.trim_interval = trim_interval
         self.committed = 0
         self.commits = 0
+        self.trims = 0  # trims run (whether they deleted anything)
+        self.last_trim: TrimResult | None = None
         self._cond = threading.Condition(threading.Lock())  # a plain lock: cheaper than the default RLock
         self._pending: list[str] = []  # JSON lines
         self._losses: list[tuple[int, Event]] = []  # (index in _pending, loss record)
+        self._span: tuple[float, float] | None = None  # oldest and newest wall_time in _pending
+        # Trim scheduling, touched by the committer thread only.
+        self._stored = 0  # stored bytes as of the last trim, plus what was committed since
+        self._last_trim_at = float("-inf")
+        self._next_trim = time.monotonic() if retention is not None else float("inf")  # the first: at once
         self._first_at = 0.0
         self._uncommitted = 0
         self._closing = False
@@ -63,6 +83,12 @@ class JournalWriter:
                 self._first_at = time.monotonic()
                 self._cond.notify()
             self._pending.append(line)
+            t = ev.wall_time
+            span = self._span
+            if span is None:
+                self._span = (t, t)
+            elif t < span[0] or t > span[1]:
+                self._span = (min(span[0], t), max(span[1], t))
             if ev.type is _LOSS:
                 self._losses.append((len(self._pending) - 1, ev))
             self._uncommitted += 1
@@ -103,26 +129,65 @@ class JournalWriter:
             while True:
                 with self._cond:
                     while not self._pending and not self._closing:
-                        self._cond.wait()
-                    if not self._pending:
+                        wait = self._next_trim - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(None if wait == float("inf") else wait)
+                    if not self._pending and self._closing:
                         return
-                    while not self._closing and len(self._pending) < self.batch:
+                    while self._pending and not self._closing and len(self._pending) < self.batch:
                         left = self._first_at + self.interval - time.monotonic()
                         if left <= 0:
                             break
                         self._cond.wait(left)
                     batch, self._pending = self._pending, []
                     losses, self._losses = self._losses, []
-                self._commit(batch, losses)
-                with self._cond:
-                    self._uncommitted -= len(batch)
-                    self.committed += len(batch)
-                    self.commits += 1
-                    self._cond.notify_all()
+                    span, self._span = self._span, None
+                if batch:
+                    size = self._commit(batch, losses, span)
+                    with self._cond:
+                        self._uncommitted -= len(batch)
+                        self.committed += len(batch)
+                        self.commits += 1
+                        self._cond.notify_all()
+                    self._committed(size)
+                if time.monotonic() >= self._next_trim:
+                    self._trim()
         except BaseException as e:  # reported to the appending thread
             with self._cond:
                 self._error = e
                 self._cond.notify_all()
 
-    def _commit(self, batch: list[str], losses: list[tuple[int, Event]]) -> None:
-        self.journal.commit_segment(self.recording, batch, losses)
+    def _commit(self, batch: list[str], losses: list[tuple[int, Event]], span: tuple[float, float] | None) -> int:
+        """Commit one segment; returns its size as retention measures it."""
+        return self.journal.commit_segment(self.recording, batch, losses, span)
+
+    # -- retention (the committer thread only) ---------------------------------
+    def _committed(self, size: int) -> None:
+        r = self.retention
+        if r is None:
+            return
+        before, self._stored = self._stored, self._stored + size
+        if before <= r.max_bytes < self._stored:
+            self._next_trim = time.monotonic()  # just crossed the limit: at once
+        elif self._stored > r.max_bytes:  # still over (a consumer holds the rest): every interval
+            self._next_trim = min(self._next_trim, self._last_trim_at + self.trim_interval)
+
+    def _trim(self) -> None:
+        r = self.retention
+        assert r is not None
+        now = time.time()
+        result = trim(self.journal, r, now)
+        mono = time.monotonic()
+        self.trims += 1
+        self.last_trim = result
+        self._stored = result.kept_bytes
+        self._last_trim_at = mono
+        # Next: when the oldest segment left ages out, but not sooner than the interval and
+        # not later than the recheck (a consumer holding old events: at the recheck, since its
+        # acknowledgements do not reach this thread); a commit over max_bytes brings it forward.
+        if result.oldest_time is None or result.held_by:
+            until_aged = TRIM_RECHECK_S
+        else:
+            until_aged = result.oldest_time + r.max_age_s - now
+        self._next_trim = mono + max(self.trim_interval, min(TRIM_RECHECK_S, until_aged))

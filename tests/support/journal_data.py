@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,35 @@ class FsevProc:
     def __exit__(self, *exc) -> None:
         self.kill()
         self.join()
+
+
+def write_format1_journal(path: str, segments: list[list[Event]]) -> None:
+    """A journal exactly as fsev wrote it before format 2 (no times, sizes, trimmed or
+    consumer_loss): format 1's schema, one segment per list, as that fsev's writer committed them."""
+    import json
+    import zlib
+
+    from fsev.journal.schema import APPLICATION_ID, SCHEMA_1, statements
+    from fsev.journal.store import event_body, pack
+
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("BEGIN")
+    for stmt in statements(SCHEMA_1):
+        c.execute(stmt)
+    c.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    c.execute("PRAGMA user_version=1")
+    c.execute("INSERT INTO recording (command, host, kernel, kernel_build, fsev_version, plan, options, started_at,"
+              " last_commit_at, stopped_at, stop_reason, events) VALUES ('record', 'h', 'k', 'kb', '0.1', ?, '{}',"
+              " ?, ?, ?, 'stopped', ?)",
+              (json.dumps(PLAN), segments[0][0].wall_time, segments[-1][-1].wall_time, segments[-1][-1].wall_time,
+               sum(map(len, segments))))
+    first = 1
+    for seg in segments:
+        text = pack([event_body(e) for e in seg])
+        c.execute("INSERT INTO segment (recording, first, count, crc, events) VALUES (1, ?, ?, ?, ?)",
+                  (first, len(seg), zlib.crc32(text.encode()), text))
+        first += len(seg)
+    c.execute("COMMIT")
+    c.close()
+    os.chmod(path, 0o600)
