@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from fsev.events import Event
+from fsev.journal.retention import Retention
 from fsev.journal.store import Journal, JournalError
 from fsev.journal.writer import JournalWriter
 from fsev.probes.ladder import Plan
@@ -49,10 +50,13 @@ class Recorder:
         self.display: EventSink = NullSink()
         self.lost = 0
 
-    def start(self, plan: Plan, options: dict[str, Any], display: EventSink | None) -> "Recorder":
-        """Store the recording's metadata (committed at once) and begin taking events."""
+    def start(self, plan: Plan, options: dict[str, Any], display: EventSink | None,
+              retention: Retention | None = None) -> "Recorder":
+        """Store the recording's metadata (committed at once) and begin taking
+        events; with retention, the writer trims the journal as it goes (the
+        service's flight recorder)."""
         self.recording = self.journal.begin_recording(self.command, plan_json(plan), options)
-        self.writer = JournalWriter(self.journal, self.recording)
+        self.writer = JournalWriter(self.journal, self.recording, retention=retention)
         self.display = display or NullSink()
         return self
 

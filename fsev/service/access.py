@@ -98,8 +98,11 @@ class Visibility:
         self._stale = True
 
     def _read(self) -> None:
+        """Add what the namespace has now. A device seen there stays visible:
+        the unmount of a mount the listener saw is its business too, and by
+        the time that event comes the mount is gone from its mountinfo."""
         self._stale = False
-        devs: set[str] = set()
+        devs: set[str] = set(self.devs)
         try:
             with open(f"/proc/{self.pid}/mountinfo") as f:
                 for line in f:

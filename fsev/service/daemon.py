@@ -29,6 +29,7 @@ from fsev import __version__
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass
 from fsev.events.json_line import event_json
+from fsev.journal.store import JournalError
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.service import systemd
 from fsev.service.access import Peer
@@ -296,18 +297,29 @@ class Service:
         self.events += 1
         line = event_json(ev).encode() + b"\n"
         if self.recorder is not None:
-            self.recorder.emit(ev)
+            try:
+                self.recorder.emit(ev)
+            except JournalError as e:
+                # A full disk must not end the service: listeners and journald go on.
+                _log(f"flight recorder stopped: {e}")
+                self._close_recorder(f"journal write failed: {e}")
         if self.journald is not None:
             self.journald.emit(ev)
         assert self.hub is not None
         self.hub.publish([(ev, line)])
 
     def _open_journal(self, path: str) -> Any:
+        """The flight recorder: every event, kept within the configured size
+        and age (fsev/journal/retention.py), never past what a registered
+        consumer has not acknowledged unless the hard cap forces it."""
         from fsev.journal.recorder import Recorder
+        from fsev.journal.retention import Retention
 
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        s = self.config.settings
         rec = Recorder(path, "serve")
-        return rec.start(self.session.plan, {"config": self.config.text()}, None)
+        return rec.start(self.session.plan, {"config": self.config.text()}, None,
+                         retention=Retention(s.journal_max_size, s.journal_max_age_s, s.hard_cap))
 
     def stop(self) -> None:
         self.session.stop()
@@ -322,9 +334,15 @@ class Service:
         self.session.close()
         if self.journald is not None:
             self.journald.close()
-        if self.recorder is not None:
-            self.recorder.close(reason)
-            self.recorder = None
+        self._close_recorder(reason)
+
+    def _close_recorder(self, reason: str) -> None:
+        rec, self.recorder = self.recorder, None
+        if rec is not None:
+            try:
+                rec.close(reason)
+            except JournalError as e:
+                _log(f"flight recorder: {e}")
 
 
 def _one_per_superblock(armed: list[ArmedMount]) -> list[ArmedMount]:

@@ -22,6 +22,14 @@ CLASS_STYLE = {
 }
 
 
+# Where a loss event's events were dropped (its rung): docs/events.md.
+_LOSS_WHERE = {
+    "ringbuf": "ring buffer full",
+    "listener": "this listener's queue was full",
+    "journal": "trimmed from the journal before this consumer acknowledged them",
+}
+
+
 class EventSink(Protocol):
     def emit(self, ev: Event) -> None: ...
     def close(self) -> None: ...
@@ -44,7 +52,7 @@ class JsonSink:
 def describe(ev: Event) -> str:
     """The event-specific part of a human line."""
     if ev.type is EventType.LOSS:
-        return f"{ev.lost} events lost (ring buffer full), {ev.lost_total} since start"
+        return f"{ev.lost} events lost ({_LOSS_WHERE.get(ev.rung, ev.rung)}), {ev.lost_total} since start"
     return describe_point(ev)
 
 
