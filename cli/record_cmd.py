@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fsev.errors import FsevError
-from fsev.journal.recorder import Recorder
 
 if TYPE_CHECKING:
+    from fsev.journal.recorder import Recorder
     from fsev.session.trace import TraceOptions
 
     from .top_cmd import TopRequest
@@ -44,8 +44,10 @@ def default_journal_path(now: float | None = None) -> str:
     return path
 
 
-def open_recorder(target: RecordTarget) -> Recorder:
+def open_recorder(target: RecordTarget) -> "Recorder":
     """Create or validate the journal; called after the other checks, before anything attaches."""
+    from fsev.journal.recorder import Recorder  # the journal's modules: only when recording
+
     if os.path.dirname(os.path.abspath(target.path)) == DEFAULT_DIR and not os.path.isdir(DEFAULT_DIR):
         try:
             os.makedirs(DEFAULT_DIR, mode=0o700, exist_ok=True)

@@ -39,23 +39,22 @@ def run_config(lines: list[str], show: bool) -> int:
     return 0
 
 
-def find_service(standalone: bool, standalone_why: str | None = None) -> socket.socket | None:
-    """A connection to the running service, or None to run standalone; says which on stderr."""
+def find_service(standalone: bool, standalone_why: str | None = None) -> tuple[socket.socket | None, str]:
+    """A connection to the running service, or None to run standalone, and
+    the line that says which. The caller prints it once its own checks have
+    passed: a bad option or a missing privilege stays one line."""
     from fsev.service.client import connect, socket_path
 
     if standalone:
-        _say("standalone (--standalone)")
-        return None
+        return None, "standalone (--standalone)"
     path = socket_path()
     sock = connect(path)
     if sock is None:
-        _say(f"no fsev service at {path}: standalone")
-        return None
+        return None, f"no fsev service at {path}: standalone"
     if standalone_why is not None:
         sock.close()
-        _say(f"{standalone_why}: standalone")
-        return None
-    return sock
+        return None, f"{standalone_why}: standalone"
+    return sock, ""
 
 
 def listen(sock: socket.socket, mounts: "list[Mount]", classes: "frozenset[EventClass]",

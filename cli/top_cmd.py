@@ -120,8 +120,8 @@ def run_top(req: TopRequest) -> int:
     _check_terminal(req, NO_TTY)
     from .service_cmd import find_service, listen
 
-    sock = find_service(req.standalone, "--thr arms levels of its own (the service's are its configuration: "
-                        "fsev config)" if req.thr is not None else None)
+    sock, mode = find_service(req.standalone, "--thr arms levels of its own (the service's are its "
+                              "configuration: fsev config)" if req.thr is not None else None)
     if sock is not None:
         mounts = resolve_mounts(req.mounts, MountTable.read())
         recorder = open_recorder(req.record) if req.record is not None else None
@@ -143,7 +143,8 @@ def run_top(req: TopRequest) -> int:
     require(check_bcc())
     opts = TraceOptions(mounts=mounts, classes=classes, ringbuf_pages=RINGBUF_PAGES, thresholds=armed)
     recorder = open_recorder(req.record) if req.record is not None else None
-
+    if mode:
+        print(f"fsev: {mode}", file=sys.stderr, flush=True)
     session = TraceSession(opts)
     uname = os.uname()
     model = TopModel(

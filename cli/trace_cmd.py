@@ -96,9 +96,6 @@ def check_thresholds(req: "TraceRequest | TopRequest", mounts: "list[Mount]",
 
 
 def run_trace(req: TraceRequest) -> None:
-    from fsev.points.registry import plan_probes
-    from fsev.session.trace import TraceOptions, TraceSession, build_source, kernel_facts
-
     from .service_cmd import find_service, listen
 
     classes = parse_classes(req.events)
@@ -110,17 +107,20 @@ def run_trace(req: TraceRequest) -> None:
     if req.ringbuf_pages < 1 or req.ringbuf_pages & (req.ringbuf_pages - 1):
         raise FsevError(f"--ringbuf-pages must be a power of two, not {req.ringbuf_pages}")
     t0 = time.monotonic()
-    sock = None
+    sock, mode = None, ""
     if not (req.dry_run or req.print_bpf):
-        sock = find_service(req.standalone, "--thr arms levels of its own (the service's are its configuration: "
-                            "fsev config)" if req.thr is not None else None)
+        sock, mode = find_service(req.standalone, "--thr arms levels of its own (the service's are its "
+                                  "configuration: fsev config)" if req.thr is not None else None)
     if sock is not None:
         mounts = resolve_mounts(req.mounts, MountTable.read())
-        opts = TraceOptions(mounts=mounts, classes=classes)
         recorder = _open_recorder(req)
         listener = listen(sock, mounts, classes, req.record.command if req.record else "trace")
-        _stream(req, listener, recorder, opts, t0)
+        _stream(req, listener, recorder, mounts, classes, t0)
         return
+
+    # Only a session of its own needs the probe points and the session's modules.
+    from fsev.points.registry import plan_probes
+    from fsev.session.trace import TraceOptions, TraceSession, build_source, kernel_facts
 
     if not can_trace():
         raise FsevError(NEED_ROOT)
@@ -135,12 +135,14 @@ def run_trace(req: TraceRequest) -> None:
         return
     require(check_bcc())
     recorder = _open_recorder(req)
+    if mode:
+        _say(mode)
     session = TraceSession(opts)
     for line in describe_plan(session.plan):
         _say(line)
     for a in armed:
         _say(f"thr {a.mount.mount_point} ({a.mount.fs_type}): {a.describe()}")
-    _stream(req, session, recorder, opts, None)
+    _stream(req, session, recorder, mounts, classes, None, opts)
 
 
 def _open_recorder(req: TraceRequest) -> "Recorder | None":
@@ -153,7 +155,8 @@ def _open_recorder(req: TraceRequest) -> "Recorder | None":
 
 
 def _stream(req: TraceRequest, session: "TraceSession | ServiceSession", recorder: "Recorder | None",
-            opts: "TraceOptions", t0: float | None) -> None:
+            mounts: "list[Mount]", classes: "frozenset[EventClass]", t0: float | None,
+            opts: "TraceOptions | None" = None) -> None:
     """Start the session (probes of its own, or a service's listener), then
     emit until stopped, the count or the duration. t0: when a listener's
     command began (its connect is part of attaching); None: just before the
@@ -164,12 +167,16 @@ def _stream(req: TraceRequest, session: "TraceSession | ServiceSession", recorde
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     sink: EventSink = JsonSink() if req.json_out else HumanSink()
     if recorder is not None and req.record is not None:
+        if opts is None:  # a listener's recording: what it asked the service for
+            from fsev.session.trace import TraceOptions
+
+            opts = TraceOptions(mounts=mounts, classes=classes)
         sink = recorder.start(session.plan, recording_options(req, opts), sink if req.record.show else None)
     shown = 0
     try:
         t0 = time.monotonic() if t0 is None else t0
         session.start()
-        where = ", ".join(m.mount_point for m in opts.mounts) or "every mount"
+        where = ", ".join(m.mount_point for m in mounts) or "every mount"
         _say(f"attached in {time.monotonic() - t0:.2f}s; watching {where}")
         for note in session.attach_notes:
             _say(note)

@@ -51,12 +51,12 @@ class Recorder:
         self.lost = 0
 
     def start(self, plan: Plan, options: dict[str, Any], display: EventSink | None,
-              retention: Retention | None = None) -> "Recorder":
+              retention: Retention | None = None, trim_interval: float = 5.0) -> "Recorder":
         """Store the recording's metadata (committed at once) and begin taking
         events; with retention, the writer trims the journal as it goes (the
         service's flight recorder)."""
         self.recording = self.journal.begin_recording(self.command, plan_json(plan), options)
-        self.writer = JournalWriter(self.journal, self.recording, retention=retention)
+        self.writer = JournalWriter(self.journal, self.recording, retention=retention, trim_interval=trim_interval)
         self.display = display or NullSink()
         return self
 

@@ -64,6 +64,7 @@ class KernelProbes:
         self._drops = 0
         self._on_record = on_record
         self._thr_slots: dict[int, int] = {}  # dev -> thr_state slot
+        self._tables_known: dict[str, bool] = {}
         self._fds: list[int] = []  # tp_btf programs, closed by close()
         self._links: dict[str, int] = {}  # tp_btf program -> its link while attached
         self._gated = dict(gated or {})
@@ -195,7 +196,7 @@ class KernelProbes:
     def watch_paths(self, paths: list[str]) -> None:
         """Make watched_paths (the umount path filter) exactly paths."""
         with self._guard.call() as live:
-            if not live or not _has_table(self.bpf, "watched_paths"):
+            if not live or not self._has_table("watched_paths"):
                 return
             t = self.bpf["watched_paths"]
             want = {os.fsencode(p)[: PATH_LEN - 1] for p in paths}
@@ -210,13 +211,13 @@ class KernelProbes:
     def set_keys(self, table: str, keys: list[int]) -> None:
         """Make a u32 -> 1 hash the program filters with hold exactly keys, if it has it."""
         with self._guard.call() as live:
-            if live and _has_table(self.bpf, table):
+            if live and self._has_table(table):
                 _replace(self.bpf[table], {k: 1 for k in keys})
 
     def table_items(self, table: str) -> list[tuple[int, object]]:
         """(u32 key, value struct) of a hash the program keeps state in; [] if absent or closed."""
         with self._guard.call() as live:
-            if not live or not _has_table(self.bpf, table):
+            if not live or not self._has_table(table):
                 return []
             return [(k.value, v) for k, v in self.bpf[table].items()]
 
@@ -252,6 +253,18 @@ class KernelProbes:
             slots[slots.Key(dev)] = slots.Leaf(slot)
             epoch = self.bpf["thr_epoch"]
             epoch[epoch.Key(0)] = epoch.Leaf(epoch[epoch.Key(0)].value + 1)
+
+    def _has_table(self, name: str) -> bool:
+        """Whether the program has this map. Remembered: bcc looks a missing
+        name up again each time (about 1 ms), and the halves ask on every poll."""
+        known = self._tables_known
+        if name not in known:
+            try:
+                self.bpf[name]
+                known[name] = True
+            except KeyError:
+                known[name] = False
+        return known[name]
 
     def release_thr_state(self, dev: int) -> None:
         """A superblock no longer armed: its slot is emptied (no levels, so a
@@ -420,14 +433,6 @@ def _replace(t: Any, want: dict[int, int]) -> None:  # t: a bcc hash of u32 -> u
     for key in list(t.keys()):
         if key.value not in want:
             del t[key]
-
-
-def _has_table(bpf: Any, name: str) -> bool:  # bpf: a bcc.BPF
-    try:
-        bpf[name]
-        return True
-    except KeyError:
-        return False
 
 
 def _one_line(e: BaseException) -> str:

@@ -419,6 +419,10 @@ class DetailMonitor(PointMonitor):
     def timeout_ms(self, default: int) -> int:
         return min(default, _HELD_POLL_MS) if self.detail.holding else default
 
+    def wake_fds(self) -> list[int]:
+        fan = self.detail.fan
+        return [fan.fd] if fan is not None and fan.fd >= 0 else []
+
     def close(self) -> None:
         self.detail.close()
 

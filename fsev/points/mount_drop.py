@@ -153,6 +153,10 @@ class UnmountTracker:
                 del self._claimed[dev]
         return out
 
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
     def _still_mounted(self, dev: str) -> bool:
         d = Device.parse(dev)
         return bool(self.table.by_dev(d.major, d.minor))
@@ -176,6 +180,14 @@ class UnmountMonitor(PointMonitor):
     def process(self, ev: Event) -> list[Event]:
         got = self.tracker.on_syscall_umount(ev)
         return [got] if got is not None else []  # None: held until the superblock is torn down
+
+    def wake_fds(self) -> list[int]:
+        w = self.tracker.watcher
+        return [w.fd] if w is not None and w.fd >= 0 else []
+
+    def timeout_ms(self, default: int) -> int:
+        # An IN_UNMOUNT waits out its grace before it is an event of its own.
+        return min(default, int(INOTIFY_GRACE_S * 1000) + 1) if self.tracker.pending else default
 
     def _watch_roots(self) -> None:
         """Watch each watched root (every real mount with no --mount)."""

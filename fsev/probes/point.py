@@ -86,6 +86,11 @@ class PointMonitor:
         """The mount table changed (the session re-read it)."""
         return None
 
+    def wake_fds(self) -> list[int]:
+        """File descriptors whose readiness means poll() has something: a
+        session that waits long (fsev serve) ends its wait on them."""
+        return []
+
     def close(self) -> None:
         return None
 

@@ -30,6 +30,7 @@ from fsev.errors import FsevError
 from fsev.events import Event, EventClass
 from fsev.events.json_line import event_json
 from fsev.journal.store import JournalError
+from fsev.linux.memory import shed_compiler_memory
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.service import systemd
 from fsev.service.access import Peer
@@ -40,7 +41,19 @@ from fsev.session.trace import TraceOptions, TraceSession, Watch
 from fsev.thresholds.arming import ArmedMount, arm_thresholds
 from fsev.thresholds.levels import ThresholdError, ThresholdSpec
 
-POLL_MS = 50  # the longest the session waits: a SIGTERM or a stop is seen within it
+# The longest the session waits with nothing to do. Idle, each wake costs the
+# service CPU (goal: <= 0.5 % of a core), and nothing needs it sooner: events,
+# configuration changes, mount-table changes, the halves' inotify and
+# fanotify fds and stop() all end the wait, and a half that waits for
+# something shortens it (timeout_ms).
+POLL_MS = 5000
+# 8 MiB, ~36 000 records: a service is always on, and a burst of errors (a
+# corrupted directory read in a loop) must fit while its thread is busy with
+# several listeners.
+RINGBUF_PAGES = 2048
+# Trims by age need no finer grain than a minute (the writer also trims after
+# a commit that takes the journal over its size); idle, a trim is a wake-up.
+TRIM_INTERVAL_S = 60.0
 APPLY_TIMEOUT_S = 2.0
 
 
@@ -53,7 +66,7 @@ def _log(msg: str) -> None:
 class ServeOptions:
     config_path: str
     socket_path: str = DEFAULT_SOCKET
-    ringbuf_pages: int = 256
+    ringbuf_pages: int = RINGBUF_PAGES
 
 
 class SingleInstance:
@@ -265,6 +278,7 @@ class Service:
     def run(self) -> int:
         t0 = time.monotonic()
         self.session.start()
+        shed_compiler_memory()  # a service lives long: what compiling took goes back (~100 MB)
         _log(f"attached in {time.monotonic() - t0:.2f}s; "
              + ", ".join(f"{r.name}: {r.kind.value}" for r in self.session.plan.rungs))
         for note in self.session.attach_notes:
@@ -273,7 +287,8 @@ class Service:
         if s.journal is not None:
             self.recorder = self._open_journal(s.journal)
         if s.journald:
-            self.journald = systemd.JournaldSink()
+            # FSEV_JOURNALD_SOCKET: another journal namespace's socket (tests use their own journald)
+            self.journald = systemd.JournaldSink(os.environ.get("FSEV_JOURNALD_SOCKET") or systemd.JOURNAL_SOCKET)
         server = bind_socket(self.opts.socket_path, s.socket_group)
         self.hub = Hub(self.opts.socket_path, self, self.session.clock, s.listener_queue, s.listener_timeout_s,
                        s.socket_group, log=_log)
@@ -319,10 +334,13 @@ class Service:
         s = self.config.settings
         rec = Recorder(path, "serve")
         return rec.start(self.session.plan, {"config": self.config.text()}, None,
-                         retention=Retention(s.journal_max_size, s.journal_max_age_s, s.hard_cap))
+                         retention=Retention(s.journal_max_size, s.journal_max_age_s, s.hard_cap),
+                         trim_interval=TRIM_INTERVAL_S)
 
     def stop(self) -> None:
+        """From the signal handler: the session leaves its wait now."""
         self.session.stop()
+        self.session.wake()
 
     def close(self, reason: str = "stopped") -> None:
         if self.hub is not None:

@@ -38,7 +38,9 @@ from fsev.service.protocol import MAX_REQUEST_BYTES, ListenFilter, ProtocolError
 
 REQUEST_TIMEOUT_S = 5.0  # a client that connects and says nothing for this long is dropped
 SEND_CHUNK = 256 * 1024
-TICK_S = 0.25
+# The hub's longest wait: for the timeouts of clients that say nothing or read
+# nothing; loss reports and queued events wake it at once.
+TICK_S = 1.0
 _LOSS = EventType.LOSS
 
 
@@ -207,7 +209,7 @@ class Hub:
     def _run(self) -> None:
         while not self._stop:
             try:
-                ready = self._sel.select(TICK_S)
+                ready = self._sel.select(self._tick())
             except OSError:
                 return
             for key, mask in ready:
@@ -238,6 +240,14 @@ class Hub:
             for p in list(self._pending.values()):
                 if now - p.since > REQUEST_TIMEOUT_S:
                     self._close_pending(p)
+
+    def _tick(self) -> float | None:
+        """How long the hub may wait: forever when no timeout can run out (no
+        request half read, no listener with unsent lines or an unreported
+        loss), so an idle service costs no wake-ups here."""
+        if self._pending or any(x.writing or x.lost for x in self._listeners):
+            return TICK_S
+        return None
 
     def _drain_wake(self) -> None:
         try:

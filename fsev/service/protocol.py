@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fsev.errors import FsevError
-from fsev.events import ALL_CLASSES, Event, EventClass
+from fsev.events import ALL_CLASSES, Event, EventClass, EventType
 
 DEFAULT_SOCKET = "/run/fsev/fsev.sock"
 PROTOCOL_VERSION = 1
 # A request is one short line; anything longer is not a client of ours.
 MAX_REQUEST_BYTES = 1 << 20
+_LOSS = EventType.LOSS
 
 
 class ProtocolError(FsevError):
@@ -62,6 +63,8 @@ class ListenFilter:
         return not self.mount_points and not self.devs
 
     def matches(self, ev: Event) -> bool:
+        if ev.type is _LOSS:
+            return True  # whatever the filter, a listener must know what it did not get
         if ev.cls not in self.classes:
             return False
         if self.every_mount or ev.mount_point is None and ev.dev is None:

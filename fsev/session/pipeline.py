@@ -225,6 +225,9 @@ class EventPipeline:
         for m in self.monitors:
             m.mounts_changed()
 
+    def wake_fds(self) -> list[int]:
+        return [fd for m in self.monitors for fd in m.wake_fds()]
+
     def timeout_ms(self, default: int) -> int:
         """How long the session may block: short while an event waits."""
         return min([default] + [m.timeout_ms(default) for m in self.monitors])

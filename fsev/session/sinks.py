@@ -12,7 +12,6 @@ from rich.text import Text
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.inert import inert
-from fsev.points.registry import describe as describe_point
 
 CLASS_STYLE = {
     EventClass.ERR: "bold red",
@@ -53,6 +52,10 @@ def describe(ev: Event) -> str:
     """The event-specific part of a human line."""
     if ev.type is EventType.LOSS:
         return f"{ev.lost} events lost ({_LOSS_WHERE.get(ev.rung, ev.rung)}), {ev.lost_total} since start"
+    # Imported here: every probe point's module, which a JSON stream (a
+    # service's listener, ready in a fraction of a second) never needs.
+    from fsev.points.registry import describe as describe_point
+
     return describe_point(ev)
 
 

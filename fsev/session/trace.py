@@ -238,6 +238,8 @@ class TraceSession:
             # the wait and _refresh_mounts_if_changed must not share one.
             self._mounts_wake_fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
             self._probes.wake_on(self._mounts_wake_fd, select.EPOLLPRI | select.EPOLLERR)
+            for fd in self._pipeline.wake_fds():  # inotify, fanotify: their news end the wait too
+                self._probes.wake_on(fd, select.EPOLLIN)
         self.started_at = time.time()
 
     @property
@@ -255,9 +257,7 @@ class TraceSession:
         done = threading.Event()
         with self._rewatch_lock:
             self._rewatch_waiters.append(done)
-        probes = self._probes
-        if probes is not None:
-            probes.nudge()
+        self.wake()
         return done
 
     def _rewatch_if_asked(self) -> None:
@@ -292,6 +292,12 @@ class TraceSession:
 
     def stop(self) -> None:
         self._stop = True
+
+    def wake(self) -> None:
+        """End a wait in progress now (its loop then sees stop(), a request, ...)."""
+        probes = self._probes
+        if probes is not None:
+            probes.nudge()
 
     def close(self) -> None:
         """Stop and tear down; from any thread, also while another is inside events()."""

@@ -1,0 +1,129 @@
+"""The service's benchmarks (issue 13), results as JSON in bench/results/service.json.
+
+- listener_ready_s: `fsev trace` process start -> "attached in" on stderr, attached to a
+  running `fsev serve` and standalone (its own compile and attach), in one run, and the
+  ratio (goal: attached <= 0.2 s)
+- fan_out: 10 listeners (`fsev trace --json`) while a writer raises real ext4 errors at
+  10 000/s: the service's CPU per event, and that every listener got every event (goal:
+  no loss for listeners that keep up)
+- rss_mb: the service's resident memory (VmRSS) with those 10 listeners, after the flood (goal <= 160 MB)
+- idle_cpu_pct: the service's CPU over 10 s with nothing happening (goal <= 0.5 % of a core)
+
+Run as root: sudo /opt/fsev/venv/bin/python bench/bench_service.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from fsev.testing.flood import start_writer
+from fsev.testing.kernel_rig import FSEV, FsevTrace, ext4
+from fsev.testing.service_rig import FsevServe, fsev_serve
+
+RESULTS = Path(__file__).resolve().parent / "results" / "service.json"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def ready_time(env: dict[str, str], standalone: bool) -> float:
+    t0 = time.monotonic()
+    args = [FSEV, "trace", "--json"] + (["--standalone"] if standalone else [])
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stderr is not None
+        for line in p.stderr:
+            if "attached in" in line:
+                return time.monotonic() - t0
+        raise RuntimeError("fsev trace never attached")
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def listener_ready(svc: FsevServe, runs: int = 7) -> dict:
+    attached = [ready_time(svc.env, False) for _ in range(runs)]
+    standalone = [ready_time(svc.env, True) for _ in range(runs)]
+    a, s = statistics.median(attached), statistics.median(standalone)
+    return {"runs": runs, "attached_median_s": round(a, 4), "attached_max_s": round(max(attached), 4),
+            "standalone_median_s": round(s, 4), "standalone_over_attached": round(s / a, 1),
+            "goal_attached_s": 0.2, "met": a <= 0.2}
+
+
+def fan_out(svc: FsevServe, fs, listeners: int = 10, rate: int = 10_000, seconds: float = 5.0) -> dict:
+    assert svc.proc is not None
+    pid = svc.proc.pid
+    lst = [svc.listener("--mount", fs.mount_point, "--events", "err") for _ in range(listeners)]
+    try:
+        time.sleep(0.5)
+        c0, t0 = cpu_s(pid), time.monotonic()
+        raised = int(start_writer(fs.name, rate, seconds).communicate()[0])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_errors(x) < raised for x in lst):
+            time.sleep(0.1)
+        c1, t1 = cpu_s(pid), time.monotonic()
+        rss_mb = status_kb(pid, "VmRSS") / 1024
+        peak_mb = status_kb(pid, "VmHWM") / 1024
+        got = [_errors(x) for x in lst]
+        lost = [sum(e.get("lost") or 0 for e in x.events() if e["type"] == "loss") for x in lst]
+    finally:
+        for x in lst:
+            x.stop()
+    cpu = c1 - c0
+    return {"listeners": listeners, "rate_eps": rate, "seconds": seconds, "raised": raised,
+            "delivered_min": min(got), "delivered_max": max(got), "lost_max": max(lost),
+            "no_loss": all(g == raised for g in got) and max(lost) == 0,
+            "service_cpu_s": round(cpu, 3), "service_cpu_us_per_event": round(cpu / raised * 1e6, 2),
+            "service_cpu_pct_of_core": round(100 * cpu / (t1 - t0), 1),
+            "rss_mb": round(rss_mb, 1), "goal_rss_mb": 160, "rss_met": rss_mb <= 160,
+            # the peak is the compile at start (clang/LLVM in process), before shed_compiler_memory
+            "rss_peak_at_start_mb": round(peak_mb, 1)}
+
+
+def _errors(t: FsevTrace) -> int:
+    return sum(1 for line in list(t.stdout_lines) if '"type":"fs_error"' in line)
+
+
+def idle_cpu(svc: FsevServe, seconds: float = 10.0) -> dict:
+    assert svc.proc is not None
+    c0, t0 = cpu_s(svc.proc.pid), time.monotonic()
+    time.sleep(seconds)
+    pct = 100 * (cpu_s(svc.proc.pid) - c0) / (time.monotonic() - t0)
+    return {"seconds": seconds, "cpu_pct_of_core": round(pct, 3), "goal_pct": 0.5, "met": pct <= 0.5}
+
+
+def main() -> None:
+    with ext4() as fs, fsev_serve(f"* info,warn,err\n{fs.mount_point} err\n") as svc:
+        time.sleep(1.0)
+        results = {
+            "kernel": os.uname().release,
+            "idle_cpu": idle_cpu(svc),
+            "listener_ready": listener_ready(svc),
+            "fan_out": fan_out(svc, fs),
+        }
+        svc.stop()
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
