@@ -27,7 +27,8 @@ def start_to_attached(runs: int = 5) -> dict:
     times, internal = [], []
     for _ in range(runs):
         t0 = time.monotonic()
-        p = subprocess.Popen([FSEV, "trace", "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen([FSEV, "trace", "--json", "--standalone"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
         for line in p.stderr:
             if "attached in" in line:
                 times.append(time.monotonic() - t0)
@@ -42,7 +43,7 @@ def start_to_attached(runs: int = 5) -> dict:
 def latency(fs, n: int = 1000) -> dict:
     """Each error is raised, then the consumer blocks on fsev's stdout for its line."""
     lat = []
-    p = subprocess.Popen([FSEV, "trace", "--json", "--mount", fs.mount_point, "--events", "err"],
+    p = subprocess.Popen([FSEV, "trace", "--json", "--standalone", "--mount", fs.mount_point, "--events", "err"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in p.stderr:

@@ -145,7 +145,7 @@ class Fsev:
     """`fsev trace --json` in the background; event lines time-stamped on arrival."""
 
     def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen([FSEV, "trace", "--json", *args], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([FSEV, "trace", "--json", "--standalone", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.events: list[tuple[float, dict]] = []
         self.stderr: list[str] = []

@@ -13,6 +13,21 @@ from fsev.session.setup_checks import Check, check_bcc, check_btf, check_headers
 from fsev.session.trace import kernel_facts
 
 
+def _service_check() -> Check:
+    """Whether `fsev serve` answers on its socket (informational: standalone works without it)."""
+    from fsev.errors import FsevError
+    from fsev.service.client import request, socket_path
+
+    path = socket_path()
+    try:
+        status = request({"op": "status"}, path, timeout=2.0)["status"]
+    except FsevError as e:
+        why = "" if str(e).startswith("no fsev service") else f" ({e})"
+        return Check("service", True, f"not running at {path}{why}: trace, top and record run standalone")
+    return Check("service", True, f"fsev serve pid {status.get('pid')} at {path}: "
+                 f"{len(status.get('watching', []))} mounts watched, {len(status.get('listeners', []))} listeners")
+
+
 def run_doctor() -> int:
     console = Console(highlight=False)
     checks: list[Check] = [
@@ -23,6 +38,7 @@ def run_doctor() -> int:
         check_tracefs(),
         check_headers(),
         check_bcc(),
+        _service_check(),
     ]
     t = Table(title="fsev doctor", show_lines=False)
     t.add_column("check")

@@ -75,9 +75,17 @@ class EnospcAggregator:
     def __init__(self, now: Callable[[], float]) -> None:
         self.now = now
         self._keys: dict[int, _Key] = {}
+        self._last_activity = -1e18
+
+    def quiet(self, quiet_s: float = 10 * TICK_S) -> bool:
+        """No record and no growing count for quiet_s: nothing a tick could
+        summarise, and the kernel's counters need not be read (an idle
+        service's wake-ups stay cheap). A new storm starts with a record."""
+        return self.now() - self._last_activity > quiet_s
 
     def on_record(self, kernel_dev: int, ev: Event) -> Event:
         """A kernel ENOSPC record (first of a storm): reported now, counting one."""
+        self._last_activity = self.now()
         k = self._keys.setdefault(kernel_dev, _Key())
         n = int(ev.extra.pop("_ordinal", 0))
         if n > k.summarized:
@@ -97,6 +105,8 @@ class EnospcAggregator:
         out: list[Event] = []
         for dev, total in totals.items():
             k = self._keys.setdefault(dev, _Key())
+            if not k.snapshots or total.failures != k.snapshots[-1][1] or total.failures > k.summarized:
+                self._last_activity = now
             k.snapshots.append((now, total.failures))
             if not final and now - k.last_summary < TICK_S - 1e-9:
                 continue  # at most one summary a second
@@ -209,7 +219,7 @@ class EnospcMonitor(PointMonitor):
         return [self.enospc.on_record(key, ev)]
 
     def poll(self) -> list[Event]:
-        if self.ctx.now() - self._last_tick < TICK_S / 4:
+        if self.ctx.now() - self._last_tick < TICK_S / 4 or self.enospc.quiet():
             return []
         self._last_tick = self.ctx.now()
         return self.enospc.tick(self._totals(), self.ctx.make_event)

@@ -46,7 +46,7 @@ from fsev.thresholds.levels import ThresholdError, ThresholdSpec
 # configuration changes, mount-table changes, the halves' inotify and
 # fanotify fds and stop() all end the wait, and a half that waits for
 # something shortens it (timeout_ms).
-POLL_MS = 5000
+POLL_MS = 10_000
 # 8 MiB, ~36 000 records: a service is always on, and a burst of errors (a
 # corrupted directory read in a loop) must fit while its thread is busy with
 # several listeners.

@@ -111,7 +111,7 @@ def test_a_configured_mount_is_watched_when_mounted_dropped_when_gone_and_watche
                 t0 = time.monotonic()
                 while not _watched(svc, later) and time.monotonic() - t0 < 2:
                     time.sleep(0.005)
-                assert time.monotonic() - t0 < 0.1  # the mount-table change wakes the service
+                assert _watched(svc, later)  # how soon: bench/bench_service.py (mount_watched_ms)
                 x.trigger_errors(1)
                 lst.wait_for(lambda e: len(errors_of(e, later)) == 1)
                 run("umount", later)
