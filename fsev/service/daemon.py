@@ -39,7 +39,7 @@ from fsev.service.hub import Hub
 from fsev.service.protocol import DEFAULT_SOCKET
 from fsev.session.trace import TraceOptions, TraceSession, Watch
 from fsev.thresholds.arming import ArmedMount, arm_thresholds
-from fsev.thresholds.levels import ThresholdError, ThresholdSpec
+from fsev.thresholds.levels import ThresholdError
 
 # The longest the session waits with nothing to do. Idle, each wake costs the
 # service CPU (goal: <= 0.5 % of a core), and nothing needs it sooner: events,
@@ -149,25 +149,24 @@ class Service:
         covers, with its classes, and the levels armed on it."""
         config = self.config
         mounts: list[tuple[Mount, frozenset[EventClass]]] = []
-        by_spec: dict[ThresholdSpec, list[Mount]] = {}
+        armed: list[ArmedMount] = []
         for m in table:
             classes = config.classes_for(m.mount_point)
             if not classes:
                 continue
             mounts.append((m, classes))
             spec = config.levels_for(m.mount_point) if EventClass.THR in classes else None
-            if spec is not None:
-                by_spec.setdefault(spec, []).append(m)
-        armed: list[ArmedMount] = []
-        for spec, ms in by_spec.items():
-            for m in ms:
-                try:
-                    armed += arm_thresholds(self.session.plan, [m], spec)
-                except (ThresholdError, OSError) as e:
-                    why = str(e)
-                    if config.rule(m.mount_point) is not None and (m.mount_point, why) not in self._unarmable:
-                        self._unarmable.add((m.mount_point, why))
-                        _log(f"thresholds on {m.mount_point} not armed: {why}")
+            if spec is None:
+                continue
+            try:
+                armed += arm_thresholds(self.session.plan, [m], spec)
+            except (ThresholdError, OSError) as e:
+                # `* thr 10%` meets mounts without a size (proc, an unlimited tmpfs):
+                # said once for a mount named in the configuration, silent for the rest.
+                why = str(e)
+                if config.rule(m.mount_point) is not None and (m.mount_point, why) not in self._unarmable:
+                    self._unarmable.add((m.mount_point, why))
+                    _log(f"thresholds on {m.mount_point} not armed: {why}")
         if self.hub is not None:
             self.hub.mounts_changed()
         every = config.rule(EVERY_MOUNT)
@@ -188,8 +187,7 @@ class Service:
             try:
                 arm_thresholds(self.session.plan, [m], spec)
             except ThresholdError as e:
-                raise ConfigError(f"{rule.target}: {e}".replace(f"{rule.target}: {rule.target}:",
-                                                              f"{rule.target}:")) from None
+                raise ConfigError(str(e)) from None  # it names the mount
 
     # -- control (the hub's control threads, SIGHUP) -----------------------------
     def configure(self, text: str, peer: Peer) -> dict[str, Any]:

@@ -308,6 +308,9 @@ class Hub:
                     raise ProtocolError("a listener sends nothing after its request")
                 self._start_listener(p, req)
             elif op in ("config", "show", "status"):
+                why = may_listen(p.peer, self.group)  # who may listen may read; config itself wants root
+                if why is not None:
+                    raise ProtocolError(why)
                 self._pending.pop(p.sock.fileno(), None)
                 self._sel.unregister(p.sock)
                 threading.Thread(target=self._control, args=(p, req), name=f"fsev-control {op}", daemon=True).start()
