@@ -5,6 +5,7 @@
 set -euo pipefail
 VENV=${FSEV_VENV:-/opt/fsev/venv}
 say() { printf 'fsev test deps: %s\n' "$*"; }
+. "$(dirname "$0")/apt-install.sh"
 
 [ "$(id -u)" = 0 ] || { echo "fsev test deps: must run as root (try: sudo make test)" >&2; exit 2; }
 [ -x "$VENV/bin/python" ] || { echo "fsev test deps: no venv $VENV (run scripts/install.sh first)" >&2; exit 2; }
@@ -17,15 +18,8 @@ say() { printf 'fsev test deps: %s\n' "$*"; }
 PKGS="bpftool clang llvm e2fsprogs util-linux mount kmod tmux procps inotify-tools python3-fusepy systemd"
 # Host side of the stock-kernel VM test (tests/vm); the VM itself needs none of them.
 [ "${FSEV_VM_GUEST:-0}" = 1 ] || PKGS="$PKGS debootstrap qemu-system-x86 qemu-utils"
-missing=""
-for p in $PKGS; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-  say "installing Debian packages:$missing"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-fi
+# shellcheck disable=SC2086  # one word per package
+apt_install $PKGS
 
 # 2. The test tools, into fsev's venv. ruff and mypy are pinned: a newer linter
 # may find new things in an old tree. (One line: vm/build-image.sh reads the

@@ -7,6 +7,7 @@ set -euo pipefail
 VENV=${FSEV_VENV:-/opt/fsev/venv}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf 'fsev install: %s\n' "$*"; }
+. "$(dirname "$0")/apt-install.sh"
 
 [ "$(id -u)" = 0 ] || { echo "fsev install: must run as root (try: sudo make install)" >&2; exit 2; }
 
@@ -14,15 +15,8 @@ say() { printf 'fsev install: %s\n' "$*"; }
 ARCH=$(dpkg --print-architecture)
 # (One line: vm/provision.sh reads the list from it.)
 PKGS="python3-bpfcc python3-venv python3-pip"
-missing=""
-for p in $PKGS; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-  say "installing Debian packages:$missing"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-fi
+# shellcheck disable=SC2086  # one word per package
+apt_install $PKGS
 
 # 2. Kernel headers for bcc. Matching ones if the distribution has them,
 # otherwise Debian's newest as a stand-in. A stand-in is safe only because no

@@ -285,12 +285,9 @@ class Hub:
         p.sock.close()
 
     def _pending_readable(self, p: _Pending) -> None:
-        try:
-            got = p.sock.recv(65536)
-        except BlockingIOError:
+        got = _recv(p.sock, 65536)
+        if got is None:
             return
-        except OSError:
-            got = b""
         if not got:
             self._close_pending(p)
             return
@@ -367,13 +364,9 @@ class Hub:
         self._flush(lst)
 
     def _listener_readable(self, lst: Listener) -> None:
-        try:
-            got = lst.sock.recv(4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            got = b""
-        self._drop(lst, "sent data after its request" if got else None)
+        got = _recv(lst.sock, 4096)
+        if got is not None:
+            self._drop(lst, "sent data after its request" if got else None)
 
     def _flush(self, lst: Listener) -> None:
         """Write what the socket takes now; register for EVENT_WRITE if more waits."""
@@ -429,3 +422,13 @@ class Hub:
             return [{"name": x.name, "pid": x.peer.pid, "uid": x.peer.uid, "queued": len(x.queue),
                      "delivered": x.delivered, "lost": x.lost_total, "filter": x.filter.to_json()}
                     for x in self._listeners]
+
+
+def _recv(sock: socket.socket, size: int) -> bytes | None:
+    """What a non-blocking socket has: None if nothing yet, b"" once it is closed or broken."""
+    try:
+        return sock.recv(size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""

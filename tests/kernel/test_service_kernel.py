@@ -197,8 +197,8 @@ def test_a_listener_that_never_reads_gets_its_exact_loss_and_the_others_complete
         assert svc.stop() == 0
 
 
-def test_garbage_disconnects_and_killed_listeners_leave_the_service_serving():
-    with ext4() as x, fsev_serve(f"{x.mount_point} err\n") as svc:
+def test_garbage_disconnects_hung_and_killed_listeners_leave_the_service_serving():
+    with ext4() as x, fsev_serve(f"{x.mount_point} err\nlistener_timeout 1s\n") as svc:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(5)
         s.connect(svc.socket_path)
@@ -212,6 +212,14 @@ def test_garbage_disconnects_and_killed_listeners_leave_the_service_serving():
         half = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         half.connect(svc.socket_path)
         half.sendall(b'{"op": "listen"')  # and never the rest
+        hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        hung.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hung.connect(svc.socket_path)
+        hung.sendall(encode({"op": "listen", "name": "hung"}))
+        time.sleep(0.2)
+        x.trigger_errors(5000)  # fills its socket; then it reads nothing for longer than listener_timeout
+        assert "read nothing for 1s" in svc.wait_log("dropped listener hung", timeout=10)
+        hung.close()
         after = svc.listener()
         x.trigger_errors(3)
         after.wait_for(lambda e: len(errors_of(e, x.mount_point)) == 3)
