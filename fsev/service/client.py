@@ -17,7 +17,7 @@ import time
 from typing import Any, Iterator
 
 from fsev.errors import FsevError
-from fsev.events import Event, EventType
+from fsev.events import Event, EventClass, EventType
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.probes.ladder import Plan, Rung, RungKind
 from fsev.service.protocol import DEFAULT_SOCKET, ListenFilter, ProtocolError, decode, encode
@@ -98,7 +98,7 @@ def plan_from(hello: dict[str, Any]) -> Plan:
     return Plan(tuple(rungs))
 
 
-def listen_filter(mounts: list[Mount], classes: frozenset[Any]) -> ListenFilter:
+def listen_filter(mounts: list[Mount], classes: frozenset[EventClass]) -> ListenFilter:
     return ListenFilter(classes=frozenset(classes), mount_points=frozenset(m.mount_point for m in mounts),
                         devs=frozenset(m.dev for m in mounts))
 

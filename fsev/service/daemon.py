@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsev import __version__
 from fsev.errors import FsevError
@@ -40,6 +40,9 @@ from fsev.service.protocol import DEFAULT_SOCKET
 from fsev.session.trace import TraceOptions, TraceSession, Watch
 from fsev.thresholds.arming import ArmedMount, arm_thresholds
 from fsev.thresholds.levels import ThresholdError
+
+if TYPE_CHECKING:
+    from fsev.journal.recorder import Recorder  # imported when the flight recorder opens
 
 # The longest the session waits with nothing to do. Idle, each wake costs the
 # service CPU (goal: <= 0.5 % of a core), and nothing needs it sooner: events,
@@ -138,7 +141,7 @@ class Service:
         self.started_at = time.time()
         self.session = TraceSession(TraceOptions(ringbuf_pages=opts.ringbuf_pages, watch_source=self.watch_for))
         self.hub: Hub | None = None
-        self.recorder: Any = None  # fsev.journal.recorder.Recorder, when the flight recorder is on
+        self.recorder: Recorder | None = None  # the flight recorder, when the configuration has a journal
         self.journald: systemd.JournaldSink | None = None
         self._unarmable: set[tuple[str, str]] = set()  # (mount point, why) already logged
         self.events = 0
@@ -321,7 +324,7 @@ class Service:
         assert self.hub is not None
         self.hub.publish([(ev, line)])
 
-    def _open_journal(self, path: str) -> Any:
+    def _open_journal(self, path: str) -> "Recorder":
         """The flight recorder: every event, kept within the configured size
         and age (fsev/journal/retention.py), never past what a registered
         consumer has not acknowledged unless the hard cap forces it."""
