@@ -9,9 +9,11 @@ write it, each with one short dict update under one lock:
 - one statfs thread per mount (fsev.thresholds.monitor.PolledStatfs, every
   SAMPLE_S), so a mount whose statfs hangs (a dead NFS server, a hung FUSE
   daemon) stalls only its own thread, and stat_stuck says so after STUCK_S;
-- a housekeeping thread (once a second): ext4's errors_count when a mount is
-  first watched and RECORDED_DELAY_S after its fs_error events (ext4 counts
-  an error from a work item a moment later), and the expiry of gone mounts.
+- a housekeeping thread, awake only when something is due: ext4's
+  errors_count when a mount is first watched and RECORDED_DELAY_S after its
+  fs_error events (ext4 counts an error from a work item a moment later),
+  and the expiry of gone mounts. Idle, it sleeps for good (the service's idle
+  CPU goal is 0.5 % of a core).
 A scrape (collect()) copies the state under the lock and builds the metric
 families from the copy: it never calls statfs, never reads /sys, never waits
 for anything but that lock.
@@ -64,7 +66,6 @@ OTHER_FUNCTION = "other"
 SAMPLE_S = 5.0  # statfs of each mount
 STUCK_S = 2.0  # a statfs unanswered this long: stat_stuck 1
 RECORDED_DELAY_S = 0.5  # errors_count read this long after an fs_error
-HOUSEKEEPING_S = 1.0
 EXT4_TYPES = frozenset({"ext4", "ext3", "ext2"})
 EXT4_SYSFS = "/sys/fs/ext4"
 SYS_DEV_BLOCK = "/sys/dev/block"
@@ -142,6 +143,7 @@ class FsMetrics:
         self._refusing = False
         self.up = True  # False once the service stops: the textfile's last write says so
         self._stop = threading.Event()
+        self._due = threading.Event()  # something new is due: the housekeeping thread looks again
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(target=self._housekeeping, name="fsev-metrics", daemon=True)
@@ -199,11 +201,13 @@ class FsMetrics:
             st.readonly["error" if flag in (EMERGENCY_RO, SHUTDOWN) else "admin"] = 1
         if m.fs_type in EXT4_TYPES:
             st.recorded_due = now  # the housekeeping thread reads it
+            self._due.set()
         self._fs[m.mount_point] = st
         return st
 
     def _gone(self, st: _Fs, now: float) -> None:
         st.gone_at = now
+        self._due.set()
         if st.sampler is not None:
             st.sampler.close()
             st.sampler = None
@@ -241,8 +245,9 @@ class FsMetrics:
                     fn = OTHER_FUNCTION
                 st.errors[fn] = st.errors.get(fn, 0) + 1
                 st.last_error = ev.wall_time
-                if st.fstype in EXT4_TYPES:
+                if st.fstype in EXT4_TYPES and st.recorded_due is None:  # a storm wakes it once
                     st.recorded_due = time.monotonic() + RECORDED_DELAY_S
+                    self._due.set()
             elif t is EventType.READ_ONLY:
                 self._read_only(st, ev)
             elif t is EventType.THRESHOLD:
@@ -295,11 +300,16 @@ class FsMetrics:
         return statfs
 
     def _housekeeping(self) -> None:
-        while not self._stop.wait(HOUSEKEEPING_S):
-            self.housekeeping()
+        while not self._stop.is_set():
+            self._due.clear()
+            nxt = self.housekeeping()
+            # Woken early only by what sets _due: a mount's first error since its last read, a
+            # new ext4 mount, a mount gone; so at most a few passes a second, and none idle.
+            self._due.wait(None if nxt is None else max(0.05, nxt - time.monotonic()))
 
-    def housekeeping(self, now: float | None = None) -> None:
-        """errors_count where due, and gone mounts past their grace dropped."""
+    def housekeeping(self, now: float | None = None) -> float | None:
+        """errors_count where due, and gone mounts past their grace dropped; returns when
+        something is due next (monotonic), None if nothing is."""
         now = time.monotonic() if now is None else now
         with self._lock:
             due = [(s, s.dev) for s in self._fs.values() if s.recorded_due is not None and s.recorded_due <= now]
@@ -307,11 +317,14 @@ class FsMetrics:
                 s.recorded_due = None
             for s in [s for s in self._fs.values() if s.gone_at is not None and now - s.gone_at >= self.grace_s]:
                 self._drop(s)
+            times = [s.recorded_due for s in self._fs.values() if s.recorded_due is not None]
+            times += [s.gone_at + self.grace_s for s in self._fs.values() if s.gone_at is not None]
         for s, dev in due:  # sysfs reads outside the lock
             count = self._errors_count(dev)
             if count is not None:
                 with self._lock:
                     s.recorded = count
+        return min(times, default=None)
 
     def _errors_count(self, dev: str) -> int | None:
         try:
@@ -323,6 +336,7 @@ class FsMetrics:
 
     def close(self) -> None:
         self._stop.set()
+        self._due.set()
         with self._lock:
             for s in self._fs.values():
                 if s.sampler is not None:
