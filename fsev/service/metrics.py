@@ -18,6 +18,9 @@ A scrape (collect()) copies the state under the lock and builds the metric
 families from the copy: it never calls statfs, never reads /sys, never waits
 for anything but that lock.
 
+Pseudo filesystems (fsev.linux.mountinfo.PSEUDO_FS_TYPES: proc, sysfs,
+cgroup, autofs, ...) have no series, as node_exporter's default excludes them.
+
 Cardinality is bounded:
 - at most MAX_MOUNTS mounts have series. A new one past that evicts the gone
   mount gone longest; with none gone it is refused, said in one log line
@@ -156,6 +159,10 @@ class FsMetrics:
         with self._lock:
             seen: set[str] = set()
             for m, _classes in watch.mounts:
+                if m.pseudo:
+                    # proc, sysfs, cgroup, autofs, ...: nothing to say, and a statfs of an autofs
+                    # mount point would mount what it stands for every SAMPLE_S.
+                    continue
                 seen.add(m.mount_point)
                 st = self._fs.get(m.mount_point)
                 if st is None or (st.gone_at is not None and st.dev != m.dev):

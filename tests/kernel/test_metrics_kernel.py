@@ -211,3 +211,21 @@ def test_textfile_mode_writes_a_file_promtool_accepts_and_survives_a_missing_dir
             text = open(path).read()  # the last write, at stop
             assert value(text, "fsev_up") == 0
             assert os.listdir(out) == ["fsev.prom"]
+
+
+def test_readonly_after_an_error_and_an_admin_remount_are_told_apart_and_cleared():
+    with ext4(options="errors=remount-ro", corrupt_dir=True) as bad, ext4() as ok, \
+            service("* err,info\n") as (svc, port):
+        b, o = {"mountpoint": bad.mount_point}, {"mountpoint": ok.mount_point}
+        wait_value(port, "fsev_filesystem_readonly", 0, cause="error", **b)
+        subprocess.run(["ls", os.path.join(bad.mount_point, "d")], capture_output=True)
+        text = wait_value(port, "fsev_filesystem_readonly", 1, cause="error", **b)
+        assert os.statvfs(bad.mount_point).f_flag & os.ST_RDONLY == 0  # statfs (node_exporter's view) says rw
+        assert value(text, "fsev_filesystem_readonly", cause="admin", **b) == 0
+        assert value(text, "fsev_filesystem_errors_total", function="htree_dirblock_to_tree", **b) == 1
+        run("mount", "-o", "remount,ro", ok.mount_point)
+        text = wait_value(port, "fsev_filesystem_readonly", 1, cause="admin", **o)
+        assert value(text, "fsev_filesystem_readonly", cause="error", **o) == 0
+        run("mount", "-o", "remount,rw", ok.mount_point)
+        wait_value(port, "fsev_filesystem_readonly", 0, cause="admin", **o)
+        assert svc.stop() == 0

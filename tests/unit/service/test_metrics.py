@@ -156,6 +156,11 @@ def test_thresholds_active_and_crossings(fm: FsMetrics) -> None:
     assert value(fm, "fsev_threshold_active", level="L1") is None
 
 
+def test_pseudo_filesystems_have_no_series(fm: FsMetrics) -> None:
+    fm.set_watch(watch(DATA, mount("/proc", "0:22", "proc", "proc"), mount("/net", "0:60", "autofs", "auto.net")))
+    assert {dict(lbl)["mountpoint"] for (n, lbl) in samples(fm) if n == "fsev_unmounts_total"} == {"/data"}
+
+
 def test_functions_bounded_per_mount(fm: FsMetrics) -> None:
     fm.set_watch(watch(DATA))
     for i in range(MAX_FUNCTIONS + 10):
