@@ -19,6 +19,7 @@ from __future__ import annotations
 import http.server
 import os
 import socket
+import socketserver
 import sys
 import threading
 from typing import Any, Callable
@@ -51,6 +52,11 @@ class _Handler(MetricsHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
+
+    def server_bind(self) -> None:
+        # HTTPServer's would ask for the host's FQDN (a DNS lookup at start, which can hang).
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A scraper that hung up (BrokenPipe, ConnectionReset) or timed out: nothing to say.
@@ -89,7 +95,16 @@ class MetricsEndpoint:
 
     def close(self) -> None:
         if self._thread is not None:
-            self.server.shutdown()
+            # serve_forever looks at its stop flag between waits of poll_interval (5 s, for an
+            # idle service's sake); the listening socket, shut down, ends the wait at once.
+            stopper = threading.Thread(target=self.server.shutdown, daemon=True)
+            stopper.start()
+            while stopper.is_alive():
+                try:
+                    self.server.socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                stopper.join(0.05)
             self._thread.join(10)
         self.server.server_close()
 
