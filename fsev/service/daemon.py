@@ -180,8 +180,9 @@ class Service:
             self.hub.mounts_changed()
         every = config.rule(EVERY_MOUNT)
         watch = Watch(tuple(mounts), tuple(_one_per_superblock(armed)), every.classes if every else frozenset())
-        if self.metrics is not None:
-            self.metrics.set_watch(watch)
+        metrics = self.metrics  # once: a change may set it to None meanwhile
+        if metrics is not None:
+            metrics.set_watch(watch)
         return watch
 
     def check_levels(self, config: ServiceConfig) -> None:
@@ -298,6 +299,11 @@ class Service:
         elif self.textfile is not None:
             self.textfile.close()
             self.textfile = None
+        if self.endpoint is None and self.textfile is None and self.metrics is not None:
+            # Both off: no samplers left running for nobody (a later `metrics` starts afresh from 0,
+            # which Prometheus takes as a counter reset).
+            self.metrics.close()
+            self.metrics = None
 
     def _close_metrics(self) -> None:
         if self.metrics is not None:
@@ -387,8 +393,9 @@ class Service:
 
     def _emit(self, ev: Event) -> None:
         self.events += 1
-        if self.metrics is not None:
-            self.metrics.observe(ev)
+        metrics = self.metrics  # once: a change may set it to None meanwhile
+        if metrics is not None:
+            metrics.observe(ev)
         line = event_json(ev).encode() + b"\n"
         if self.recorder is not None:
             try:
