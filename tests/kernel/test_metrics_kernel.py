@@ -229,3 +229,20 @@ def test_readonly_after_an_error_and_an_admin_remount_are_told_apart_and_cleared
         run("mount", "-o", "remount,rw", ok.mount_point)
         wait_value(port, "fsev_filesystem_readonly", 0, cause="admin", **o)
         assert svc.stop() == 0
+
+
+def test_a_tmpfs_filled_past_its_levels_and_emptied_again():
+    with tmpfs("8m") as t, service(f"{t} err,thr 50% 25%\n") as (svc, port):
+        mp = {"mountpoint": t}
+        wait_value(port, "fsev_threshold_active", 0, level="L2", **mp)
+        fill = os.path.join(t, "fill")
+        with open(fill, "wb") as f:
+            f.write(b"\0" * (7 << 20))
+        text = wait_value(port, "fsev_threshold_active", 1, level="L2", **mp)
+        assert value(text, "fsev_threshold_active", level="L1", **mp) == 1
+        assert value(text, "fsev_threshold_crossings_total", level="L2", direction="down", **mp) == 1
+        assert value(text, "fsev_filesystem_avail_bytes", **mp) <= 2 << 20  # from the event, not a 5 s sample
+        os.unlink(fill)
+        text = wait_value(port, "fsev_threshold_active", 0, level="L1", **mp)
+        assert value(text, "fsev_threshold_crossings_total", level="L2", direction="up", **mp) == 1
+        assert svc.stop() == 0
