@@ -293,6 +293,28 @@ def test_the_writer_keeps_the_journal_under_max_bytes(jpath):
         j.close()
 
 
+def test_the_writer_counts_what_the_hard_cap_took_from_consumers(jpath):
+    j = Journal.open(jpath, write=True, create=True)
+    try:
+        w = JournalWriter(j, j.begin_recording("record", PLAN, {}), interval=0.005, batch=50, max_uncommitted=50,
+                          retention=Retention(100_000, FAR_FUTURE_AGE, 100_000), trim_interval=0.02)
+        w.append(fs_error(1))
+        w.flush()
+        j.ack("siem", 1)  # reads nothing more: the cap deletes what it has not seen
+        j.ack("audit", 1)
+        for i in range(1, 20_000):
+            w.append(fs_error(i + 1))
+        w.flush()
+        deadline = time.monotonic() + 10
+        while stored(j) > 100_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        w.close()
+        lost = [x.total for x in j.consumer_losses("siem")]
+        assert lost and w.forced_lost == lost[-1] == [x.total for x in j.consumer_losses("audit")][-1]
+    finally:
+        j.close()
+
+
 def test_a_trim_that_fails_reaches_the_appending_thread_like_a_commit(jpath, monkeypatch):
     import fsev.journal.writer as writer_mod
 

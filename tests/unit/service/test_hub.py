@@ -140,6 +140,7 @@ def test_a_full_queue_is_counted_and_reported_exactly_once_it_drains(hub: tuple[
     assert len(delivered) + lost == n
     assert lost > 0 and delivered == sorted(delivered)
     assert h.listeners[0].lost_total == lost
+    assert h.lost_total == lost  # the hub's running total (fsev_events_lost_total{stage="listener"})
 
 
 def test_garbage_is_refused_and_the_hub_goes_on(hub: tuple[Hub, str]) -> None:
