@@ -14,7 +14,7 @@ say() { printf 'fsev install: %s\n' "$*"; }
 # 1. Debian packages. bcc is the system package python3-bpfcc, never a pip dependency.
 ARCH=$(dpkg --print-architecture)
 # (One line: vm/provision.sh reads the list from it.)
-PKGS="python3-bpfcc python3-venv python3-pip"
+PKGS="python3-bpfcc python3-venv python3-pip python3-prometheus-client"
 # shellcheck disable=SC2086  # one word per package
 apt_install $PKGS
 

@@ -57,6 +57,9 @@ class JournalWriter:
         self.commits = 0
         self.trims = 0  # trims run (whether they deleted anything)
         self.last_trim: TrimResult | None = None
+        # Events the hard cap deleted before some consumer acknowledged them (fsev_events_lost_total
+        # {stage="journal"}): each consumer loses a prefix of the same range, so the largest is the union.
+        self.forced_lost = 0
         self._cond = threading.Condition(threading.Lock())  # a plain lock: cheaper than the default RLock
         self._pending: list[str] = []  # JSON lines
         self._losses: list[tuple[int, Event]] = []  # (index in _pending, loss record)
@@ -181,6 +184,8 @@ class JournalWriter:
         mono = time.monotonic()
         self.trims += 1
         self.last_trim = result
+        if result.forced:
+            self.forced_lost += max(result.consumer_losses.values(), default=0)
         self._stored = result.kept_bytes
         self._last_trim_at = mono
         # Next: when the oldest segment left ages out, but not sooner than the interval and

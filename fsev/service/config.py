@@ -81,6 +81,8 @@ class Settings:
     journald: bool = True
     listener_queue: int = 65536  # events per listener queue
     listener_timeout_s: float = 60.0  # a listener full and silent this long is dropped
+    metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint; None: off
+    metrics_textfile: str | None = None  # the directory fsev.prom is written to; None: off
 
     @property
     def hard_cap(self) -> int:
@@ -253,6 +255,35 @@ def _parse_queue(text: str) -> int:
     return int(text)
 
 
+def _parse_metrics(text: str) -> tuple[str, int] | None:
+    """`ADDR:PORT`, `[V6ADDR]:PORT`, `:PORT` or `PORT` (127.0.0.1: a metrics endpoint is
+    for the local scraper unless told otherwise), or `off`."""
+    if text == "off":
+        return None
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ok = bool(re.fullmatch(r"[0-9A-Fa-f:.]+", host))
+    else:
+        ok = bool(re.fullmatch(r"[A-Za-z0-9.-]*", host))
+    if not ok or not re.fullmatch(r"\d{1,5}", port):
+        raise ConfigError(f"bad address {text!r}: expected ADDR:PORT, :PORT, PORT or off")
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"bad address {text!r}: port {port} out of range 1-65535")
+    return host or "127.0.0.1", int(port)
+
+
+def _format_metrics(addr: tuple[str, int] | None) -> str:
+    if addr is None:
+        return "off"
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_textfile(text: str) -> str | None:
+    return None if text == "off" else _path(text, "directory")
+
+
 @dataclass(frozen=True)
 class _Setting:
     field: str  # in Settings
@@ -272,6 +303,8 @@ SETTINGS: dict[str, _Setting] = {
     "journald": _Setting("journald", _parse_switch, lambda on: "on" if on else "off"),
     "listener_queue": _Setting("listener_queue", _parse_queue, str),
     "listener_timeout": _Setting("listener_timeout_s", parse_duration, format_duration),
+    "metrics": _Setting("metrics", _parse_metrics, _format_metrics),
+    "metrics_textfile": _Setting("metrics_textfile", _parse_textfile, _format_journal),
 }
 
 

@@ -36,6 +36,8 @@ from fsev.service import systemd
 from fsev.service.access import Peer
 from fsev.service.config import EVERY_MOUNT, ConfigError, ServiceConfig, apply, parse, read_file
 from fsev.service.hub import Hub
+from fsev.service.metrics import FsMetrics
+from fsev.service.metrics_serve import MetricsEndpoint, TextfileWriter, format_addr
 from fsev.service.protocol import DEFAULT_SOCKET
 from fsev.session.trace import TraceOptions, TraceSession, Watch
 from fsev.thresholds.arming import ArmedMount, arm_thresholds
@@ -142,6 +144,13 @@ class Service:
         self.journald: systemd.JournaldSink | None = None
         self._unarmable: set[tuple[str, str]] = set()  # (mount point, why) already logged
         self.events = 0
+        # Prometheus (docs/prometheus.md): made when the configuration first asks for an output.
+        self.metrics: FsMetrics | None = None
+        self.registry: Any = None  # prometheus_client.CollectorRegistry, FsMetrics alone
+        self.endpoint: MetricsEndpoint | None = None
+        self.textfile: TextfileWriter | None = None
+        self._next_endpoint: MetricsEndpoint | None = None  # bound by _validate, installed by _install
+        self._journal_lost = 0
 
     # -- what is watched -------------------------------------------------------
     def watch_for(self, table: MountTable) -> Watch:
@@ -170,7 +179,10 @@ class Service:
         if self.hub is not None:
             self.hub.mounts_changed()
         every = config.rule(EVERY_MOUNT)
-        return Watch(tuple(mounts), tuple(_one_per_superblock(armed)), every.classes if every else frozenset())
+        watch = Watch(tuple(mounts), tuple(_one_per_superblock(armed)), every.classes if every else frozenset())
+        if self.metrics is not None:
+            self.metrics.set_watch(watch)
+        return watch
 
     def check_levels(self, config: ServiceConfig) -> None:
         """Refuse a configuration whose levels cannot be armed on a mount that
@@ -223,6 +235,15 @@ class Service:
         self.check_levels(new)
         if new.settings.journal != self.config.settings.journal:
             raise ConfigError("journal: the flight recorder's path changes only at a restart of the service")
+        # Last: a new metrics address is bound now, so one that cannot be refuses the change whole
+        # and the old endpoint goes on serving.
+        addr = new.settings.metrics
+        if addr is not None and (self.endpoint is None or self.endpoint.addr != addr):
+            self._ensure_metrics()
+            try:
+                self._next_endpoint = MetricsEndpoint(addr, self.registry)
+            except FsevError as e:
+                raise ConfigError(str(e)) from None
 
     def _install(self, new: ServiceConfig) -> None:
         """One reference swap, then the kernel follows (rewatch) before we return."""
@@ -235,8 +256,60 @@ class Service:
                 set_socket_access(self.opts.socket_path, s.socket_group)
             except (OSError, KeyError) as e:
                 _log(f"socket access: {e}")
+        self._install_metrics(s)
         if not self.session.rewatch().wait(APPLY_TIMEOUT_S):
             _log("the session did not take the new configuration within 2 s; it will at its next step")
+
+    # -- metrics ---------------------------------------------------------------
+    def _ensure_metrics(self) -> FsMetrics:
+        if self.metrics is None:
+            from prometheus_client import CollectorRegistry
+
+            self.metrics = FsMetrics(self.session.plan, self._lost_counts)
+            self.registry = CollectorRegistry(auto_describe=False)
+            self.registry.register(self.metrics)
+            self.metrics.set_watch(self.session.watch)  # the session's next rewatch follows
+        return self.metrics
+
+    def _lost_counts(self) -> dict[str, int]:
+        hub, writer = self.hub, getattr(self.recorder, "writer", None)
+        if writer is not None:  # kept: a recorder closed after a failure must not reset the counter
+            self._journal_lost = max(self._journal_lost, writer.forced_lost)
+        return {"listener": hub.lost_total if hub is not None else 0, "journal": self._journal_lost}
+
+    def _install_metrics(self, s: Any) -> None:
+        """The endpoint bound by _validate replaces the old one; the textfile follows its setting."""
+        new, self._next_endpoint = self._next_endpoint, None
+        if new is not None:
+            old, self.endpoint = self.endpoint, new.start()
+            if old is not None:
+                old.close()
+            _log(f"metrics on http://{format_addr(new.addr)}/metrics")
+        elif s.metrics is None and self.endpoint is not None:
+            old, self.endpoint = self.endpoint, None
+            old.close()
+            _log("metrics endpoint closed")
+        if s.metrics_textfile is not None:
+            self._ensure_metrics()
+            if self.textfile is None:
+                self.textfile = TextfileWriter(s.metrics_textfile, self.registry, _log)
+            elif self.textfile.directory != s.metrics_textfile:
+                self.textfile.set_directory(s.metrics_textfile)
+        elif self.textfile is not None:
+            self.textfile.close()
+            self.textfile = None
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.up = False
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+        if self.textfile is not None:
+            self.textfile.close()  # the last write: fsev_up 0
+            self.textfile = None
+        if self.metrics is not None:
+            self.metrics.close()
 
     def show(self) -> dict[str, Any]:
         return {"ok": True, "config": self.config.text(), "watching": self.watching()}
@@ -275,13 +348,18 @@ class Service:
     # -- the run ---------------------------------------------------------------
     def run(self) -> int:
         t0 = time.monotonic()
+        s = self.config.settings
+        if s.metrics is not None or s.metrics_textfile is not None:
+            self._ensure_metrics()
+        if s.metrics is not None:
+            # Bound before attaching: an address in use is one line and exit 2, not a service half up.
+            self._next_endpoint = MetricsEndpoint(s.metrics, self.registry)
         self.session.start()
         shed_compiler_memory()  # a service lives long: what compiling took goes back (~100 MB)
         _log(f"attached in {time.monotonic() - t0:.2f}s; "
              + ", ".join(f"{r.name}: {r.kind.value}" for r in self.session.plan.rungs))
         for note in self.session.attach_notes:
             _log(note)
-        s = self.config.settings
         if s.journal is not None:
             self.recorder = self._open_journal(s.journal)
         if s.journald:
@@ -292,6 +370,7 @@ class Service:
                        s.socket_group, log=_log)
         self.hub.start(server)
         self.session.rewatch()  # the hub now exists: namespaces' views follow mount changes
+        self._install_metrics(s)
         _log(f"serving on {self.opts.socket_path}; watching {len(self.session.watch.mounts)} mounts")
         systemd.notify_ready(self.status_text())  # only now: the probes are attached and the socket serves
         reason = "stopped"
@@ -308,6 +387,8 @@ class Service:
 
     def _emit(self, ev: Event) -> None:
         self.events += 1
+        if self.metrics is not None:
+            self.metrics.observe(ev)
         line = event_json(ev).encode() + b"\n"
         if self.recorder is not None:
             try:
@@ -351,6 +432,7 @@ class Service:
         if self.journald is not None:
             self.journald.close()
         self._close_recorder(reason)
+        self._close_metrics()
 
     def _close_recorder(self, reason: str) -> None:
         rec, self.recorder = self.recorder, None

@@ -104,6 +104,8 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._server: socket.socket | None = None
         self.dropped_listeners = 0
+        # Every listener's losses, also of listeners since dropped (fsev_events_lost_total{stage="listener"}).
+        self.lost_total = 0
 
     # -- life --------------------------------------------------------------
     def start(self, server: socket.socket) -> None:
@@ -181,8 +183,8 @@ class Hub:
                 if lst.visibility is not None:
                     lst.visibility.stale()
 
-    @staticmethod
-    def _count_lost(lst: Listener, ev: Event) -> None:
+    def _count_lost(self, lst: Listener, ev: Event) -> None:
+        self.lost_total += 1
         lst.lost += 1
         lst.lost_total += 1
         if lst.lost_first_seq is None:

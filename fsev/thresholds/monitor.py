@@ -100,7 +100,10 @@ class PolledStatfs:
     the monitor says it once. Daemon: exit never waits for it.
     """
 
-    def __init__(self, path: str, interval: float, statfs: Statfs = os.statvfs) -> None:
+    def __init__(self, path: str, interval: float, statfs: Statfs = os.statvfs, keep: bool = True) -> None:
+        # keep=False: nothing is queued (a caller whose statfs callable keeps what it needs, such as
+        # the service's metrics, which nobody drains).
+        self.keep = keep
         self.path = path
         self.interval = interval
         self._statfs = statfs
@@ -117,9 +120,11 @@ class PolledStatfs:
             try:
                 st = self._statfs(self.path)
             except OSError as e:
-                self.errors.put(f"statfs {self.path}: {e.strerror or e}")
+                if self.keep:
+                    self.errors.put(f"statfs {self.path}: {e.strerror or e}")
             else:
-                self.samples.put((time.monotonic_ns(), int(st.f_bavail)))
+                if self.keep:
+                    self.samples.put((time.monotonic_ns(), int(st.f_bavail)))
             self._busy_since = None
             self._stop.wait(self.interval)
 

@@ -294,6 +294,7 @@ def test_settings_defaults():
     assert (s.socket_group, s.journal, s.journal_max_size, s.journal_max_age_s, s.journal_hard_cap, s.hard_cap,
             s.journald, s.listener_queue, s.listener_timeout_s) == (
         None, "/var/lib/fsev/flight.fsev", 1 << 30, 30 * 86400, None, 2 << 30, True, 65536, 60.0)
+    assert (s.metrics, s.metrics_textfile) == (None, None)  # no endpoint, no file, unless asked
 
 
 def test_settings_overrides_and_a_later_one_wins():
@@ -344,9 +345,39 @@ def test_every_settings_field_has_one_entry_in_the_table():
     ("listener_timeout 0s", "listener_timeout: bad duration '0s': must be more than 0 and finite"),
     ("listener_queue many", "listener_queue: bad queue length 'many': expected a number of events"),
     ("socket_group 'adm", "socket_group: bad group name \"'adm\": expected a unix group name or number, or none"),
+    ("metrics localhost", "metrics: bad address 'localhost': expected ADDR:PORT, :PORT, PORT or off"),
+    ("metrics :0", "metrics: bad address ':0': port 0 out of range 1-65535"),
+    ("metrics 127.0.0.1:65536", "metrics: bad address '127.0.0.1:65536': port 65536 out of range 1-65535"),
+    ("metrics ::1:9100", "metrics: bad address '::1:9100': expected ADDR:PORT, :PORT, PORT or off"),
+    ("metrics a_b:80", "metrics: bad address 'a_b:80': expected ADDR:PORT, :PORT, PORT or off"),
+    ("metrics_textfile var/lib", "metrics_textfile: directory 'var/lib': not an absolute path"),
 ])
 def test_bad_settings(line, message):
     assert error(line) == f"line 1: {message}"
+
+
+@pytest.mark.parametrize("word, addr, text", [
+    ("9100", ("127.0.0.1", 9100), "127.0.0.1:9100"),
+    (":9100", ("127.0.0.1", 9100), "127.0.0.1:9100"),
+    ("0.0.0.0:9100", ("0.0.0.0", 9100), "0.0.0.0:9100"),
+    ("[::1]:9100", ("::1", 9100), "[::1]:9100"),
+    ("[::]:1", ("::", 1), "[::]:1"),
+    ("node7.example:65535", ("node7.example", 65535), "node7.example:65535"),
+    ("off", None, None),
+])
+def test_metrics_address_defaults_to_loopback(word, addr, text):
+    config = load(f"metrics {word}")
+    assert config.settings.metrics == addr
+    assert config.text() == (f"metrics {text}" if text else "")
+    assert load(config.text()) == config
+
+
+def test_metrics_textfile_directory_or_off():
+    config = load('metrics_textfile "/var/lib/node exporter/"')
+    assert config.settings.metrics_textfile == "/var/lib/node exporter"
+    assert config.text() == "metrics_textfile /var/lib/node\\040exporter"
+    assert load(config.text()) == config
+    assert load("metrics_textfile /x\nmetrics_textfile off").settings.metrics_textfile is None
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -404,7 +435,9 @@ def _quoted(path: str) -> str:
 
 _SETTING_LINES = st.one_of(
     st.sampled_from(["socket_group adm", "socket_group none", "socket_group 1001", "journal off", "journald off",
-                     "journald on", "journal_hard_cap 3G", "listener_queue 16", "listener_queue 65536"]),
+                     "journald on", "journal_hard_cap 3G", "listener_queue 16", "listener_queue 65536",
+                     "metrics 9100", "metrics [::1]:9100", "metrics 0.0.0.0:1", "metrics off", "metrics_textfile off"]),
+    _PATHS.map(lambda p: "metrics_textfile " + _quoted(p)),
     _PATHS.map(lambda p: "journal " + _quoted(p)),
     st.integers(1, 10**13).map(lambda n: f"journal_max_size {n}"),
     st.sampled_from(["journal_max_size 1G", "journal_max_size 700M", "journal_max_size 1.25G"]),
