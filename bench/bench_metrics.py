@@ -30,18 +30,10 @@ from typing import Iterator
 from prometheus_client.parser import text_string_to_metric_families
 
 from fsev.testing.kernel_rig import ext4
+from fsev.testing.proc_usage import cpu_seconds
 from fsev.testing.service_rig import FsevServe, fsev_serve
 
 RESULTS = Path(__file__).resolve().parent / "results" / "metrics.json"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,13 +85,13 @@ def scrape_times(port: int, runs: int = 50) -> dict:
 
 def cpu_with_scrapes(svc: FsevServe, port: int, seconds: float = 30.0) -> dict:
     assert svc.proc is not None
-    c0, t0 = cpu_s(svc.proc.pid), time.monotonic()
+    c0, t0 = cpu_seconds(svc.proc.pid), time.monotonic()
     n = 0
     while time.monotonic() - t0 < seconds:
         scrape(port)
         n += 1
         time.sleep(max(0.0, t0 + n - time.monotonic()))
-    pct = 100 * (cpu_s(svc.proc.pid) - c0) / (time.monotonic() - t0)
+    pct = 100 * (cpu_seconds(svc.proc.pid) - c0) / (time.monotonic() - t0)
     return {"seconds": seconds, "scrapes": n, "cpu_pct_of_core": round(pct, 3)}
 
 

@@ -30,27 +30,10 @@ from pathlib import Path
 from fsev.service.protocol import encode
 from fsev.testing.flood import start_writer
 from fsev.testing.kernel_rig import FSEV, FsevTrace, ext4
+from fsev.testing.proc_usage import cpu_seconds, status_kb
 from fsev.testing.service_rig import FsevServe, fsev_serve
 
 RESULTS = Path(__file__).resolve().parent / "results" / "service.json"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """utime + stime of a process, in seconds (/proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def status_kb(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def ready_time(env: dict[str, str], standalone: bool) -> float:
     t0 = time.monotonic()
     args = [FSEV, "trace", "--json"] + (["--standalone"] if standalone else [])
@@ -81,12 +64,12 @@ def fan_out(svc: FsevServe, fs, listeners: int = 10, rate: int = 10_000, seconds
     lst = [svc.listener("--mount", fs.mount_point, "--events", "err") for _ in range(listeners)]
     try:
         time.sleep(0.5)
-        c0, t0 = cpu_s(pid), time.monotonic()
+        c0, t0 = cpu_seconds(pid), time.monotonic()
         raised = int(start_writer(fs.name, rate, seconds).communicate()[0])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(_errors(x) < raised for x in lst):
             time.sleep(0.1)
-        c1, t1 = cpu_s(pid), time.monotonic()
+        c1, t1 = cpu_seconds(pid), time.monotonic()
         rss_mb = status_kb(pid, "VmRSS") / 1024
         peak_mb = status_kb(pid, "VmHWM") / 1024
         got = [_errors(x) for x in lst]
@@ -111,9 +94,9 @@ def _errors(t: FsevTrace) -> int:
 
 def idle_cpu(svc: FsevServe, seconds: float = 30.0) -> dict:
     assert svc.proc is not None
-    c0, t0 = cpu_s(svc.proc.pid), time.monotonic()
+    c0, t0 = cpu_seconds(svc.proc.pid), time.monotonic()
     time.sleep(seconds)
-    pct = 100 * (cpu_s(svc.proc.pid) - c0) / (time.monotonic() - t0)
+    pct = 100 * (cpu_seconds(svc.proc.pid) - c0) / (time.monotonic() - t0)
     return {"seconds": seconds, "cpu_pct_of_core": round(pct, 3), "goal_pct": 0.5, "met": pct <= 0.5}
 
 

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from fsev.testing.kernel_rig import ext4, tmpfs
+from fsev.testing.proc_usage import cpu_seconds
 from fsev.testing.tmux_top import TmuxTop
 
 RESULTS = Path(__file__).resolve().parent / "results" / "top.json"
@@ -62,12 +63,6 @@ while True:
     time.sleep(max(0.0, 0.01 - (time.monotonic() - now)))
 print(n, time.monotonic() - t0)
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        st = f.read().rsplit(")", 1)[1].split()
-    return (int(st[11]) + int(st[12])) / TICK  # utime + stime, all threads
 
 
 def memory_mb(pid: int) -> dict:

@@ -112,9 +112,28 @@ class FuseDisk:
         return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
 
 
-def _mounted(path: str) -> bool:
+def mounted(path: str) -> bool:
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == path for line in f)
+
+
+def stop_fuse_server(server: subprocess.Popen, mount_point: str, work: str) -> None:
+    """Unmount a test's FUSE filesystem (lazily as a last resort), end its
+    server by PID, remove its directories: whatever state the test left."""
+    if mounted(mount_point):
+        subprocess.run(["umount", mount_point], capture_output=True)
+        if mounted(mount_point):
+            subprocess.run(["umount", "-l", mount_point], capture_output=True)
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+    for d in (mount_point, work):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
 
 
 @contextlib.contextmanager
@@ -138,21 +157,7 @@ def fuse_disk() -> Iterator[FuseDisk]:
     finally:
         if loop:
             _run("losetup", "-d", loop, check=False)
-        if _mounted(fuse_dir):
-            _run("umount", fuse_dir, check=False)
-            if _mounted(fuse_dir):
-                _run("umount", "-l", fuse_dir, check=False)
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(5)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(5)
-        with contextlib.suppress(OSError):
-            os.rmdir(fuse_dir)
-        with contextlib.suppress(OSError):
-            os.rmdir(work)
+        stop_fuse_server(server, fuse_dir, work)
 
 
 if __name__ == "__main__":

@@ -80,21 +80,10 @@ def fuse_hang() -> Iterator[FuseHang]:
         yield fh
     finally:
         fh.answer()
-        if _mounted(mp):
-            subprocess.run(["umount", mp], capture_output=True)
-            if _mounted(mp):
-                subprocess.run(["umount", "-l", mp], capture_output=True)
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(5)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(5)
-        with contextlib.suppress(OSError):
-            os.rmdir(mp)
-        with contextlib.suppress(OSError):
-            os.rmdir(work)
+        # Imported here: this file is also the FUSE server's script, run alone.
+        from support.fuse_disk import stop_fuse_server
+
+        stop_fuse_server(server, mp, work)
 
 
 if __name__ == "__main__":
