@@ -15,7 +15,7 @@ say() { printf 'fsev test deps: %s\n' "$*"; }
 # (tests/kernel/test_btf_kernel.py) and the rigs' program listing, systemd for
 # systemd-analyze and systemd-journald (tests/service). One line: vm/provision.sh
 # reads the list from it, so the VM image has them too.
-PKGS="bpftool clang llvm e2fsprogs util-linux mount kmod tmux procps inotify-tools python3-fusepy systemd"
+PKGS="bpftool clang llvm e2fsprogs xfsprogs btrfs-progs util-linux mount kmod tmux procps inotify-tools python3-fusepy systemd"
 # Host side of the stock-kernel VM test (tests/vm); the VM itself needs none of them.
 # Prometheus and Alertmanager (promtool, the alert rules' end-to-end test) run on the host only too.
 [ "${FSEV_VM_GUEST:-0}" = 1 ] || PKGS="$PKGS debootstrap qemu-system-x86 qemu-utils prometheus prometheus-alertmanager"
