@@ -24,3 +24,4 @@
 #include "block_io_error.bpf.c"
 #include "wb_error.bpf.c"
 #include "mount_topology.bpf.c"
+#include "kernel_log.bpf.c"

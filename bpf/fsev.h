@@ -21,6 +21,7 @@
 #define FSEV_COMM_LEN 16
 #define FSEV_FUNC_LEN 48
 #define FSEV_PATH_LEN 64
+#define FSEV_TEXT_LEN (FSEV_FUNC_LEN + FSEV_PATH_LEN)
 
 /* Kernel ABI numbers the programs test or record and user space decodes or
  * compares with. Prefixed FSEV_: the programs do not take them from kernel
@@ -63,6 +64,7 @@ enum fsev_type {
 	FSEV_TYPE_BLOCK_IO_ERROR = 6, /* a block request completed with an error */
 	FSEV_TYPE_WB_ERROR = 7,       /* writeback error recorded on a file (errseq) */
 	FSEV_TYPE_MOUNT = 8,          /* a mount-table call succeeded, or a mount namespace was made */
+	FSEV_TYPE_KERNEL_LOG = 9,     /* a kernel log line of a filesystem fsev knows (text: FSEV_F_TEXT) */
 };
 
 /* How the record was obtained: the rung of the probe ladder. */
@@ -89,6 +91,9 @@ enum fsev_field {
 	/* high bits, so other additions below stay clear of them */
 	FSEV_F_MNTNS = 1 << 16,      /* fsev_record.mntns is the task's mount namespace */
 	FSEV_F_PATH_EXACT = 1 << 17, /* ENOSPC: dev is the created entry's parent directory's */
+	/* func and path hold one NUL-terminated text of FSEV_TEXT_LEN bytes
+	 * (they are adjacent char arrays): a kernel log line */
+	FSEV_F_TEXT = 1 << 18,
 };
 
 /* The call behind a record (fsev_record.call). Syscall names are

@@ -34,6 +34,13 @@ class EventType(str, enum.Enum):
     BLOCK_IO_ERROR = "block_io_error"
     WB_ERROR = "wb_error"
     MOUNT = "mount"
+    # fsev's own: a kernel log line on its way to the point that reads it
+    # (fsev/points/kernel_log.py); never emitted.
+    KERNEL_LOG = "kernel_log"
+
+
+# Types that travel between fsev's own halves and never reach a sink.
+INTERNAL_TYPES: frozenset[EventType] = frozenset({EventType.KERNEL_LOG})
 
 
 def errno_name(err: int | None) -> str | None:

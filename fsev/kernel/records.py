@@ -125,6 +125,7 @@ def _enum(kind: enum.EnumMeta, name: str, tag: str, prefix: str, doc: str) -> An
 COMM_LEN = FSEV_H.FSEV_COMM_LEN
 FUNC_LEN = FSEV_H.FSEV_FUNC_LEN
 PATH_LEN = FSEV_H.FSEV_PATH_LEN
+TEXT_LEN = FSEV_H.FSEV_TEXT_LEN  # a record whose func and path hold one text (FSEV_F_TEXT)
 
 RecordClass: Any = _enum(enum.IntEnum, "RecordClass", "fsev_class", "FSEV_CLASS_", "enum fsev_class: a record's class.")
 RecordType = _enum(enum.IntEnum, "RecordType", "fsev_type", "FSEV_TYPE_", "enum fsev_type: what a record reports.")
@@ -257,15 +258,16 @@ def c_string(b: bytes) -> str:
 
 # Plain-int lookups: enum construction per record would double decode time.
 _CLASS_BY_INT = {int(k): v for k, v in _CLASS.items()}
-F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY, F_MNTNS = (int(x) for x in (
+F_ERRNO, F_INODE, F_BLOCK, F_LINE, F_FUNC, F_PATH, F_MNT_ID, F_LAZY, F_MNTNS, F_TEXT = (int(x) for x in (
     Field.ERRNO, Field.INODE, Field.BLOCK, Field.LINE, Field.FUNC, Field.PATH, Field.MNT_ID, Field.LAZY,
-    Field.MNTNS))
+    Field.MNTNS, Field.TEXT))
 _unpack = RECORD_STRUCT.unpack_from
 _DEVS: dict[int, str] = {}
 
 
 # A record's type-specific fields, after the common ones: ev, then the
-# record's fields bits, value, level, direction, mntns, call, arg, func bytes.
+# record's fields bits, value, level, direction, mntns, call, arg, func bytes
+# (with FSEV_F_TEXT: func and path together, the record's one text).
 Finish = Callable[[Event, int, int, int, int, int, int, int, bytes], None]
 
 
@@ -321,5 +323,5 @@ class RecordDecoder:
             ev.extra["_cause_ts"] = cause_ns  # for the half that links the two (read_only's)
         finish = self._finish.get(typ_i)
         if finish is not None:
-            finish(ev, f, value, level, direction, mntns, call, arg, func)
+            finish(ev, f, value, level, direction, mntns, call, arg, func + path if f & F_TEXT else func)
         return ev

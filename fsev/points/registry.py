@@ -19,6 +19,7 @@ from fsev.points import (
     enospc,
     ext4_error,
     ext4_error_detail,
+    kernel_log,
     mount_drop,
     mount_topology,
     read_only,
@@ -47,6 +48,7 @@ POINTS: tuple[Point, ...] = (
     block_io_error.POINT,
     wb_error.POINT,
     mount_topology.POINT,
+    kernel_log.POINT,
 )
 
 
@@ -64,6 +66,7 @@ class ProbePoint(str, enum.Enum):
     BLOCK_IO_ERROR = block_io_error.NAME
     WB_ERROR = wb_error.NAME
     MOUNT_TOPOLOGY = mount_topology.NAME
+    KERNEL_LOG = kernel_log.NAME
 
 
 # Threshold points with a kernel rung (thr_other is always polled): what fsev

@@ -9,7 +9,7 @@ Every hook has a default that does nothing, so a point says only what it has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Protocol
 
 from fsev.events import Event, EventClass, EventType
@@ -20,8 +20,12 @@ from fsev.probes.ladder import Plan, Rung, RungKind
 if TYPE_CHECKING:
     from fsev.events.clock import Clock
     from fsev.kernel.thr_slots import Hook
+    from fsev.linux.kernel_log import LogLine
     from fsev.linux.mountinfo import Mount, MountTable
     from fsev.probes.program import ProgramConfig
+
+# A half that reads its filesystem's kernel log lines: line -> events to emit.
+LogReader = Callable[["LogLine"], list[Event]]
 
 
 class KernelTables(Protocol):
@@ -49,6 +53,13 @@ class SessionContext:
     # watch_generation, then mounts_changed() runs); empty is then nothing.
     dynamic: bool = False
     watch_generation: int = 0
+    # Kernel log lines by filesystem ("ext4", "btrfs", "xfs"), for the halves
+    # that read them (fsev/points/kernel_log.py calls each in arrival order).
+    log_readers: "dict[str, list[LogReader]]" = field(default_factory=dict)
+
+    def read_kernel_log(self, fs: str, reader: LogReader) -> None:
+        """Hand this filesystem's kernel log lines to reader, from now on."""
+        self.log_readers.setdefault(fs, []).append(reader)
 
     @property
     def watch_all(self) -> bool:

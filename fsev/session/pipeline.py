@@ -27,6 +27,7 @@ from fsev.probes.point import KernelTables, PointMonitor, SessionContext
 
 _FS_ERROR = EventType.FS_ERROR  # an enum member lookup costs on the flood path
 _UMOUNT = EventType.UMOUNT
+_KERNEL_LOG = EventType.KERNEL_LOG
 
 
 def with_mount(ev: Event, m: Mount | None) -> Event:
@@ -183,6 +184,11 @@ class EventPipeline:
     # -- the pipeline --------------------------------------------------------
     def process(self, ev: Event) -> list[Event]:
         """One decoded kernel event -> the events to emit now."""
+        if ev.type is _KERNEL_LOG:
+            # Straight to the readers (fsev/points/kernel_log.py), past the
+            # ordering half: it must not hold a line behind the error that
+            # waits for that very line.
+            return self._dispatch([ev])
         if ev.type is _UMOUNT:
             self.table.refresh()  # the mount is gone from it: remember it as departed
         ev = self.enricher.enrich(ev)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.kernels import fake_kernel, raw_record
 
-from fsev.events import Event, EventClass, EventType
+from fsev.events import INTERNAL_TYPES, Event, EventClass, EventType
 from fsev.events.clock import Clock
 from fsev.events.device import kernel_dev
 from fsev.kernel.records import Call, Field, RecordClass, RecordType, RoBits, Rung
@@ -562,6 +562,7 @@ def test_the_schema_document_covers_every_type_and_key():
 
     doc = (Path(__file__).resolve().parents[3] / "docs" / "events.md").read_text()
     for t in EventType:
-        assert f"## `{t.value}`" in doc, t
+        if t not in INTERNAL_TYPES:
+            assert f"## `{t.value}`" in doc, t
     for key in EVENT_KEYS:
         assert f"`{key}`" in doc, key
