@@ -65,6 +65,7 @@ enum fsev_type {
 	FSEV_TYPE_WB_ERROR = 7,       /* writeback error recorded on a file (errseq) */
 	FSEV_TYPE_MOUNT = 8,          /* a mount-table call succeeded, or a mount namespace was made */
 	FSEV_TYPE_KERNEL_LOG = 9,     /* a kernel log line of a filesystem fsev knows (text: FSEV_F_TEXT) */
+	FSEV_TYPE_BTRFS_ERROR = 10,   /* btrfs: a filesystem error or (value 1) a transaction abort */
 };
 
 /* How the record was obtained: the rung of the probe ladder. */

@@ -34,6 +34,7 @@ class EventType(str, enum.Enum):
     BLOCK_IO_ERROR = "block_io_error"
     WB_ERROR = "wb_error"
     MOUNT = "mount"
+    DEVICE_ERRORS = "device_errors"  # a device's error counters grew (btrfs_dev_stats)
     # fsev's own: a kernel log line on its way to the point that reads it
     # (fsev/points/kernel_log.py); never emitted.
     KERNEL_LOG = "kernel_log"

@@ -70,6 +70,10 @@ def describe_fs_error(ev: Event) -> str:
         parts.append(f"inode {ev.inode}")
     if ev.block:
         parts.append(f"block {ev.block}")
+    if ev.extra.get("transaction_abort"):  # btrfs (fsev/points/btrfs_error.py)
+        parts.append("transaction abort")
+    if ev.extra.get("message"):
+        parts.append(str(ev.extra["message"]))
     return " ".join(parts)
 
 

@@ -16,6 +16,8 @@ from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import Finish, RecordDecoder
 from fsev.points import (
     block_io_error,
+    btrfs_dev_stats,
+    btrfs_error,
     enospc,
     ext4_error,
     ext4_error_detail,
@@ -49,6 +51,8 @@ POINTS: tuple[Point, ...] = (
     wb_error.POINT,
     mount_topology.POINT,
     kernel_log.POINT,
+    btrfs_error.POINT,
+    btrfs_dev_stats.POINT,
 )
 
 
@@ -67,6 +71,8 @@ class ProbePoint(str, enum.Enum):
     WB_ERROR = wb_error.NAME
     MOUNT_TOPOLOGY = mount_topology.NAME
     KERNEL_LOG = kernel_log.NAME
+    BTRFS_ERROR = btrfs_error.NAME
+    BTRFS_DEV_STATS = btrfs_dev_stats.NAME
 
 
 # Threshold points with a kernel rung (thr_other is always polled): what fsev

@@ -1,0 +1,224 @@
+"""Probe point btrfs_dev_stats: a btrfs member device's error counters grew
+(device_errors events). No C: the counters are read from user space.
+
+btrfs counts, per member device, write, read and flush I/O errors,
+corruption errors (a checksum or tree-block check failed on what the device
+returned) and generation errors, and keeps them on disk across mounts
+(fsev/linux/btrfs.py reads them: sysfs error_stats, else the
+BTRFS_IOC_GET_DEV_STATS ioctl).
+
+Ladder: polled, the one rung. The kprobe rung of btrfs_error reports errors
+as they are raised, but the counters are only in memory and on disk; there
+is no tracepoint on their increments (btrfs_dev_stat_inc is inline).
+When fsev reads them:
+- at start and when a watched btrfs filesystem is mounted: the baseline (no
+  event: counts that predate fsev are not news; every event's `totals` show
+  them, as `fsev doctor` does);
+- every PERIOD_S (10 s), each watched, mounted btrfs filesystem once
+  (multiple mounts of one filesystem are one), one sysfs file per member
+  device: nothing else is read, nothing is held open;
+- promptly, PROMPT_DELAYS_S after a sign of an error on a filesystem:
+  btrfs's own log lines of it (it prints "bdev D errs: wr W, rd R, ..." on
+  each increment, rate-limited), its fs_errors, and block_io_errors on one
+  of its member devices;
+- once more when fsev stops.
+What it misses: errors btrfs does not count per device (a transaction abort
+for ENOSPC, an error in memory: those are btrfs_error's fs_errors); the
+exact moment and the task of each increment (an event gives the increase
+since the last reading, up to PERIOD_S late if no sign came); counters
+reset (`btrfs device stats -z`) between two readings, whose increase is then
+counted from the reset.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from fsev.events import Event, EventClass, EventType
+from fsev.kernel.facts import KernelFacts
+from fsev.linux.btrfs import SYSFS, Filesystem, Member, read_counters
+from fsev.linux.kernel_log import LogLine
+from fsev.points.btrfs_fs import FS_TYPE, BtrfsMounts, WatchedBtrfs
+from fsev.probes.ladder import Rung, RungKind
+from fsev.probes.point import Point, PointMonitor, SessionContext
+
+NAME = "btrfs_dev_stats"
+PERIOD_S = 10.0
+PROMPT_DELAYS_S = (0.05, 0.5, 2.0)  # the counter is bumped as the failed bio completes: a moment after its sign
+
+MISSES = ("errors btrfs does not count per device (e.g. a transaction abort from ENOSPC: those are "
+          "btrfs_error's fs_errors); the task and exact time of each increment (up to "
+          f"{PERIOD_S:g} s late without a kernel log line, fs_error or block I/O error as a sign); "
+          "counts from before fsev started (the baseline)")
+
+
+def plan_btrfs_dev_stats(facts: KernelFacts) -> Rung:
+    return Rung(NAME, RungKind.POLLED, (f"{SYSFS}/<fsid>/devinfo/<devid>/error_stats", "BTRFS_IOC_GET_DEV_STATS"),
+                gives=f"write, read, flush, corruption and generation error counts of each member device of "
+                      f"watched btrfs filesystems: every {PERIOD_S:g} s, and promptly after btrfs log lines, "
+                      "fs_errors and block I/O errors on them",
+                misses=MISSES,
+                skipped=("kprobe: btrfs_dev_stat_inc is inline, and the counters are no function's argument",))
+
+
+Key = tuple[str, int]  # (filesystem dev, devid)
+
+
+class CounterDeltas:
+    """Readings -> increases. The first reading of a device is its baseline."""
+
+    def __init__(self) -> None:
+        self.last: dict[Key, dict[str, int]] = {}
+        self.baselines: dict[Key, dict[str, int]] = {}
+
+    def update(self, key: Key, totals: dict[str, int]) -> dict[str, int] | None:
+        """The counters that grew since the last reading (name -> increase), or None."""
+        prev = self.last.get(key)
+        self.last[key] = dict(totals)
+        if prev is None:
+            self.baselines[key] = dict(totals)
+            return None
+        # A counter that fell was reset (btrfs device stats -z): it starts again from its value now.
+        grew = {k: v - prev[k] for k, v in totals.items() if k in prev and v > prev[k]}
+        return grew or None
+
+    def keep(self, keys: set[Key]) -> None:
+        """Forget devices no longer watched: a filesystem mounted again gets a new baseline."""
+        for k in [k for k in self.last if k not in keys]:
+            del self.last[k]
+            self.baselines.pop(k, None)
+
+
+class DevStatsMonitor(PointMonitor):
+    observes = frozenset({EventType.FS_ERROR, EventType.BLOCK_IO_ERROR})
+
+    def __init__(self, ctx: SessionContext, mounts: BtrfsMounts,
+                 read: Callable[[Filesystem, Member, str], dict[str, int]] = read_counters) -> None:
+        self.ctx = ctx
+        self.mounts = mounts
+        self.read = read
+        self.deltas = CounterDeltas()
+        self.unreadable: dict[str, str] = {}  # "mount point devid" -> why its counters could not be read
+        self._due: dict[str, list[float]] = {}  # filesystem dev -> when to read it
+        self._next_period = 0.0
+        self.readings = 0  # member readings made (for tests and the cost bound)
+        ctx.read_kernel_log(FS_TYPE, self._on_line)
+
+    # -- signs -------------------------------------------------------------
+    def _schedule(self, w: WatchedBtrfs) -> None:
+        now = self.ctx.now()
+        due = self._due.get(w.dev)
+        if due and due[-1] > now + PROMPT_DELAYS_S[-1] * 0.5:
+            return  # a burst of signs shares one round of readings
+        self._due[w.dev] = sorted(set((due or []) + [now + d for d in PROMPT_DELAYS_S]))
+
+    def _on_line(self, line: LogLine) -> list[Event]:
+        self.mounts.refresh(self.ctx.watch_generation)
+        found = self.mounts.by_member(line.dev, line.device)
+        if found is not None:
+            self._schedule(found[0])
+        return []
+
+    def observe(self, ev: Event) -> None:
+        if ev.type is EventType.FS_ERROR:
+            w = self.mounts.by_dev.get(ev.dev or "") if ev.fs_type == FS_TYPE else None
+        else:  # a block I/O error names the member device (or its disk)
+            found = self.mounts.by_member(ev.dev) or self.mounts.by_member(ev.extra.get("disk"))
+            w = found[0] if found else None
+        if w is not None:
+            self._schedule(w)
+
+    # -- readings ----------------------------------------------------------
+    def _read_fs(self, w: WatchedBtrfs) -> list[Event]:
+        out: list[Event] = []
+        for mem in w.fs.members:
+            try:
+                totals = self.read(w.fs, mem, w.mount.mount_point)
+            except OSError as e:
+                self.unreadable[f"{w.mount.mount_point} {mem.devid}"] = e.strerror or str(e)
+                continue
+            self.readings += 1
+            grew = self.deltas.update((w.dev, mem.devid), totals)
+            if grew:
+                out.append(self._event(w, mem, grew, totals))
+        return out
+
+    def _event(self, w: WatchedBtrfs, mem: Member, grew: dict[str, int], totals: dict[str, int]) -> Event:
+        m = w.mount
+        return self.ctx.make_event(cls=EventClass.ERR, type=EventType.DEVICE_ERRORS, rung="polled", dev=m.dev,
+                                   mount_point=m.mount_point, fs_type=m.fs_type, source=m.source, mnt_id=m.mnt_id,
+                                   extra={"counters": grew, "totals": dict(totals), "devid": mem.devid,
+                                          "device": mem.path})
+
+    def _sync_mounts(self) -> list[Event]:
+        """Baselines of filesystems newly watched; devices gone are forgotten."""
+        self.mounts.refresh(self.ctx.watch_generation)
+        out: list[Event] = []
+        for w in self.mounts.by_dev.values():
+            if any((w.dev, mem.devid) not in self.deltas.last for mem in w.fs.members):
+                out += self._read_fs(w)
+        self.deltas.keep({(w.dev, mem.devid) for w in self.mounts.by_dev.values() for mem in w.fs.members})
+        return out
+
+    def poll(self) -> list[Event]:
+        now = self.ctx.now()
+        out = self._sync_mounts()
+        if now >= self._next_period:
+            self._next_period = now + PERIOD_S
+            self._due.clear()
+            for w in self.mounts.by_dev.values():
+                out += self._read_fs(w)
+            return out
+        for dev in [d for d, due in self._due.items() if due[0] <= now]:
+            left = [t for t in self._due[dev] if t > now]
+            if left:
+                self._due[dev] = left
+            else:
+                del self._due[dev]
+            w = self.mounts.by_dev.get(dev)
+            if w is not None:
+                out += self._read_fs(w)
+        return out
+
+    def flush(self) -> list[Event]:
+        out: list[Event] = []
+        for w in self.mounts.by_dev.values():
+            out += self._read_fs(w)
+        return out
+
+    def timeout_ms(self, default: int) -> int:
+        if not self._due:
+            return default
+        wait = min(due[0] for due in self._due.values()) - self.ctx.now()
+        return max(0, min(default, int(wait * 1000) + 1))
+
+    def mounts_changed(self) -> None:
+        self.mounts.refresh(self.ctx.watch_generation)
+
+
+class BtrfsDevStats(Point):
+    name = NAME
+    event_type = EventType.DEVICE_ERRORS
+
+    def plan(self, facts: KernelFacts) -> Rung:
+        return plan_btrfs_dev_stats(facts)
+
+    def describe(self, ev: Event) -> str:
+        return describe_device_errors(ev)
+
+    def monitor(self, ctx: SessionContext) -> PointMonitor | None:
+        if EventClass.ERR not in ctx.classes or ctx.plan.kind(NAME) is None:
+            return None
+        return DevStatsMonitor(ctx, BtrfsMounts(ctx.table, ctx.mount_watched))
+
+
+def describe_device_errors(ev: Event) -> str:
+    x = ev.extra
+    grew = ", ".join(f"{k} +{v}" for k, v in sorted((x.get("counters") or {}).items()))
+    totals = x.get("totals") or {}
+    now = ", ".join(f"{k} {totals[k]}" for k in sorted(totals) if totals[k])
+    return f"{x.get('device', '?')} (devid {x.get('devid', '?')}): {grew} (now {now or 'none'})"
+
+
+POINT = BtrfsDevStats()
+
