@@ -25,6 +25,8 @@ from fsev.journal.timewindow import TimeWindow
 # Event types of the "rest of the seeds" work (read-only transitions, ENOSPC):
 # named here so their sections fill in once the events exist.
 READ_ONLY_TYPES = frozenset({"read_only"})
+# A device's own error counters grew (btrfs member devices): summed per device.
+DEVICE_ERROR_TYPES = frozenset({"device_errors"})
 ENOSPC_TYPES = frozenset({"enospc"})
 NO_MOUNT = "(no mount)"
 
@@ -34,6 +36,7 @@ def _mount_entry(mp: str) -> dict[str, Any]:
         "mount_point": mp, "fs_types": [], "devs": [], "sources": [], "events": 0,
         "first": None, "last": None, "errors": [], "thresholds": [], "read_only": [],
         "unmounts": [], "enospc": {"count": 0, "first": None, "last": None}, "other": {},
+        "device_errors": {},
     }
 
 
@@ -85,13 +88,17 @@ def build_report(
         _add_unique(m["sources"], d.get("source"))
         who = {"pid": d.get("pid"), "comm": d.get("comm")}
         if typ == "fs_error":
-            key = (d.get("function"), d.get("line"), d.get("errno"))
+            # An error that names no function (a btrfs checksum failure) is told by its message.
+            key = (d.get("function"), d.get("line"), d.get("errno"), None if d.get("function") else d.get("message"))
             g = errors.setdefault(mp, {}).get(key)
             if g is None:
                 g = errors[mp][key] = {
-                    "function": key[0], "line": key[1], "errno": key[2],
+                    "function": key[0], "line": key[1], "errno": key[2], "message": key[3],
                     "errno_name": d.get("errno_name"), "count": 0, "first": t, "last": t, "comms": [],
+                    "transaction_aborts": 0,
                 }
+            if d.get("transaction_abort"):
+                g["transaction_aborts"] += 1
             g["count"] += 1
             g["first"], g["last"] = min(g["first"], t), max(g["last"], t)
             if len(g["comms"]) < 5:
@@ -107,6 +114,15 @@ def build_report(
             m["unmounts"].append({"wall_time": t, "lazy": bool(d.get("lazy")), "rung": d.get("rung"), **who})
         elif typ in READ_ONLY_TYPES:
             m["read_only"].append({"wall_time": t, "class": d.get("class"), **who})
+        elif typ in DEVICE_ERROR_TYPES:
+            dev_key = str(d.get("device") or d.get("devid") or "?")
+            de = m["device_errors"].setdefault(dev_key, {"device": dev_key, "devid": d.get("devid"), "increases": {},
+                                                         "totals": {}, "events": 0, "first": None, "last": None})
+            de["events"] += 1
+            _span(de, t)
+            for k, v in (d.get("counters") or {}).items():
+                de["increases"][k] = de["increases"].get(k, 0) + int(v)
+            de["totals"] = dict(d.get("totals") or {})
         elif typ in ENOSPC_TYPES:
             # A storm may arrive as one event carrying a count.
             n = d.get("count")
@@ -275,7 +291,9 @@ def _render_mount(m: dict[str, Any]) -> list[Any]:
         t.add_column("last", no_wrap=True)
         t.add_column("by", overflow="fold")
         for g in m["errors"]:
-            where = f"{g['function']}:{g['line']}" if g["line"] else (g["function"] or "?")
+            where = f"{g['function']}:{g['line']}" if g["line"] else (g["function"] or g.get("message") or "?")
+            if g.get("transaction_aborts"):
+                where += f" (transaction abort ×{g['transaction_aborts']})"
             err = f"{g['errno_name']} ({g['errno']})" if g["errno"] is not None else "-"
             t.add_row(_cell(where), err, str(g["count"]), _t(g["first"]), _t(g["last"]),
                       _cell(", ".join(c for c in g["comms"] if c)))
@@ -287,6 +305,16 @@ def _render_mount(m: dict[str, Any]) -> list[Any]:
         for x in m["thresholds"]:
             t.add_row(_t(x["wall_time"]), _cell(x["level"]), _cell(x["direction"]), str(x["avail_blocks"]),
                       str(x["level_blocks"]), _cell(f"{x['comm'] or ''} {x['pid'] or ''}".strip()))
+        out.append(t)
+    if m.get("device_errors"):
+        t = Table(title="device error counters (increases seen; totals at the last reading)", title_justify="left")
+        for col in ("device", "devid", "increases", "totals", "first", "last"):
+            t.add_column(col, overflow="fold")
+        for x in m["device_errors"].values():
+            t.add_row(_cell(x["device"]), str(x["devid"] if x["devid"] is not None else "-"),
+                      _cell(", ".join(f"{k} +{v}" for k, v in sorted(x["increases"].items()))),
+                      _cell(", ".join(f"{k} {v}" for k, v in sorted(x["totals"].items()) if v) or "0"),
+                      _t(x["first"]), _t(x["last"]))
         out.append(t)
     for key, name in (("read_only", "read-only transitions"), ("unmounts", "unmounts")):
         if m[key]:

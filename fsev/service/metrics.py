@@ -141,6 +141,7 @@ class FsMetrics:
         self._lock = threading.Lock()
         self._fs: dict[str, _Fs] = {}
         self._block_io: dict[str, int] = {}  # device -> count
+        self._device_errors: dict[tuple[str, str], int] = {}  # (member device, counter) -> increase seen
         self._dev_names: dict[str, str] = {}  # major:minor -> /dev/NAME
         self._kernel_lost = 0
         self._refusing = False
@@ -240,6 +241,9 @@ class FsMetrics:
                     if name in self._block_io or len(self._block_io) < self.max_mounts:
                         self._block_io[name] = self._block_io.get(name, 0) + 1
             return
+        if t is EventType.DEVICE_ERRORS:  # a member device's own counters (btrfs), by device
+            self._count_device_errors(ev)
+            return
         if ev.mount_point is None:
             return
         with self._lock:
@@ -270,6 +274,15 @@ class FsMetrics:
                 st.wb_errors += 1
             elif t is EventType.UMOUNT:
                 st.unmounts += 1
+
+    def _count_device_errors(self, ev: Event) -> None:
+        device = str(ev.extra.get("device") or ev.dev)
+        grew = ev.extra.get("counters") or {}
+        with self._lock:
+            for counter, n in grew.items():
+                key = (device, str(counter))
+                if key in self._device_errors or len(self._device_errors) < self.max_mounts * 5:
+                    self._device_errors[key] = self._device_errors.get(key, 0) + int(n)
 
     def _read_only(self, st: _Fs, ev: Event) -> None:
         # A superblock-wide state (every flag but a bind mount's own MNT_READONLY) is every
@@ -362,11 +375,12 @@ class FsMetrics:
                      dict(s.thr_active), dict(s.crossings), s.enospc, s.wb_errors, s.unmounts)
                     for s in self._fs.values()]
             block_io = dict(self._block_io)
+            device_errors = dict(self._device_errors)
             kernel_lost = self._kernel_lost
         lost = {"kernel": kernel_lost, "listener": 0, "journal": 0}
         lost.update(self._lost())
         fs = ["device", "mountpoint", "fstype"]
-        errors = CounterMetricFamily("fsev_filesystem_errors", "Filesystem errors fsev saw (ext4 fs_error events), "
+        errors = CounterMetricFamily("fsev_filesystem_errors", "Filesystem errors fsev saw (fs_error events), "
                                      "by the kernel function that raised them", labels=fs + ["function"])
         last = GaugeMetricFamily("fsev_filesystem_last_error_timestamp_seconds",
                                  "When fsev last saw a filesystem error, seconds since the epoch", labels=fs)
@@ -414,6 +428,12 @@ class FsMetrics:
         for dev, n in block_io.items():
             bio.add_metric([label(dev)], n)
         yield bio
+        deverr = CounterMetricFamily("fsev_device_errors", "Increases of a storage device's own error counters "
+                                     "fsev saw (device_errors events: btrfs member devices), by device and counter",
+                                     labels=["device", "counter"])
+        for (dev, counter), n in sorted(device_errors.items()):
+            deverr.add_metric([label(dev), label(counter)], n)
+        yield deverr
         lost_f = CounterMetricFamily("fsev_events_lost", "Events lost: kernel (ring buffer full), listener (a "
                                      "listener's queue full), journal (deleted by the hard cap before a consumer "
                                      "read them)", labels=["stage"])

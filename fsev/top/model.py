@@ -46,6 +46,7 @@ class SuperState:
     thr_depth: int = 0  # 0 above L1, 1 at/below L1, 2 at/below L2
     tracker: ThresholdState | None = None  # follows statfs between threshold events
     avail_event: int | None = None  # available blocks from the last threshold event
+    ro_after_error: bool = False  # a read_only event said an error turned it read-only (any filesystem)
 
 
 @dataclass(slots=True)
@@ -64,9 +65,15 @@ class MountRow:
         return self.mount.read_only or self.emergency_ro or bool(self.stats and self.stats.read_only)
 
 
+def ro_by_error(row: MountRow, st: SuperState | None) -> bool:
+    """Read-only because of an error: ext4's emergency_ro, or (any filesystem,
+    e.g. btrfs's SB_RDONLY after an abort) a read_only event that said so."""
+    return row.emergency_ro or (st is not None and st.ro_after_error and row.read_only)
+
+
 def severity(row: MountRow, st: SuperState | None) -> int:
     """Higher is worse: what an admin should look at first."""
-    if row.emergency_ro:
+    if ro_by_error(row, st):
         return 5
     if st is None:
         return 0
@@ -155,6 +162,8 @@ class TopModel:
                     st.last_error = ErrorNote(ev.function, ev.line, ev.errno_name, ev.wall_time)
                 elif ev.type is EventType.THRESHOLD:
                     self._apply_threshold(st, ev)
+                elif ev.type is EventType.READ_ONLY and ev.extra.get("flag") != "mnt_readonly":
+                    st.ro_after_error = bool(ev.extra.get("read_only")) and ev.extra.get("cause") == "error"
         self.feed.add(ev)
         if self.frozen_feed is not None:
             self.new_while_paused += 1

@@ -296,6 +296,38 @@ def test_report_json_and_human(jpath):
         assert needle in h.stdout, needle
 
 
+def test_report_btrfs_errors_aborts_checksums_and_device_counters(jpath):
+    from fsev.events import Event, EventClass, EventType
+
+    def btrfs(i, type_, **kw):
+        extra = kw.pop("extra", {})
+        ev = Event(seq=i, ts_ns=i, wall_time=1_700_000_000.0 + i, cls=EventClass.ERR, type=type_, rung="kernel_log",
+                   dev="0:55", mount_point="/mnt/b", fs_type="btrfs", source="/dev/loop3", **kw)
+        ev.extra.update(extra)
+        return ev
+
+    evs = [btrfs(1, EventType.FS_ERROR, inode=257, comm="kworker/u8:1", extra={"message": "csum failed", "root": 5}),
+           btrfs(2, EventType.FS_ERROR, inode=258, extra={"message": "csum failed", "root": 5}),
+           btrfs(3, EventType.FS_ERROR, function="__btrfs_run_delayed_items", line=1181, errno=5,
+                 extra={"transaction_abort": True, "message": "IO failure"}),
+           btrfs(4, EventType.DEVICE_ERRORS, extra={"counters": {"corruption_errs": 2}, "totals": {
+               "corruption_errs": 7, "write_io_errs": 0}, "devid": 1, "device": "/dev/loop3"}),
+           btrfs(5, EventType.DEVICE_ERRORS, extra={"counters": {"write_io_errs": 1, "corruption_errs": 1}, "totals": {
+               "corruption_errs": 8, "write_io_errs": 1}, "devid": 1, "device": "/dev/loop3"})]
+    write_journal(jpath, evs)
+    rep = json.loads(fsev("report", jpath, "--json").stdout)
+    (m,) = rep["mounts"]
+    assert [(g["function"], g["message"], g["count"], g["transaction_aborts"]) for g in m["errors"]] == [
+        (None, "csum failed", 2, 0), ("__btrfs_run_delayed_items", None, 1, 1)]
+    (d,) = m["device_errors"].values()
+    assert d["increases"] == {"corruption_errs": 3, "write_io_errs": 1} and d["totals"]["corruption_errs"] == 8
+    assert not m["other"]  # nothing left uncounted
+    h = fsev("report", jpath).stdout
+    for needle in ("csum failed", "__btrfs_run_delayed_items:1181", "transaction abort", "device error counters",
+                   "corruption_errs +3", "corruption_errs 8"):
+        assert needle in h, needle
+
+
 def test_report_threshold_timeline_unclean_stop_and_inert_strings(jpath):
     from fsev.events import Event, EventClass, EventType
 

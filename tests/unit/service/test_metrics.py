@@ -95,6 +95,10 @@ def test_the_rest(fm: FsMetrics) -> None:
     fm.observe(event(EventType.ENOSPC, DATA, extra={"count": 9999, "storm": True}))
     fm.observe(event(EventType.WB_ERROR, DATA))
     fm.observe(event(EventType.BLOCK_IO_ERROR, DATA, extra={"disk": "259:999999"}))
+    fm.observe(event(EventType.DEVICE_ERRORS, DATA, extra={"counters": {"corruption_errs": 2}, "device": "/dev/sdz1",
+                                                           "devid": 1, "totals": {"corruption_errs": 9}}))
+    fm.observe(event(EventType.DEVICE_ERRORS, DATA, extra={"counters": {"corruption_errs": 1, "write_io_errs": 4},
+                                                           "device": "/dev/sdz1", "devid": 1}))
     fm.observe(event(EventType.LOSS, None, rung="ringbuf", lost=7))
     fm.observe(event(EventType.LOSS, None, rung="listener", lost=100))  # not the kernel's
     fm.observe(event(EventType.UMOUNT, DATA))
@@ -102,6 +106,9 @@ def test_the_rest(fm: FsMetrics) -> None:
     assert value(fm, "fsev_writeback_errors_total") == 1
     assert value(fm, "fsev_unmounts_total") == 1
     assert value(fm, "fsev_block_io_errors_total", device="259:999999") == 1  # no /sys/dev/block name
+    # the increases fsev saw, not the totals (the baseline predates fsev)
+    assert value(fm, "fsev_device_errors_total", device="/dev/sdz1", counter="corruption_errs") == 3
+    assert value(fm, "fsev_device_errors_total", device="/dev/sdz1", counter="write_io_errs") == 4
     assert value(fm, "fsev_events_lost_total", stage="kernel") == 7
     assert value(fm, "fsev_events_lost_total", stage="listener") == 3
     assert value(fm, "fsev_events_lost_total", stage="journal") == 2

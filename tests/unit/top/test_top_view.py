@@ -108,6 +108,32 @@ def test_emergency_ro_shows_and_sorts_first():
     assert " ro " in _row(out, "/srv/ro") and " rw " in _row(out, "/")
 
 
+def test_btrfs_read_only_after_an_abort_shows_ro_bang_and_its_events_in_the_feed():
+    table = "\n".join([
+        r"27 1 254:0 / / rw,relatime - ext4 /dev/vda rw",
+        r"46 27 0:55 / /srv/b rw,relatime - btrfs /dev/loop3 ro,space_cache=v2,subvolid=5,subvol=/",
+        r"47 27 0:56 / /srv/admin ro,relatime - btrfs /dev/loop4 ro,subvolid=5,subvol=/",
+    ])
+    m = TopModel("h", "k", started=NOW)
+    m.update_mounts(mounts(table), {27: FsStats(4096, 10, 5, 5, False)})
+    m.apply(ev(dev="0:55", mount_point="/srv/b", fs_type="btrfs", function="__btrfs_run_delayed_items", line=1181,
+               errno=5, extra={"transaction_abort": True, "message": "IO failure"}, at=NOW - 2), NOW)
+    m.apply(ev(typ=EventType.READ_ONLY, dev="0:55", mount_point="/srv/b", fs_type="btrfs", at=NOW - 1,
+               extra={"read_only": True, "flag": "sb_rdonly", "cause": "error", "caused_by_seq": 1}), NOW)
+    m.apply(ev(typ=EventType.DEVICE_ERRORS, dev="0:55", mount_point="/srv/b", fs_type="btrfs", rung="polled",
+               extra={"counters": {"write_io_errs": 2}, "totals": {"write_io_errs": 2, "read_io_errs": 0},
+                      "devid": 1, "device": "/dev/loop3"}), NOW)
+    out = screen(m)
+    first = out.splitlines()[4]
+    assert first.startswith("/srv/b") and " RO! " in first, out
+    assert " ro " in _row(out, "/srv/admin")  # read-only by a remount: no error behind it
+    feed = out.split("events, newest first")[1]
+    assert "device_errors" in feed and "/dev/loop3 (devid 1): write_io_errs +2" in feed
+    assert "__btrfs_run_delayed_items:1181 EIO(5) transaction abort IO failure" in feed
+    (dev_line,) = [e for e in m.feed if e.type is EventType.DEVICE_ERRORS]
+    assert any(str(sp.style) == "bold red" for sp in feed_line(dev_line).spans)  # class err's colour
+
+
 def test_feed_newest_first_coloured_by_class():
     m = model()
     m.apply(ev(cls=EventClass.INFO, typ=EventType.UMOUNT, mount_point="/mnt/old", dev="0:60", at=NOW - 3), NOW)
