@@ -63,7 +63,7 @@ def build_report(
     else:
         window = None
     mounts: dict[str, dict[str, Any]] = {}
-    errors: dict[str, dict[tuple[Any, Any, Any], dict[str, Any]]] = {}
+    errors: dict[str, dict[tuple[Any, Any, Any, Any], dict[str, Any]]] = {}
     per_recording: dict[int, dict[str, Any]] = {
         r.id: {"events": 0, "first": None, "last": None} for r in recordings
     }

@@ -85,20 +85,20 @@ def pack_dev_stats(devid: int) -> bytearray:
     return buf
 
 
-def decode_dev_stats(buf: bytes) -> dict[str, int]:
+def decode_dev_stats(buf: bytes | bytearray) -> dict[str, int]:
     """The ioctl's answer -> {name: value} for the nr_items the kernel filled."""
     _devid, nr_items, _flags = struct.unpack_from("=QQQ", buf, 0)
     values = struct.unpack_from(f"={len(COUNTERS)}Q", buf, 24)
     return {name: values[i] for i, name in enumerate(COUNTERS) if i < nr_items}
 
 
-def decode_fs_info(buf: bytes) -> tuple[int, int, str]:
+def decode_fs_info(buf: bytes | bytearray) -> tuple[int, int, str]:
     """-> (max_id, num_devices, fsid as sysfs names it)."""
     max_id, num_devices = struct.unpack_from("=QQ", buf, 0)
     return max_id, num_devices, str(uuid.UUID(bytes=bytes(buf[16:32])))
 
 
-def decode_dev_info(buf: bytes) -> tuple[int, str]:
+def decode_dev_info(buf: bytes | bytearray) -> tuple[int, str]:
     """-> (devid, path)."""
     devid = struct.unpack_from("=Q", buf, 0)[0]
     path = bytes(buf[DEV_INFO_PATH_OFF:DEV_INFO_SIZE]).split(b"\0", 1)[0].decode("utf-8", "replace")

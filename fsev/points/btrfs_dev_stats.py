@@ -100,7 +100,7 @@ class DevStatsMonitor(PointMonitor):
         self.deltas = CounterDeltas()
         self.unreadable: dict[str, str] = {}  # "mount point devid" -> why its counters could not be read
         self._due: dict[str, list[float]] = {}  # filesystem dev -> when to read it
-        self._next_period = 0.0
+        self._next_period = ctx.now() + PERIOD_S  # the baseline is read at the first poll (_sync_mounts)
         self.readings = 0  # member readings made (for tests and the cost bound)
         ctx.read_kernel_log(FS_TYPE, self._on_line)
 
@@ -175,9 +175,9 @@ class DevStatsMonitor(PointMonitor):
                 self._due[dev] = left
             else:
                 del self._due[dev]
-            w = self.mounts.by_dev.get(dev)
-            if w is not None:
-                out += self._read_fs(w)
+            due_fs = self.mounts.by_dev.get(dev)
+            if due_fs is not None:
+                out += self._read_fs(due_fs)
         return out
 
     def flush(self) -> list[Event]:

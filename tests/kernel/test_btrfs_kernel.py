@@ -201,7 +201,8 @@ def test_write_errors_during_commit_abort_the_transaction_and_turn_it_read_only(
     aborts = [e for e in errors if e.get("transaction_abort")]
     assert aborts, evs
     a = aborts[0]
-    # "BTRFS: error (device loopN state A) in FUNCTION:LINE: errno=-5 IO failure", after "Transaction aborted (error -5)"
+    # "BTRFS: error (device loopN state A) in FUNCTION:LINE: errno=-5 IO failure",
+    # after "Transaction aborted (error -5)" from the same task
     assert a["errno"] == 5 and a["errno_name"] == "EIO" and a["function"] and a["line"] > 0
     assert a["dev"] == dev and a["fs_type"] == "btrfs" and a["pid"] > 0 and a["comm"]
     assert a["message"] == "IO failure"
