@@ -12,7 +12,9 @@
  *   btrfs_abort_line for the thread, and the nested call sends none.
  * The other rung (kernel log lines, fsev/points/btrfs_error.py) has no C of
  * its own: bpf/kernel_log.bpf.c sends the lines.
- * Offsets: OFF_SUPER_BLOCK_S_DEV, OFF_BTRFS_FS_INFO_SB,
+ * Like btrfs, an EROFS on a filesystem already read-only is no error (it
+ * prints nothing for it): __btrfs_handle_fs_error sends no record then.
+ * Offsets: OFF_SUPER_BLOCK_S_DEV, OFF_SUPER_BLOCK_S_FLAGS, OFF_BTRFS_FS_INFO_SB,
  * OFF_BTRFS_TRANS_HANDLE_FS_INFO (btrfs is a module on Debian: from its BTF).
  * Maps: btrfs_abort_line (thread id -> line of the abort being handled).
  */
@@ -21,18 +23,18 @@
 #if FSEV_BTRFS_ERROR_KPROBE
 BPF_HASH(btrfs_abort_line, u32, u32, 1024);
 
-static __always_inline u32 btrfs_fs_dev(void *fs_info)
+static __always_inline void *btrfs_sb(void *fs_info)
 {
 	void *sb = 0;
 	if (fs_info)
 		READ_KERNEL(sb, fs_info, OFF_BTRFS_FS_INFO_SB);
-	return sb_dev(sb);
+	return sb;
 }
 
 static __always_inline int emit_btrfs_error(void *fs_info, const char *function, u32 line, s32 err,
 					    u64 abort)
 {
-	u32 dev = btrfs_fs_dev(fs_info);
+	u32 dev = sb_dev(btrfs_sb(fs_info));
 	if (!dev_watched(dev, FSEV_CLASS_BIT(FSEV_CLASS_ERR)))
 		return 0;
 	struct fsev_record *r = new_record(FSEV_TYPE_BTRFS_ERROR, FSEV_CLASS_ERR, FSEV_RUNG_KPROBE);
@@ -71,7 +73,16 @@ int kp___btrfs_handle_fs_error(struct pt_regs *ctx)
 		if (was == line) /* the abort's own call: its record is sent */
 			return 0;
 	}
-	return emit_btrfs_error((void *)PT_REGS_PARM1(ctx), (const char *)PT_REGS_PARM2(ctx), line,
-				(s32)PT_REGS_PARM4(ctx), 0);
+	void *fs_info = (void *)PT_REGS_PARM1(ctx);
+	s32 err = (s32)PT_REGS_PARM4(ctx);
+	if (err == -FSEV_EROFS) {
+		void *sb = btrfs_sb(fs_info);
+		u64 sflags = 0;
+		if (sb)
+			READ_KERNEL(sflags, sb, OFF_SUPER_BLOCK_S_FLAGS);
+		if (sflags & FSEV_SB_RDONLY)
+			return 0;
+	}
+	return emit_btrfs_error(fs_info, (const char *)PT_REGS_PARM2(ctx), line, err, 0);
 }
 #endif /* FSEV_BTRFS_ERROR_KPROBE */

@@ -29,6 +29,7 @@
  * the prefix keeps them clear of the headers bcc includes anyway. */
 #define FSEV_ENOSPC 28             /* errno: ENOSPC records' err */
 #define FSEV_EFSCORRUPTED 117      /* errno EUCLEAN: what __ext4_error_file records */
+#define FSEV_EROFS 30              /* errno: btrfs's "already read-only", no error (btrfs_error.bpf.c) */
 #define FSEV_MAX_ERRNO 4095        /* errseq_t: its low 12 bits are the errno */
 #define FSEV_AT_FDCWD (-100)       /* a dirfd: the path is relative to the cwd */
 #define FSEV_SB_RDONLY 1           /* super_block.s_flags: read-only superblock */

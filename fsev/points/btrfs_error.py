@@ -55,7 +55,7 @@ NAME = "btrfs_error"
 HANDLE_FS_ERROR = "__btrfs_handle_fs_error"
 ABORT_TRANSACTION = "__btrfs_abort_transaction"
 CONSOLE_TRACEPOINT = "printk:console"
-KPROBE_OFFSETS = ("super_block.s_dev", "btrfs_fs_info.sb", "btrfs_trans_handle.fs_info")
+KPROBE_OFFSETS = ("super_block.s_dev", "super_block.s_flags", "btrfs_fs_info.sb", "btrfs_trans_handle.fs_info")
 LOG_RUNG = "kernel_log"  # the rung name of events made from log lines
 
 _LOG_MISSES = ("lines btrfs rate-limited (100 per 5 s per level); aborts after the first since mount "
