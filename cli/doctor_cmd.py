@@ -28,6 +28,27 @@ def _service_check() -> Check:
                  f"{len(status.get('watching', []))} mounts watched, {len(status.get('listeners', []))} listeners")
 
 
+def _device_counters(console: Console) -> None:
+    """The device error counters now: the baseline a session starts from
+    (btrfs_dev_stats reports only what grows after it)."""
+    from fsev.linux.mountinfo import MountTable
+    from fsev.points.btrfs_dev_stats import counters_now
+
+    try:
+        rows = counters_now(MountTable.read())
+    except OSError:
+        return
+    if not rows:
+        return
+    t = Table(title="device error counters now (the baseline: fsev reports only what grows after it)")
+    for col in ("mount", "device", "devid", "counters"):
+        t.add_column(col, overflow="fold")
+    for mp, device, devid, got in rows:
+        text = got if isinstance(got, str) else ", ".join(f"{k} {v}" for k, v in got.items())
+        t.add_row(mp, device, str(devid or "-"), text)
+    console.print(t)
+
+
 def run_doctor() -> int:
     console = Console(highlight=False)
     checks: list[Check] = [
@@ -61,6 +82,7 @@ def run_doctor() -> int:
             why += ("\n" if why else "") + f"misses: {r.misses}"
         p.add_row(r.name, r.kind.value, ", ".join(r.targets) or "-", why or "-")
     console.print(p)
+    _device_counters(console)
 
     # Only the foundation's points are required; a health point without a
     # rung here (e.g. no block:block_rq_error on an old kernel) is shown, not fatal.

@@ -47,3 +47,20 @@ def partition_of(disk: str, sector: int, root: str = SYS_BLOCK) -> str:
         if start and size and dev and int(start) <= sector < int(start) + int(size):
             return dev
     return disk
+
+
+def source_dev(source: str) -> str | None:
+    """The "major:minor" of a mount's source when it is a block device
+    ("/dev/loop1" -> "7:1"), else None. btrfs's superblock has an anonymous
+    dev (0:N): its device is only known from the source (one member)."""
+    if not source.startswith("/"):
+        return None
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    import stat as stat_mod
+
+    if not stat_mod.S_ISBLK(st.st_mode):
+        return None
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"

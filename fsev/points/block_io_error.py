@@ -12,7 +12,8 @@ from fsev.events import Event, EventType
 from fsev.events.device import Device
 from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import RecordClass, RecordType, c_string
-from fsev.linux.blockdev import disk_of, partition_of
+from fsev.linux.blockdev import disk_of, partition_of, source_dev
+from fsev.linux.mountinfo import Mount
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 
@@ -57,6 +58,8 @@ class BlockIoMonitor(PointMonitor):
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
         self._generation = -1
+        self._source_key: tuple[int, str] | None = None
+        self._source_mounts: list[Mount] = []
         self.mounts_changed()
 
     def mounts_changed(self) -> None:
@@ -65,7 +68,20 @@ class BlockIoMonitor(PointMonitor):
         if ctx.probes is None or ctx.watch_all or ctx.watch_generation == self._generation:
             return
         self._generation = ctx.watch_generation
-        ctx.probes.set_keys("watched_disks", sorted({Device.parse(disk_of(m.dev)).kernel for m in ctx.watched}))
+        ctx.probes.set_keys("watched_disks", sorted({Device.parse(disk_of(d)).kernel for m in ctx.watched
+                                                     for d in (m.dev, self._source(m)) if d}))
+
+    @staticmethod
+    def _source(m: Mount) -> str | None:
+        """The block device behind a superblock whose dev is anonymous (btrfs: 0:N)."""
+        return source_dev(m.source) if m.major == 0 else None
+
+    def _by_source(self, dev: str) -> list[Mount]:
+        key = (self.ctx.table.generation, dev)
+        if self._source_key != key:
+            self._source_key = key
+            self._source_mounts = [m for m in self.ctx.table if m.major == 0 and self._source(m) == dev]
+        return self._source_mounts
 
     def process(self, ev: Event) -> list[Event]:
         if ev.dev is None:
@@ -73,7 +89,7 @@ class BlockIoMonitor(PointMonitor):
         disk = ev.dev
         part = partition_of(disk, int(ev.extra.get("sector") or 0))
         d = Device.parse(part)
-        mounts = self.ctx.table.by_dev(d.major, d.minor)
+        mounts = self.ctx.table.by_dev(d.major, d.minor) or self._by_source(part)
         if part != disk:
             ev.extra["disk"] = disk
             ev.dev = part

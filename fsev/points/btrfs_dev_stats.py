@@ -38,6 +38,7 @@ from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
 from fsev.linux.btrfs import SYSFS, Filesystem, Member, read_counters
 from fsev.linux.kernel_log import LogLine
+from fsev.linux.mountinfo import MountTable
 from fsev.points.btrfs_fs import FS_TYPE, BtrfsMounts, WatchedBtrfs
 from fsev.probes.ladder import Rung, RungKind
 from fsev.probes.point import Point, PointMonitor, SessionContext
@@ -218,6 +219,24 @@ def describe_device_errors(ev: Event) -> str:
     totals = x.get("totals") or {}
     now = ", ".join(f"{k} {totals[k]}" for k in sorted(totals) if totals[k])
     return f"{x.get('device', '?')} (devid {x.get('devid', '?')}): {grew} (now {now or 'none'})"
+
+
+def counters_now(table: MountTable) -> list[tuple[str, str, int, dict[str, int] | str]]:
+    """(mount point, member device, devid, counters or why they could not be
+    read) of every mounted btrfs filesystem, once each: what a session would
+    take as its baseline (`fsev doctor` shows it)."""
+    mounts = BtrfsMounts(table, lambda m: True)
+    mounts.refresh()
+    out: list[tuple[str, str, int, dict[str, int] | str]] = []
+    for w in mounts.by_dev.values():
+        for mem in w.fs.members:
+            try:
+                got: dict[str, int] | str = read_counters(w.fs, mem, w.mount.mount_point)
+            except OSError as e:
+                got = e.strerror or str(e)
+            out.append((w.mount.mount_point, mem.path, mem.devid, got))
+    out += [(mp, "-", 0, why) for mp, why in mounts.unreadable.items()]
+    return out
 
 
 POINT = BtrfsDevStats()

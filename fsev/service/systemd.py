@@ -70,6 +70,7 @@ MESSAGE_IDS: dict[EventType, str] = {
     EventType.BLOCK_IO_ERROR: "8aae4f6067ba4cc0946f5bea7d66af29",
     EventType.WB_ERROR: "cf013d86903e46758343af124dd46506",
     EventType.MOUNT: "1592e3522efd44d6a2ab053dd15dca2c",
+    EventType.DEVICE_ERRORS: "b84c8488ab264153a2246bc097868fe6",
 }
 
 

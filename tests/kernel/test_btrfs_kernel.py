@@ -130,7 +130,7 @@ def test_write_errors_during_commit_abort_the_transaction_and_turn_it_read_only(
         assert "ro" in MountTable.read().by_mount_point(mp).super_options
         time.sleep(1.2)  # past the read_only point's last mountinfo check: room for a duplicate
         evs = trace.events()
-        loop = disk.loop
+        loop, loop_dev = disk.loop, disk.dev
     errors = ours(evs, mp, "fs_error")
     aborts = [e for e in errors if e.get("transaction_abort")]
     assert len(aborts) == 1, evs
@@ -146,3 +146,47 @@ def test_write_errors_during_commit_abort_the_transaction_and_turn_it_read_only(
     assert ro[0]["caused_by_seq"] in {e["seq"] for e in errors}
     counts = ours(evs, mp, "device_errors")
     assert counts[0]["counters"].get("write_io_errs", 0) >= 1 and counts[0]["device"] == loop
+    # The failed writes name the btrfs mount (whose own dev is anonymous) through its source device.
+    bio = ours(evs, mp, "block_io_error")
+    assert bio and bio[0]["dev"] == loop_dev and "W" in bio[0]["rwbs"] and bio[0]["fs_type"] == "btrfs"
+
+
+def test_doctor_shows_each_mounted_btrfs_devices_counters_the_baseline():
+    from fsev.testing.kernel_rig import FSEV
+
+    with btrfs_image("fsev-btrfs-doctor-") as (img, loop, mp):
+        run("mount", loop, mp)
+        r = subprocess.run([FSEV, "doctor"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "device error counters now" in r.stdout
+    (row,) = [ln for ln in r.stdout.splitlines() if mp in ln]
+    assert loop in row and "corruption_errs 0" in row and "write_io_errs 0" in row
+    # what the polled rung misses is said in the plan
+    assert "btrfs_dev_stats" in r.stdout and "ENOSPC" in r.stdout
+
+
+def test_watching_only_the_btrfs_mount_still_sees_its_member_devices_errors():
+    """--mount: the kernel filters block errors by watched disk, and btrfs's
+    own dev (0:N) is no disk: its source device is watched instead."""
+    pytest.importorskip("fusepy", reason="needs Debian's python3-fusepy")
+    t: FsevTrace | None = None
+
+    def trace_it(mp: str) -> None:
+        nonlocal t
+        t = FsevTrace(["--mount", mp, "--events", "err"])
+        t.wait_attached()
+        time.sleep(0.5)  # the baseline reading
+
+    try:
+        with fuse_disk() as disk, aborted_transaction(disk, trace_it) as mp:
+            assert t is not None
+            t.wait_for(lambda evs: {"block_io_error", "fs_error", "read_only", "device_errors"}
+                       <= {e["type"] for e in evs}, timeout=15)
+            assert t.stop() == 0
+    finally:
+        if t is not None:
+            t.kill()
+    evs = t.events()
+    assert {e["mount_point"] for e in evs} == {mp}, evs
+    assert {"block_io_error", "fs_error", "read_only", "device_errors"} <= {e["type"] for e in evs}, evs
+    assert [e for e in evs if e["type"] == "fs_error" and e.get("transaction_abort")]

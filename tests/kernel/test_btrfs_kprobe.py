@@ -74,3 +74,5 @@ def test_a_transaction_abort_on_the_kprobe_rung_is_one_event_with_its_errno_and_
     assert len(ro) == 1 and ro[0]["cause"] == "error" and ro[0]["caused_by_seq"] in {e["seq"] for e in errors}
     counts = ours(evs, mp, "device_errors")
     assert counts[0]["counters"].get("write_io_errs", 0) >= 1 and counts[0]["device"] == loop
+    # --mount of a btrfs: the kernel filter lets its member device's block errors through
+    assert ours(evs, mp, "block_io_error"), evs
