@@ -188,9 +188,14 @@ class DevStatsMonitor(PointMonitor):
         return out
 
     def timeout_ms(self, default: int) -> int:
-        if not self._due:
+        """Until the next reading due: a sign's, or the period's while a btrfs filesystem is watched
+        (fsev serve waits long between events)."""
+        times = [due[0] for due in self._due.values()]
+        if self.mounts.by_dev:
+            times.append(self._next_period)
+        if not times:
             return default
-        wait = min(due[0] for due in self._due.values()) - self.ctx.now()
+        wait = min(times) - self.ctx.now()
         return max(0, min(default, int(wait * 1000) + 1))
 
     def mounts_changed(self) -> None:

@@ -281,6 +281,7 @@ def test_readings_baseline_then_only_on_the_period_or_after_a_sign():
     now = Clocked()
     ctx, mon, counters = monitor(now)
     assert mon.poll() == [] and counters.reads == [("aaaa", 1), ("aaaa", 2)]  # one filesystem, two mounts
+    assert mon.timeout_ms(60_000) == int(PERIOD_S * 1000) + 1  # a long wait (fsev serve) ends for the period
     counters.bump("aaaa", 2, "corruption_errs", 3)
     now.t += 1
     assert mon.poll() == [] and len(counters.reads) == 2  # nothing read between signs
