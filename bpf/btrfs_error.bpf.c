@@ -3,8 +3,8 @@
  * err, decoded as an fs_error (value 1: a transaction abort).
  *
  * Rungs (#if switches, set by fsev/points/btrfs_error.py):
- *   FSEV_BTRFS_ERROR_KPROBE  kprobes on (argument positions the same from 4.x
- *                            to 6.18; the table is in fsev/points/btrfs_error.py)
+ *   FSEV_BTRFS_ERROR_KPROBE  kprobes on (argument positions the same in 6.1
+ *                            and 6.18; the table is in fsev/points/btrfs_error.py)
  *     __btrfs_handle_fs_error(fs_info, function, line, error, fmt, ...)
  *     __btrfs_abort_transaction(trans, function, line, error, first_hit)
  *   An abort calls __btrfs_handle_fs_error itself with its own function and

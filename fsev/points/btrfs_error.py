@@ -11,8 +11,8 @@ __btrfs_abort_transaction(trans, function, line, error, first_hit), which
 calls the former with the same function and line.
 
 Ladder:
-- kprobe: kprobes on both functions (argument positions unchanged from 4.x
-  to 6.18, `errno` renamed `error` in 6.5): device (fs_info->sb->s_dev, or
+- kprobe: kprobes on both functions (argument positions the same in 6.1
+  and 6.18; only the errno argument's name changed, to `error`): device (fs_info->sb->s_dev, or
   trans->fs_info->sb->s_dev), function, line, errno, the erroring task, and
   which were aborts. Checksum failures, which btrfs only logs, still come
   from the kernel log lines.
@@ -47,7 +47,8 @@ from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 
 NAME = "btrfs_error"
-# Known signatures (the kprobe programs read arguments by these positions):
+# Known signatures (the kprobe programs read arguments by these positions;
+# 6.1 names the fourth `errno`):
 #   void __btrfs_handle_fs_error(struct btrfs_fs_info *fs_info, const char *function,
 #                                unsigned int line, int error, const char *fmt, ...)   6.1: super.c; 6.18: messages.c
 #   void __btrfs_abort_transaction(struct btrfs_trans_handle *trans, const char *function,
