@@ -26,3 +26,4 @@
 #include "mount_topology.bpf.c"
 #include "kernel_log.bpf.c"
 #include "btrfs_error.bpf.c"
+#include "btrfs_dev_stats.bpf.c"

@@ -67,6 +67,7 @@ enum fsev_type {
 	FSEV_TYPE_MOUNT = 8,          /* a mount-table call succeeded, or a mount namespace was made */
 	FSEV_TYPE_KERNEL_LOG = 9,     /* a kernel log line of a filesystem fsev knows (text: FSEV_F_TEXT) */
 	FSEV_TYPE_BTRFS_ERROR = 10,   /* btrfs: a filesystem error or (value 1) a transaction abort */
+	FSEV_TYPE_BTRFS_DEV_STAT = 11, /* btrfs counts a device error (value devid, arg counter): a sign */
 };
 
 /* How the record was obtained: the rung of the probe ladder. */

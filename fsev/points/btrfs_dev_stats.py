@@ -1,5 +1,6 @@
 """Probe point btrfs_dev_stats: a btrfs member device's error counters grew
-(device_errors events). No C: the counters are read from user space.
+(device_errors events; bpf/btrfs_dev_stats.bpf.c). The counters are read
+from user space; the kernel side only says when btrfs counts.
 
 btrfs counts, per member device, write, read and flush I/O errors,
 corruption errors (a checksum or tree-block check failed on what the device
@@ -7,27 +8,31 @@ returned) and generation errors, and keeps them on disk across mounts
 (fsev/linux/btrfs.py reads them: sysfs error_stats, else the
 BTRFS_IOC_GET_DEV_STATS ioctl).
 
-Ladder: polled, the one rung. The kprobe rung of btrfs_error reports errors
-as they are raised, but the counters are only in memory and on disk; there
-is no tracepoint on their increments (btrfs_dev_stat_inc is inline).
-When fsev reads them:
+Ladder: kprobe on btrfs_dev_stat_inc_and_print(device, index), where btrfs
+counts I/O and checksum errors and prints its "bdev D errs: ..." line: a
+sign (never emitted) that makes fsev read that filesystem's counters at once
+and gives the counting task (pid, comm) to the event; else polled. There is
+no tracepoint on the counts (btrfs_dev_stat_inc, which a few paths call
+directly, is inline). When fsev reads them:
 - at start and when a watched btrfs filesystem is mounted: the baseline (no
   event: counts that predate fsev are not news; every event's `totals` show
   them, as `fsev doctor` does);
 - every PERIOD_S (10 s), each watched, mounted btrfs filesystem once
   (multiple mounts of one filesystem are one), one sysfs file per member
   device: nothing else is read, nothing is held open;
-- promptly, PROMPT_DELAYS_S after a sign of an error on a filesystem:
-  btrfs's own log lines of it (it prints "bdev D errs: wr W, rd R, ..." on
+- promptly, PROMPT_DELAYS_S after a sign of an error on a filesystem: the
+  kprobe (kprobe rung), btrfs's own log lines of it (it prints "bdev D errs: wr W, rd R, ..." on
   each increment, rate-limited), its fs_errors, and block_io_errors on one
   of its member devices;
 - once more when fsev stops.
 What it misses: errors btrfs does not count per device (a transaction abort
-for ENOSPC, an error in memory: those are btrfs_error's fs_errors); the
-exact moment and the task of each increment (an event gives the increase
-since the last reading, up to PERIOD_S late if no sign came); counters
-reset (`btrfs device stats -z`) between two readings, whose increase is then
-counted from the reset.
+for ENOSPC, an error in memory, a tree block repaired from its other copy:
+those are btrfs_error's fs_errors); polled rung: the exact moment and the
+task of each increment (an event gives the increase since the last reading,
+up to PERIOD_S late if no sign came); both: counters reset (`btrfs device
+stats -z`) between two readings, whose increase is then counted from the
+reset, and counts btrfs makes without btrfs_dev_stat_inc_and_print (kprobe
+rung: they wait for another sign or the period).
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
-from fsev.linux.btrfs import SYSFS, Filesystem, Member, read_counters
+from fsev.kernel.records import RecordClass, RecordType
+from fsev.linux.btrfs import COUNTERS, SYSFS, Filesystem, Member, read_counters
 from fsev.linux.kernel_log import LogLine
 from fsev.linux.mountinfo import MountTable
 from fsev.points.btrfs_fs import FS_TYPE, BtrfsMounts, WatchedBtrfs
-from fsev.probes.ladder import Rung, RungKind
+from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
+from fsev.probes.program import ProgramConfig
 
 NAME = "btrfs_dev_stats"
 PERIOD_S = 10.0
@@ -53,13 +60,26 @@ MISSES = ("errors btrfs does not count per device (e.g. a transaction abort from
           "counts from before fsev started (the baseline)")
 
 
+KPROBE = "btrfs_dev_stat_inc_and_print"
+# void btrfs_dev_stat_inc_and_print(struct btrfs_device *dev, int index)   6.1 and 6.18 (volumes.c)
+KPROBE_OFFSETS = ("super_block.s_dev", "btrfs_device.fs_info", "btrfs_device.devid", "btrfs_fs_info.sb")
+_TARGETS = (f"{SYSFS}/<fsid>/devinfo/<devid>/error_stats", "BTRFS_IOC_GET_DEV_STATS")
+_GIVES = ("write, read, flush, corruption and generation error counts of each member device of watched btrfs "
+          f"filesystems: every {PERIOD_S:g} s, and promptly after ")
+
+
 def plan_btrfs_dev_stats(facts: KernelFacts) -> Rung:
-    return Rung(NAME, RungKind.POLLED, (f"{SYSFS}/<fsid>/devinfo/<devid>/error_stats", "BTRFS_IOC_GET_DEV_STATS"),
-                gives=f"write, read, flush, corruption and generation error counts of each member device of "
-                      f"watched btrfs filesystems: every {PERIOD_S:g} s, and promptly after btrfs log lines, "
-                      "fs_errors and block I/O errors on them",
-                misses=MISSES,
-                skipped=("kprobe: btrfs_dev_stat_inc is inline, and the counters are no function's argument",))
+    why = kprobe_skip_reason(facts, (KPROBE,))
+    if why is None:
+        return Rung(NAME, RungKind.KPROBE, (KPROBE, *_TARGETS),
+                    gives=_GIVES + "each count btrfs prints (kprobe: with the counting task), btrfs log lines, "
+                          "fs_errors and block I/O errors on them",
+                    misses="errors btrfs does not count per device (e.g. a transaction abort from ENOSPC: those "
+                           "are btrfs_error's fs_errors); counts made without " + KPROBE + " (up to "
+                           f"{PERIOD_S:g} s late); counts from before fsev started (the baseline)")
+    return Rung(NAME, RungKind.POLLED, _TARGETS,
+                gives=_GIVES + "btrfs log lines, fs_errors and block I/O errors on them",
+                misses=MISSES, skipped=(why,))
 
 
 Key = tuple[str, int]  # (filesystem dev, devid)
@@ -91,6 +111,8 @@ class CounterDeltas:
 
 
 class DevStatsMonitor(PointMonitor):
+    # DEVICE_ERRORS records of the kprobe rung are signs (extra "_count"), never emitted.
+    handles = frozenset({EventType.DEVICE_ERRORS})
     observes = frozenset({EventType.FS_ERROR, EventType.BLOCK_IO_ERROR})
 
     def __init__(self, ctx: SessionContext, mounts: BtrfsMounts,
@@ -103,6 +125,7 @@ class DevStatsMonitor(PointMonitor):
         self._due: dict[str, list[float]] = {}  # filesystem dev -> when to read it
         self._next_period = ctx.now() + PERIOD_S  # the baseline is read at the first poll (_sync_mounts)
         self.readings = 0  # member readings made (for tests and the cost bound)
+        self._counting: dict[Key, Event] = {}  # the last kprobe sign of each device since its last reading
         ctx.read_kernel_log(FS_TYPE, self._on_line)
 
     # -- signs -------------------------------------------------------------
@@ -118,6 +141,17 @@ class DevStatsMonitor(PointMonitor):
         found = self.mounts.by_member(line.dev, line.device)
         if found is not None:
             self._schedule(found[0])
+        return []
+
+    def process(self, ev: Event) -> list[Event]:
+        """A kprobe sign: btrfs is counting an error on this device now."""
+        w = self.mounts.by_dev.get(ev.dev or "")
+        if w is None:
+            self.mounts.refresh(self.ctx.watch_generation)
+            w = self.mounts.by_dev.get(ev.dev or "")
+        if w is not None:
+            self._counting[(w.dev, int(ev.extra.get("_devid") or 0))] = ev
+            self._schedule(w)
         return []
 
     def observe(self, ev: Event) -> None:
@@ -146,10 +180,14 @@ class DevStatsMonitor(PointMonitor):
 
     def _event(self, w: WatchedBtrfs, mem: Member, grew: dict[str, int], totals: dict[str, int]) -> Event:
         m = w.mount
-        return self.ctx.make_event(cls=EventClass.ERR, type=EventType.DEVICE_ERRORS, rung="polled", dev=m.dev,
-                                   mount_point=m.mount_point, fs_type=m.fs_type, source=m.source, mnt_id=m.mnt_id,
-                                   extra={"counters": grew, "totals": dict(totals), "devid": mem.devid,
-                                          "device": mem.path})
+        ev = self.ctx.make_event(cls=EventClass.ERR, type=EventType.DEVICE_ERRORS, rung="polled", dev=m.dev,
+                                 mount_point=m.mount_point, fs_type=m.fs_type, source=m.source, mnt_id=m.mnt_id,
+                                 extra={"counters": grew, "totals": dict(totals), "devid": mem.devid,
+                                        "device": mem.path})
+        sign = self._counting.pop((w.dev, mem.devid), None)
+        if sign is not None:  # kprobe rung: the task that counted last (the counts are still read, rung polled)
+            ev.pid, ev.tgid, ev.comm = sign.pid, sign.tgid, sign.comm
+        return ev
 
     def _sync_mounts(self) -> list[Event]:
         """Baselines of filesystems newly watched; devices gone are forgotten."""
@@ -204,7 +242,20 @@ class DevStatsMonitor(PointMonitor):
 
 class BtrfsDevStats(Point):
     name = NAME
+    record_type = RecordType.BTRFS_DEV_STAT
     event_type = EventType.DEVICE_ERRORS
+    classes = frozenset({RecordClass.ERR})
+    kprobe_functions = frozenset({KPROBE})
+    switches = {RungKind.KPROBE: "FSEV_BTRFS_DEV_STATS_KPROBE"}
+    rung_offsets = {RungKind.KPROBE: KPROBE_OFFSETS}
+
+    def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
+        return [(KPROBE, f"kp_{KPROBE}")] if self.compiled_as(rung, config, RungKind.KPROBE) else []
+
+    def finish(self, ev: Event, f: int, value: int, level: int, direction: int, mntns: int, call: int,
+               arg: int, func: bytes) -> None:
+        ev.extra["_devid"] = value
+        ev.extra["_counter"] = COUNTERS[arg] if 0 <= arg < len(COUNTERS) else arg
 
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_btrfs_dev_stats(facts)

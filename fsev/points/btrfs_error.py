@@ -151,14 +151,20 @@ class BtrfsLogReader:
         # On the kprobe rung the kprobes report __btrfs_handle_fs_error and
         # aborts; the lines add only what btrfs logs alone (checksums, others).
         self.handled_by_kprobe = handled_by_kprobe
-        self._aborts: dict[int, tuple[int, int]] = {}  # pid -> (errno, ts_ns) of its "Transaction aborted"
+        # "Transaction aborted" markers by the task that printed them, and by device: [errno, ts_ns, used]
+        self._aborts: dict[int, list] = {}
+        self._aborts_on: dict[str, list] = {}
 
     def __call__(self, line: LogLine) -> list[Event]:
         err_of_abort = abort_marker(line)
         if err_of_abort is not None:
-            if len(self._aborts) > 256:
+            if len(self._aborts) + len(self._aborts_on) > 256:
                 self._aborts = {p: a for p, a in self._aborts.items() if line.ts_ns - a[1] < ABORT_WINDOW_NS}
-            self._aborts[line.pid] = (err_of_abort, line.ts_ns)
+                self._aborts_on = {d: a for d, a in self._aborts_on.items() if line.ts_ns - a[1] < ABORT_WINDOW_NS}
+            marker = [err_of_abort, line.ts_ns, False]  # errno, when, used: one marker marks one error
+            self._aborts[line.pid] = marker
+            if line.device:
+                self._aborts_on[line.device] = marker
             return []
         got = parse_btrfs_error(line)
         if got is None or (got.handled and self.handled_by_kprobe):
@@ -173,9 +179,18 @@ class BtrfsLogReader:
         if got.message:
             extra["message"] = got.message
         if got.handled:
-            abort = self._aborts.pop(line.pid, None)
-            if abort is not None and abort[0] == got.errno and line.ts_ns - abort[1] < ABORT_WINDOW_NS:
-                extra["transaction_abort"] = True
+            # The same task printed the marker just before; where the task is
+            # not the erroring one (kernels before 5.15 trace the console's
+            # printing), the same device's marker.
+            for abort in (self._aborts.get(line.pid), self._aborts_on.get(line.device or "")):
+                if abort is not None and not abort[2] and abort[0] == got.errno \
+                        and 0 <= line.ts_ns - abort[1] < ABORT_WINDOW_NS:
+                    abort[2] = True
+                    extra["transaction_abort"] = True
+                    break
+            own = self._aborts.pop(line.pid, None)
+            if own is not None:  # the task's next error line after its marker is the abort's, or none is
+                own[2] = True
         ev = self.ctx.make_event(cls=EventClass.ERR, type=EventType.FS_ERROR, rung=LOG_RUNG, dev=m.dev,
                                  mount_point=m.mount_point, fs_type=m.fs_type, source=m.source, mnt_id=m.mnt_id,
                                  pid=line.pid, tgid=line.tgid, comm=line.comm, function=got.function,

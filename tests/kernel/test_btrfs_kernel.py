@@ -133,7 +133,7 @@ def test_write_errors_during_commit_abort_the_transaction_and_turn_it_read_only(
         loop, loop_dev = disk.loop, disk.dev
     errors = ours(evs, mp, "fs_error")
     aborts = [e for e in errors if e.get("transaction_abort")]
-    assert len(aborts) == 1, evs
+    assert len(aborts) == 1, errors
     a = aborts[0]
     # "BTRFS: error (device loopN state A) in FUNCTION:LINE: errno=-5 IO failure",
     # after "Transaction aborted (error -5)" from the same task

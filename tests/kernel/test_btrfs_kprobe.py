@@ -6,7 +6,8 @@ A transaction abort from write errors during a commit (the FUSE-backed disk):
 __btrfs_abort_transaction gives one fs_error with transaction_abort, errno,
 function and line (its nested __btrfs_handle_fs_error call adds none), and
 the kernel log lines of the same abort add none either; the read-only state
-it causes is linked to it. Needs mkfs.btrfs and python3-fusepy in the guest."""
+it causes is linked to it; btrfs_dev_stats's kprobe sign gives the write
+error count its task. Needs mkfs.btrfs and python3-fusepy in the guest."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def test_a_transaction_abort_on_the_kprobe_rung_is_one_event_with_its_errno_and_
         with fuse_disk() as disk, aborted_transaction(disk, trace_it) as mp:
             assert t is not None
             assert _rung_for(t, "btrfs_error") == "kprobe", t.stderr_lines
+            assert _rung_for(t, "btrfs_dev_stats") == "kprobe", t.stderr_lines
             t.wait_for(lambda evs: ours(evs, mp, "read_only") and ours(evs, mp, "device_errors"), timeout=30)
             time.sleep(1.5)  # room for a duplicate: the nested call, the log lines, the mountinfo checks
             assert t.stop() == 0
@@ -74,5 +76,6 @@ def test_a_transaction_abort_on_the_kprobe_rung_is_one_event_with_its_errno_and_
     assert len(ro) == 1 and ro[0]["cause"] == "error" and ro[0]["caused_by_seq"] in {e["seq"] for e in errors}
     counts = ours(evs, mp, "device_errors")
     assert counts[0]["counters"].get("write_io_errs", 0) >= 1 and counts[0]["device"] == loop
+    assert counts[0]["rung"] == "polled" and "comm" in counts[0]  # the counting task, from the kprobe sign
     # --mount of a btrfs: the kernel filter lets its member device's block errors through
     assert ours(evs, mp, "block_io_error"), evs

@@ -28,6 +28,7 @@ CONSOLE = frozenset({"printk:console"})
 HERE = fake_kernel(release="6.18", kprobes=False, kprobes_why_not="kernel built without CONFIG_KPROBES",
                    tracepoints=CONSOLE)
 BTRFS_FNS = frozenset({"__btrfs_handle_fs_error", "__btrfs_abort_transaction"})
+DEV_STAT_FN = "btrfs_dev_stat_inc_and_print"
 DEBIAN = fake_kernel(release="6.1.0-13-amd64", kprobes=True, kprobe_functions=BTRFS_FNS, tracepoints=CONSOLE)
 ALL = frozenset(RecordClass(c) for c in (1, 2, 3, 4))
 
@@ -50,23 +51,30 @@ def test_btrfs_error_ladder_kprobes_else_the_kernel_log_else_none():
     assert plan_btrfs_error(fake_kernel()).kind is RungKind.NONE
 
 
-def test_btrfs_dev_stats_is_polled_and_says_what_it_misses():
+def test_btrfs_dev_stats_kprobe_sign_else_polled_and_says_what_it_misses():
     r = plan_btrfs_dev_stats(HERE)
     assert r.kind is RungKind.POLLED and "error_stats" in r.targets[0]
-    assert "ENOSPC" in r.misses and "baseline" in r.misses and r.skipped
+    assert "ENOSPC" in r.misses and "baseline" in r.misses and "CONFIG_KPROBES" in r.skipped[0]
+    k = plan_btrfs_dev_stats(fake_kernel(kprobes=True, kprobe_functions={"btrfs_dev_stat_inc_and_print"}))
+    assert k.kind is RungKind.KPROBE and k.targets[0] == "btrfs_dev_stat_inc_and_print" and "task" in k.gives
+    assert plan_btrfs_dev_stats(DEBIAN).kind is RungKind.POLLED  # btrfs not loaded: no such symbol yet
 
 
-def test_the_kprobe_program_is_switched_on_with_the_btf_offsets_and_both_attachments():
-    plan = plan_probes(DEBIAN, {ProbePoint.BTRFS_ERROR, ProbePoint.BTRFS_DEV_STATS})
+def test_the_kprobe_programs_are_switched_on_with_the_btf_offsets_and_their_attachments():
+    loaded = fake_kernel(kprobes=True, kprobe_functions=BTRFS_FNS | {DEV_STAT_FN}, tracepoints=CONSOLE)
+    plan = plan_probes(loaded, {ProbePoint.BTRFS_ERROR, ProbePoint.BTRFS_DEV_STATS})
     cfg = ProgramConfig(classes=ALL, watch_all=True)
     offs = {s: 8 for s in required_offsets(plan, cfg)}
-    assert {"btrfs_fs_info.sb", "btrfs_trans_handle.fs_info", "super_block.s_dev"} <= set(offs)
+    assert {"btrfs_fs_info.sb", "btrfs_trans_handle.fs_info", "super_block.s_dev", "super_block.s_flags",
+            "btrfs_device.fs_info", "btrfs_device.devid"} <= set(offs)
     text = preamble(plan, cfg, offs)
-    assert "#define FSEV_BTRFS_ERROR_KPROBE 1" in text
+    assert "#define FSEV_BTRFS_ERROR_KPROBE 1" in text and "#define FSEV_BTRFS_DEV_STATS_KPROBE 1" in text
     assert set(kprobe_attachments(plan, cfg)) == {("__btrfs_handle_fs_error", "kp___btrfs_handle_fs_error"),
-                                                  ("__btrfs_abort_transaction", "kp___btrfs_abort_transaction")}
-    here = plan_probes(HERE, {ProbePoint.BTRFS_ERROR})
+                                                  ("__btrfs_abort_transaction", "kp___btrfs_abort_transaction"),
+                                                  (DEV_STAT_FN, f"kp_{DEV_STAT_FN}")}
+    here = plan_probes(HERE, {ProbePoint.BTRFS_ERROR, ProbePoint.BTRFS_DEV_STATS})
     assert "#define FSEV_BTRFS_ERROR_KPROBE 0" in preamble(here, cfg, {})
+    assert "#define FSEV_BTRFS_DEV_STATS_KPROBE 0" in preamble(here, cfg, {})
     assert not kprobe_attachments(here, cfg) and not required_offsets(here, cfg)
 
 
@@ -165,18 +173,40 @@ def test_the_abort_marker_makes_the_next_error_of_that_task_a_transaction_abort(
     ctx = context(Clocked())
     reader = BtrfsLogReader(ctx, mounts_of(ctx), handled_by_kprobe=False)
     assert reader(line("BTRFS error (device loop1 state A): Transaction aborted (error -5)", pid=7)) == []
-    other = reader(line("BTRFS: error (device loop1 state A) in btrfs_x:1: errno=-5 IO failure", pid=8))
     (abort,) = reader(line("BTRFS: error (device loop1 state A) in __btrfs_run_delayed_items:1181: "
                            "errno=-5 IO failure", pid=7, ts=2_000))
     (later,) = reader(line("BTRFS: error (device loop1 state EA) in cleanup_transaction:2038: errno=-5 IO failure",
                            pid=7, ts=3_000))
-    assert "transaction_abort" not in other[0].extra  # another task's error
     assert abort.extra == {"message": "IO failure", "transaction_abort": True}
     assert (abort.type, abort.cls, abort.rung, abort.dev, abort.mount_point, abort.fs_type) == (
         EventType.FS_ERROR, EventClass.ERR, "kernel_log", "0:55", "/mnt/b", "btrfs")
     assert (abort.function, abort.line, abort.errno, abort.pid, abort.comm, abort.ts_ns) == (
         "__btrfs_run_delayed_items", 1181, 5, 7, "sync", 2_000)
     assert "transaction_abort" not in later.extra  # the marker is used once
+
+
+def test_a_marker_printed_by_another_task_marks_the_next_error_on_its_device():
+    # kernels before 5.15 trace the console's printing: the task is whoever flushed it
+    ctx = context(Clocked())
+    reader = BtrfsLogReader(ctx, mounts_of(ctx), handled_by_kprobe=False)
+    reader(line("BTRFS error (device loop1 state A): Transaction aborted (error -5)", pid=99))
+    (ev,) = reader(line("BTRFS: error (device loop1 state A) in btrfs_x:1: errno=-5 IO failure", pid=100))
+    assert ev.extra.get("transaction_abort") is True
+    (ev,) = reader(line("BTRFS: error (device loop1 state A) in btrfs_x:2: errno=-5 IO failure", pid=99))
+    assert "transaction_abort" not in ev.extra  # one marker, one abort
+    reader(line("BTRFS error (device loop1 state A): Transaction aborted (error -5)", pid=5, ts=1_000))
+    (ev,) = reader(line("BTRFS: error (device loop1) in btrfs_x:3: errno=-5 IO failure", pid=5, ts=3_000_000_000))
+    assert "transaction_abort" not in ev.extra  # too late to be its line
+
+
+def test_a_marker_marks_one_error_and_an_errno_that_differs_none():
+    ctx = context(Clocked())
+    reader = BtrfsLogReader(ctx, mounts_of(ctx), handled_by_kprobe=False)
+    reader(line("BTRFS error (device loop1 state A): Transaction aborted (error -28)", pid=7))
+    (ev,) = reader(line("BTRFS: error (device loop1 state A) in btrfs_x:1: errno=-5 IO failure", pid=7))
+    assert "transaction_abort" not in ev.extra
+    (ev,) = reader(line("BTRFS: error (device loop1 state A) in btrfs_x:1: errno=-28 No space left", pid=7))
+    assert "transaction_abort" not in ev.extra  # the marker was used up by the line after it
 
 
 def test_the_warn_form_of_the_marker_has_no_device_and_still_marks_the_task():
@@ -346,6 +376,25 @@ def test_a_filesystem_mounted_later_gets_its_baseline_and_unwatched_ones_are_nev
     now.t += PERIOD_S * 3
     mon2.poll()
     assert all(fsid == "aaaa" for fsid, _ in counters2.reads)
+
+
+def test_a_kprobe_sign_reads_at_once_gives_the_counting_task_and_is_never_emitted():
+    now = Clocked()
+    ctx, mon, counters = monitor(now)
+    mon.poll()
+    sign = decode(bytes(raw_record(type=RecordType.BTRFS_DEV_STAT, cls=RecordClass.ERR, rung=Rung.KPROBE,
+                                   dev=kernel_dev(0, 55), value=2, arg=3, pid=31, tgid=30, comm=b"kworker/u8:2")),
+                  0, Clock())
+    assert sign.type is EventType.DEVICE_ERRORS and sign.extra == {"_devid": 2, "_counter": "corruption_errs"}
+    assert mon.process(sign) == []
+    counters.bump("aaaa", 2, "corruption_errs")
+    now.t += PROMPT_DELAYS_S[0]
+    (ev,) = mon.poll()
+    assert ev.extra["devid"] == 2 and (ev.pid, ev.tgid, ev.comm, ev.rung) == (31, 30, "kworker/u8:2", "polled")
+    counters.bump("aaaa", 2, "corruption_errs")
+    now.t += PERIOD_S
+    (later,) = mon.poll()
+    assert later.pid is None  # no sign for this count: no task
 
 
 def test_at_the_end_one_more_reading():
