@@ -162,6 +162,9 @@ enum fsev_direction {
  *   call      -          -        -              fsev_call     fsev_call       -               -         fsev_call
  *   arg       -          -        -              ro bits before -              blk_status_t    -         MS_* / cmd flags
  *   cause_ns  -          -        -              the error's ktime -           -               -         -
+ *
+ * BTRFS_ERROR: as FS_ERROR, and value 1 for a transaction abort.
+ * BTRFS_DEV_STAT: dev (the filesystem's), value = devid, arg = the counter (enum btrfs_dev_stat_values).
  */
 struct fsev_record {
 	u64 ts_ns;  /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
