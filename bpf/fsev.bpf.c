@@ -25,3 +25,5 @@
 #include "wb_error.bpf.c"
 #include "mount_topology.bpf.c"
 #include "kernel_log.bpf.c"
+#include "xfs_error.bpf.c"
+#include "xfs_shutdown.bpf.c"

@@ -34,6 +34,8 @@ class EventType(str, enum.Enum):
     BLOCK_IO_ERROR = "block_io_error"
     WB_ERROR = "wb_error"
     MOUNT = "mount"
+    # a filesystem forced to shut down (XFS today; generic: reasons are the filesystem's)
+    SHUTDOWN = "shutdown"
     # fsev's own: a kernel log line on its way to the point that reads it
     # (fsev/points/kernel_log.py); never emitted.
     KERNEL_LOG = "kernel_log"

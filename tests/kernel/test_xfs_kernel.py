@@ -1,0 +1,170 @@
+"""XFS errors and health against the real kernel: XFS images made by mkfs.xfs,
+damaged by xfs_db -x, read; the events of points xfs_error and xfs_shutdown,
+and read_only's state after a shutdown.
+
+One TraceSession (one compile) serves the whole module: it watches every
+mount, and each test keeps the events of its own device only (other tests
+and other people's loop devices may raise events too).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from typing import Callable, Iterator
+
+import pytest
+from support.xfs_image import xfs
+
+from fsev.events import Event, EventClass, EventType
+from fsev.points.registry import ProbePoint
+from fsev.probes.ladder import RungKind
+from fsev.session.trace import TraceOptions, TraceSession
+
+pytestmark = pytest.mark.root
+
+# /d's one directory block: a bad magic (the CRC stays good: -d writes past the verifier).
+DAMAGE_DIR_BLOCK = ("inode {d}", "dblock 0", "write -d bhdr.hdr.magic 0x1234")
+# /f's inode core: its inode cluster buffer fails the verifier as a whole.
+DAMAGE_INODE_CORE = ("inode {f}", "write -d core.magic 0x1234")
+# AG 0's by-block free-space btree root claims level 1 where the AGF says a
+# one-level tree: it passes the verifier, not the btree's own level check.
+DAMAGE_BNOBT_LEVEL = ("agf 0", "addr bnoroot", "write -d level 1")
+
+
+class Collector:
+    """The module's one session, read in short windows so that no batch of
+    events is left half read between tests."""
+
+    def __init__(self, session: TraceSession) -> None:
+        self.session = session
+        self.seen: list[Event] = []
+
+    def fresh(self) -> None:
+        """Forget what earlier tests raised (loop devices are reused: the same
+        dev may have been an earlier test's), after reading what is in flight."""
+        for ev in self.session.events(poll_ms=50, until=time.monotonic() + 0.3):
+            self.seen.append(ev)
+        self.seen.clear()
+
+    def wait_for(self, dev: str, pred: Callable[[list[Event]], object], timeout: float = 15) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for ev in self.session.events(poll_ms=50, until=time.monotonic() + 0.2):
+                self.seen.append(ev)
+            mine = [e for e in self.seen if e.dev == dev]
+            if pred(mine) or time.monotonic() > deadline:
+                return mine
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[Collector]:
+    session = TraceSession(TraceOptions(classes=frozenset({EventClass.ERR})))
+    try:
+        session.start()
+        yield Collector(session)
+    finally:
+        session.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh(request):
+    if "collector" in request.fixturenames:
+        request.getfixturevalue("collector").fresh()
+
+
+def fs_errors(evs: list[Event]) -> list[Event]:
+    return [e for e in evs if e.type is EventType.FS_ERROR]
+
+
+def read(path: str) -> int:
+    """Read a file or list a directory in another process: its errno (0: fine)."""
+    cmd = ["ls", path] if os.path.isdir(path) else ["cat", path]
+    return subprocess.run(cmd, capture_output=True).returncode
+
+
+def test_the_plan_on_this_kernel_is_the_raw_tracepoint_rung(collector):
+    plan = collector.session.plan
+    for point in (ProbePoint.XFS_ERROR, ProbePoint.XFS_SHUTDOWN):
+        assert plan.kind(point) is RungKind.RAW_TRACEPOINT, plan.rung(point)
+    assert "xfs:xfs_btree_corrupt" in plan.rung(ProbePoint.XFS_ERROR).targets
+
+
+def test_a_damaged_directory_block_marks_that_inode_sick_with_structure_directory(collector):
+    with xfs(*DAMAGE_DIR_BLOCK) as fs:
+        assert read(fs.path("d")) != 0  # ls: Structure needs cleaning
+        evs = collector.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if x.extra.get("scope") == "inode"])
+    marks = [e for e in fs_errors(evs) if e.extra.get("scope") == "inode"]
+    assert marks, evs
+    ev = marks[0]
+    assert ev.fs_type == "xfs" and ev.mount_point == fs.mount_point and ev.cls is EventClass.ERR
+    assert ev.inode == fs.inodes["d"]
+    assert ev.extra["health"] == "sick"
+    assert ev.extra["structures"] == ["directory"]
+    assert ev.rung == "raw_tracepoint" and ev.comm == "ls"
+    # The JSON line carries the keys docs/events.md names.
+    d = ev.to_json_dict()
+    assert d["type"] == "fs_error" and d["fs_type"] == "xfs" and d["scope"] == "inode" and d["inode"] == ev.inode
+
+
+def test_a_damaged_inode_core_marks_the_inodes_of_its_allocation_group_sick(collector):
+    with xfs(*DAMAGE_INODE_CORE) as fs:
+        assert read(fs.path("f")) != 0
+        evs = collector.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if x.extra.get("scope") == "ag"])
+    ag = [e for e in fs_errors(evs) if e.extra.get("scope") == "ag"]
+    assert ag, evs
+    # The inode cluster buffer failed its verifier before any inode was read:
+    # XFS marks the allocation group's inodes (XFS_SICK_AG_INODES), not the inode.
+    assert ag[0].extra["group"] == 0 and ag[0].extra["structures"] == ["inodes"]
+    assert ag[0].extra["health"] == "sick" and ag[0].fs_type == "xfs"
+    assert not [e for e in evs if e.type is EventType.SHUTDOWN]
+
+
+def test_a_transaction_that_meets_the_damaged_inode_cluster_shuts_xfs_down_then_read_only(collector):
+    with xfs(*DAMAGE_INODE_CORE) as fs:
+        # A new inode comes from the bad cluster; the transaction cannot go on.
+        assert subprocess.run(["mkdir", fs.path("newdir")], capture_output=True).returncode != 0
+        evs = collector.wait_for(fs.dev, lambda e: [x for x in e if x.type is EventType.READ_ONLY])
+    down = [e for e in evs if e.type is EventType.SHUTDOWN]
+    assert len(down) == 1, evs
+    assert down[0].extra["reasons"] == ["metadata_io"] and down[0].extra["file"].startswith("fs/xfs/")
+    assert down[0].line and down[0].fs_type == "xfs" and down[0].cls is EventClass.ERR
+    ro = [e for e in evs if e.type is EventType.READ_ONLY]
+    assert len(ro) == 1 and ro[0].extra["caused_by_seq"] == down[0].seq and ro[0].seq > down[0].seq
+    assert ro[0].extra["flag"] == "shutdown" and ro[0].extra["cause"] == "error"
+
+
+def test_a_btree_block_with_a_wrong_level_is_reported_with_btree_level_and_group(collector):
+    with xfs(*DAMAGE_BNOBT_LEVEL) as fs:
+        subprocess.run(["dd", "if=/dev/zero", f"of={fs.path('big')}", "bs=1M", "count=16", "conv=fsync"],
+                       capture_output=True)
+        evs = collector.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if "btree" in x.extra]
+                                 and [x for x in fs_errors(e) if x.extra.get("structures") == ["bnobt"]])
+    btree = [e for e in fs_errors(evs) if "btree" in e.extra]
+    assert btree, evs
+    assert btree[0].extra["btree"] == "bnobt" and btree[0].extra["btree_level"] == 1
+    assert btree[0].extra["group"] == 0 and btree[0].extra["scope"] == "ag"
+    assert btree[0].function  # the caller the tracepoint names, from /proc/kallsyms
+    marks = [e for e in fs_errors(evs) if e.extra.get("structures") == ["bnobt"]]
+    assert marks[0].extra["group"] == 0 and marks[0].extra["health"] == "sick"
+
+
+def test_a_forced_shutdown_gives_shutdown_with_its_reason_then_read_only_once(collector):
+    with xfs() as fs:
+        subprocess.run(["xfs_io", "-x", "-c", "shutdown", fs.mount_point], check=True, capture_output=True)
+        evs = collector.wait_for(fs.dev, lambda e: [x for x in e if x.type is EventType.READ_ONLY])
+        # The filesystem refuses writes now; nothing more is reported for it.
+        assert subprocess.run(["touch", fs.path("after")], capture_output=True).returncode != 0
+        evs = collector.wait_for(fs.dev, lambda e: False, timeout=1.0)
+    down = [e for e in evs if e.type is EventType.SHUTDOWN]
+    assert len(down) == 1, evs
+    # xfs_io's shutdown (no -f) does not flush the log: XFS_FSOP_GOING_FLAGS_NOLOGFLUSH.
+    assert down[0].extra["reasons"] == ["log_io", "force_umount"] and down[0].comm == "xfs_io"
+    assert down[0].extra["file"] == "fs/xfs/xfs_fsops.c" and down[0].line
+    assert down[0].mount_point == fs.mount_point
+    ro = [e for e in evs if e.type is EventType.READ_ONLY]
+    assert len(ro) == 1, evs
+    x = ro[0].extra
+    assert x == {"read_only": True, "flag": "shutdown", "cause": "error", "caused_by_seq": down[0].seq}
+    assert ro[0].cls is EventClass.ERR and ro[0].mount_point == fs.mount_point
