@@ -168,3 +168,75 @@ def test_a_forced_shutdown_gives_shutdown_with_its_reason_then_read_only_once(co
     x = ro[0].extra
     assert x == {"read_only": True, "flag": "shutdown", "cause": "error", "caused_by_seq": down[0].seq}
     assert ro[0].cls is EventClass.ERR and ro[0].mount_point == fs.mount_point
+
+
+# -- the kprobe rung -----------------------------------------------------------------
+
+XFS_KPROBE_FUNCTIONS = {"xfs_corruption_error", "xfs_buf_verifier_error", "xfs_inode_verifier_error",
+                        "xfs_fs_mark_sick", "xfs_fs_mark_corrupt", "xfs_group_mark_sick", "xfs_group_mark_corrupt",
+                        "xfs_inode_mark_sick", "xfs_inode_mark_corrupt", "xfs_do_force_shutdown"}
+
+
+def test_the_kprobe_rungs_programs_pass_this_kernels_verifier():
+    """Loading needs no kprobe support: the kprobe programs, with this
+    kernel's BTF offsets, are checked here even though they cannot attach."""
+    from bcc import BPF
+    from support.kernels import fake_kernel
+
+    from fsev.kernel.btf import resolve
+    from fsev.kernel.records import RecordClass
+    from fsev.points.registry import kprobe_attachments, plan_probes, required_offsets, source
+    from fsev.probes.program import ProgramConfig, bpf_dir
+
+    # No shutdown tracepoint: xfs_shutdown plans its kprobe too.
+    facts = fake_kernel(release="6.18", kprobes=True, kprobe_functions=XFS_KPROBE_FUNCTIONS,
+                        tracepoints={"xfs:xfs_btree_corrupt"})
+    plan = plan_probes(facts, {ProbePoint.XFS_ERROR, ProbePoint.XFS_SHUTDOWN})
+    assert plan.kind(ProbePoint.XFS_ERROR) is RungKind.KPROBE and plan.kind(ProbePoint.XFS_SHUTDOWN) is RungKind.KPROBE
+    cfg = ProgramConfig(classes=frozenset({RecordClass.ERR}), watch_all=False)
+    specs = required_offsets(plan, cfg)
+    got = resolve(specs, modules=("xfs",))
+    assert not [s for s in specs if got[s] is None]
+    b = BPF(text=source(plan, cfg, {s: int(got[s]) for s in specs}).encode(), cflags=[f"-I{bpf_dir()}"])
+    try:
+        names = [prog for _, prog in kprobe_attachments(plan, cfg)]
+        assert set(names) == {f"kp_{f}" for f in XFS_KPROBE_FUNCTIONS}
+        for name in names:
+            assert b.load_func(name.encode(), BPF.KPROBE).fd >= 0
+    finally:
+        b.cleanup()
+
+
+@pytest.mark.kprobe
+def test_kprobe_rung_reports_a_verifier_failure_with_function_and_a_shutdown_with_read_only():
+    """Debian 12's 6.1 (the VM guest): XFS is a module, with none of the 6.13+
+    health tracepoints; the kprobe rung reads the verifier's name, the
+    address it failed at and the inode marks from the function arguments."""
+    subprocess.run(["modprobe", "xfs"], check=True)
+    session = TraceSession(TraceOptions(classes=frozenset({EventClass.ERR})))
+    try:
+        session.start()
+        assert session.plan.kind(ProbePoint.XFS_ERROR) is RungKind.KPROBE
+        assert session.plan.kind(ProbePoint.XFS_SHUTDOWN) in (RungKind.KPROBE, RungKind.RAW_TRACEPOINT)
+        got = Collector(session)
+        with xfs(*DAMAGE_DIR_BLOCK) as fs:
+            assert read(fs.path("d")) != 0
+            evs = got.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if "verifier" in x.extra])
+            subprocess.run(["xfs_io", "-x", "-c", "shutdown", fs.mount_point], check=True, capture_output=True)
+            subprocess.run(["touch", fs.path("after")], capture_output=True)  # more shutdown calls, none reported
+            evs = got.wait_for(fs.dev, lambda e: [x for x in e if x.type is EventType.READ_ONLY])
+    finally:
+        session.close()
+    verifier = [e for e in fs_errors(evs) if "verifier" in e.extra]
+    assert verifier, evs
+    v = verifier[0]
+    assert v.rung == "kprobe" and v.fs_type == "xfs" and v.extra["verifier"] == "dir3_block"
+    assert v.errno in (74, 117) and v.function and v.function.startswith("xfs_")
+    # 6.1 marks few structures sick on read errors (most xfs_*_mark_sick calls
+    # came with 6.8's health reporting); where it does, the mark is decoded.
+    for mark in [e for e in fs_errors(evs) if e.extra.get("scope") == "inode"]:
+        assert mark.inode == fs.inodes["d"] and mark.extra["structures"] == ["directory"]
+    down = [e for e in evs if e.type is EventType.SHUTDOWN]
+    assert len(down) == 1 and "force_umount" in down[0].extra["reasons"], evs
+    ro = [e for e in evs if e.type is EventType.READ_ONLY]
+    assert len(ro) == 1 and ro[0].extra["caused_by_seq"] == down[0].seq

@@ -555,6 +555,9 @@ def test_a_sector_maps_to_its_partition(tmp_path):
 EVENT_KEYS = ("read_only", "flag", "cause", "caused_by_seq", "call", "space", "count", "count_total", "storm",
                "sector", "bytes", "rwbs", "blk_status", "disk", "mount_points", "errseq", "action", "from",
                "mnt_id_unique", "mnt_ns", "errno_source", "inode_source", "block_source")
+# XFS (fs_error of point xfs_error, shutdown of point xfs_shutdown)
+EVENT_KEYS += ("health", "scope", "group", "structures", "btree", "btree_level", "daddr", "file", "tag", "verifier",
+               "reasons")
 
 
 def test_the_schema_document_covers_every_type_and_key():
