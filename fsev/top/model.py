@@ -14,6 +14,7 @@ from typing import Iterable
 
 from fsev.events import Event, EventType
 from fsev.linux.mountinfo import Mount
+from fsev.points.registry import describe
 from fsev.thresholds.levels import Levels, ThresholdState
 from fsev.top.feed import Feed, Filter
 from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, historical_events
@@ -31,6 +32,7 @@ class ErrorNote:
     errno_name: str | None
     wall_time: float
     historical: bool = False
+    detail: str | None = None  # what the error was, where it names no function (XFS health marks)
 
 
 @dataclass(slots=True)
@@ -46,6 +48,9 @@ class SuperState:
     thr_depth: int = 0  # 0 above L1, 1 at/below L1, 2 at/below L2
     tracker: ThresholdState | None = None  # follows statfs between threshold events
     avail_event: int | None = None  # available blocks from the last threshold event
+    # Read-only after an error, as a read_only event told it: mountinfo may
+    # not show it (ext4 aborted; a filesystem shut down: XFS).
+    ro_error: str | None = None
 
 
 @dataclass(slots=True)
@@ -66,7 +71,7 @@ class MountRow:
 
 def severity(row: MountRow, st: SuperState | None) -> int:
     """Higher is worse: what an admin should look at first."""
-    if row.emergency_ro:
+    if row.emergency_ro or (st is not None and st.ro_error):
         return 5
     if st is None:
         return 0
@@ -152,7 +157,10 @@ class TopModel:
                 st.last_event = ev.wall_time
                 if ev.type is EventType.FS_ERROR:
                     st.errors += 1
-                    st.last_error = ErrorNote(ev.function, ev.line, ev.errno_name, ev.wall_time)
+                    st.last_error = ErrorNote(ev.function, ev.line, ev.errno_name, ev.wall_time,
+                                              detail=None if ev.function else describe(ev) or None)
+                elif ev.type is EventType.READ_ONLY and ev.extra.get("cause") == "error":
+                    st.ro_error = (ev.extra.get("flag") or "ro") if ev.extra.get("read_only") else None
                 elif ev.type is EventType.THRESHOLD:
                     self._apply_threshold(st, ev)
         self.feed.add(ev)

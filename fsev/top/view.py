@@ -39,7 +39,8 @@ HELP = (
     ("USAGE", "used / (used + available), df's Use%; 1 and 2 mark the L1 / L2 levels of --thr"),
     ("AVAIL", "blocks available to unprivileged writers (statfs f_bavail), the unit of --thr"),
     ("THR", "free-space state: ok, L1 (at or below L1), L2 (at or below L2); - when no --thr"),
-    ("RO", "rw, ro, or RO! for ext4's emergency_ro after an error (statfs does not show it)"),
+    ("RO", "rw, ro, or RO! for read-only after an error where statfs does not show it "
+           "(ext4's emergency_ro, a filesystem shut down)"),
     ("ERRORS", "fs errors seen this session / ext4's errors_count recorded on disk"),
     ("hist", "feed entries from ext4's superblock record of errors before fsev started"),
 )
@@ -121,8 +122,8 @@ def thr_cell(st: SuperState | None) -> Text:
     return marks[min(st.thr_depth, 2)]
 
 
-def ro_cell(row: MountRow) -> Text:
-    if row.emergency_ro:
+def ro_cell(row: MountRow, st: SuperState | None = None) -> Text:
+    if row.emergency_ro or (st is not None and st.ro_error):
         return Text("RO!", style="bold white on red")
     return Text("ro", style="bold yellow") if row.read_only else Text("rw", style="dim")
 
@@ -141,8 +142,8 @@ def last_error_cell(st: SuperState | None, now: float) -> Text:
     if e is None:
         return Text("-", style="dim")
     t = Text()
-    where = inert(e.function) or "?"
-    if e.line:
+    where = inert(e.function) or inert(e.detail) or "?"
+    if e.line and e.function:
         where += f":{e.line}"
     t.append(where, style="red")
     if e.errno_name:
@@ -197,7 +198,7 @@ COLUMNS = (
     Column("USAGE", lambda r, s, n: usage_bar(r, s), BAR_WIDTH + 5, BAR_WIDTH + 5),
     Column("AVAIL", _avail, 5, 12, right=True, drop=5),
     Column("THR", lambda r, s, n: thr_cell(s), 3, 3),
-    Column("RO", lambda r, s, n: ro_cell(r), 3, 3),
+    Column("RO", lambda r, s, n: ro_cell(r, s), 3, 3),
     Column("ERRORS", lambda r, s, n: errors_cell(s), 6, 13, right=True),
     Column("LAST ERROR", lambda r, s, n: last_error_cell(s, n), 24, 48, shrink=2),
     Column("LAST EV", _last_event, 7, 7, right=True, drop=4),
