@@ -25,14 +25,19 @@ from __future__ import annotations
 
 import bisect
 import functools
-from typing import ClassVar
+import re
+from typing import TYPE_CHECKING, ClassVar
 
-from fsev.events import Event, EventType
+from fsev.events import Event, EventClass, EventType
+from fsev.events.device import Device
 from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import FSEV_H, FUNC_LEN, RecordClass, RecordType, XfsReport, XfsScope, c_string
 from fsev.probes.ladder import Rung, RungKind
-from fsev.probes.point import Point
+from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig
+
+if TYPE_CHECKING:
+    from fsev.linux.kernel_log import LogLine
 
 NAME = "xfs_error"
 FS_TYPE = "xfs"
@@ -202,6 +207,67 @@ def describe_xfs_error(ev: Event) -> str:
     return " ".join(parts)
 
 
+# -- the kernel log (raw tracepoint rung) -------------------------------------------
+# What XFS prints where the raw tracepoint rung has no hook (fs/xfs/xfs_error.c,
+# the same words in 6.1 and 6.18); the kprobe rung has all of it from the
+# arguments. %pS prints "function+0xoff/0xsize" (" [xfs]" when a module).
+_VERIFIER_LINE = re.compile(r"Metadata (?P<what>CRC error|corruption) detected at "
+                            r"(?P<fn>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?"
+                            r"(?:, (?:inode 0x(?P<ino>[0-9a-f]+)|(?P<ops>\w+) block 0x(?P<daddr>[0-9a-f]+))(?P<end>[ ,]|$))?")
+_INTERNAL_LINE = re.compile(r"Internal error (?P<tag>.+?) at line (?P<line>\d+) of file (?P<file>\S+?)\.\s+"
+                            r"Caller (?P<fn>[\w.]+)")
+EBADMSG, EUCLEAN = 74, 117  # XFS's EFSBADCRC, EFSCORRUPTED
+
+
+def log_fields(body: str, truncated: bool = False) -> dict | None:
+    """An XFS corruption line's details (Event keys and extra), or None for
+    other lines. truncated: the line may go on past body, so a number that
+    ends the text may be cut short and is left out."""
+    m = _VERIFIER_LINE.match(body)
+    if m is not None:
+        out: dict = {"function": m.group("fn").removesuffix(".cold"),
+                     "errno": EBADMSG if m.group("what") == "CRC error" else EUCLEAN, "extra": {}}
+        if truncated and not m.group("end"):
+            return out
+        if m.group("ino"):
+            out["inode"] = int(m.group("ino"), 16)
+            out["extra"]["verifier"] = "inode"
+        elif m.group("ops"):
+            out["extra"]["verifier"] = m.group("ops").removeprefix("xfs_")
+            out["extra"]["daddr"] = int(m.group("daddr"), 16)
+        return out
+    m = _INTERNAL_LINE.match(body)
+    if m is not None:
+        return {"function": m.group("fn").removesuffix(".cold"), "line": int(m.group("line")),
+                "extra": {"file": m.group("file"), "tag": m.group("tag")}}
+    return None
+
+
+class XfsLogReader(PointMonitor):
+    """On the raw tracepoint rung: XFS's verifier and corruption lines (which
+    name the function that found the damage) as fs_errors of rung kernel_log."""
+
+    def __init__(self, ctx: SessionContext) -> None:
+        self.ctx = ctx
+        ctx.read_kernel_log(FS_TYPE, self.read)
+
+    def read(self, line: "LogLine") -> list[Event]:
+        got = log_fields(line.body, line.truncated)
+        if got is None or line.dev is None:
+            return []
+        ev = self.ctx.make_event(cls=EventClass.ERR, type=EventType.FS_ERROR, rung="kernel_log", dev=line.dev,
+                                 fs_type=FS_TYPE, pid=line.pid, tgid=line.tgid, comm=line.comm,
+                                 function=got["function"], line=got.get("line"), errno=got.get("errno"),
+                                 inode=got.get("inode"), extra=got["extra"])
+        ev.ts_ns = line.ts_ns
+        d = Device.parse(line.dev)
+        mounts = self.ctx.table.by_dev(d.major, d.minor)
+        if mounts:
+            m = next((m for m in mounts if self.ctx.mount_watched(m)), mounts[0])
+            ev.mount_point, ev.source, ev.mnt_id = m.mount_point, m.source, m.mnt_id
+        return [ev]
+
+
 class XfsError(Point):
     name = NAME
     fs_type = FS_TYPE
@@ -243,6 +309,14 @@ class XfsError(Point):
 
     def describe(self, ev: Event) -> str:
         return describe_xfs_error(ev)
+
+    def monitor(self, ctx: SessionContext) -> PointMonitor | None:
+        # The kprobe rung reads the same from the functions' arguments.
+        if EventClass.ERR not in ctx.classes or ctx.plan.kind(NAME) is not RungKind.RAW_TRACEPOINT:
+            return None
+        if ctx.plan.kind("kernel_log") is None:
+            return None
+        return XfsLogReader(ctx)
 
 
 POINT = XfsError()

@@ -94,7 +94,15 @@ def test_the_plan_on_this_kernel_is_the_raw_tracepoint_rung(collector):
 def test_a_damaged_directory_block_marks_that_inode_sick_with_structure_directory(collector):
     with xfs(*DAMAGE_DIR_BLOCK) as fs:
         assert read(fs.path("d")) != 0  # ls: Structure needs cleaning
-        evs = collector.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if x.extra.get("scope") == "inode"])
+        evs = collector.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if x.extra.get("scope") == "inode"]
+                                 and [x for x in fs_errors(e) if x.function == "xfs_dir3_block_read_verify"])
+    # XFS's own line for the verifier failure names the function that found it.
+    # (the directory's readahead fails its verifier first: a line of its own)
+    logs = [e for e in fs_errors(evs) if e.rung == "kernel_log" and e.function == "xfs_dir3_block_read_verify"]
+    assert len(logs) == 1, evs
+    logged = logs[0]
+    assert logged.extra == {"verifier": "dir3_block", "daddr": logged.extra["daddr"]}
+    assert logged.errno in (74, 117) and logged.mount_point == fs.mount_point and logged.comm == "ls"
     marks = [e for e in fs_errors(evs) if e.extra.get("scope") == "inode"]
     assert marks, evs
     ev = marks[0]

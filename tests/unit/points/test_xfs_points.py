@@ -244,3 +244,48 @@ def test_the_kprobe_rung_reports_the_first_shutdown_call_per_mount_only():
     assert once.process(_shutdown(1, "kprobe")) and not once.process(_shutdown(2, "kprobe"))
     assert once.process(_shutdown(3, "kprobe", mnt_id=60))  # mounted again: a new shutdown
     assert once.process(_shutdown(4)) and once.process(_shutdown(5))  # the tracepoint fires once anyway
+
+
+# -- the kernel log (raw tracepoint rung) --------------------------------------------
+
+@pytest.mark.parametrize("body, truncated, want", [
+    ("Metadata CRC error detected at xfs_dir3_block_read_verify+0x9e/0x100, xfs_dir3_block block 0x78 ", False,
+     {"function": "xfs_dir3_block_read_verify", "errno": 74, "extra": {"verifier": "dir3_block", "daddr": 0x78}}),
+    ("Metadata corruption detected at xfs_dinode_verify+0xa0/0x7e0 [xfs], inode 0x83 dinode", False,
+     {"function": "xfs_dinode_verify", "errno": 117, "inode": 0x83, "extra": {"verifier": "inode"}}),
+    # cut by the record's text length: the number that ends it may be short
+    ("Metadata corruption detected at xfs_btree_check_block+0x10/0x20, xfs_bnobt block 0x1", True,
+     {"function": "xfs_btree_check_block", "errno": 117, "extra": {}}),
+    ("Internal error ltbno + ltlen > bno at line 1933 of file fs/xfs/libxfs/xfs_alloc.c.  Caller "
+     "xfs_free_ag_extent+0x3f6/0x870", False,
+     {"function": "xfs_free_ag_extent", "line": 1933,
+      "extra": {"file": "fs/xfs/libxfs/xfs_alloc.c", "tag": "ltbno + ltlen > bno"}}),
+    ("Unmount and run xfs_repair", False, None),
+    ("Metadata I/O Error (0x1) detected at xfs_trans_read_buf_map+0x1c1/0x330", False, None),
+])
+def test_xfs_corruption_lines_parse_to_function_verifier_and_errno(body, truncated, want):
+    assert xfs_error.log_fields(body, truncated) == want
+
+
+def test_the_log_reader_is_made_on_the_raw_tracepoint_rung_only():
+    from fsev.events.clock import Clock as C
+    from fsev.probes.point import SessionContext
+
+    def ctx(facts):
+        return SessionContext(plan=plan_probes(facts), classes=frozenset({EventClass.ERR}),
+                              table=MountTable(parse_mountinfo(MI)), clock=C(), watched=[], probes=None,
+                              now=lambda: 0.0, make_event=C().user_event, mount_watched=lambda m: True)
+
+    here = ctx(fake_kernel(kprobes_why_not="x", tracepoints=HEALTH_TPS | {"printk:console"}))
+    reader = xfs_error.POINT.monitor(here)
+    assert reader is not None and here.log_readers["xfs"]
+    from fsev.linux.kernel_log import parse_line
+    line = parse_line("XFS (loop1): Metadata CRC error detected at xfs_dir3_block_read_verify+0x9e/0x100, "
+                      "xfs_dir3_block block 0x78 ", ts_ns=5, pid=3, comm="ls")
+    line = line.__class__(**{**{f: getattr(line, f) for f in line.__slots__}, "dev": "7:1"})
+    (ev,) = reader.read(line)
+    assert ev.type is EventType.FS_ERROR and ev.rung == "kernel_log" and ev.ts_ns == 5
+    assert ev.mount_point == "/mnt/x" and ev.fs_type == "xfs" and ev.function == "xfs_dir3_block_read_verify"
+    assert ev.extra == {"verifier": "dir3_block", "daddr": 0x78} and ev.errno == 74
+    stock = ctx(fake_kernel(kprobes=True, kprobe_functions=XFS_618_FUNCTIONS, tracepoints={"printk:console"}))
+    assert xfs_error.POINT.monitor(stock) is None and not stock.log_readers
