@@ -213,7 +213,8 @@ def describe_xfs_error(ev: Event) -> str:
 # arguments. %pS prints "function+0xoff/0xsize" (" [xfs]" when a module).
 _VERIFIER_LINE = re.compile(r"Metadata (?P<what>CRC error|corruption) detected at "
                             r"(?P<fn>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?"
-                            r"(?:, (?:inode 0x(?P<ino>[0-9a-f]+)|(?P<ops>\w+) block 0x(?P<daddr>[0-9a-f]+))(?P<end>[ ,]|$))?")
+                            r"(?:, (?:inode 0x(?P<ino>[0-9a-f]+)|(?P<ops>\w+) block 0x(?P<daddr>[0-9a-f]+))"
+                            r"(?P<end>[ ,]|$))?")
 _INTERNAL_LINE = re.compile(r"Internal error (?P<tag>.+?) at line (?P<line>\d+) of file (?P<file>\S+?)\.\s+"
                             r"Caller (?P<fn>[\w.]+)")
 EBADMSG, EUCLEAN = 74, 117  # XFS's EFSBADCRC, EFSCORRUPTED
