@@ -59,7 +59,7 @@ _KERNEL_ONLY = frozenset({ABORTED, SHUTDOWN})
 
 DESCRIPTIONS = {
     EMERGENCY_RO: "read-only after an error (ext4 emergency_ro; statfs still says read-write)",
-    SHUTDOWN: "shut down: no reads or writes (statfs, and mountinfo before 6.12, still say read-write)",
+    SHUTDOWN: "shut down: no reads or writes (statfs still says read-write, and mountinfo may too)",
     ABORTED: "read-only after an error (ext4 aborted; mountinfo and statfs still say read-write)",
     SB_RDONLY: "filesystem read-only",
     MNT_READONLY: "this mount read-only",
