@@ -90,13 +90,24 @@ CAUSE_WINDOW_S = 3.0
 CAUSE_SLACK_NS = 1_000_000
 
 
+# A mount, as the tracker keeps its state: the kernel reuses mount ids, so a
+# mount made at another place (or of another device) under an unmounted
+# one's id between two reads of the table is a new mount, not that one with
+# its kernel-only state (shutdown, aborted) still on.
+MountKey = tuple[int, str, str]
+
+
+def _key(m: Mount) -> MountKey:
+    return (m.mnt_id, m.dev, m.mount_point)
+
+
 class ReadOnlyTracker:
     def __init__(self, table: MountTable, watched: Callable[[Mount], bool],
                  now: Callable[[], float] = time.monotonic) -> None:
         self.table = table
         self.watched = watched
         self.now = now
-        self._state: dict[int, str | None] = {m.mnt_id: mount_read_only(m) for m in table}
+        self._state: dict[MountKey, str | None] = {_key(m): mount_read_only(m) for m in table}
         self._generation = table.generation
         # dev -> (seq, kernel ts_ns) of its latest fs_errors
         self._errors: dict[str, deque[tuple[int, int]]] = {}
@@ -119,11 +130,11 @@ class ReadOnlyTracker:
         """An emitted `shutdown` event: its filesystem is read-only now (XFS
         refuses every write; nothing in mountinfo or statfs shows it), once
         per mount of it, unless a kernel record told already."""
-        mounts = [m for m in self._mounts_of(ev.dev) if self._state.get(m.mnt_id) != SHUTDOWN]
+        mounts = [m for m in self._mounts_of(ev.dev) if self._state.get(_key(m)) != SHUTDOWN]
         if not mounts and self._mounts_of(ev.dev):
             return
         for m in mounts:
-            self._state[m.mnt_id] = SHUTDOWN
+            self._state[_key(m)] = SHUTDOWN
         m0 = next((m for m in mounts if m.mnt_id == ev.mnt_id), mounts[0] if mounts else None)
         out = make_event(
             cls=EventClass.ERR, type=EventType.READ_ONLY, rung=ev.rung, dev=ev.dev,
@@ -144,9 +155,9 @@ class ReadOnlyTracker:
         flag = ev.extra.get("flag")
         new = flag if read_only else None
         mounts = self._mounts_of(ev.dev)
-        changed = not mounts or any(self._state.get(m.mnt_id) != new for m in mounts)
+        changed = not mounts or any(self._state.get(_key(m)) != new for m in mounts)
         for m in mounts:
-            self._state[m.mnt_id] = new
+            self._state[_key(m)] = new
         if not changed:
             return None
         cause_ts = ev.extra.pop("_cause_ts", None)
@@ -173,17 +184,18 @@ class ReadOnlyTracker:
             return []
         self._generation = self.table.generation
         out: list[Event] = []
-        seen: set[int] = set()
+        seen: set[MountKey] = set()
         for m in self.table:
-            seen.add(m.mnt_id)
+            key = _key(m)
+            seen.add(key)
             new = mount_read_only(m)
-            if m.mnt_id not in self._state:
-                self._state[m.mnt_id] = new  # a new mount: no transition
+            if key not in self._state:
+                self._state[key] = new  # a new mount: no transition
                 continue
-            old = self._state[m.mnt_id]
+            old = self._state[key]
             if new == old or (new is None and old in _KERNEL_ONLY):
                 continue
-            self._state[m.mnt_id] = new
+            self._state[key] = new
             if self.watched(m):
                 out.append(self._transition(m, old, new, make_event))
         for gone in set(self._state) - seen:

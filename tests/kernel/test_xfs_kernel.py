@@ -9,18 +9,19 @@ and other people's loop devices may raise events too).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 from typing import Callable, Iterator
 
 import pytest
-from support.xfs_image import xfs
+from support.xfs_image import Xfs, xfs
 
 from fsev.events import Event, EventClass, EventType
 from fsev.points.registry import ProbePoint
 from fsev.probes.ladder import RungKind
-from fsev.session.trace import TraceOptions, TraceSession
+from fsev.session.trace import TraceOptions, TraceSession, Watch
 
 pytestmark = pytest.mark.root
 
@@ -34,18 +35,28 @@ DAMAGE_BNOBT_LEVEL = ("agf 0", "addr bnoroot", "write -d level 1")
 
 
 class Collector:
-    """The module's one session, read in short windows so that no batch of
-    events is left half read between tests."""
+    """The module's one session, watching only the devices of this module's
+    filesystems (a dynamic watch, as fsev serve's: the kernel filters the
+    rest, so another user's error flood on this shared machine cannot fill
+    the ring), read in short windows so that no batch of events is left half
+    read between tests."""
 
-    def __init__(self, session: TraceSession) -> None:
-        self.session = session
+    def __init__(self) -> None:
+        self.devs: set[str] = set()
+        err = frozenset({EventClass.ERR})
+        self.session = TraceSession(TraceOptions(
+            classes=err, watch_source=lambda table: Watch(tuple((m, err) for m in table if m.dev in self.devs))))
         self.seen: list[Event] = []
 
-    def fresh(self) -> None:
-        """Forget what earlier tests raised (loop devices are reused: the same
-        dev may have been an earlier test's), after reading what is in flight."""
-        for ev in self.session.events(poll_ms=50, until=time.monotonic() + 0.3):
-            self.seen.append(ev)
+    def watch(self, fs: Xfs) -> None:
+        """Watch fs from now on (before anything is done to it), and only it:
+        loop devices are reused, so an earlier test's dev may be this one's."""
+        self.devs = {fs.dev}
+        done = self.session.rewatch()
+        deadline = time.monotonic() + 10
+        while not done.is_set() and time.monotonic() < deadline:
+            self.seen += self.session.events(poll_ms=20, until=time.monotonic() + 0.05)
+        assert done.is_set()
         self.seen.clear()
 
     def wait_for(self, dev: str, pred: Callable[[list[Event]], object], timeout: float = 15) -> list[Event]:
@@ -60,18 +71,20 @@ class Collector:
 
 @pytest.fixture(scope="module")
 def collector() -> Iterator[Collector]:
-    session = TraceSession(TraceOptions(classes=frozenset({EventClass.ERR})))
+    got = Collector()
     try:
-        session.start()
-        yield Collector(session)
+        got.session.start()
+        yield got
     finally:
-        session.close()
+        got.session.close()
 
 
-@pytest.fixture(autouse=True)
-def _fresh(request):
-    if "collector" in request.fixturenames:
-        request.getfixturevalue("collector").fresh()
+@contextlib.contextmanager
+def watched(collector: Collector, *damage: str) -> Iterator[Xfs]:
+    """A damaged XFS, mounted and watched."""
+    with xfs(*damage) as fs:
+        collector.watch(fs)
+        yield fs
 
 
 def fs_errors(evs: list[Event]) -> list[Event]:
@@ -92,7 +105,7 @@ def test_the_plan_on_this_kernel_is_the_raw_tracepoint_rung(collector):
 
 
 def test_a_damaged_directory_block_marks_that_inode_sick_with_structure_directory(collector):
-    with xfs(*DAMAGE_DIR_BLOCK) as fs:
+    with watched(collector, *DAMAGE_DIR_BLOCK) as fs:
         assert read(fs.path("d")) != 0  # ls: Structure needs cleaning
         evs = collector.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if x.extra.get("scope") == "inode"]
                                  and [x for x in fs_errors(e) if x.function == "xfs_dir3_block_read_verify"])
@@ -117,7 +130,7 @@ def test_a_damaged_directory_block_marks_that_inode_sick_with_structure_director
 
 
 def test_a_damaged_inode_core_marks_the_inodes_of_its_allocation_group_sick(collector):
-    with xfs(*DAMAGE_INODE_CORE) as fs:
+    with watched(collector, *DAMAGE_INODE_CORE) as fs:
         assert read(fs.path("f")) != 0
         evs = collector.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if x.extra.get("scope") == "ag"])
     ag = [e for e in fs_errors(evs) if e.extra.get("scope") == "ag"]
@@ -130,7 +143,7 @@ def test_a_damaged_inode_core_marks_the_inodes_of_its_allocation_group_sick(coll
 
 
 def test_a_transaction_that_meets_the_damaged_inode_cluster_shuts_xfs_down_then_read_only(collector):
-    with xfs(*DAMAGE_INODE_CORE) as fs:
+    with watched(collector, *DAMAGE_INODE_CORE) as fs:
         # A new inode comes from the bad cluster; the transaction cannot go on.
         assert subprocess.run(["mkdir", fs.path("newdir")], capture_output=True).returncode != 0
         evs = collector.wait_for(fs.dev, lambda e: [x for x in e if x.type is EventType.READ_ONLY])
@@ -144,7 +157,7 @@ def test_a_transaction_that_meets_the_damaged_inode_cluster_shuts_xfs_down_then_
 
 
 def test_a_btree_block_with_a_wrong_level_is_reported_with_btree_level_and_group(collector):
-    with xfs(*DAMAGE_BNOBT_LEVEL) as fs:
+    with watched(collector, *DAMAGE_BNOBT_LEVEL) as fs:
         subprocess.run(["dd", "if=/dev/zero", f"of={fs.path('big')}", "bs=1M", "count=16", "conv=fsync"],
                        capture_output=True)
         evs = collector.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if "btree" in x.extra]
@@ -159,7 +172,7 @@ def test_a_btree_block_with_a_wrong_level_is_reported_with_btree_level_and_group
 
 
 def test_a_forced_shutdown_gives_shutdown_with_its_reason_then_read_only_once(collector):
-    with xfs() as fs:
+    with watched(collector) as fs:
         subprocess.run(["xfs_io", "-x", "-c", "shutdown", fs.mount_point], check=True, capture_output=True)
         evs = collector.wait_for(fs.dev, lambda e: [x for x in e if x.type is EventType.READ_ONLY])
         # The filesystem refuses writes now; nothing more is reported for it.
@@ -221,13 +234,13 @@ def test_kprobe_rung_reports_a_verifier_failure_with_function_and_a_shutdown_wit
     health tracepoints; the kprobe rung reads the verifier's name, the
     address it failed at and the inode marks from the function arguments."""
     subprocess.run(["modprobe", "xfs"], check=True)
-    session = TraceSession(TraceOptions(classes=frozenset({EventClass.ERR})))
+    got = Collector()
+    session = got.session
     try:
         session.start()
         assert session.plan.kind(ProbePoint.XFS_ERROR) is RungKind.KPROBE
         assert session.plan.kind(ProbePoint.XFS_SHUTDOWN) in (RungKind.KPROBE, RungKind.RAW_TRACEPOINT)
-        got = Collector(session)
-        with xfs(*DAMAGE_DIR_BLOCK) as fs:
+        with watched(got, *DAMAGE_DIR_BLOCK) as fs:
             assert read(fs.path("d")) != 0
             evs = got.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if x.extra.get("verifier") == "dir3_block"])
             subprocess.run(["xfs_io", "-x", "-c", "shutdown", fs.mount_point], check=True, capture_output=True)

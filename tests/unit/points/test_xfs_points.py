@@ -289,3 +289,18 @@ def test_the_log_reader_is_made_on_the_raw_tracepoint_rung_only():
     assert ev.extra == {"verifier": "dir3_block", "daddr": 0x78} and ev.errno == 74
     stock = ctx(fake_kernel(kprobes=True, kprobe_functions=XFS_618_FUNCTIONS, tracepoints={"printk:console"}))
     assert xfs_error.POINT.monitor(stock) is None and not stock.log_readers
+
+
+def test_a_mount_id_reused_for_a_new_mount_starts_without_the_old_shutdown():
+    table = MountTable(parse_mountinfo(MI))
+    ro = ReadOnlyTracker(table, lambda m: True, lambda: 100.0)
+    ro.on_shutdown(_shutdown(7), _make)
+    assert len(ro.poll(_make)) == 1
+    # Unmounted and another filesystem mounted elsewhere before the table was
+    # read again: the kernel gave the new mount the old one's id.
+    table._index(parse_mountinfo(MI.replace("/mnt/x rw", "/mnt/other rw")))
+    table.generation += 1
+    assert ro.poll(_make) == []
+    ro.on_shutdown(_shutdown(9, mnt_id=50), _make)
+    (ev,) = ro.poll(_make)
+    assert ev.extra["caused_by_seq"] == 9 and ev.mount_point == "/mnt/other"
