@@ -260,7 +260,7 @@ class XfsLogReader(PointMonitor):
                                  fs_type=FS_TYPE, pid=line.pid, tgid=line.tgid, comm=line.comm,
                                  function=got["function"], line=got.get("line"), errno=got.get("errno"),
                                  inode=got.get("inode"), extra=got["extra"])
-        ev.ts_ns = line.ts_ns
+        ev.ts_ns, ev.wall_time = line.ts_ns, self.ctx.clock.wall(line.ts_ns)  # when XFS printed it
         d = Device.parse(line.dev)
         mounts = self.ctx.table.by_dev(d.major, d.minor)
         if mounts:

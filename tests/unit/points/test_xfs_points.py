@@ -285,6 +285,7 @@ def test_the_log_reader_is_made_on_the_raw_tracepoint_rung_only():
     line = line.__class__(**{**{f: getattr(line, f) for f in line.__slots__}, "dev": "7:1"})
     (ev,) = reader.read(line)
     assert ev.type is EventType.FS_ERROR and ev.rung == "kernel_log" and ev.ts_ns == 5
+    assert ev.wall_time == here.clock.wall(5)
     assert ev.mount_point == "/mnt/x" and ev.fs_type == "xfs" and ev.function == "xfs_dir3_block_read_verify"
     assert ev.extra == {"verifier": "dir3_block", "daddr": 0x78} and ev.errno == 74
     stock = ctx(fake_kernel(kprobes=True, kprobe_functions=XFS_618_FUNCTIONS, tracepoints={"printk:console"}))
