@@ -159,8 +159,11 @@ class TopModel:
                     st.errors += 1
                     st.last_error = ErrorNote(ev.function, ev.line, ev.errno_name, ev.wall_time,
                                               detail=None if ev.function else describe(ev) or None)
-                elif ev.type is EventType.READ_ONLY and ev.extra.get("cause") == "error":
-                    st.ro_error = (ev.extra.get("flag") or "ro") if ev.extra.get("read_only") else None
+                elif ev.type is EventType.READ_ONLY:
+                    if not ev.extra.get("read_only"):
+                        st.ro_error = None  # read-write again (never reported after a kernel-only state)
+                    elif ev.extra.get("cause") == "error":
+                        st.ro_error = ev.extra.get("flag") or "ro"
                 elif ev.type is EventType.THRESHOLD:
                     self._apply_threshold(st, ev)
         self.feed.add(ev)

@@ -266,9 +266,19 @@ def test_an_xfs_mark_names_what_it_marked_and_a_shutdown_shows_ro_and_sorts_firs
     line = feed_line(down).plain
     assert "err  shutdown" in line and "shut down: metadata_io at fs/xfs/xfs_trans_buf.c:311" in line
     assert "after error #2" in feed_line(ro).plain
-    m.apply(ev(typ=EventType.READ_ONLY, dev="7:1", mount_point="/srv/xfs", cls=EventClass.INFO,
-               extra={"read_only": False, "flag": "shutdown", "cause": "remount"}), NOW)
-    assert " RO! " in _row(screen(m), "/srv/xfs")  # a remount is no way back from a shutdown...
+    m.update_mounts(mounts(XFS_MOUNTS), {44: FsStats(4096, 10, 9, 9, False)})
+    assert " RO! " in _row(screen(m), "/srv/xfs")  # a mount-table change does not undo it...
     m.update_mounts(mounts(XFS_MOUNTS.splitlines()[0]), {})
     m.update_mounts(mounts(XFS_MOUNTS), {44: FsStats(4096, 10, 9, 9, False)})
-    assert " rw " in _row(screen(m), "/srv/xfs")  # ...mounting it again is
+    assert " rw " in _row(screen(m), "/srv/xfs")  # ...mounting it again does
+
+
+def test_an_error_read_only_state_clears_when_the_filesystem_is_read_write_again():
+    m = TopModel("h", "k", started=NOW)
+    m.update_mounts(mounts(XFS_MOUNTS), {44: FsStats(4096, 10, 9, 9, False)})
+    m.apply(ev(typ=EventType.READ_ONLY, dev="7:1", mount_point="/srv/xfs",
+               extra={"read_only": True, "flag": "aborted", "cause": "error"}), NOW)
+    assert " RO! " in _row(screen(m), "/srv/xfs")
+    m.apply(ev(typ=EventType.READ_ONLY, dev="7:1", mount_point="/srv/xfs", cls=EventClass.INFO,
+               extra={"read_only": False, "flag": "sb_rdonly", "cause": "remount"}), NOW)
+    assert " rw " in _row(screen(m), "/srv/xfs")
