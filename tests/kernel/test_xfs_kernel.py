@@ -19,6 +19,7 @@ import pytest
 from support.xfs_image import Xfs, xfs
 
 from fsev.events import Event, EventClass, EventType
+from fsev.linux.mountinfo import Mount
 from fsev.points.registry import ProbePoint
 from fsev.probes.ladder import RungKind
 from fsev.session.trace import TraceOptions, TraceSession, Watch
@@ -43,15 +44,20 @@ class Collector:
 
     def __init__(self) -> None:
         self.devs: set[str] = set()
+        self.unmounted: list[Mount] = []  # watched before they are mounted
         err = frozenset({EventClass.ERR})
-        self.session = TraceSession(TraceOptions(
-            classes=err, watch_source=lambda table: Watch(tuple((m, err) for m in table if m.dev in self.devs))))
+        self.session = TraceSession(TraceOptions(classes=err, watch_source=lambda table: Watch(
+            tuple((m, err) for m in [*table, *self.unmounted] if m.dev in self.devs))))
         self.seen: list[Event] = []
 
-    def watch(self, fs: Xfs) -> None:
+    def watch(self, fs: Xfs, before_mount: bool = False) -> None:
         """Watch fs from now on (before anything is done to it), and only it:
-        loop devices are reused, so an earlier test's dev may be this one's."""
+        loop devices are reused, so an earlier test's dev may be this one's.
+        before_mount: its device, for what XFS reports as it mounts."""
         self.devs = {fs.dev}
+        major, minor = (int(x) for x in fs.dev.split(":"))
+        self.unmounted = [Mount(0, 0, major, minor, "/", fs.mount_point, ("rw",), "xfs", fs.loop, ("rw",))] \
+            if before_mount else []
         done = self.session.rewatch()
         deadline = time.monotonic() + 10
         while not done.is_set() and time.monotonic() < deadline:
@@ -169,6 +175,17 @@ def test_a_btree_block_with_a_wrong_level_is_reported_with_btree_level_and_group
     assert btree[0].function  # the caller the tracepoint names, from /proc/kallsyms
     marks = [e for e in fs_errors(evs) if e.extra.get("structures") == ["bnobt"]]
     assert marks[0].extra["group"] == 0 and marks[0].extra["health"] == "sick"
+
+
+def test_summary_counters_beyond_the_filesystem_mark_the_filesystem_sick_as_it_mounts(collector):
+    with xfs("sb 0", "write -d fdblocks 99999999999", mount=False) as fs:
+        collector.watch(fs, before_mount=True)
+        subprocess.run(["mount", fs.loop, fs.mount_point], check=True, capture_output=True)
+        evs = collector.wait_for(fs.dev, lambda e: [x for x in fs_errors(e) if x.extra.get("scope") == "fs"])
+    marks = [e for e in fs_errors(evs) if e.extra.get("scope") == "fs"]
+    assert marks, evs
+    assert marks[0].extra == {"health": "sick", "scope": "fs", "structures": ["counters"]}
+    assert marks[0].comm == "mount" and marks[0].fs_type == "xfs" and marks[0].inode is None
 
 
 def test_a_forced_shutdown_gives_shutdown_with_its_reason_then_read_only_once(collector):
