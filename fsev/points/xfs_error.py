@@ -13,7 +13,10 @@ Ladder:
   TRACEPOINT_PROBE for xfs_group_mark_* (its `enum xfs_group_type` field is an
   incomplete type to it), so the arguments are read at BTF offsets instead.
 Both attach xfs:xfs_btree_corrupt where it exists (raw: the buffer gives the
-btree's name, its level and the allocation group).
+btree's name, its level and the allocation group). On the raw tracepoint
+rung the user-space half reads XFS's kernel log lines (point kernel_log) for
+what only they tell there: the verifier and the function of a verifier
+failure, the file and line of an internal error (XfsLogReader).
 
 "healthy" marks (scrub or repair found or made a structure good) are left
 out: an admin's tool asked for them and reports them itself, and a cleared
@@ -26,7 +29,7 @@ from __future__ import annotations
 import bisect
 import functools
 import re
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.device import Device
@@ -113,7 +116,8 @@ def plan_xfs_error(facts: KernelFacts) -> Rung:
     return Rung(NAME, RungKind.RAW_TRACEPOINT, tps + btree,
                 gives="health marks (filesystem, allocation/realtime group, inode) with their structures"
                       + ("; btree corruption with btree, level and group" if btree else ""),
-                misses="file, line and function of the check that failed (kprobe rung only)",
+                misses="the check's file, line and function except where XFS's kernel log line gives them "
+                       "(point kernel_log: lines may be rate-limited or cut short)",
                 skipped=skipped)
 
 
@@ -275,9 +279,9 @@ class XfsError(Point):
     record_type = RecordType.XFS_ERROR
     event_type = EventType.FS_ERROR
     classes = frozenset({RecordClass.ERR})
-    tracepoints = frozenset(HEALTH_TRACEPOINTS + (BTREE_TRACEPOINT, "xfs:xfs_ag_mark_sick"))
+    tracepoints = frozenset(HEALTH_TRACEPOINTS + (BTREE_TRACEPOINT,))
     kprobe_functions = frozenset(KPROBE_FUNCTIONS)
-    switches: ClassVar = {RungKind.KPROBE: "FSEV_XFS_ERROR_KPROBE", RungKind.RAW_TRACEPOINT: "FSEV_XFS_ERROR_RAW_TP"}
+    switches = {RungKind.KPROBE: "FSEV_XFS_ERROR_KPROBE", RungKind.RAW_TRACEPOINT: "FSEV_XFS_ERROR_RAW_TP"}
 
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_xfs_error(facts)

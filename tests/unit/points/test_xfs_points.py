@@ -48,7 +48,7 @@ def test_this_kernel_plans_the_raw_tracepoints_with_btree_corruption():
     r = plan.rung(ProbePoint.XFS_ERROR)
     assert r.kind is RungKind.RAW_TRACEPOINT and "kprobe: no CONFIG_KPROBES" in r.skipped
     assert set(r.targets) == set(xfs_error.HEALTH_TRACEPOINTS) | {xfs_error.BTREE_TRACEPOINT}
-    assert "file, line" in r.misses
+    assert "file, line" in r.misses and "kernel log" in r.misses
     assert plan.kind(ProbePoint.XFS_SHUTDOWN) is RungKind.RAW_TRACEPOINT
     offsets = required_offsets(plan, ALL)
     assert "xfs_group.xg_gno" in offsets and "xfs_perag.pag_group.xg_gno" in offsets
