@@ -65,8 +65,9 @@ enum fsev_type {
 	FSEV_TYPE_WB_ERROR = 7,       /* writeback error recorded on a file (errseq) */
 	FSEV_TYPE_MOUNT = 8,          /* a mount-table call succeeded, or a mount namespace was made */
 	FSEV_TYPE_KERNEL_LOG = 9,     /* a kernel log line of a filesystem fsev knows (text: FSEV_F_TEXT) */
-	FSEV_TYPE_XFS_ERROR = 10,     /* XFS metadata marked sick/corrupt, a btree or verifier failure */
-	FSEV_TYPE_SHUTDOWN = 11,      /* a filesystem was forced to shut down */
+	/* 10, 11: btrfs's (branch btrfs) */
+	FSEV_TYPE_XFS_ERROR = 12,     /* XFS metadata marked sick/corrupt, a btree or verifier failure */
+	FSEV_TYPE_SHUTDOWN = 13,      /* a filesystem was forced to shut down */
 };
 
 /* How the record was obtained: the rung of the probe ladder. */
