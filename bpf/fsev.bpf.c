@@ -27,3 +27,5 @@
 #include "kernel_log.bpf.c"
 #include "btrfs_error.bpf.c"
 #include "btrfs_dev_stats.bpf.c"
+#include "xfs_error.bpf.c"
+#include "xfs_shutdown.bpf.c"

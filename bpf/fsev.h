@@ -68,6 +68,8 @@ enum fsev_type {
 	FSEV_TYPE_KERNEL_LOG = 9,     /* a kernel log line of a filesystem fsev knows (text: FSEV_F_TEXT) */
 	FSEV_TYPE_BTRFS_ERROR = 10,   /* btrfs: a filesystem error or (value 1) a transaction abort */
 	FSEV_TYPE_BTRFS_DEV_STAT = 11, /* btrfs counts a device error (value devid, arg counter): a sign */
+	FSEV_TYPE_XFS_ERROR = 12,     /* XFS metadata marked sick/corrupt, a btree or verifier failure */
+	FSEV_TYPE_SHUTDOWN = 13,      /* a filesystem was forced to shut down */
 };
 
 /* How the record was obtained: the rung of the probe ladder. */
@@ -136,6 +138,26 @@ enum fsev_ro_bits {
 				     * that stable kernels without SB_RDONLY after errors set (Debian 6.1) */
 };
 
+/* XFS_ERROR records: what the kernel reported (fsev_record.arg, low byte)
+ * and the scope of a health mark (arg >> FSEV_XFS_SCOPE_SHIFT). */
+enum fsev_xfs_report {
+	FSEV_XFS_NONE = 0,
+	FSEV_XFS_MARK_SICK = 1,        /* xfs_*_mark_sick: runtime code met corruption */
+	FSEV_XFS_MARK_CORRUPT = 2,     /* xfs_*_mark_corrupt: scrub found it */
+	FSEV_XFS_BTREE_CORRUPT = 3,    /* xfs_btree_corrupt: a btree block failed its checks */
+	FSEV_XFS_CORRUPTION_ERROR = 4, /* xfs_corruption_error (kprobe): file, line, tag */
+	FSEV_XFS_VERIFIER_ERROR = 5,   /* xfs_buf_verifier_error (kprobe): verifier name, errno */
+	FSEV_XFS_INODE_VERIFIER = 6,   /* xfs_inode_verifier_error (kprobe): inode, errno */
+};
+enum fsev_xfs_scope {
+	FSEV_XFS_SCOPE_NONE = 0,
+	FSEV_XFS_SCOPE_FS = 1,
+	FSEV_XFS_SCOPE_AG = 2,
+	FSEV_XFS_SCOPE_RTGROUP = 3,
+	FSEV_XFS_SCOPE_INODE = 4,
+};
+#define FSEV_XFS_SCOPE_SHIFT 8
+
 /* Threshold crossing direction (fsev_record.direction). */
 enum fsev_direction {
 	FSEV_DIR_NONE = 0,
@@ -165,6 +187,20 @@ enum fsev_direction {
  *
  * BTRFS_ERROR: as FS_ERROR, and value 1 for a transaction abort.
  * BTRFS_DEV_STAT: dev (the filesystem's), value = devid, arg = the counter (enum btrfs_dev_stat_values).
+ *
+ *   field     XFS_ERROR                                  SHUTDOWN
+ *   ino       inode (FSEV_F_INODE)                       -
+ *   block     -                                          -
+ *   value     health mask; btree: the block's daddr      reason flags (the filesystem's own)
+ *   err       errno (verifier errors)                    -
+ *   line      source line (FSEV_F_LINE)                  source line (FSEV_F_LINE)
+ *   func      btree / verifier name; kprobe: file name   source file
+ *   path      kprobe: the corruption's tag (expression)  -
+ *             (func and path reach finish() together: FSEV_F_TEXT is set)
+ *   level     btree level + 1 (0: unknown)               -
+ *   direction group number (scope ag / rtgroup)           -
+ *   mntns     failaddr or caller, a kernel text address  -
+ *   arg       fsev_xfs_report | fsev_xfs_scope << 8      tag (XFS_PTAG_*)
  */
 struct fsev_record {
 	u64 ts_ns;  /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */

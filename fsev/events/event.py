@@ -35,6 +35,8 @@ class EventType(str, enum.Enum):
     WB_ERROR = "wb_error"
     MOUNT = "mount"
     DEVICE_ERRORS = "device_errors"  # a device's error counters grew (btrfs_dev_stats)
+    # a filesystem forced to shut down (XFS today; generic: reasons are the filesystem's)
+    SHUTDOWN = "shutdown"
     # fsev's own: a kernel log line on its way to the point that reads it
     # (fsev/points/kernel_log.py); never emitted.
     KERNEL_LOG = "kernel_log"

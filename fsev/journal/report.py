@@ -28,6 +28,7 @@ READ_ONLY_TYPES = frozenset({"read_only"})
 # A device's own error counters grew (btrfs member devices): summed per device.
 DEVICE_ERROR_TYPES = frozenset({"device_errors"})
 ENOSPC_TYPES = frozenset({"enospc"})
+SHUTDOWN_TYPES = frozenset({"shutdown"})
 NO_MOUNT = "(no mount)"
 
 
@@ -35,7 +36,7 @@ def _mount_entry(mp: str) -> dict[str, Any]:
     return {
         "mount_point": mp, "fs_types": [], "devs": [], "sources": [], "events": 0,
         "first": None, "last": None, "errors": [], "thresholds": [], "read_only": [],
-        "unmounts": [], "enospc": {"count": 0, "first": None, "last": None}, "other": {},
+        "shutdowns": [], "unmounts": [], "enospc": {"count": 0, "first": None, "last": None}, "other": {},
         "device_errors": {},
     }
 
@@ -43,6 +44,18 @@ def _mount_entry(mp: str) -> dict[str, Any]:
 def _add_unique(lst: list[Any], v: Any) -> None:
     if v is not None and v not in lst:
         lst.append(v)
+
+
+def error_detail(d: dict[str, Any]) -> str | None:
+    """What an fs_error names besides function and line (XFS: the scope, group
+    and structures of a health mark, a btree, a verifier), to group it by."""
+    parts = [str(d[k]) for k in ("scope", "group") if d.get(k) is not None]
+    if d.get("structures"):
+        parts.append(",".join(map(str, d["structures"])))
+    for k in ("btree", "verifier"):
+        if d.get(k):
+            parts.append(f"{k} {d[k]}")
+    return " ".join(parts) or None
 
 
 def _span(entry: dict[str, Any], t: float) -> None:
@@ -63,7 +76,7 @@ def build_report(
     else:
         window = None
     mounts: dict[str, dict[str, Any]] = {}
-    errors: dict[str, dict[tuple[Any, Any, Any, Any], dict[str, Any]]] = {}
+    errors: dict[str, dict[tuple[Any, Any, Any, Any, Any], dict[str, Any]]] = {}
     per_recording: dict[int, dict[str, Any]] = {
         r.id: {"events": 0, "first": None, "last": None} for r in recordings
     }
@@ -88,12 +101,14 @@ def build_report(
         _add_unique(m["sources"], d.get("source"))
         who = {"pid": d.get("pid"), "comm": d.get("comm")}
         if typ == "fs_error":
-            # An error that names no function (a btrfs checksum failure) is told by its message.
-            key = (d.get("function"), d.get("line"), d.get("errno"), None if d.get("function") else d.get("message"))
+            # An error that names no function (a btrfs checksum failure) is told by its
+            # message; one that names a structure (an XFS health mark) by that too.
+            key = (d.get("function"), d.get("line"), d.get("errno"), None if d.get("function") else d.get("message"),
+                   error_detail(d))
             g = errors.setdefault(mp, {}).get(key)
             if g is None:
                 g = errors[mp][key] = {
-                    "function": key[0], "line": key[1], "errno": key[2], "message": key[3],
+                    "function": key[0], "line": key[1], "errno": key[2], "message": key[3], "detail": key[4],
                     "errno_name": d.get("errno_name"), "count": 0, "first": t, "last": t, "comms": [],
                     "transaction_aborts": 0,
                 }
@@ -113,7 +128,12 @@ def build_report(
         elif typ == "umount":
             m["unmounts"].append({"wall_time": t, "lazy": bool(d.get("lazy")), "rung": d.get("rung"), **who})
         elif typ in READ_ONLY_TYPES:
-            m["read_only"].append({"wall_time": t, "class": d.get("class"), **who})
+            m["read_only"].append({"wall_time": t, "class": d.get("class"), "read_only": d.get("read_only"),
+                                   "flag": d.get("flag"), "cause": d.get("cause"),
+                                   "caused_by_seq": d.get("caused_by_seq"), **who})
+        elif typ in SHUTDOWN_TYPES:
+            m["shutdowns"].append({"wall_time": t, "seq": d.get("seq"), "reasons": list(d.get("reasons") or []),
+                                   "file": d.get("file"), "line": d.get("line"), **who})
         elif typ in DEVICE_ERROR_TYPES:
             dev_key = str(d.get("device") or d.get("devid") or "?")
             de = m["device_errors"].setdefault(dev_key, {"device": dev_key, "devid": d.get("devid"), "increases": {},
@@ -284,18 +304,21 @@ def _render_mount(m: dict[str, Any]) -> list[Any]:
     out.append(title)
     if m["errors"]:
         t = Table(title="errors", title_justify="left")
-        t.add_column("function:line", overflow="fold")
+        t.add_column("function:line (what)", overflow="fold")
         t.add_column("errno")
         t.add_column("count", justify="right")
         t.add_column("first", no_wrap=True)
         t.add_column("last", no_wrap=True)
         t.add_column("by", overflow="fold")
         for g in m["errors"]:
-            where = f"{g['function']}:{g['line']}" if g["line"] else (g["function"] or g.get("message") or "?")
+            where = f"{g['function']}:{g['line']}" if g["line"] and g["function"] else (
+                g["function"] or g.get("message") or "")
+            if g.get("detail"):
+                where = f"{where} ({g['detail']})" if where else g["detail"]
             if g.get("transaction_aborts"):
                 where += f" (transaction abort ×{g['transaction_aborts']})"
             err = f"{g['errno_name']} ({g['errno']})" if g["errno"] is not None else "-"
-            t.add_row(_cell(where), err, str(g["count"]), _t(g["first"]), _t(g["last"]),
+            t.add_row(_cell(where or "?"), err, str(g["count"]), _t(g["first"]), _t(g["last"]),
                       _cell(", ".join(c for c in g["comms"] if c)))
         out.append(t)
     if m["thresholds"]:
@@ -316,16 +339,37 @@ def _render_mount(m: dict[str, Any]) -> list[Any]:
                       _cell(", ".join(f"{k} {v}" for k, v in sorted(x["totals"].items()) if v) or "0"),
                       _t(x["first"]), _t(x["last"]))
         out.append(t)
+    if m["shutdowns"]:
+        t = Table(title="shutdowns", title_justify="left")
+        for col in ("time", "reasons", "where", "by"):
+            t.add_column(col)
+        for x in m["shutdowns"]:
+            where = f"{x['file']}:{x['line']}" if x.get("file") else "-"
+            t.add_row(_t(x["wall_time"]), _cell(", ".join(x["reasons"]) or "-"), _cell(where),
+                      _cell(f"{x['comm'] or ''} {x['pid'] or ''}".strip()))
+        out.append(t)
     for key, name in (("read_only", "read-only transitions"), ("unmounts", "unmounts")):
         if m[key]:
             t = Table(title=name, title_justify="left")
             for col in ("time", "detail", "by"):
                 t.add_column(col)
             for x in m[key]:
-                detail = ("lazy" if x.get("lazy") else "") if key == "unmounts" else str(x.get("class") or "")
+                detail = ("lazy" if x.get("lazy") else "") if key == "unmounts" else _read_only_detail(x)
                 t.add_row(_t(x["wall_time"]), detail, _cell(f"{x['comm'] or ''} {x['pid'] or ''}".strip()))
             out.append(t)
     return out
+
+
+def _read_only_detail(x: dict[str, Any]) -> str:
+    """e.g. "err: read-only (shutdown) after an error (#4)"."""
+    text = str(x.get("class") or "")
+    if x.get("read_only") is not None:
+        text += (": read-only" if x["read_only"] else ": read-write") + (f" ({x['flag']})" if x.get("flag") else "")
+    if x.get("cause") == "error":
+        text += " after an error" + (f" (#{x['caused_by_seq']})" if x.get("caused_by_seq") is not None else "")
+    elif x.get("cause"):
+        text += f" by {x['cause']}"
+    return text
 
 
 def print_report(rep: dict[str, Any], console: Console | None = None) -> None:

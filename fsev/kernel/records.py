@@ -134,6 +134,9 @@ Field = _enum(enum.IntFlag, "Field", "fsev_field", "FSEV_F_", "enum fsev_field: 
 Call = _enum(enum.IntEnum, "Call", "fsev_call", "FSEV_CALL_", "enum fsev_call: the call behind a record.")
 RoBits = _enum(enum.IntFlag, "RoBits", "fsev_ro_bits", "FSEV_RO_", "enum fsev_ro_bits: a superblock's read-only state.")
 Direction = _enum(enum.IntEnum, "Direction", "fsev_direction", "FSEV_DIR_", "enum fsev_direction: a crossing's way.")
+XfsReport = _enum(enum.IntEnum, "XfsReport", "fsev_xfs_report", "FSEV_XFS_", "enum fsev_xfs_report: what XFS reported.")
+XfsScope = _enum(enum.IntEnum, "XfsScope", "fsev_xfs_scope", "FSEV_XFS_SCOPE_",
+                 "enum fsev_xfs_scope: a health mark's scope.")
 
 
 class Record(ctypes.Structure):

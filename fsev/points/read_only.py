@@ -47,7 +47,7 @@ OFFSETS = {
 }
 
 EMERGENCY_RO = "emergency_ro"  # ext4 6.12+, after an error with errors=remount-ro
-SHUTDOWN = "shutdown"  # ext4 shut down: errors=remount-ro on 6.7-6.11, or the shutdown ioctl
+SHUTDOWN = "shutdown"  # ext4 shut down (errors=remount-ro on 6.7-6.11, the ioctl), or a `shutdown` event (XFS)
 ABORTED = "aborted"  # ext4's journal aborted, writes refused (kernel record only: mountinfo does not show it)
 SB_RDONLY = "sb_rdonly"  # the superblock is read-only (every mount of it)
 MNT_READONLY = "mnt_readonly"  # only this mount is (mount -o remount,ro,bind)
@@ -59,7 +59,7 @@ _KERNEL_ONLY = frozenset({ABORTED, SHUTDOWN})
 
 DESCRIPTIONS = {
     EMERGENCY_RO: "read-only after an error (ext4 emergency_ro; statfs still says read-write)",
-    SHUTDOWN: "shut down: no reads or writes (ext4; statfs still says read-write)",
+    SHUTDOWN: "shut down: no reads or writes (statfs still says read-write, and mountinfo may too)",
     ABORTED: "read-only after an error (ext4 aborted; mountinfo and statfs still say read-write)",
     SB_RDONLY: "filesystem read-only",
     MNT_READONLY: "this mount read-only",
@@ -90,18 +90,30 @@ CAUSE_WINDOW_S = 3.0
 CAUSE_SLACK_NS = 1_000_000
 
 
+# A mount, as the tracker keeps its state: the kernel reuses mount ids, so a
+# mount made at another place (or of another device) under an unmounted
+# one's id between two reads of the table is a new mount, not that one with
+# its kernel-only state (shutdown, aborted) still on.
+MountKey = tuple[int, str, str]
+
+
+def _key(m: Mount) -> MountKey:
+    return (m.mnt_id, m.dev, m.mount_point)
+
+
 class ReadOnlyTracker:
     def __init__(self, table: MountTable, watched: Callable[[Mount], bool],
                  now: Callable[[], float] = time.monotonic) -> None:
         self.table = table
         self.watched = watched
         self.now = now
-        self._state: dict[int, str | None] = {m.mnt_id: mount_read_only(m) for m in table}
+        self._state: dict[MountKey, str | None] = {_key(m): mount_read_only(m) for m in table}
         self._generation = table.generation
         # dev -> (seq, kernel ts_ns) of its latest fs_errors
         self._errors: dict[str, deque[tuple[int, int]]] = {}
         self._calls: list[tuple[float, Event]] = []  # recent remount-like calls
         self._due: list[float] = []
+        self._pending: list[Event] = []  # read_only events a shutdown caused, for the next poll
 
     # -- inputs ------------------------------------------------------------
     def on_fs_error(self, ev: Event) -> None:
@@ -114,6 +126,24 @@ class ReadOnlyTracker:
         if not self._due or self._due[-1] < t:  # a flood of errors shares one round of checks
             self._due += [t + d for d in CHECK_DELAYS_S]
 
+    def on_shutdown(self, ev: Event, make_event: Callable[..., Event]) -> None:
+        """An emitted `shutdown` event: its filesystem is read-only now (XFS
+        refuses every write; nothing in mountinfo or statfs shows it), once
+        per mount of it, unless a kernel record told already."""
+        mounts = [m for m in self._mounts_of(ev.dev) if self._state.get(_key(m)) != SHUTDOWN]
+        if not mounts and self._mounts_of(ev.dev):
+            return
+        for m in mounts:
+            self._state[_key(m)] = SHUTDOWN
+        m0 = next((m for m in mounts if m.mnt_id == ev.mnt_id), mounts[0] if mounts else None)
+        out = make_event(
+            cls=EventClass.ERR, type=EventType.READ_ONLY, rung=ev.rung, dev=ev.dev,
+            mount_point=m0.mount_point if m0 else ev.mount_point, fs_type=m0.fs_type if m0 else ev.fs_type,
+            source=m0.source if m0 else ev.source, mnt_id=m0.mnt_id if m0 else ev.mnt_id,
+            extra={"read_only": True, "flag": SHUTDOWN, "cause": "error", "caused_by_seq": ev.seq})
+        out.pid, out.tgid, out.comm = ev.pid, ev.tgid, ev.comm
+        self._pending.append(out)
+
     def on_mount_call(self, ev: Event) -> None:
         if ev.extra.get("action") in ("remount", "reconfigure", "setattr"):
             self._calls.append((self.now(), ev))
@@ -125,9 +155,9 @@ class ReadOnlyTracker:
         flag = ev.extra.get("flag")
         new = flag if read_only else None
         mounts = self._mounts_of(ev.dev)
-        changed = not mounts or any(self._state.get(m.mnt_id) != new for m in mounts)
+        changed = not mounts or any(self._state.get(_key(m)) != new for m in mounts)
         for m in mounts:
-            self._state[m.mnt_id] = new
+            self._state[_key(m)] = new
         if not changed:
             return None
         cause_ts = ev.extra.pop("_cause_ts", None)
@@ -140,6 +170,11 @@ class ReadOnlyTracker:
 
     # -- the mount table ---------------------------------------------------
     def poll(self, make_event: Callable[..., Event]) -> list[Event]:
+        out: list[Event] = self._pending
+        self._pending = []
+        return out + self._poll_table(make_event)
+
+    def _poll_table(self, make_event: Callable[..., Event]) -> list[Event]:
         now = self.now()
         if self._due and self._due[0] <= now:
             self._due = [t for t in self._due if t > now]
@@ -149,17 +184,18 @@ class ReadOnlyTracker:
             return []
         self._generation = self.table.generation
         out: list[Event] = []
-        seen: set[int] = set()
+        seen: set[MountKey] = set()
         for m in self.table:
-            seen.add(m.mnt_id)
+            key = _key(m)
+            seen.add(key)
             new = mount_read_only(m)
-            if m.mnt_id not in self._state:
-                self._state[m.mnt_id] = new  # a new mount: no transition
+            if key not in self._state:
+                self._state[key] = new  # a new mount: no transition
                 continue
-            old = self._state[m.mnt_id]
+            old = self._state[key]
             if new == old or (new is None and old in _KERNEL_ONLY):
                 continue
-            self._state[m.mnt_id] = new
+            self._state[key] = new
             if self.watched(m):
                 out.append(self._transition(m, old, new, make_event))
         for gone in set(self._state) - seen:
@@ -296,7 +332,7 @@ class ReadOnlyMonitor(PointMonitor):
     """Kernel read_only records, mountinfo changes after errors and remounts."""
 
     handles = frozenset({EventType.READ_ONLY})
-    observes = frozenset({EventType.FS_ERROR, EventType.MOUNT})
+    observes = frozenset({EventType.FS_ERROR, EventType.MOUNT, EventType.SHUTDOWN})
 
     def __init__(self, ctx: SessionContext, tracker: ReadOnlyTracker) -> None:
         self.ctx = ctx
@@ -309,11 +345,16 @@ class ReadOnlyMonitor(PointMonitor):
     def observe(self, ev: Event) -> None:
         if ev.type is EventType.FS_ERROR:
             self.tracker.on_fs_error(ev)
+        elif ev.type is EventType.SHUTDOWN:
+            self.tracker.on_shutdown(ev, self.ctx.make_event)
         else:
             self.tracker.on_mount_call(ev)
 
     def poll(self) -> list[Event]:
         return self.tracker.poll(self.ctx.make_event)
+
+    def flush(self) -> list[Event]:
+        return self.tracker.poll(self.ctx.make_event)  # a shutdown's read-only state, still pending
 
 
 class ReadOnly(Point):

@@ -29,6 +29,8 @@ from fsev.points import (
     thr_other,
     thr_tmpfs,
     wb_error,
+    xfs_error,
+    xfs_shutdown,
 )
 from fsev.probes import program
 from fsev.probes.ladder import Plan
@@ -53,6 +55,8 @@ POINTS: tuple[Point, ...] = (
     kernel_log.POINT,
     btrfs_error.POINT,
     btrfs_dev_stats.POINT,
+    xfs_error.POINT,
+    xfs_shutdown.POINT,
 )
 
 
@@ -73,6 +77,8 @@ class ProbePoint(str, enum.Enum):
     KERNEL_LOG = kernel_log.NAME
     BTRFS_ERROR = btrfs_error.NAME
     BTRFS_DEV_STATS = btrfs_dev_stats.NAME
+    XFS_ERROR = xfs_error.NAME
+    XFS_SHUTDOWN = xfs_shutdown.NAME
 
 
 # Threshold points with a kernel rung (thr_other is always polled): what fsev
@@ -128,12 +134,15 @@ def _finishers() -> Mapping[int, Finish]:
 _DECODER = RecordDecoder({int(p.record_type): p.event_type for p in POINTS
                           if p.record_type is not None and p.event_type is not None}, _finishers())
 decode = _DECODER.decode
-_DESCRIBE = {p.event_type: p for p in reversed(POINTS) if p.event_type is not None}
+_DESCRIBE = {p.event_type: p for p in reversed(POINTS) if p.event_type is not None and p.fs_type is None}
+# Points that describe one filesystem's events of a type another point describes too.
+_DESCRIBE_FS = {(p.event_type, p.fs_type): p for p in POINTS if p.event_type is not None and p.fs_type is not None}
 
 
 def describe(ev: Event) -> str:
     """The event-specific part of a human line, from the point that made it."""
-    p = _DESCRIBE.get(ev.type)
+    p = _DESCRIBE_FS.get((ev.type, ev.fs_type)) if ev.fs_type is not None else None
+    p = p or _DESCRIBE.get(ev.type)
     return p.describe(ev) if p is not None else ""
 
 

@@ -116,6 +116,9 @@ class Point:
     # The kernel record its programs send and the events it makes of them.
     record_type: ClassVar[RecordType | None] = None
     event_type: ClassVar[EventType | None] = None
+    # The filesystem whose events it describes, where several points make
+    # events of one type (fs_error: ext4's and XFS's); None: any.
+    fs_type: ClassVar[str | None] = None
     # The classes of its kernel records: its programs are compiled in only
     # when the user asked for one of them.
     classes: ClassVar[frozenset[RecordClass]] = frozenset()

@@ -114,6 +114,7 @@ class _Fs:
     enospc: int = 0
     wb_errors: int = 0
     unmounts: int = 0
+    shutdowns: int = 0
     sampler: PolledStatfs | None = None
 
     def labels(self) -> list[str]:
@@ -274,6 +275,8 @@ class FsMetrics:
                 st.wb_errors += 1
             elif t is EventType.UMOUNT:
                 st.unmounts += 1
+            elif t is EventType.SHUTDOWN:
+                st.shutdowns += 1
 
     def _count_device_errors(self, ev: Event) -> None:
         device = str(ev.extra.get("device") or ev.dev)
@@ -372,7 +375,7 @@ class FsMetrics:
         with self._lock:
             rows = [(s.labels(), dict(s.errors), s.last_error, s.recorded, dict(s.readonly), s.avail, s.size,
                      s.sampler.stalled(now, STUCK_S) if s.sampler is not None else False, s.levels,
-                     dict(s.thr_active), dict(s.crossings), s.enospc, s.wb_errors, s.unmounts)
+                     dict(s.thr_active), dict(s.crossings), s.enospc, s.wb_errors, s.unmounts, s.shutdowns)
                     for s in self._fs.values()]
             block_io = dict(self._block_io)
             device_errors = dict(self._device_errors)
@@ -380,8 +383,9 @@ class FsMetrics:
         lost = {"kernel": kernel_lost, "listener": 0, "journal": 0}
         lost.update(self._lost())
         fs = ["device", "mountpoint", "fstype"]
-        errors = CounterMetricFamily("fsev_filesystem_errors", "Filesystem errors fsev saw (fs_error events), "
-                                     "by the kernel function that raised them", labels=fs + ["function"])
+        errors = CounterMetricFamily("fsev_filesystem_errors", "Filesystem errors fsev saw (fs_error events: ext4 "
+                                     "and btrfs errors, XFS corruption reports and health marks), by the kernel "
+                                     "function that raised them (unknown: none named)", labels=fs + ["function"])
         last = GaugeMetricFamily("fsev_filesystem_last_error_timestamp_seconds",
                                  "When fsev last saw a filesystem error, seconds since the epoch", labels=fs)
         recorded = GaugeMetricFamily("fsev_filesystem_recorded_errors",
@@ -401,7 +405,9 @@ class FsMetrics:
         enospc = CounterMetricFamily("fsev_enospc", "Writes, creates and mkdirs that failed with ENOSPC", labels=fs)
         wb = CounterMetricFamily("fsev_writeback_errors", "Writeback errors recorded on files", labels=fs)
         unmounts = CounterMetricFamily("fsev_unmounts", "Unmounts of the mount", labels=fs)
-        for (lbl, errs, last_error, rec, ro, av, sz, is_stuck, levels, act, cross, nospc, wbe, um) in rows:
+        shutdowns = CounterMetricFamily("fsev_filesystem_shutdowns", "Forced shutdowns of the filesystem "
+                                        "(shutdown events: every read and write fails after one)", labels=fs)
+        for (lbl, errs, last_error, rec, ro, av, sz, is_stuck, levels, act, cross, nospc, wbe, um, sd) in rows:
             for fn, n in errs.items():
                 errors.add_metric(lbl + [label(fn)], n)
             if last_error is not None:
@@ -422,7 +428,9 @@ class FsMetrics:
             enospc.add_metric(lbl, nospc)
             wb.add_metric(lbl, wbe)
             unmounts.add_metric(lbl, um)
-        yield from (errors, last, recorded, readonly, avail, size, stuck, active, crossings, enospc, wb, unmounts)
+            shutdowns.add_metric(lbl, sd)
+        yield from (errors, last, recorded, readonly, avail, size, stuck, active, crossings, enospc, wb, unmounts,
+                    shutdowns)
         bio = CounterMetricFamily("fsev_block_io_errors", "Block requests that completed with an error, by disk",
                                   labels=["device"])
         for dev, n in block_io.items():

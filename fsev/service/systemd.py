@@ -71,6 +71,7 @@ MESSAGE_IDS: dict[EventType, str] = {
     EventType.WB_ERROR: "cf013d86903e46758343af124dd46506",
     EventType.MOUNT: "1592e3522efd44d6a2ab053dd15dca2c",
     EventType.DEVICE_ERRORS: "b84c8488ab264153a2246bc097868fe6",
+    EventType.SHUTDOWN: "dfdfe38e4b1a41bb9545d8fcc05593b5",
 }
 
 
@@ -156,7 +157,9 @@ def _scalar_text(v: Any) -> str | None:
         return "true" if v else "false"
     if isinstance(v, (int, float, str)):
         return str(v) if not isinstance(v, float) else repr(v)
-    return None  # lists, dicts (extra keys): not a journal field
+    if isinstance(v, list) and v and all(isinstance(x, str) and "," not in x for x in v):
+        return ",".join(v)  # names (XFS's structures, a shutdown's reasons): FSEV_REASONS=log_io,force_umount
+    return None  # other lists, dicts (extra keys): not a journal field
 
 
 def entry_fields(ev: Event) -> list[tuple[str, str]]:

@@ -121,7 +121,7 @@ def resolve_offsets(plan: Plan, config: ProgramConfig | None = None) -> dict[str
         return {}
     from fsev.kernel.btf import resolve  # imported only when a rung reads kernel structs
 
-    got = resolve(specs, modules=("ext4", "btrfs"))  # modules on distribution kernels
+    got = resolve(specs, modules=("ext4", "btrfs", "xfs"))  # modules on distribution kernels
     missing = [s for s in specs if got.get(s) is None]
     if missing:
         raise FsevError(f"kernel BTF lacks {', '.join(missing)}: cannot read those structs safely")

@@ -14,6 +14,7 @@ from typing import Iterable
 
 from fsev.events import Event, EventType
 from fsev.linux.mountinfo import Mount
+from fsev.points.registry import describe
 from fsev.thresholds.levels import Levels, ThresholdState
 from fsev.top.feed import Feed, Filter
 from fsev.top.fs_snapshot import Ext4ErrorState, FsStats, historical_events
@@ -31,6 +32,7 @@ class ErrorNote:
     errno_name: str | None
     wall_time: float
     historical: bool = False
+    detail: str | None = None  # what the error was, where it names no function (XFS health marks)
 
 
 @dataclass(slots=True)
@@ -46,7 +48,9 @@ class SuperState:
     thr_depth: int = 0  # 0 above L1, 1 at/below L1, 2 at/below L2
     tracker: ThresholdState | None = None  # follows statfs between threshold events
     avail_event: int | None = None  # available blocks from the last threshold event
-    ro_after_error: bool = False  # a read_only event said an error turned it read-only (any filesystem)
+    # Read-only after an error, as a read_only event told it: mountinfo may
+    # not show it (ext4 aborted; a filesystem shut down: XFS).
+    ro_error: str | None = None
 
 
 @dataclass(slots=True)
@@ -66,9 +70,12 @@ class MountRow:
 
 
 def ro_by_error(row: MountRow, st: SuperState | None) -> bool:
-    """Read-only because of an error: ext4's emergency_ro, or (any filesystem,
-    e.g. btrfs's SB_RDONLY after an abort) a read_only event that said so."""
-    return row.emergency_ro or (st is not None and st.ro_after_error and row.read_only)
+    """Read-only because of an error: ext4's emergency_ro, or (any filesystem)
+    a read_only event that said so: btrfs's SB_RDONLY after an abort shows in
+    mountinfo too; a shutdown (XFS) or ext4's aborted state shows nowhere but
+    in the event."""
+    return row.emergency_ro or (st is not None and st.ro_error is not None
+                                and (row.read_only or st.ro_error in ("shutdown", "aborted")))
 
 
 def severity(row: MountRow, st: SuperState | None) -> int:
@@ -159,11 +166,15 @@ class TopModel:
                 st.last_event = ev.wall_time
                 if ev.type is EventType.FS_ERROR:
                     st.errors += 1
-                    st.last_error = ErrorNote(ev.function, ev.line, ev.errno_name, ev.wall_time)
+                    st.last_error = ErrorNote(ev.function, ev.line, ev.errno_name, ev.wall_time,
+                                              detail=None if ev.function else describe(ev) or None)
+                elif ev.type is EventType.READ_ONLY:
+                    if not ev.extra.get("read_only"):
+                        st.ro_error = None  # read-write again (never reported after a kernel-only state)
+                    elif ev.extra.get("cause") == "error":
+                        st.ro_error = ev.extra.get("flag") or "ro"
                 elif ev.type is EventType.THRESHOLD:
                     self._apply_threshold(st, ev)
-                elif ev.type is EventType.READ_ONLY and ev.extra.get("flag") != "mnt_readonly":
-                    st.ro_after_error = bool(ev.extra.get("read_only")) and ev.extra.get("cause") == "error"
         self.feed.add(ev)
         if self.frozen_feed is not None:
             self.new_while_paused += 1

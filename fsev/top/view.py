@@ -40,7 +40,7 @@ HELP = (
     ("AVAIL", "blocks available to unprivileged writers (statfs f_bavail), the unit of --thr"),
     ("THR", "free-space state: ok, L1 (at or below L1), L2 (at or below L2); - when no --thr"),
     ("RO", "rw, ro, or RO! when an error turned it read-only (ext4's emergency_ro, which statfs does not show; "
-           "btrfs after an abort)"),
+           "btrfs after an abort; a filesystem shut down, which mountinfo does not show either)"),
     ("ERRORS", "fs errors seen this session / ext4's errors_count recorded on disk"),
     ("hist", "feed entries from ext4's superblock record of errors before fsev started"),
 )
@@ -142,8 +142,8 @@ def last_error_cell(st: SuperState | None, now: float) -> Text:
     if e is None:
         return Text("-", style="dim")
     t = Text()
-    where = inert(e.function) or "?"
-    if e.line:
+    where = inert(e.function) or inert(e.detail) or "?"
+    if e.line and e.function:
         where += f":{e.line}"
     t.append(where, style="red")
     if e.errno_name:

@@ -558,6 +558,9 @@ EVENT_KEYS = ("read_only", "flag", "cause", "caused_by_seq", "call", "space", "c
                # btrfs fs_errors, device_errors
                "transaction_abort", "message", "root", "offset", "logical", "mirror",
                "counters", "totals", "devid", "device")
+# XFS (fs_error of point xfs_error, shutdown of point xfs_shutdown)
+EVENT_KEYS += ("health", "scope", "group", "structures", "btree", "btree_level", "daddr", "file", "tag", "verifier",
+               "reasons")
 
 
 def test_the_schema_document_covers_every_type_and_key():

@@ -216,3 +216,12 @@ def test_journald_restarting_loses_no_event_when_its_socket_is_back(journal_sock
         assert (sink.sent, sink.dropped) == (2, 0)
     finally:
         again.close()
+
+
+def test_lists_of_names_are_comma_joined_fields():
+    ev = Event(4, 1, 1.7e9, EventClass.ERR, EventType.SHUTDOWN, "raw_tracepoint", dev="7:1", fs_type="xfs",
+               extra={"reasons": ["log_io", "force_umount"], "file": "fs/xfs/xfs_fsops.c", "odd": [1, 2]})
+    fields = dict(entry_fields(ev))
+    assert fields["FSEV_REASONS"] == "log_io,force_umount" and fields["FSEV_TYPE"] == "shutdown"
+    assert fields["MESSAGE_ID"] == MESSAGE_IDS[EventType.SHUTDOWN] and fields["PRIORITY"] == "3"
+    assert "FSEV_ODD" not in fields

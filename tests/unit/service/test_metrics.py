@@ -134,6 +134,21 @@ def test_readonly_latched_by_cause_and_cleared_by_read_write(fm: FsMetrics) -> N
     assert value(fm, "fsev_filesystem_readonly", mountpoint="/data", cause="admin") == 0  # a bind mount's own
 
 
+def test_an_xfs_shutdown_counts_and_its_read_only_state_latches_as_error(fm: FsMetrics) -> None:
+    x = mount("/x", "7:1", fs_type="xfs", source="/dev/loop1")
+    fm.set_watch(watch(x))
+    lbl = {"device": "/dev/loop1", "mountpoint": "/x", "fstype": "xfs"}
+    assert value(fm, "fsev_filesystem_shutdowns_total", **lbl) == 0
+    fm.observe(event(EventType.FS_ERROR, x, function=None, extra={"health": "sick", "scope": "inode"}))
+    fm.observe(event(EventType.SHUTDOWN, x, extra={"reasons": ["metadata_io"], "file": "fs/xfs/xfs_trans_buf.c"}))
+    fm.observe(event(EventType.READ_ONLY, x, extra={"read_only": True, "flag": "shutdown", "cause": "error",
+                                                    "caused_by_seq": 2}))
+    assert value(fm, "fsev_filesystem_errors_total", function="unknown", **lbl) == 1
+    assert value(fm, "fsev_filesystem_shutdowns_total", **lbl) == 1
+    assert value(fm, "fsev_filesystem_readonly", cause="error", **lbl) == 1
+    assert value(fm, "fsev_filesystem_recorded_errors", **lbl) is None  # ext4's errors_count only
+
+
 def test_readonly_at_start_from_mountinfo(fm: FsMetrics) -> None:
     fm.set_watch(watch(mount("/e", super_options=("ro", "emergency_ro")), mount("/r", "7:1", options=("ro",))))
     assert value(fm, "fsev_filesystem_readonly", mountpoint="/e", cause="error") == 1

@@ -261,3 +261,50 @@ def test_help_and_filter_prompt():
     for k in "//srv":  # the first / opens the prompt
         m.key(k)
     assert screen(m, height=40).splitlines()[-1].startswith("filter: /srv")
+
+
+XFS_MOUNTS = "\n".join([
+    r"27 1 254:0 / / rw,relatime - ext4 /dev/vda rw",
+    r"44 27 7:1 / /srv/xfs rw,relatime - xfs /dev/loop1 rw,attr2,inode64",
+])
+
+
+def test_an_xfs_mark_names_what_it_marked_and_a_shutdown_shows_ro_and_sorts_first():
+    m = TopModel("h", "k", started=NOW)
+    m.update_mounts(mounts(XFS_MOUNTS), {27: FsStats(4096, 10, 5, 5, False), 44: FsStats(4096, 10, 9, 9, False)})
+    mark = ev(dev="7:1", mount_point="/srv/xfs", fs_type="xfs", function=None, line=None, rung="raw_tracepoint",
+              inode=131, extra={"health": "sick", "scope": "inode", "structures": ["directory"]}, at=NOW - 3)
+    m.apply(mark, NOW)
+    out = screen(m)
+    row = _row(out, "/srv/xfs")
+    assert " rw " in row and "sick inode 131 directory 3s" in row, out  # not "?": XFS names no function
+    assert "sick inode 131 directory" in feed_line(mark).plain
+    down = ev(typ=EventType.SHUTDOWN, dev="7:1", mount_point="/srv/xfs", fs_type="xfs", rung="raw_tracepoint",
+              line=311, extra={"reasons": ["metadata_io"], "file": "fs/xfs/xfs_trans_buf.c"}, at=NOW - 2)
+    ro = ev(typ=EventType.READ_ONLY, dev="7:1", mount_point="/srv/xfs", fs_type="xfs", rung="raw_tracepoint",
+            extra={"read_only": True, "flag": "shutdown", "cause": "error", "caused_by_seq": 2}, at=NOW - 2)
+    m.apply(down, NOW)
+    m.apply(ro, NOW)
+    out = screen(m)
+    # mountinfo and statfs still say rw; the read_only event is what tells.
+    first = out.splitlines()[4]
+    assert first.startswith("/srv/xfs") and " RO! " in first, out
+    line = feed_line(down).plain
+    assert "err  shutdown" in line and "shut down: metadata_io at fs/xfs/xfs_trans_buf.c:311" in line
+    assert "after error #2" in feed_line(ro).plain
+    m.update_mounts(mounts(XFS_MOUNTS), {44: FsStats(4096, 10, 9, 9, False)})
+    assert " RO! " in _row(screen(m), "/srv/xfs")  # a mount-table change does not undo it...
+    m.update_mounts(mounts(XFS_MOUNTS.splitlines()[0]), {})
+    m.update_mounts(mounts(XFS_MOUNTS), {44: FsStats(4096, 10, 9, 9, False)})
+    assert " rw " in _row(screen(m), "/srv/xfs")  # ...mounting it again does
+
+
+def test_an_error_read_only_state_clears_when_the_filesystem_is_read_write_again():
+    m = TopModel("h", "k", started=NOW)
+    m.update_mounts(mounts(XFS_MOUNTS), {44: FsStats(4096, 10, 9, 9, False)})
+    m.apply(ev(typ=EventType.READ_ONLY, dev="7:1", mount_point="/srv/xfs",
+               extra={"read_only": True, "flag": "aborted", "cause": "error"}), NOW)
+    assert " RO! " in _row(screen(m), "/srv/xfs")
+    m.apply(ev(typ=EventType.READ_ONLY, dev="7:1", mount_point="/srv/xfs", cls=EventClass.INFO,
+               extra={"read_only": False, "flag": "sb_rdonly", "cause": "remount"}), NOW)
+    assert " rw " in _row(screen(m), "/srv/xfs")
