@@ -202,6 +202,35 @@ class EventPipeline:
             return ready
         return self._dispatch(ready)
 
+    def process_all(self, evs: list[Event]) -> list[Event]:
+        """process() of each decoded kernel event in turn, the events to emit
+        now in one list: one loop over a batch, the flood path inlined."""
+        out: list[Event] = []
+        append = out.append
+        enrich = self.enricher.enrich
+        order = self._order.process if self._order is not None else None
+        fast = self._fast_fs_error
+        observers = self._fs_error_observers
+        assign = self.numbers.assign
+        for ev in evs:
+            typ = ev.type
+            if typ is _UMOUNT:
+                self.table.refresh()  # the mount is gone from it: remember it as departed
+            enrich(ev)
+            if order is None:
+                ready = [ev]
+            else:
+                ready = order(ev)
+            if typ is _FS_ERROR and fast and len(ready) == 1 and ready[0] is ev:
+                # As in process(): the kernel filtered class and mount already.
+                assign(ev)
+                for m in observers:
+                    m.observe(ev)
+                append(ev)
+            elif ready:
+                out += self._dispatch(ready)
+        return out
+
     def _dispatch(self, ready: list[Event]) -> list[Event]:
         out: list[Event] = []
         for ev in ready:
