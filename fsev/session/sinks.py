@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import IO, Protocol
@@ -12,6 +11,7 @@ from rich.text import Text
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.inert import inert
+from fsev.events.json_line import event_json
 
 CLASS_STYLE = {
     EventClass.ERR: "bold red",
@@ -41,7 +41,9 @@ class JsonSink:
         self.stream = stream or sys.stdout
 
     def emit(self, ev: Event) -> None:
-        self.stream.write(json.dumps(ev.to_json_dict(), separators=(",", ":")) + "\n")
+        # The same text as json.dumps(ev.to_json_dict(), separators=(",", ":")),
+        # serialised once however many sinks take the event (fsev/events/json_line.py).
+        self.stream.write(event_json(ev) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
