@@ -453,11 +453,15 @@ class TraceSession:
     def stopping(self) -> bool:
         return self._stop
 
-    def events(self, poll_ms: int = 100, until: float | None = None, last: bool = False) -> Iterator[Event]:
+    def events(self, poll_ms: int = 100, until: float | None = None, last: bool = False,
+               before_wait: Callable[[], None] | None = None) -> Iterator[Event]:
         """Events until stop(), the monotonic deadline `until`, or the caller stops iterating.
         last: the deadline ends the session (trace --duration), so what waits
         (ENOSPC counts, events joined with fanotify) comes out too; a caller
         that comes back for more (top) leaves it False.
+        before_wait: called once the events of a step are all handed out,
+        before the session reads (and may wait for) more: a sink that buffers
+        a batch flushes there, one write per batch instead of per event.
 
         Once closed (by any thread, also while this runs) it ends quietly and
         starts nothing: a consumer entering just after a close from another
@@ -467,6 +471,8 @@ class TraceSession:
         while not self._stop:
             if until is not None and time.monotonic() >= until:
                 break
+            if before_wait is not None:
+                before_wait()
             evs = self._step(lambda: self._poll_step(poll_ms))
             if evs is None:
                 return
