@@ -477,6 +477,9 @@ class TraceSession:
             if evs is None:
                 return
             yield from evs
+            # Let the batch go before the next: the collection that follows
+            # each batch (_kernel_events) then walks only what the consumer kept.
+            evs = None
         # Drain what the kernel already sent before stopping: at most one ring
         # buffer's worth, so a flood that goes on cannot keep fsev alive.
         budget = self.opts.ringbuf_pages * PAGE // RECORD_SIZE + RECORD_BATCH
