@@ -89,7 +89,14 @@ class Enricher:
             m = self._cache[key]
         except KeyError:
             m = self._cache[key] = self.mount_for(ev)
-        return with_mount(ev, m)
+        if m is not None:  # with_mount(), inlined: every kernel event comes here
+            ev.mount_point = m.mount_point
+            ev.fs_type = m.fs_type
+            ev.source = m.source
+            ev.dev = ev.dev or m.dev
+            if ev.mnt_id is None:
+                ev.mnt_id = m.mnt_id
+        return ev
 
 
 def _poll_order(monitors: list[PointMonitor]) -> list[PointMonitor]:
