@@ -191,27 +191,12 @@ class EventPipeline:
     # -- the pipeline --------------------------------------------------------
     def process(self, ev: Event) -> list[Event]:
         """One decoded kernel event -> the events to emit now."""
-        if ev.type is _KERNEL_LOG:
-            # Straight to the readers (fsev/points/kernel_log.py), past the
-            # ordering half: it must not hold a line behind the error that
-            # waits for that very line.
-            return self._dispatch([ev])
-        if ev.type is _UMOUNT:
-            self.table.refresh()  # the mount is gone from it: remember it as departed
-        ev = self.enricher.enrich(ev)
-        ready = self._order.process(ev) if self._order is not None else [ev]
-        if ev.type is _FS_ERROR and self._fast_fs_error and len(ready) == 1 and ready[0] is ev:
-            # The flood path (fs_errors by the hundred thousand a second): the
-            # kernel filtered class and mount already.
-            self.numbers.assign(ev)
-            for m in self._fs_error_observers:
-                m.observe(ev)
-            return ready
-        return self._dispatch(ready)
+        return self.process_all([ev])
 
     def process_all(self, evs: list[Event]) -> list[Event]:
-        """process() of each decoded kernel event in turn, the events to emit
-        now in one list: one loop over a batch, the flood path inlined."""
+        """Decoded kernel events, in the kernel's order -> the events to emit
+        now, in one list: one loop over a batch (TraceSession hands over what
+        one read of the ring gave)."""
         out: list[Event] = []
         append = out.append
         enrich = self.enricher.enrich
@@ -221,6 +206,12 @@ class EventPipeline:
         assign = self.numbers.assign
         for ev in evs:
             typ = ev.type
+            if typ is _KERNEL_LOG:
+                # Straight to the readers (fsev/points/kernel_log.py), past the
+                # ordering half: it must not hold a line behind the error that
+                # waits for that very line.
+                out += self._dispatch([ev])
+                continue
             if typ is _UMOUNT:
                 self.table.refresh()  # the mount is gone from it: remember it as departed
             enrich(ev)
@@ -229,7 +220,8 @@ class EventPipeline:
             else:
                 ready = order(ev)
             if typ is _FS_ERROR and fast and len(ready) == 1 and ready[0] is ev:
-                # As in process(): the kernel filtered class and mount already.
+                # The flood path (fs_errors by the hundred thousand a second): the
+                # kernel filtered class and mount already.
                 assign(ev)
                 for m in observers:
                     m.observe(ev)
