@@ -26,6 +26,7 @@ Run as root, in one command (about a minute and a half):
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import statistics
@@ -36,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from fsev.testing.flood import raised_counter, start_writer
+from fsev.testing.flood import fs_error_points, raised_counter, start_writer
 from fsev.testing.kernel_rig import FSEV, ext4
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
@@ -85,10 +86,25 @@ def _session_opts(fs, pages: int):  # noqa: ANN001, ANN202
 
 
 def _program_text(fs, pages: int) -> str:  # noqa: ANN001
-    from fsev.points.registry import plan_probes
-    from fsev.session.trace import build_source, kernel_facts
+    from fsev.session.trace import build_source
 
-    return build_source(plan_probes(kernel_facts()), _session_opts(fs, pages))
+    return build_source(_plan(), _session_opts(fs, pages))
+
+
+def _plan():  # noqa: ANN202
+    """The flood's plan: every point but kernel_log (fsev.testing.flood.fs_error_points)."""
+    from fsev.points.registry import plan_probes
+    from fsev.session.trace import kernel_facts
+
+    return plan_probes(kernel_facts(), fs_error_points())
+
+
+def _session(fs, pages: int):  # noqa: ANN001, ANN202
+    from fsev.session.trace import TraceSession
+
+    s = TraceSession(_session_opts(fs, pages))
+    s.plan = _plan()
+    return s
 
 
 def _dev_t(fs) -> int:  # noqa: ANN001
@@ -215,9 +231,8 @@ def _settle(counter: Counter) -> int:
 
 def flood_fsev(fs, counter: Counter, rate: float) -> dict:  # noqa: ANN001
     from fsev.events import EventType
-    from fsev.session.trace import TraceSession
 
-    s = TraceSession(_session_opts(fs, RING_PAGES))
+    s = _session(fs, RING_PAGES)
     s.start()
     counter.reset()
     at_end: dict = {}
@@ -256,6 +271,7 @@ def flood_floor(fs, counter: Counter, src: str, rate: float) -> dict:  # noqa: A
     """bcc's own consumer of the same program: a callback that counts."""
     from bcc import BPF
 
+    from fsev.kernel.records import Record, RecordType
     from fsev.probes.program import bpf_dir
 
     b = BPF(text=src.encode(), cflags=[f"-I{bpf_dir()}", "-Wno-unused-function"])
@@ -263,9 +279,13 @@ def flood_floor(fs, counter: Counter, src: str, rate: float) -> dict:  # noqa: A
         t = b["watched_devs"]
         t[t.Key(_dev_t(fs))] = t.Leaf(0xFF)
         got = [0]
+        u32 = ctypes.POINTER(ctypes.c_uint32)
+        type_word = Record.type.offset // 4
+        fs_error = int(RecordType.FS_ERROR)
 
         def on(ctx: object, data: int, size: int) -> int:
-            got[0] += 1
+            if ctypes.cast(data, u32)[type_word] == fs_error:  # as fsev counts: fs_errors only
+                got[0] += 1
             return 0
 
         b["events"].open_ring_buffer(on)
@@ -327,10 +347,9 @@ def stages(fs, rounds: int = 10, n: int = 4000) -> dict:  # noqa: ANN001
     import gc
 
     from fsev.points.registry import decode_runs
-    from fsev.session.trace import TraceSession
 
     os.sched_setaffinity(0, {0})
-    s = TraceSession(_session_opts(fs, RING_PAGES))
+    s = _session(fs, RING_PAGES)
     tot = {"ring_read": 0.0, "decode": 0.0, "pipeline": 0.0, "gc_after_batch": 0.0}
     count = 0
     try:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fsev.points.registry import ProbePoint
 
 WRITER = """
 import os, sys, time
@@ -55,3 +59,13 @@ TRACEPOINT_PROBE(ext4, ext4_error) {
 def raised_counter(kernel_dev_t: int) -> str:
     """RAISED_COUNTER's text for one device (kernel dev_t: major << 20 | minor)."""
     return RAISED_COUNTER.replace("WATCHED_DEV", str(kernel_dev_t))
+
+
+def fs_error_points() -> "set[ProbePoint]":
+    """Every probe point but kernel_log, for sessions whose accounting counts
+    fs_errors: kernel_log's records (ext4's own log lines, rate-limited to a
+    few a second) share the ring and its one drop counter, so one of them
+    dropped would count as a lost fs_error. Pass to plan_probes(facts, points=...)."""
+    from fsev.points.registry import ProbePoint  # imported here: a writer alone needs none of the points
+
+    return set(ProbePoint) - {ProbePoint.KERNEL_LOG}

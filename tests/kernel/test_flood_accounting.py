@@ -16,9 +16,10 @@ import pytest
 
 from fsev.events import EventClass, EventType
 from fsev.linux.mountinfo import MountTable
+from fsev.points.registry import plan_probes
 from fsev.session.selection import resolve_mounts
 from fsev.session.trace import TraceOptions, TraceSession
-from fsev.testing.flood import raised_counter, start_writer
+from fsev.testing.flood import fs_error_points, raised_counter, start_writer
 from fsev.testing.kernel_rig import ext4
 
 pytestmark = pytest.mark.root
@@ -37,6 +38,7 @@ def test_flood_above_the_consumer_is_accounted_exactly_after_the_drain():
             mounts = resolve_mounts([fs.mount_point], MountTable.read())
             s = TraceSession(TraceOptions(mounts=mounts, classes=frozenset({EventClass.ERR}),
                                           ringbuf_pages=RING_PAGES))
+            s.plan = plan_probes(s.facts, fs_error_points())  # kernel_log's lines share the drop counter
             try:
                 s.start()
                 writers = [start_writer(fs.name, 0, SECONDS) for _ in range(2)]
