@@ -165,7 +165,10 @@ def _stream(req: TraceRequest, session: "TraceSession | ServiceSession", recorde
 
     stop = lambda *_: session.stop()  # noqa: E731
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    sink: EventSink = JsonSink() if req.json_out else HumanSink()
+    # A JSON stream of its own flushes once per batch, before the session
+    # waits for more: a line per write(2) cost more than the event did in a flood.
+    batched = JsonSink(flush_each=False) if req.json_out and recorder is None else None
+    sink: EventSink = batched or (JsonSink() if req.json_out else HumanSink())
     if recorder is not None and req.record is not None:
         if opts is None:  # a listener's recording: what it asked the service for
             from fsev.session.trace import TraceOptions
@@ -184,7 +187,7 @@ def _stream(req: TraceRequest, session: "TraceSession | ServiceSession", recorde
             _say("dry run: compiled, attached and detached")
             return
         deadline = None if req.duration is None else time.monotonic() + req.duration
-        for ev in session.events(until=deadline, last=True):
+        for ev in session.events(until=deadline, last=True, before_wait=batched.flush if batched else None):
             if ev.type is not EventType.LOSS:
                 if req.count is not None and shown >= req.count:
                     continue  # stopping: events already in hand are not shown, loss still is

@@ -68,7 +68,25 @@ def _optional_text(values: tuple[Any, ...]) -> str | None:
     return "".join(out)
 
 
+# The last event serialised and its line: a recorder that also shows (a
+# journal and a JSON sink), or the hub and a service's own journal, take the
+# same event one after the other, and it is serialised once. Identity, not
+# equality: the entry holds the event, so no other can have its id; its seq is
+# checked too, as that is the one field set after an event is made.
+_last: tuple[Event | None, int, str] = (None, 0, "")
+
+
 def event_json(ev: Event) -> str:
+    global _last
+    last = _last
+    if last[0] is ev and last[1] == ev.seq:
+        return last[2]
+    line = _event_json(ev)
+    _last = (ev, ev.seq, line)
+    return line
+
+
+def _event_json(ev: Event) -> str:
     if not ev.extra:
         values = _optional(ev)
         types = tuple(map(type, values))

@@ -52,7 +52,7 @@ class KernelProbes:
     def __init__(self, text: str, include_dir: Path, kprobes: list[tuple[str, str]], on_record: RecordSink,
                  ringbuf_bytes: int, batch: int = 4096,
                  raw_tps: list[tuple[str, str, str, int | None]] | None = None,
-                 gated: Mapping[str, Hook] | None = None) -> None:
+                 gated: Mapping[str, Hook] | None = None, runs: bool = False) -> None:
         ok, why = bcc_available()
         if not ok:
             raise FsevError(f"cannot import bcc ({why}); install python3-bpfcc (sudo make install)")
@@ -63,6 +63,9 @@ class KernelProbes:
         self._reader: RingReader | None = None
         self._drops = 0
         self._on_record = on_record
+        # runs: on_record also takes runs of records with their headers, one
+        # bytes object each (RingReader.read_runs), from fsev's own reader.
+        self._runs = runs
         self._thr_slots: dict[int, int] = {}  # dev -> thr_state slot
         self._tables_known: dict[str, bool] = {}
         self._fds: list[int] = []  # tp_btf programs, closed by close()
@@ -306,9 +309,17 @@ class KernelProbes:
             self.bpf.ring_buffer_consume()
             return
         batch: list[bytes] = []
-        self._reader.read(self._batch, batch, RECORD_SIZE)
+        if self._runs:
+            self._reader.read_runs(self._batch, batch, RECORD_SIZE)
+        else:
+            self._reader.read(self._batch, batch, RECORD_SIZE)
         for raw in batch:
             self._on_record(raw)
+
+    def backlog(self) -> int:
+        """Records waiting in the ring buffer, about (fsev's reader only; 0 with bcc's)."""
+        reader = self._reader
+        return reader.backlog() // ringbuf.stride(RECORD_SIZE) if reader is not None else 0
 
     def drops(self) -> int:
         """Records the kernel dropped so far; once closed, the last count read."""

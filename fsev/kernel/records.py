@@ -190,6 +190,10 @@ def _struct_format(rec: type[ctypes.Structure]) -> str:
 
 
 RECORD_STRUCT = struct.Struct(_struct_format(Record))
+# A run of records as the ring buffer holds them (fsev.kernel.ringbuf.read_runs):
+# each after its 8-byte header, padded to the ring's 8-byte alignment.
+RUN_STRIDE = (RECORD_SIZE + 8 + 7) & ~7
+RUN_STRUCT = struct.Struct("<8x" + _struct_format(Record)[1:] + f"{RUN_STRIDE - 8 - RECORD_SIZE}x")
 RECORD_FIELDS: tuple[str, ...] = tuple(name for name, *_ in Record._fields_)
 
 
@@ -283,15 +287,38 @@ class RecordDecoder:
 
     def decode(self, raw: bytes, seq: int, clock: Clock) -> Event:
         """One raw record -> Event (not yet enriched)."""
+        return self._build(_unpack(raw), seq, clock.offset_ns)
+
+    def decode_runs(self, items: list[bytes], clock: Clock, out: list[Event]) -> None:
+        """What RingReader.read_runs gave (runs of records with their headers,
+        and lone records without) -> Events appended to out, seq 0. A record
+        that does not decode is left out. One iter_unpack per run: the tuples
+        come out of C without a bytes object or a call per record."""
+        build, offset, run_iter = self._build, clock.offset_ns, RUN_STRUCT.iter_unpack
+        append = out.append
+        for item in items:
+            if len(item) % RUN_STRIDE == 0:
+                for t in run_iter(item):
+                    try:
+                        append(build(t, 0, offset))
+                    except DecodeError:
+                        continue
+            else:
+                try:
+                    append(build(_unpack(item), 0, offset))
+                except (DecodeError, struct.error):
+                    continue
+
+    def _build(self, t: tuple[Any, ...], seq: int, offset_ns: int) -> Event:
         (ts, ino, block, value, typ_i, cls_i, rung, f, dev, pid, tgid, err, line, mnt_id, level, direction,
-         comm, func, path, mntns, call, arg, cause_ns) = _unpack(raw)
+         comm, func, path, mntns, call, arg, cause_ns) = t
         cls = _CLASS_BY_INT.get(cls_i)
         typ = self._types.get(typ_i)
         if cls is None or typ is None:
             raise DecodeError(f"record with unknown class {cls_i} or type {typ_i}")
         # Positional core, then only the fields this record has: a dataclass call
         # with all thirty keywords costs twice as much, and this is the hot path.
-        ev = Event(seq, ts, (ts + clock.offset_ns) / 1e9, cls, typ, _RUNG.get(rung, "unknown"))
+        ev = Event(seq, ts, (ts + offset_ns) / 1e9, cls, typ, _RUNG.get(rung, "unknown"))
         if dev:
             text = _DEVS.get(dev)
             if text is None:
@@ -301,9 +328,11 @@ class RecordDecoder:
             ev.dev = text
         ev.pid = pid
         ev.tgid = tgid
-        ev.comm = c_string(comm)
+        text = _TEXT_CACHE.get(comm)
+        ev.comm = text if text is not None else c_string(comm)
         if f & F_FUNC:
-            ev.function = c_string(func)
+            text = _TEXT_CACHE.get(func)
+            ev.function = text if text is not None else c_string(func)
         if f & F_LINE:
             ev.line = line
         if f & F_ERRNO:

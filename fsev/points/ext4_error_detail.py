@@ -215,7 +215,11 @@ class Ext4ErrorDetail:
                 self._held.append(_Held(0.0, ev))
                 return self._release()
             return [ev]
-        h = _Held(0.0, ev, self._count(ev.dev or ""))
+        dev = ev.dev or ""
+        ordinal = self._count(dev)
+        if ev.errno is None and not self._held and self._merged_at_once(ev, dev, ordinal):
+            return [ev]
+        h = _Held(0.0, ev, ordinal)
         if ev.errno is not None:  # the kprobe rung had it from the arguments
             ev.extra["errno_source"] = ev.rung
             if ev.inode is not None:
@@ -294,6 +298,32 @@ class Ext4ErrorDetail:
                 ev.extra["errno_source"] = "sysfs"
         else:
             fill_from_sysfs(ev, last)
+        return True
+
+    def _merged_at_once(self, ev: Event, dev: str, ordinal: int | None) -> bool:
+        """The flood's case of _complete, without a _Held or a read: fanotify
+        merged this error into the queued event at the head (its first error
+        told already) and the superblock, as last read, has counted it. Then
+        it completes as _complete would (the superblock's errno if its last
+        error is this one) and True; False, having changed nothing, for
+        _complete to decide (tests/unit/points/test_ext4_error_detail_fast.py
+        holds the two to the same answers)."""
+        q = self._queued.get(dev)
+        if not q or q[0].errno is not None or dev not in self._fan_devs:
+            return False
+        got = self._sysfs.get(dev)
+        if got is None:
+            return False
+        last = got[1]
+        if ordinal is not None and last is not None and last.get("count") is not None and last["count"] < ordinal:
+            return False  # not counted yet (_counted)
+        head = q[0]
+        head.untold -= 1
+        if head.untold <= 0:
+            q.popleft()
+        if last is not None and last["errno"] and last.get("func") == ev.function and last.get("line") == ev.line:
+            ev.errno = last["errno"]
+            ev.extra["errno_source"] = "sysfs"
         return True
 
     def _take(self, dev: str, ev: Event) -> bool | None:
@@ -395,6 +425,8 @@ class DetailMonitor(PointMonitor):
     def __init__(self, ctx: SessionContext, detail: Ext4ErrorDetail) -> None:
         self.ctx = ctx
         self.detail = detail
+        # Every event of the session passes here: one call, not two.
+        self.process = detail.process  # type: ignore[method-assign]
         self._generation = (-1, -1)
         self.mounts_changed()
 

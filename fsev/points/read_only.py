@@ -88,6 +88,7 @@ CHECK_DELAYS_S = (0.05, 0.3, 1.0)
 # its mount point, is attributed to it.
 CAUSE_WINDOW_S = 3.0
 CAUSE_SLACK_NS = 1_000_000
+_FS_ERROR = EventType.FS_ERROR  # an enum member lookup costs on the flood path
 
 
 # A mount, as the tracker keeps its state: the kernel reuses mount ids, so a
@@ -343,7 +344,7 @@ class ReadOnlyMonitor(PointMonitor):
         return [got] if got is not None else []
 
     def observe(self, ev: Event) -> None:
-        if ev.type is EventType.FS_ERROR:
+        if ev.type is _FS_ERROR:
             self.tracker.on_fs_error(ev)
         elif ev.type is EventType.SHUTDOWN:
             self.tracker.on_shutdown(ev, self.ctx.make_event)

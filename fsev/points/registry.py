@@ -134,6 +134,7 @@ def _finishers() -> Mapping[int, Finish]:
 _DECODER = RecordDecoder({int(p.record_type): p.event_type for p in POINTS
                           if p.record_type is not None and p.event_type is not None}, _finishers())
 decode = _DECODER.decode
+decode_runs = _DECODER.decode_runs  # what RingReader.read_runs gives, a batch at once
 _DESCRIBE = {p.event_type: p for p in reversed(POINTS) if p.event_type is not None and p.fs_type is None}
 # Points that describe one filesystem's events of a type another point describes too.
 _DESCRIBE_FS = {(p.event_type, p.fs_type): p for p in POINTS if p.event_type is not None and p.fs_type is not None}

@@ -14,7 +14,7 @@ import os
 import select
 import socket
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from fsev.errors import FsevError
 from fsev.events import Event, EventClass, EventType
@@ -151,7 +151,9 @@ class ServiceSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def events(self, poll_ms: int = 100, until: float | None = None, last: bool = False) -> Iterator[Event]:
+    def events(self, poll_ms: int = 100, until: float | None = None, last: bool = False,
+               before_wait: Callable[[], None] | None = None) -> Iterator[Event]:
+        """As TraceSession.events (before_wait: before each wait for the service's next lines)."""
         if self._closed:
             return
         self.start()
@@ -164,6 +166,8 @@ class ServiceSession:
             yield from self._lines()
             if b"\n" in self._buf:
                 continue
+            if before_wait is not None:
+                before_wait()
             try:
                 ready, _, _ = select.select([self._sock], [], [], max(wait, 0))
             except (OSError, ValueError):

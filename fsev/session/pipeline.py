@@ -89,7 +89,14 @@ class Enricher:
             m = self._cache[key]
         except KeyError:
             m = self._cache[key] = self.mount_for(ev)
-        return with_mount(ev, m)
+        if m is not None:  # with_mount(), inlined: every kernel event comes here
+            ev.mount_point = m.mount_point
+            ev.fs_type = m.fs_type
+            ev.source = m.source
+            ev.dev = ev.dev or m.dev
+            if ev.mnt_id is None:
+                ev.mnt_id = m.mnt_id
+        return ev
 
 
 def _poll_order(monitors: list[PointMonitor]) -> list[PointMonitor]:
@@ -184,23 +191,44 @@ class EventPipeline:
     # -- the pipeline --------------------------------------------------------
     def process(self, ev: Event) -> list[Event]:
         """One decoded kernel event -> the events to emit now."""
-        if ev.type is _KERNEL_LOG:
-            # Straight to the readers (fsev/points/kernel_log.py), past the
-            # ordering half: it must not hold a line behind the error that
-            # waits for that very line.
-            return self._dispatch([ev])
-        if ev.type is _UMOUNT:
-            self.table.refresh()  # the mount is gone from it: remember it as departed
-        ev = self.enricher.enrich(ev)
-        ready = self._order.process(ev) if self._order is not None else [ev]
-        if ev.type is _FS_ERROR and self._fast_fs_error and len(ready) == 1 and ready[0] is ev:
-            # The flood path (fs_errors by the hundred thousand a second): the
-            # kernel filtered class and mount already.
-            self.numbers.assign(ev)
-            for m in self._fs_error_observers:
-                m.observe(ev)
-            return ready
-        return self._dispatch(ready)
+        return self.process_all([ev])
+
+    def process_all(self, evs: list[Event]) -> list[Event]:
+        """Decoded kernel events, in the kernel's order -> the events to emit
+        now, in one list: one loop over a batch (TraceSession hands over what
+        one read of the ring gave)."""
+        out: list[Event] = []
+        append = out.append
+        enrich = self.enricher.enrich
+        order = self._order.process if self._order is not None else None
+        fast = self._fast_fs_error
+        observers = self._fs_error_observers
+        assign = self.numbers.assign
+        for ev in evs:
+            typ = ev.type
+            if typ is _KERNEL_LOG:
+                # Straight to the readers (fsev/points/kernel_log.py), past the
+                # ordering half: it must not hold a line behind the error that
+                # waits for that very line.
+                out += self._dispatch([ev])
+                continue
+            if typ is _UMOUNT:
+                self.table.refresh()  # the mount is gone from it: remember it as departed
+            enrich(ev)
+            if order is None:
+                ready = [ev]
+            else:
+                ready = order(ev)
+            if typ is _FS_ERROR and fast and len(ready) == 1 and ready[0] is ev:
+                # The flood path (fs_errors by the hundred thousand a second): the
+                # kernel filtered class and mount already.
+                assign(ev)
+                for m in observers:
+                    m.observe(ev)
+                append(ev)
+            elif ready:
+                out += self._dispatch(ready)
+        return out
 
     def _dispatch(self, ready: list[Event]) -> list[Event]:
         out: list[Event] = []

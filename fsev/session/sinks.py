@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import IO, Protocol
@@ -12,6 +11,7 @@ from rich.text import Text
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.inert import inert
+from fsev.events.json_line import event_json
 
 CLASS_STYLE = {
     EventClass.ERR: "bold red",
@@ -37,11 +37,20 @@ class EventSink(Protocol):
 class JsonSink:
     """One JSON object per line (schema: docs/events.md)."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, flush_each: bool = True) -> None:
+        """flush_each False: lines wait in the stream's buffer until flush()
+        (fsev trace calls it before each wait for more: TraceSession.events' before_wait)."""
         self.stream = stream or sys.stdout
+        self.flush_each = flush_each
 
     def emit(self, ev: Event) -> None:
-        self.stream.write(json.dumps(ev.to_json_dict(), separators=(",", ":")) + "\n")
+        # The same text as json.dumps(ev.to_json_dict(), separators=(",", ":")),
+        # serialised once however many sinks take the event (fsev/events/json_line.py).
+        self.stream.write(event_json(ev) + "\n")
+        if self.flush_each:
+            self.stream.flush()
+
+    def flush(self) -> None:
         self.stream.flush()
 
     def close(self) -> None:

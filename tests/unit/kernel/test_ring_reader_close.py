@@ -240,3 +240,93 @@ def test_close_at_any_moment_of_reading(ring):
         assert counts[0] > 0
 
     in_child(body)
+
+
+# -- read_runs: runs of full-size records in one copy each ------------------------
+def _put(ring: _Ring, length: int, tag: int, body: int = REC) -> int:
+    """One record at the producer position: header word `length` (with any
+    busy/discard bits), `tag` as its first 8 bytes, `body` bytes long. Its
+    header's offset in the memfd."""
+    off = 2 * PAGE + ring.prod
+    struct.pack_into("<II", ring.mem, off, length, 0)
+    struct.pack_into("<Q", ring.mem, off + HDR_SZ, tag)
+    ring.prod += (HDR_SZ + body + 7) & ~7
+    struct.pack_into("<Q", ring.mem, PAGE, ring.prod)
+    return off
+
+
+def _tags(items: list[bytes]) -> list[object]:
+    """Each run as the list of its records' tags; each lone record as its tag."""
+    step = ringbuf.stride(REC)
+    out: list[object] = []
+    for b in items:
+        if len(b) % step == 0:
+            out.append([struct.unpack_from("<Q", b, i + HDR_SZ)[0] for i in range(0, len(b), step)])
+        else:
+            out.append(struct.unpack_from("<Q", b)[0])
+    return out
+
+
+def test_read_runs_copies_runs_and_leaves_busy_discarded_and_odd_records_as_read_does(ring):
+    def body() -> None:
+        r = RingReader(ring.fd, SIZE)
+        for t in (1, 2, 3):
+            _put(ring, REC, t)
+        _put(ring, REC | ringbuf.DISCARD_BIT, 4)  # discarded: skipped
+        _put(ring, REC, 5)
+        _put(ring, 16, 6, body=16)  # another length: alone, without its header
+        _put(ring, REC, 7)
+        busy = _put(ring, REC | ringbuf.BUSY_BIT, 8)  # still being written: the read stops here
+        _put(ring, REC, 9)
+        out: list[bytes] = []
+        assert r.read_runs(100, out, REC) == 6
+        assert _tags(out) == [[1, 2, 3], [5], 6, [7]]
+        # The busy one commits: the next read starts at it, and the limit holds.
+        struct.pack_into("<I", ring.mem, busy, REC)
+        out = []
+        assert r.read_runs(1, out, REC) == 1 and _tags(out) == [[8]]
+        out = []
+        assert r.read_runs(100, out, REC) == 1 and _tags(out) == [[9]]
+        assert not r.pending() and r.read_runs(100, out, REC) == 0
+        r.close()
+        assert r.read_runs(100, out, REC) == 0
+
+    in_child(body)
+
+
+def test_read_runs_gives_what_read_gives(ring):
+    """The same ring read both ways: the same records, in the same order."""
+
+    def body() -> None:
+        rnd = random.Random(7)
+        layout = [rnd.choice(["full"] * 6 + ["discard", "odd"]) for _ in range(200)]
+
+        def fill() -> None:
+            ring.reset()
+            for i, kind in enumerate(layout):
+                if kind == "full":
+                    _put(ring, REC, i)
+                elif kind == "discard":
+                    _put(ring, REC | ringbuf.DISCARD_BIT, i)
+                else:
+                    _put(ring, 8, i, body=8)
+
+        fill()
+        r = RingReader(ring.fd, SIZE)
+        plain: list[bytes] = []
+        while r.read(rnd.randint(1, 50), plain, REC):
+            pass
+        r.close()
+        fill()
+        r = RingReader(ring.fd, SIZE)
+        runs: list[bytes] = []
+        while r.read_runs(rnd.randint(1, 50), runs, REC):
+            pass
+        r.close()
+        flat: list[int] = []
+        for t in _tags(runs):
+            flat += t if isinstance(t, list) else [t]
+        assert flat == [struct.unpack_from("<Q", b)[0] for b in plain]
+        assert flat == [i for i, k in enumerate(layout) if k != "discard"]
+
+    in_child(body)
