@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +52,33 @@ def tmpfs(size: str = "8m", prefix: str = "fsev-tmpfs-") -> Iterator[str]:
             os.rmdir(d)
 
 
+@contextlib.contextmanager
+def loop_image(size_mb: int, mkfs: tuple[str, ...], prefix: str) -> Iterator[tuple[str, str, str]]:
+    """(image, loop device, mount point) of a fresh sparse image made by
+    `mkfs ... IMAGE`, on a loop device of its own, not mounted. Afterwards
+    the mount point is unmounted, the loop device detached and the files
+    removed (never recursively: a mount that would not go keeps its files)."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    image, mp = os.path.join(work, "fs.img"), os.path.join(work, "mnt")
+    os.mkdir(mp)
+    loop = ""
+    try:
+        with open(image, "wb") as f:
+            f.truncate(size_mb << 20)
+        run(*mkfs, image)
+        loop = run("losetup", "-f", "--show", image).stdout.strip()
+        yield image, loop, mp
+    finally:
+        unmount(mp)
+        if loop:
+            run("losetup", "-d", loop, check=False)
+        with contextlib.suppress(OSError):
+            os.unlink(image)
+        for d in (mp, work):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+
+
 @dataclass
 class Ext4:
     image: str
@@ -83,16 +109,7 @@ class Ext4:
 def ext4(size_mb: int = 32, options: str = "errors=continue", corrupt_dir: bool = False) -> Iterator[Ext4]:
     """A loop-mounted ext4. corrupt_dir: /d's directory block holds random bytes,
     so listing it raises a real ext4 error in htree_dirblock_to_tree."""
-    work = tempfile.mkdtemp(prefix="fsev-ext4-")
-    image = os.path.join(work, "fs.img")
-    mp = os.path.join(work, "mnt")
-    os.mkdir(mp)
-    loop = ""
-    try:
-        with open(image, "wb") as f:
-            f.truncate(size_mb << 20)
-        run("mkfs.ext4", "-q", "-F", "-b", "4096", image)
-        loop = run("losetup", "-f", "--show", image).stdout.strip()
+    with loop_image(size_mb, ("mkfs.ext4", "-q", "-F", "-b", "4096"), "fsev-ext4-") as (image, loop, mp):
         if corrupt_dir:
             run("mount", loop, mp)
             os.mkdir(os.path.join(mp, "d"))
@@ -107,11 +124,6 @@ def ext4(size_mb: int = 32, options: str = "errors=continue", corrupt_dir: bool 
                 os.fsync(dev.fileno())
         run("mount", "-o", options, loop, mp)
         yield Ext4(image, loop, mp)
-    finally:
-        unmount(mp)
-        if loop:
-            run("losetup", "-d", loop, check=False)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def fsev_prog_ids(pid: int) -> set[int]:

@@ -12,20 +12,10 @@ import time
 
 import pytest
 
+from fsev.testing.flood import raised_counter
 from fsev.testing.kernel_rig import FsevTrace, ext4
 
 pytestmark = pytest.mark.root
-
-COUNTER = r"""
-BPF_ARRAY(raised, u64, 1);
-TRACEPOINT_PROBE(ext4, ext4_error) {
-    if (args->dev != WATCHED_DEV) return 0;
-    u32 zero = 0;
-    u64 *n = raised.lookup(&zero);
-    if (n) __sync_fetch_and_add(n, 1);
-    return 0;
-}
-"""
 
 
 def test_overrun_is_counted_exactly():
@@ -33,7 +23,7 @@ def test_overrun_is_counted_exactly():
 
     with ext4() as fs:
         major, minor = (int(x) for x in fs.dev.split(":"))
-        counter = BPF(text=COUNTER.replace("WATCHED_DEV", str(major << 20 | minor)).encode())
+        counter = BPF(text=raised_counter(major << 20 | minor).encode())
         try:
             with FsevTrace(["--mount", fs.mount_point, "--events", "err", "--ringbuf-pages", "1"]) as t:
                 t.wait_attached()
@@ -83,7 +73,7 @@ def test_no_drop_below_the_rate_fsev_keeps_up_with():
 
     with ext4() as fs:
         major, minor = (int(x) for x in fs.dev.split(":"))
-        counter = BPF(text=COUNTER.replace("WATCHED_DEV", str(major << 20 | minor)).encode())
+        counter = BPF(text=raised_counter(major << 20 | minor).encode())
         try:
             with FsevTrace(["--mount", fs.mount_point, "--events", "err"]) as t:
                 t.wait_attached()

@@ -12,7 +12,7 @@ import tempfile
 from typing import Callable, Iterator
 
 from fsev.linux.mountinfo import MountTable
-from fsev.testing.kernel_rig import run, unmount
+from fsev.testing.kernel_rig import loop_image, run, unmount
 from support.fuse_disk import SIZE as FUSE_SIZE
 from support.fuse_disk import FuseDisk
 
@@ -25,26 +25,8 @@ BASELINE_WAIT_S = 1.5
 @contextlib.contextmanager
 def btrfs_image(prefix: str) -> Iterator[tuple[str, str, str]]:
     """(image, loop device, mount point) of a fresh btrfs, not mounted; all undone after."""
-    work = tempfile.mkdtemp(prefix=prefix)
-    img, mp = os.path.join(work, "img"), os.path.join(work, "m")
-    os.mkdir(mp)
-    loop = ""
-    try:
-        with open(img, "wb") as f:
-            f.truncate(IMAGE_MB << 20)
-        run("mkfs.btrfs", "-q", "-f", img)
-        loop = run("losetup", "-f", "--show", img).stdout.strip()
-        yield img, loop, mp
-    finally:
-        unmount(mp)
-        if loop:
-            run("losetup", "-d", loop, check=False)
-        for p in (img,):
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-        for d in (mp, work):
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
+    with loop_image(IMAGE_MB, ("mkfs.btrfs", "-q", "-f"), prefix) as made:
+        yield made
 
 
 def physical_of(loop: str, logical: int) -> int:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from fsev.testing.kernel_rig import run, unmount
+from fsev.testing.kernel_rig import loop_image, run
 
 SIZE_MB = 320  # mkfs.xfs refuses filesystems under 300 MB
 FILES_IN_DIR = 40  # enough that /d is a block directory (one dir3 data block)
@@ -47,16 +45,7 @@ def xfs(*damage: str, mount: bool = True) -> Iterator[Xfs]:
     """A loop-mounted XFS with /d (a directory of FILES_IN_DIR files) and /f.
     damage: xfs_db commands run (-x) on the unmounted filesystem before it is
     mounted again; "{d}" and "{f}" stand for those inode numbers."""
-    work = tempfile.mkdtemp(prefix="fsev-xfs-")
-    image = os.path.join(work, "fs.img")
-    mp = os.path.join(work, "mnt")
-    os.mkdir(mp)
-    loop = ""
-    try:
-        with open(image, "wb") as f:
-            f.truncate(SIZE_MB << 20)
-        loop = run("losetup", "-f", "--show", image).stdout.strip()
-        run("mkfs.xfs", "-q", "-f", loop)
+    with loop_image(SIZE_MB, ("mkfs.xfs", "-q", "-f"), "fsev-xfs-") as (image, loop, mp):
         run("mount", loop, mp)
         inodes = _populate(mp)
         run("umount", mp)
@@ -66,8 +55,3 @@ def xfs(*damage: str, mount: bool = True) -> Iterator[Xfs]:
         if mount:
             run("mount", loop, mp)
         yield Xfs(image, loop, mp, inodes)
-    finally:
-        unmount(mp)
-        if loop:
-            run("losetup", "-d", loop, check=False)
-        shutil.rmtree(work, ignore_errors=True)
