@@ -20,7 +20,8 @@
  * OFF_EXT4_SB_INFO_S_ES, OFF_EXT4_SUPER_BLOCK_S_R_BLOCKS_COUNT_LO,
  * OFF_EXT4_SUPER_BLOCK_S_R_BLOCKS_COUNT_HI,
  * OFF_EXT4_SUPER_BLOCK_S_FEATURE_INCOMPAT, OFF_EXT4_ALLOCATION_REQUEST_INODE,
- * OFF_EXT4_ALLOCATION_REQUEST_FLAGS, OFF_EXT4_ALLOCATION_REQUEST_LEN.
+ * OFF_EXT4_ALLOCATION_REQUEST_FLAGS, OFF_EXT4_ALLOCATION_REQUEST_LEN;
+ * OFF_TP_ARGS_EXT4_DA_RESERVE_SPACE, the arguments that tracepoint passes.
  * Maps: those of thr_common.h.
  */
 #include "common.h"
@@ -87,6 +88,13 @@ static __always_inline int ext4_settle(void *inode)
  * written: the hot one, so it spends the share (nr_resv clusters) first.
  * Attached by the loader on raw tracepoint ext4_da_reserve_space, and only
  * near a level (fsev/thresholds/gate.py), like the tmpfs per-page programs. */
+#if OFF_TP_ARGS_EXT4_DA_RESERVE_SPACE >= 2
+/* ext4_da_reserve_space(inode, nr_resv) (after 6.1; 6.18 has it): nr_resv clusters at once. */
+#define EXT4_NR_RESV(ctx) ((s64)(int)(ctx)->args[1])
+#else
+/* ext4_da_reserve_space(inode): one cluster a call. */
+#define EXT4_NR_RESV(ctx) 1
+#endif
 int thr_ext4_reserve(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct thr_ref ref;
@@ -94,7 +102,7 @@ int thr_ext4_reserve(struct bpf_raw_tracepoint_args *ctx)
 	void *inode = (void *)ctx->args[0];
 	if (!thr_find_inode(&ref, FSEV_THR_EXT4, FSEV_THR_EXT4_SINGLE, inode))
 		return 0;
-	if (thr_quiet(&ref, (s64)(int)ctx->args[1] * ref.st->step, &gate))
+	if (thr_quiet(&ref, EXT4_NR_RESV(ctx) * ref.st->step, &gate))
 		return 0;
 	u64 claim = thr_claim(ref.st, gate);
 	void *sb = inode_sb(inode);

@@ -266,6 +266,20 @@ class Btf:
         ids = [t for t in self._by_name("btf_trace_" + tracepoint, (TYPEDEF,)) if t < self._base_ids]
         return ids[0] if ids else None
 
+    def raw_tp_arg_count(self, tracepoint: str) -> int | None:
+        """How many arguments the tracepoint passes (a raw tracepoint program's
+        ctx->args), from its `btf_trace_<tracepoint>` typedef: a pointer to
+        a function (void *__data, the tracepoint's arguments...). A program that
+        reads past them is refused at attach time, and tracepoints gain
+        arguments across kernels. None if BTF has no such typedef."""
+        for tid in self._by_name("btf_trace_" + tracepoint, (TYPEDEF,)):
+            kind, _, _, i = self._info(self._strip(tid))
+            if kind == PTR:
+                kind, _, vlen, _ = self._info(self._words[i + 2])
+                if kind == FUNC_PROTO and vlen >= 1:
+                    return vlen - 1
+        return None
+
     def enum_value(self, name: str) -> int | None:
         """Value of the enumerator `name` in any enum; None if no enum has it."""
         offs, w, values = self._str_offs(name), self._words, set()
@@ -306,8 +320,9 @@ def resolve(specs: Iterable[str], *, btf_path: str = VMLINUX, cache_dir: str = C
 
     "struct.member..." -> byte offset, "func:NAME" -> 1, "sizeof:NAME" -> size,
     "enum:NAME" -> value, "tp_btf:TRACEPOINT" -> vmlinux type id of its
-    btf_trace_ typedef; None when this kernel lacks it (a bitfield, having no
-    byte offset, counts as lacking). `modules` names split BTF files beside
+    btf_trace_ typedef, "tp_args:TRACEPOINT" -> how many arguments it passes;
+    None when this kernel lacks it (a bitfield, having no byte offset, counts
+    as lacking). `modules` names split BTF files beside
     `btf_path` to consult too (e.g. "ext4": a module on Debian kernels, so its
     structs are not in vmlinux); each is skipped while its module is not loaded.
     """
@@ -343,9 +358,11 @@ def _answer(btf: Btf, spec: str) -> int | None:
             return btf.enum_value(name)
         if kind == "tp_btf":
             return btf.raw_tp_btf_id(name)
+        if kind == "tp_args":
+            return btf.raw_tp_arg_count(name)
     except _Absent:
         return None
-    raise BtfError(f"bad spec {spec!r}: want struct.member, func:, sizeof:, enum: or tp_btf:")
+    raise BtfError(f"bad spec {spec!r}: want struct.member, func:, sizeof:, enum:, tp_btf: or tp_args:")
 
 
 def _read_cache(path: str, key: str) -> dict[str, int | None]:

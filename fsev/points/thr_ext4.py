@@ -28,6 +28,10 @@ OFFSETS = (
     "ext4_super_block.s_r_blocks_count_lo", "ext4_super_block.s_r_blocks_count_hi",
     "ext4_super_block.s_feature_incompat",
     "ext4_allocation_request.inode", "ext4_allocation_request.flags", "ext4_allocation_request.len",
+    # ext4_da_reserve_space gained nr_resv (clusters) after 6.1 (6.18 has it); before, one
+    # cluster a call. A raw program that reads an argument the tracepoint
+    # does not pass is refused at attach (Debian 12's 6.1).
+    "tp_args:ext4_da_reserve_space",
 )
 
 

@@ -340,3 +340,29 @@ def test_kernel_build_id_names_release_and_btf_size(blob_path: Path) -> None:
     build = btf_mod.kernel_build_id(str(blob_path))
     assert os.uname().release in build and os.uname().version in build
     assert build.endswith(f"btf={blob_path.stat().st_size}")
+
+
+def test_raw_tracepoint_argument_counts_from_the_btf_trace_typedef(tmp_path: Path) -> None:
+    """btf_trace_<tp> points to (void *__data, the tracepoint's arguments...):
+    ext4_da_reserve_space passes one argument on 6.1, two on 6.18, and on a
+    kernel with ext4 as a module its typedef is in the module's BTF."""
+    base = BtfWriter()
+    int_t = base.int_("int", 4)
+    void_ptr = base.add(K_PTR, "", 0)
+    old = base.add(K_FUNC_PROTO, "", 0, vlen=2, tail=(0, void_ptr, 0, void_ptr))
+    base.add(K_TYPEDEF, "btf_trace_old_tp", base.add(K_PTR, "", old))
+    base.add(K_TYPEDEF, "btf_trace_not_a_pointer", int_t)
+    mod = BtfWriter(first_id=base.next_id, str_base=len(base.strs))
+    new = mod.add(K_FUNC_PROTO, "", 0, vlen=3, tail=(0, void_ptr, 0, void_ptr, 0, int_t))
+    mod.add(K_TYPEDEF, "btf_trace_ext4_da_reserve_space", mod.add(K_PTR, "", new))
+    (tmp_path / "vmlinux").write_bytes(base.blob())
+    (tmp_path / "ext4").write_bytes(mod.blob())
+    vmlinux = Btf.load(str(tmp_path / "vmlinux"))
+    ext4 = Btf.load(str(tmp_path / "ext4"), base=vmlinux)
+    assert vmlinux.raw_tp_arg_count("old_tp") == 1
+    assert ext4.raw_tp_arg_count("ext4_da_reserve_space") == 2
+    assert vmlinux.raw_tp_arg_count("ext4_da_reserve_space") is None
+    assert vmlinux.raw_tp_arg_count("not_a_pointer") is None and vmlinux.raw_tp_arg_count("nope") is None
+    got = resolve(["tp_args:ext4_da_reserve_space", "tp_args:old_tp", "tp_args:nope"],
+                  btf_path=str(tmp_path / "vmlinux"), cache_dir=str(tmp_path / "c"), modules=("ext4",))
+    assert got == {"tp_args:ext4_da_reserve_space": 2, "tp_args:old_tp": 1, "tp_args:nope": None}
