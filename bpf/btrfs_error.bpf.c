@@ -1,6 +1,6 @@
 /* btrfs_error.bpf.c: probe point btrfs_error. btrfs handled a filesystem
  * error or aborted a transaction: one FSEV_TYPE_BTRFS_ERROR record, class
- * err, decoded as an fs_error (value 1: a transaction abort).
+ * err, decoded as an fs_error (value 1: the first transaction abort since mount).
  *
  * Rungs (#if switches, set by fsev/points/btrfs_error.py):
  *   FSEV_BTRFS_ERROR_KPROBE  kprobes on (argument positions the same in 6.1
@@ -59,7 +59,12 @@ int kp___btrfs_abort_transaction(struct pt_regs *ctx)
 	if (trans)
 		READ_KERNEL(fs_info, trans, OFF_BTRFS_TRANS_HANDLE_FS_INFO);
 	btrfs_abort_line.update(&tid, &line);
-	return emit_btrfs_error(fs_info, (const char *)PT_REGS_PARM2(ctx), line, (s32)PT_REGS_PARM4(ctx), 1);
+	/* first_hit: this abort put the filesystem in btrfs's aborted state (the
+	 * first since mount, the one btrfs prints "Transaction aborted" for);
+	 * later ones, e.g. cleanup_transaction's after a failed commit, are
+	 * errors of their own place, as on the kernel log rung. */
+	u64 first_hit = (u8)PT_REGS_PARM5(ctx) ? 1 : 0;
+	return emit_btrfs_error(fs_info, (const char *)PT_REGS_PARM2(ctx), line, (s32)PT_REGS_PARM4(ctx), first_hit);
 }
 
 int kp___btrfs_handle_fs_error(struct pt_regs *ctx)

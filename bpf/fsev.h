@@ -66,7 +66,7 @@ enum fsev_type {
 	FSEV_TYPE_WB_ERROR = 7,       /* writeback error recorded on a file (errseq) */
 	FSEV_TYPE_MOUNT = 8,          /* a mount-table call succeeded, or a mount namespace was made */
 	FSEV_TYPE_KERNEL_LOG = 9,     /* a kernel log line of a filesystem fsev knows (text: FSEV_F_TEXT) */
-	FSEV_TYPE_BTRFS_ERROR = 10,   /* btrfs: a filesystem error or (value 1) a transaction abort */
+	FSEV_TYPE_BTRFS_ERROR = 10,   /* btrfs: a filesystem error or (value 1) the first transaction abort */
 	FSEV_TYPE_BTRFS_DEV_STAT = 11, /* btrfs counts a device error (value devid, arg counter): a sign */
 	FSEV_TYPE_XFS_ERROR = 12,     /* XFS metadata marked sick/corrupt, a btree or verifier failure */
 	FSEV_TYPE_SHUTDOWN = 13,      /* a filesystem was forced to shut down */
@@ -185,7 +185,7 @@ enum fsev_direction {
  *   arg       -          -        -              ro bits before -              blk_status_t    -         MS_* / cmd flags
  *   cause_ns  -          -        -              the error's ktime -           -               -         -
  *
- * BTRFS_ERROR: as FS_ERROR, and value 1 for a transaction abort.
+ * BTRFS_ERROR: as FS_ERROR, and value 1 for the first transaction abort since mount.
  * BTRFS_DEV_STAT: dev (the filesystem's), value = devid, arg = the counter (enum btrfs_dev_stat_values).
  *
  *   field     XFS_ERROR                                  SHUTDOWN
