@@ -300,9 +300,9 @@ class Counters:
         v[name] += n
 
 
-def monitor(now: Clocked, watched=("/mnt/b", "/mnt/sub")):
+def monitor(now: Clocked, watched=("/mnt/b", "/mnt/sub"), counters: Counters | None = None):
     ctx = context(now, watched)
-    counters = Counters()
+    counters = counters or Counters()
     mon = DevStatsMonitor(ctx, mounts_of(ctx), counters)
     return ctx, mon, counters
 
@@ -310,6 +310,7 @@ def monitor(now: Clocked, watched=("/mnt/b", "/mnt/sub")):
 def test_readings_baseline_then_only_on_the_period_or_after_a_sign():
     now = Clocked()
     ctx, mon, counters = monitor(now)
+    assert counters.reads == [("aaaa", 1), ("aaaa", 2)]  # the baseline as the session starts
     assert mon.poll() == [] and counters.reads == [("aaaa", 1), ("aaaa", 2)]  # one filesystem, two mounts
     assert mon.timeout_ms(60_000) == int(PERIOD_S * 1000) + 1  # a long wait (fsev serve) ends for the period
     counters.bump("aaaa", 2, "corruption_errs", 3)
@@ -367,8 +368,9 @@ def test_block_io_errors_on_a_member_and_fs_errors_are_signs_other_filesystems_a
 
 def test_a_filesystem_mounted_later_gets_its_baseline_and_unwatched_ones_are_never_read():
     now = Clocked()
-    ctx, mon, counters = monitor(now, watched=("/mnt/b", "/mnt/sub", "/mnt/other"))
+    counters = Counters()
     counters.bump("bbbb", 1, "generation_errs", 5)  # before fsev: the baseline, no event
+    ctx, mon, counters = monitor(now, watched=("/mnt/b", "/mnt/sub", "/mnt/other"), counters=counters)
     assert mon.poll() == [] and ("bbbb", 1) in counters.reads
     assert mon.deltas.baselines[("0:56", 1)]["generation_errs"] == 5
     ctx2, mon2, counters2 = monitor(Clocked(), watched=("/mnt/b",))
