@@ -25,3 +25,4 @@
 #include "wb_error.bpf.c"
 #include "mount_topology.bpf.c"
 #include "kernel_log.bpf.c"
+#include "fserror.bpf.c"

@@ -65,6 +65,7 @@ enum fsev_type {
 	FSEV_TYPE_WB_ERROR = 7,       /* writeback error recorded on a file (errseq) */
 	FSEV_TYPE_MOUNT = 8,          /* a mount-table call succeeded, or a mount namespace was made */
 	FSEV_TYPE_KERNEL_LOG = 9,     /* a kernel log line of a filesystem fsev knows (text: FSEV_F_TEXT) */
+	FSEV_TYPE_FSERROR = 10,       /* fserror_report() (7.0+): a filesystem reported an error */
 };
 
 /* How the record was obtained: the rung of the probe ladder. */
@@ -156,6 +157,8 @@ enum fsev_direction {
  *   level     -          -        1 = L1, 2 = L2 -             -               -               -         -
  *   direction -          -        fsev_direction -             -               -               -         -
  *   mntns     -          -        -              -             -               -               -         task's mount ns
+ * FSERROR (bpf/fserror.bpf.c): ino inode, err errno, level fserror_type + 1,
+ *   value pos, mntns len (bytes), func the filesystem type's name.
  *   call      -          -        -              fsev_call     fsev_call       -               -         fsev_call
  *   arg       -          -        -              ro bits before -              blk_status_t    -         MS_* / cmd flags
  *   cause_ns  -          -        -              the error's ktime -           -               -         -

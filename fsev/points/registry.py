@@ -19,6 +19,7 @@ from fsev.points import (
     enospc,
     ext4_error,
     ext4_error_detail,
+    fserror,
     kernel_log,
     mount_drop,
     mount_topology,
@@ -49,6 +50,7 @@ POINTS: tuple[Point, ...] = (
     wb_error.POINT,
     mount_topology.POINT,
     kernel_log.POINT,
+    fserror.POINT,
 )
 
 
@@ -67,6 +69,7 @@ class ProbePoint(str, enum.Enum):
     WB_ERROR = wb_error.NAME
     MOUNT_TOPOLOGY = mount_topology.NAME
     KERNEL_LOG = kernel_log.NAME
+    FSERROR = fserror.NAME
 
 
 # Threshold points with a kernel rung (thr_other is always polled): what fsev

@@ -102,6 +102,11 @@ class PointMonitor:
         session that waits long (fsev serve) ends its wait on them."""
         return []
 
+    def notes(self) -> list[str]:
+        """What the user should know that this half found since last asked
+        (a mount it cannot watch fully, and why): shown on stderr."""
+        return []
+
     def close(self) -> None:
         return None
 
