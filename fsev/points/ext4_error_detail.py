@@ -214,6 +214,13 @@ class Ext4ErrorDetail:
 
     # -- which filesystems -------------------------------------------------
     def watch(self, mounts: list[Mount]) -> None:
+        """Follow these mounts from now on (the watched ones of the mount table)."""
+        ids: dict[str, set[int]] = {}
+        for m in mounts:
+            ids.setdefault(m.dev, set()).add(m.mnt_id)
+        for dev, old in list(self._mounts.items()):
+            if old.mnt_id not in ids.get(dev, ()):
+                self._forget(dev, old)  # gone: a new filesystem may come on the same device
         for m in mounts:
             if m.fs_type not in ("ext4", "xfs") or m.dev in self._mounts:
                 continue
@@ -237,6 +244,21 @@ class Ext4ErrorDetail:
             last = self._read_last_error(m.dev)
             if last is not None and last.get("count") is not None:
                 self._ordinal[m.dev] = last["count"]
+
+    def _forget(self, dev: str, m: Mount) -> None:
+        del self._mounts[dev]
+        for fsid in [f for f, d in self._fsid_dev.items() if d == dev]:
+            del self._fsid_dev[fsid]
+        self._fan_devs.discard(dev)
+        self._alone.discard(dev)
+        self._ordinal.pop(dev, None)
+        self._rate.pop(dev, None)
+        self._sysfs.pop(dev, None)
+        self._names.pop(dev, None)
+        self._late.pop(dev, None)
+        self._queued.pop(dev, None)
+        if self.fan is not None:
+            self.fan.marked.discard(m.mount_point)
 
     def _refused_note(self, m: Mount) -> str:
         err = self.fan.refused.get(m.mount_point, 0) if self.fan is not None else 0
