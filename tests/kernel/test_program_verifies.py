@@ -20,7 +20,9 @@ KPROBE_FACTS = fake_kernel(
                                 "cleanup_mnt",
                                 # health: read-only, ENOSPC, block I/O, writeback
                                 "ext4_handle_error", "reconfigure_super", "security_inode_create",
-                                "security_inode_mkdir", "blk_update_request", "__filemap_set_wb_err"}),
+                                "security_inode_mkdir", "blk_update_request", "__filemap_set_wb_err",
+                                # 7.0+: fserror_report (fsev/points/fserror.py)
+                                "fserror_report"}),
     # the ENOSPC kprobe rung pairs its kprobes with the raw sys_exit; no
     # block/filemap tracepoints, so those points plan their kprobe rungs
     tracepoints=frozenset({"raw_syscalls:sys_exit"}),
@@ -31,7 +33,7 @@ KPROBE_FACTS = fake_kernel(
 EVENT_POINT_KPROBES = {"kp_ext4_handle_error", "kretp_ext4_handle_error",
                        "kp_reconfigure_super", "kretp_reconfigure_super",
                   "kp_security_inode_create", "kp_security_inode_mkdir", "kp_blk_update_request",
-                  "kp___filemap_set_wb_err"}
+                  "kp___filemap_set_wb_err", "kp_fserror_report"}
 
 
 def _offsets(plan, cfg) -> dict[str, int]:

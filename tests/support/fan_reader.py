@@ -10,8 +10,14 @@ import select
 import signal
 import sys
 
-from fsev.linux.fanotify import FAN_FS_ERROR, FanotifyGroup, FAN_MARK_ADD, FAN_MARK_FILESYSTEM, \
-    FAN_CLASS_NOTIF, FAN_REPORT_FID
+from fsev.linux.fanotify import (
+    FAN_CLASS_NOTIF,
+    FAN_FS_ERROR,
+    FAN_MARK_ADD,
+    FAN_MARK_FILESYSTEM,
+    FAN_REPORT_FID,
+    FanotifyGroup,
+)
 
 
 def main(mount_point: str) -> None:
