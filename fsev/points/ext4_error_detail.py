@@ -661,6 +661,20 @@ class DetailMonitor(PointMonitor):
         self.detail.close()
 
 
+def mark_notes(mounts: list[Mount]) -> list[str]:
+    """`fsev doctor`: the mounts among these that FAN_FS_ERROR cannot mark, and why."""
+    try:
+        fan = FsErrorWatch()
+    except OSError:
+        return []  # not root, or no fanotify: doctor says so elsewhere
+    try:
+        d = Ext4ErrorDetail(fan, last_error=lambda dev: None)
+        d.watch([m for m in mounts if m.fs_type == "ext4"])
+        return d.notes
+    finally:
+        fan.close()
+
+
 class Ext4ErrorDetailPoint(Point):
     name = NAME
 

@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 from support.fuse_disk import FuseDisk, fuse_disk
 
-from fsev.testing.kernel_rig import FsevTrace, ext4, run, unmount
+from fsev.testing.kernel_rig import FSEV, FsevTrace, ext4, run, unmount
 
 pytestmark = pytest.mark.root
 BLOCK = 4096
@@ -107,12 +107,16 @@ def test_zero_uuid_read_only_device_gets_the_inode_from_the_kernel_log_and_a_can
             assert ls.returncode != 0 and "Bad message" in ls.stderr
             got = trace.wait_for(lambda e: [x for x in e if x.get("mount_point") == mp and x["type"] == "fs_error"])
             assert Path(f"/sys/fs/ext4/{os.path.basename(loop)}/errors_count").read_text().strip() == "0"
+            doctor = subprocess.run([FSEV, "doctor"], capture_output=True, text=True,
+                                    env={**os.environ, "COLUMNS": "400"})
         (err,) = [e for e in got if e.get("mount_point") == mp and e["type"] == "fs_error"]
     assert err["function"] == "htree_dirblock_to_tree" and err["comm"] == "ls"
     assert err["inode"] == ino and err["inode_source"] == "kernel_log", err
     assert "errno" not in err  # neither fanotify nor sysfs could tell it, and the line does not say
     notes = [l for l in trace.stderr_lines if mp in l and "cannot mark" in l]
     assert notes and "zero fsid" in notes[0] and "read-only" in notes[0], trace.stderr_lines[-5:]
+    said = " ".join(doctor.stdout.split())
+    assert f"note: {mp} " in said and "zero fsid" in said, doctor.stdout[-2000:]
 
 
 def test_no_errno_is_lost_to_merging_that_an_independent_reader_got(trace):
