@@ -502,7 +502,9 @@ class Ext4ErrorDetail:
             if ev.errno is None:
                 ev.errno = head.errno
                 ev.extra["errno_source"] = "fanotify"
-            if head.ino and ev.inode is None:
+            # The kernel log line may have come first: fanotify's inode is the
+            # same one, and errno and inode then name one source.
+            if head.ino and (ev.inode is None or ev.extra.get("inode_source") == "kernel_log"):
                 ev.inode = head.ino
                 ev.extra["inode_source"] = "fanotify"
             head.errno = None
