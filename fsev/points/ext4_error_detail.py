@@ -112,6 +112,7 @@ class _Queued:
     ino: int | None
     untold: int  # errors still to match: the first carries errno/inode
     since: float = 0.0  # when fsev read it: one no error takes is an error with no tracepoint
+    read_ns: int = 0  # the same on the kernel's clock (events' ts_ns)
 
 
 @dataclass
@@ -210,6 +211,11 @@ class Ext4ErrorDetail:
         self._sysfs: dict[str, tuple[float, dict | None]] = {}  # dev -> (read at, last error)
         self._ordinal: dict[str, int] = {}  # dev -> errors_count once the superblock has counted all seen
         self._rate: dict[str, RateModel] = {}
+        # The newest kernel time of an event or log line this half has seen, and
+        # when it last saw one: a FAN_FS_ERROR event read before that time had
+        # its traced error (if any) processed already (_orphans).
+        self._seen_ns = 0
+        self._last_seen = float("-inf")
         self.notes: list[str] = []  # what a user should know about a mount's details (stderr, doctor)
 
     # -- which filesystems -------------------------------------------------
@@ -277,7 +283,7 @@ class Ext4ErrorDetail:
             dev = self._fsid_dev.get(fe.fsid) if fe.fsid is not None else None
             if dev is None or fe.error is None:
                 continue
-            q = _Queued(fe.error, fe.ino, max(1, fe.error_count or 1), now)
+            q = _Queued(fe.error, fe.ino, max(1, fe.error_count or 1), now, int(now * 1e9))
             if dev in self._alone:  # nothing to match: the event is the error
                 self._held.append(_Held(now, self._fanotify_event(dev, q), done=True))
                 continue
@@ -298,6 +304,7 @@ class Ext4ErrorDetail:
         dev = line.dev
         if dev is None or dev not in self._mounts:
             return []
+        self._saw(line.ts_ns)
         got = parse_ext4_error(line)
         if got is None:
             return []
@@ -327,6 +334,11 @@ class Ext4ErrorDetail:
                 break
         return []
 
+    def _saw(self, ts_ns: int) -> None:
+        if ts_ns > self._seen_ns:
+            self._seen_ns = ts_ns
+        self._last_seen = self.now()
+
     def _rate_of(self, dev: str) -> RateModel:
         r = self._rate.get(dev)
         if r is None:
@@ -340,6 +352,9 @@ class Ext4ErrorDetail:
     # -- events ------------------------------------------------------------
     def process(self, ev: Event) -> list[Event]:
         """Events ready to go on, in order; fs_errors may wait for their detail."""
+        if ev.ts_ns > self._seen_ns:  # _saw(), inline: this is the flood path
+            self._seen_ns = ev.ts_ns
+        self._last_seen = self.now()
         if ev.type is not _FS_ERROR or ev.fs_type not in (None, "ext4"):  # another filesystem's: its own point's
             if self._held:
                 self._held.append(_Held(0.0, ev))
@@ -395,13 +410,17 @@ class Ext4ErrorDetail:
         return self.fan.read() if self.fan is not None and self.fan.fd >= 0 else []
 
     def _orphans(self, force: bool = False) -> None:
-        """FAN_FS_ERROR events no traced error took within HOLD_S: errors
-        with no tracepoint (__ext4_std_error without its log line)."""
+        """FAN_FS_ERROR events no traced error took: errors with no
+        tracepoint (__ext4_std_error without its log line). Sure once an event
+        the kernel sent after fsev read it has been seen (a traced error's
+        record comes before its FAN_FS_ERROR event), or once nothing has come
+        for HOLD_S; never while fsev lags behind the kernel in a flood."""
         now = self.now()
+        idle = now - self._last_seen >= HOLD_S
         for dev, q in self._queued.items():
             if not q or any(h.ev.dev == dev and self._wants_fanotify(h) for h in self._held):
                 continue
-            while q and (force or now - q[0].since >= HOLD_S):
+            while q and (force or self._seen_ns > q[0].read_ns or (idle and now - q[0].since >= HOLD_S)):
                 self._held.append(_Held(now, self._fanotify_event(dev, q.popleft()), done=True))
 
     @staticmethod

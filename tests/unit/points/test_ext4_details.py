@@ -260,3 +260,19 @@ def test_an_fserror_report_inside_an_ext4_error_is_folded_into_it_and_others_sta
     assert m.process(xfs) == [xfs]
     late = report("ext4", "metadata", ts=1000 + 2 * 10**9)
     assert m.process(late) == [late]
+
+
+def test_a_fanotify_event_read_ahead_of_a_lagging_ring_waits_for_its_traced_error():
+    now = Clockwork()
+    fan = FakeFan()
+    d = _detail(now, fan, log=False)
+    fan.pending = [FanEvent(FAN_FS_ERROR, 1, fsid=42, error=117, error_count=1)]
+    d.poll()  # read at t=100 s; the ring still holds older records
+    for i in range(5):  # fsev works through its backlog: events the kernel sent before t
+        now.t += HOLD_S
+        other = Event(0, int(90e9) + i, 0.0, EventClass.INFO, EventType.UMOUNT, "tracepoint", dev="8:1")
+        assert d.process(other) == [other]
+        assert d.poll() == []
+    ev = _error(ts_ns=int(95e9))  # the traced error it belongs to, at last
+    assert d.process(ev) == [ev] and ev.extra == {"errno_source": "fanotify"}
+    assert not d.holding
