@@ -29,3 +29,4 @@
 #include "btrfs_dev_stats.bpf.c"
 #include "xfs_error.bpf.c"
 #include "xfs_shutdown.bpf.c"
+#include "fserror.bpf.c"

@@ -70,6 +70,7 @@ enum fsev_type {
 	FSEV_TYPE_BTRFS_DEV_STAT = 11, /* btrfs counts a device error (value devid, arg counter): a sign */
 	FSEV_TYPE_XFS_ERROR = 12,     /* XFS metadata marked sick/corrupt, a btree or verifier failure */
 	FSEV_TYPE_SHUTDOWN = 13,      /* a filesystem was forced to shut down */
+	FSEV_TYPE_FSERROR = 14,       /* fserror_report() (7.0+): a filesystem reported an error */
 };
 
 /* How the record was obtained: the rung of the probe ladder. */
@@ -181,6 +182,8 @@ enum fsev_direction {
  *   level     -          -        1 = L1, 2 = L2 -             -               -               -         -
  *   direction -          -        fsev_direction -             -               -               -         -
  *   mntns     -          -        -              -             -               -               -         task's mount ns
+ * FSERROR (bpf/fserror.bpf.c): ino inode, err errno, level fserror_type + 1,
+ *   value pos, mntns len (bytes), func the filesystem type's name.
  *   call      -          -        -              fsev_call     fsev_call       -               -         fsev_call
  *   arg       -          -        -              ro bits before -              blk_status_t    -         MS_* / cmd flags
  *   cause_ns  -          -        -              the error's ktime -           -               -         -

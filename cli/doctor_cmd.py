@@ -9,6 +9,7 @@ from rich.table import Table
 
 from fsev.linux.privilege import can_trace
 from fsev.points.registry import ProbePoint, plan_probes
+from fsev.probes.ladder import RungKind
 from fsev.session.setup_checks import Check, check_bcc, check_btf, check_headers, check_tracefs
 from fsev.session.trace import kernel_facts
 
@@ -80,9 +81,17 @@ def run_doctor() -> int:
         why = "\n".join(r.skipped)
         if r.misses:
             why += ("\n" if why else "") + f"misses: {r.misses}"
+        if r.absent:
+            why += ("\n" if why else "") + f"nothing to watch: {r.absent}"
         p.add_row(r.name, r.kind.value, ", ".join(r.targets) or "-", why or "-")
     console.print(p)
     _device_counters(console)
+    if plan.kind(ProbePoint.EXT4_ERROR_DETAIL) is RungKind.FANOTIFY:
+        from fsev.linux.mountinfo import MountTable
+        from fsev.points.ext4_error_detail import mark_notes
+
+        for note in mark_notes(list(MountTable.read())):
+            console.print(f"[yellow]note[/]: {note}")
 
     # Only the foundation's points are required; a health point without a
     # rung here (e.g. no block:block_rq_error on an old kernel) is shown, not fatal.

@@ -187,7 +187,12 @@ def _stream(req: TraceRequest, session: "TraceSession | ServiceSession", recorde
             _say("dry run: compiled, attached and detached")
             return
         deadline = None if req.duration is None else time.monotonic() + req.duration
+        notes = getattr(session, "notes", None)  # a service's listener has none of its own
         for ev in session.events(until=deadline, last=True, before_wait=batched.flush if batched else None):
+            if notes:
+                for note in notes:
+                    _say(note)
+                notes.clear()
             if ev.type is not EventType.LOSS:
                 if req.count is not None and shown >= req.count:
                     continue  # stopping: events already in hand are not shown, loss still is

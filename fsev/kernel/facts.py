@@ -32,6 +32,7 @@ class KernelFacts:
     machine: str = "x86_64"  # raw sys_exit decoding knows x86-64 syscall numbers and pt_regs
     fanotify_fs_error: bool = False  # FAN_FS_ERROR (5.16+)
     fanotify_mntns: bool = False  # FAN_MARK_MNTNS, FAN_MNT_ATTACH/DETACH (6.15+)
+    fserror: bool = False  # fserror_report() (7.0+): FAN_FS_ERROR from XFS and iomap filesystems too
     ext4_emergency_ro_bit: int | None = None  # EXT4_FLAGS_EMERGENCY_RO in BTF (6.12+)
     ext4_shutdown_bit: int | None = None  # EXT4_FLAGS_SHUTDOWN in BTF (4.10+; an anonymous enum, not always kept)
     ext4_aborted_bit: int | None = None  # EXT4_MF_FS_ABORTED in BTF (up to 6.5)
@@ -43,6 +44,7 @@ class KernelFacts:
 # Types that exist exactly when the feature does.
 FANOTIFY_FS_ERROR_TYPE = "sizeof:fanotify_error_event"  # FAN_FS_ERROR, 5.16
 FANOTIFY_MNT_TYPE = "sizeof:fanotify_mnt_event"  # FAN_MNT_ATTACH/DETACH, FAN_MARK_MNTNS, 6.15
+FSERROR_TYPE = "sizeof:fserror_event"  # fserror_report(), 7.0: ext4, XFS and iomap feed FAN_FS_ERROR through it
 # ext4 >= 6.12: errors=remount-ro sets this bit of ext4_sb_info.s_ext4_flags
 # instead of SB_RDONLY. Its presence decides which state the programs read.
 EXT4_EMERGENCY_RO = "enum:EXT4_FLAGS_EMERGENCY_RO"
@@ -60,12 +62,13 @@ def _feature_facts() -> dict:
     try:
         from fsev.kernel.btf import BtfError, resolve  # imported only here: gathering needs it, planning not
 
-        got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN, EXT4_ABORTED],
-                      modules=("ext4",))
+        got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, FSERROR_TYPE, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN,
+                       EXT4_ABORTED], modules=("ext4",))
     except (ImportError, OSError, ValueError, BtfError):  # no BTF: fsev cannot trace anyway
         return out
     out["fanotify_fs_error"] = got[FANOTIFY_FS_ERROR_TYPE] is not None
     out["fanotify_mntns"] = got[FANOTIFY_MNT_TYPE] is not None
+    out["fserror"] = got[FSERROR_TYPE] is not None
     out["ext4_emergency_ro_bit"] = got[EXT4_EMERGENCY_RO]
     out["ext4_shutdown_bit"] = got[EXT4_SHUTDOWN]
     out["ext4_aborted_bit"] = got[EXT4_ABORTED]

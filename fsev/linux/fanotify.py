@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
+import select
 import struct
+import threading
 from dataclasses import dataclass
 
 from fsev.kernel.records import FSEV_H
@@ -155,21 +158,89 @@ class FanotifyGroup:
 
 
 class FsErrorWatch(FanotifyGroup):
-    """FAN_FS_ERROR on whole filesystems (a filesystem mark per mount point)."""
+    """FAN_FS_ERROR on whole filesystems (a filesystem mark per mount point).
+
+    The kernel merges every error into the one FAN_FS_ERROR event still
+    queued for a filesystem (only the first error's errno and inode are kept,
+    the rest counted), so how much a reader learns depends on how soon it
+    reads. start_reader() reads the group from a thread of its own the moment
+    the kernel queues an event, whatever the session's loop is busy with
+    (decoding a batch, a slow sink): read() then hands over what it read, in
+    order, and wake_fd is readable while something waits there."""
 
     def __init__(self) -> None:
         super().__init__(FAN_CLASS_NOTIF | FAN_REPORT_FID)
         self.marked: set[str] = set()
+        self.refused: dict[str, int] = {}  # mount point -> errno of its failed mark
+        self._lock = threading.Lock()
+        self._pending: list[FanEvent] = []
+        self._thread: threading.Thread | None = None
+        self._stop_r = self._stop_w = -1
+        self.wake_fd = -1
+        self._wake_w = -1
 
     def watch(self, mount_point: str) -> bool:
         if mount_point in self.marked:
             return True
         try:
             self.mark(FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_FS_ERROR, AT_FDCWD, mount_point)
-        except OSError:
-            return False  # gone, or a filesystem without file handles
+        except OSError as e:
+            # ENODEV: a zero fsid (ext4 without a UUID); EOPNOTSUPP/EXDEV: no
+            # file handles; ENOENT: gone.
+            self.refused[mount_point] = e.errno or 0
+            return False
+        self.refused.pop(mount_point, None)
         self.marked.add(mount_point)
         return True
+
+    def start_reader(self) -> None:
+        if self._thread is not None or self.fd < 0:
+            return
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.wake_fd, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._reader, name="fsev-fanotify", daemon=True)
+        self._thread.start()
+
+    def _reader(self) -> None:
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        p.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in p.poll()}
+            if self._stop_r in ready:
+                return
+            with self._lock:  # read and keep under one lock: read() sees them in the kernel's order
+                got = super().read()
+                self._pending += got
+            if got:
+                try:
+                    os.write(self._wake_w, b"x")
+                except OSError as e:
+                    if e.errno != errno.EAGAIN:  # a full pipe already says it
+                        return
+
+    def read(self) -> list[FanEvent]:
+        if self._thread is None:
+            return super().read()
+        with self._lock:
+            out, self._pending = self._pending, []
+            out += super().read()
+        try:
+            while os.read(self.wake_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        return out
+
+    def close(self) -> None:
+        if self._thread is not None:
+            os.write(self._stop_w, b"x")
+            self._thread.join()
+            self._thread = None
+            for fd in (self._stop_r, self._stop_w, self.wake_fd, self._wake_w):
+                os.close(fd)
+            self._stop_r = self._stop_w = self.wake_fd = self._wake_w = -1
+        super().close()
 
 
 class MntnsWatch(FanotifyGroup):

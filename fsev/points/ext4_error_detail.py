@@ -22,9 +22,27 @@ where it came from (`errno_source`, `inode_source`, `block_source`):
   on-disk superblock from a work item, a moment after the error; so an error
   waits until `errors_count` there has counted it.
 
-How many errors fanotify merged depends on when a reader reads, so two fsev
-processes may take an errno from different sources; waiting for each source
-to catch up is what makes them agree on the value.
+- the kernel log line of the error (the kernel_log point, where it runs):
+  ext4 prints inode and block there, in the erroring task, right after the
+  tracepoint. It is matched by device, function, line and pid, and is the
+  one source left on a filesystem fanotify cannot mark (a zero fsid: no
+  UUID) on a read-only device (ext4 records nothing in sysfs there). An
+  error waits for its line only while ext4's rate limit lets lines through
+  (ext4_error_log.RateModel); past it the log tells nothing.
+
+How many errors fanotify merged depends on when a reader reads, so fsev
+reads its group from a thread of its own as soon as the kernel queues an
+event (FsErrorWatch.start_reader); an error fanotify merged all the same is
+marked `errno_merged`. Two fsev processes may still take an errno from
+different sources; waiting for each source to catch up is what makes them
+agree on the value.
+
+Errors with no tracepoint: __ext4_std_error (journal and I/O failures on
+the write path) fires none, so on this rung such an error is made here, from
+its kernel log line (rung "kernel_log") or, without one, from its
+FAN_FS_ERROR event that no traced error took (rung "fanotify"). On 7.0+,
+FAN_FS_ERROR reports XFS errors too (fserror_report): XFS mounts are marked
+and their errors made the same way.
 
 Every event waits behind an error whose detail has not come yet (at most
 HOLD_S), so that the stream keeps the kernel's order, across devices too.
@@ -32,6 +50,7 @@ HOLD_S), so that the stream keeps the kernel's order, across devices too.
 
 from __future__ import annotations
 
+import errno as errno_mod
 import os
 import time
 from collections import deque
@@ -41,8 +60,12 @@ from typing import Callable
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
 from fsev.linux.fanotify import FanEvent, FsErrorWatch
+from fsev.linux.kernel_log import LogLine
 from fsev.linux.mountinfo import Mount
 from fsev.points.ext4_error import plan_ext4_error
+from fsev.points.ext4_error_log import RateModel, parse_ext4_error, rate_model
+from fsev.points.kernel_log import CONSOLE_TRACEPOINT
+from fsev.points.kernel_log import NAME as KERNEL_LOG_POINT
 from fsev.probes.ladder import Rung, RungKind
 from fsev.probes.point import Point, PointMonitor, SessionContext
 
@@ -88,6 +111,11 @@ class _Queued:
     errno: int | None
     ino: int | None
     untold: int  # errors still to match: the first carries errno/inode
+    since: float = 0.0  # when fsev read it: one no error takes is an error with no tracepoint
+    read_ns: int = 0  # the same on the kernel's clock (events' ts_ns)
+    # Read while the ring buffer dropped records: its traced error may be one
+    # of them, so it never stands alone (the loss event counts that error).
+    lossy: bool = False
 
 
 @dataclass
@@ -98,6 +126,10 @@ class _Held:
     ev: Event
     ordinal: int | None = None  # the superblock's errors_count once it has counted this error
     merged: bool = False  # fanotify merged it: only the superblock can tell its errno
+    told: bool = False  # fanotify told its errno (the fanotify step is done)
+    log: bool = False  # waits for its kernel log line
+    std: bool = False  # made from a std error's log line: still takes its fanotify event
+    done: bool = False  # made complete (from a FAN_FS_ERROR event alone)
 
 
 def sysfs_last_error(name: str, root: str = "/sys/fs/ext4") -> dict | None:
@@ -141,6 +173,19 @@ def _same_error(ev: Event, last: dict | None) -> bool:
     return last is not None and last.get("func") == ev.function and last.get("line") == ev.line
 
 
+def fill_merged_from_sysfs(ev: Event, last: dict | None, ordinal: int | None) -> None:
+    """An error fanotify merged: errno from the superblock's last error if it
+    is this one. Not its inode: the last error's may be another error's."""
+    if last is None or not _same_error(ev, last) or not last["errno"]:
+        return
+    if ev.errno is None:
+        ev.errno = last["errno"]
+        ev.extra["errno_source"] = "sysfs"
+    if ev.block is None and last.get("block") and ordinal is not None:
+        ev.block = last["block"]  # counted: the last error is this one
+        ev.extra["block_source"] = "sysfs"
+
+
 def fill_from_sysfs(ev: Event, last: dict | None) -> bool:
     """Take errno, inode, block from the superblock's last error if it is this
     event's error (same function and line)."""
@@ -161,24 +206,54 @@ def fill_from_sysfs(ev: Event, last: dict | None) -> bool:
 
 class Ext4ErrorDetail:
     def __init__(self, watch: FsErrorWatch | None, now: Callable[[], float] = time.monotonic,
-                 last_error: Callable[[str], dict | None] | None = None) -> None:
+                 last_error: Callable[[str], dict | None] | None = None,
+                 make_event: Callable[..., Event] | None = None, log: bool = False,
+                 rates: Callable[[str], RateModel] | None = None, xfs: bool = False,
+                 drops: Callable[[], int] | None = None) -> None:
         self.fan = watch
         self.now = now
         self._last_error = last_error or self._read_sysfs
+        self._make_event = make_event or _plain_event
+        self.log = log  # the kernel_log point runs: errors wait for their lines
+        self._rates = rates or self._read_rates
+        self.xfs = xfs  # FAN_FS_ERROR reports XFS errors (7.0+): mark XFS mounts too
+        self._drops = drops  # the ring buffer's drop count (KernelTables.drops)
+        self._drops_seen = 0
+        self._drop_at = float("-inf")  # when that count last grew
+        self.withheld = 0  # errors of FAN_FS_ERROR events not emitted, the ring having dropped records
         self._fsid_dev: dict[int, str] = {}
         self._fan_devs: set[str] = set()  # devices with a FAN_FS_ERROR mark
+        self._alone: set[str] = set()  # marked devices with no tracepoint error: fanotify is all
+        self._mounts: dict[str, Mount] = {}  # dev -> the watched mount, for events made here
         self._queued: dict[str, deque[_Queued]] = {}
         self._late: dict[str, int] = {}  # errors given up on whose fanotify event may still come
         self._held: deque[_Held] = deque()
         self._names: dict[str, str | None] = {}
         self._sysfs: dict[str, tuple[float, dict | None]] = {}  # dev -> (read at, last error)
         self._ordinal: dict[str, int] = {}  # dev -> errors_count once the superblock has counted all seen
+        self._rate: dict[str, RateModel] = {}
+        # The newest kernel time of an event or log line this half has seen, and
+        # when it last saw one: a FAN_FS_ERROR event read before that time had
+        # its traced error (if any) processed already (_orphans).
+        self._seen_ns = 0
+        self._last_seen = float("-inf")
+        self.notes: list[str] = []  # what a user should know about a mount's details (stderr, doctor)
 
     # -- which filesystems -------------------------------------------------
     def watch(self, mounts: list[Mount]) -> None:
+        """Follow these mounts from now on (the watched ones of the mount table)."""
+        ids: dict[str, set[int]] = {}
         for m in mounts:
-            if m.fs_type != "ext4" or m.dev in self._fsid_dev.values():
+            ids.setdefault(m.dev, set()).add(m.mnt_id)
+        for dev, old in list(self._mounts.items()):
+            if old.mnt_id not in ids.get(dev, ()):
+                self._forget(dev, old)  # gone: a new filesystem may come on the same device
+        for m in mounts:
+            if m.fs_type not in ("ext4", "xfs") or m.dev in self._mounts:
                 continue
+            if m.fs_type == "xfs" and not (self.xfs and self.fan is not None):
+                continue
+            self._mounts[m.dev] = m
             try:
                 fsid = os.statvfs(m.mount_point).f_fsid
             except OSError:
@@ -187,16 +262,60 @@ class Ext4ErrorDetail:
                 self._fsid_dev[fsid] = m.dev
                 if self.fan is not None:
                     self._fan_devs.add(m.dev)
+                    if m.fs_type == "xfs":
+                        self._alone.add(m.dev)
+            else:
+                self.notes.append(self._refused_note(m))
+            if m.fs_type != "ext4":
+                continue
             last = self._read_last_error(m.dev)
             if last is not None and last.get("count") is not None:
                 self._ordinal[m.dev] = last["count"]
 
+    def _forget(self, dev: str, m: Mount) -> None:
+        del self._mounts[dev]
+        for fsid in [f for f, d in self._fsid_dev.items() if d == dev]:
+            del self._fsid_dev[fsid]
+        self._fan_devs.discard(dev)
+        self._alone.discard(dev)
+        self._ordinal.pop(dev, None)
+        self._rate.pop(dev, None)
+        self._sysfs.pop(dev, None)
+        self._names.pop(dev, None)
+        self._late.pop(dev, None)
+        self._queued.pop(dev, None)
+        if self.fan is not None:
+            self.fan.marked.discard(m.mount_point)
+
+    def _refused_note(self, m: Mount) -> str:
+        err = self.fan.refused.get(m.mount_point, 0) if self.fan is not None else 0
+        why = ("its filesystem has a zero fsid (no UUID: tune2fs -U clear)" if err == errno_mod.ENODEV
+               else os.strerror(err) if err else "the mark was refused")
+        name = self._names.get(m.dev) or block_dev_name(m.dev)
+        ro = _bdev_read_only(name) if name else False
+        where = ("inode and block from the kernel log alone, no errno (the device is read-only: ext4 "
+                 "records no error in sysfs)" if ro
+                 else "errno, inode and block from the superblock's last recorded error (sysfs) and the kernel log")
+        return f"{m.mount_point} ({m.dev}): FAN_FS_ERROR cannot mark it: {why}; its errors get {where}"
+
     def on_fanotify(self, events: list[FanEvent]) -> None:
+        now = self.now()
+        if events and self._drops is not None:
+            # A dropped record's error came before its FAN_FS_ERROR event (the
+            # tracepoint fires first), so the count read now has it; HOLD_S
+            # covers an event the reader thread took after that count grew.
+            total = self._drops()
+            if total > self._drops_seen:
+                self._drops_seen, self._drop_at = total, now
+        lossy = now - self._drop_at <= HOLD_S
         for fe in events:
             dev = self._fsid_dev.get(fe.fsid) if fe.fsid is not None else None
             if dev is None or fe.error is None:
                 continue
-            q = _Queued(fe.error, fe.ino, max(1, fe.error_count or 1))
+            q = _Queued(fe.error, fe.ino, max(1, fe.error_count or 1), now, int(now * 1e9), lossy)
+            if dev in self._alone:  # nothing to match: the event is the error
+                self._held.append(_Held(now, self._fanotify_event(dev, q), done=True))
+                continue
             late = self._late.get(dev, 0)
             if late:  # errors that went out without it: theirs, not the next error's
                 skip = min(late, q.untold)
@@ -207,47 +326,112 @@ class Ext4ErrorDetail:
                     continue
             self._queued.setdefault(dev, deque()).append(q)
 
+    # -- the kernel log (fsev/points/kernel_log.py) --------------------------
+    def on_log(self, line: LogLine) -> list[Event]:
+        """An ext4 log line: the details of the error it prints. Events come
+        out of poll(), in order (none from here)."""
+        dev = line.dev
+        if dev is None or dev not in self._mounts:
+            return []
+        self._saw(line.ts_ns)
+        got = parse_ext4_error(line)
+        if got is None:
+            return []
+        if got.std:
+            self._rate_of(dev).printed(line.ts_ns)  # it took a line of the same limit
+            ev = self._new_event(dev, "kernel_log", ts_ns=line.ts_ns, pid=line.pid or None,
+                                 tgid=line.tgid or None, comm=line.comm or None, function=line.function,
+                                 line=line.line, errno=got.errno)
+            ev.extra["std_error"] = True
+            if got.errno is not None:
+                ev.extra["errno_source"] = "kernel_log"
+            # It takes its place among the device's errors: its FAN_FS_ERROR
+            # event and its count in the superblock are its own.
+            self._held.append(_Held(self.now(), ev, self._count(dev), log=False, std=True))
+            return []
+        for h in self._held:
+            ev = h.ev
+            if (h.log and ev.dev == dev and ev.function == line.function and ev.line == line.line
+                    and (not ev.pid or not line.pid or ev.pid == line.pid)):
+                h.log = False
+                if ev.inode is None and got.inode:
+                    ev.inode = got.inode
+                    ev.extra["inode_source"] = "kernel_log"
+                if ev.block is None and got.block:
+                    ev.block = got.block
+                    ev.extra["block_source"] = "kernel_log"
+                break
+        return []
+
+    def _saw(self, ts_ns: int) -> None:
+        if ts_ns > self._seen_ns:
+            self._seen_ns = ts_ns
+        self._last_seen = self.now()
+
+    def _rate_of(self, dev: str) -> RateModel:
+        r = self._rate.get(dev)
+        if r is None:
+            r = self._rate[dev] = self._rates(dev)
+        return r
+
+    def _read_rates(self, dev: str) -> RateModel:
+        name = self._name(dev)
+        return rate_model(name) if name else RateModel()
+
     # -- events ------------------------------------------------------------
     def process(self, ev: Event) -> list[Event]:
         """Events ready to go on, in order; fs_errors may wait for their detail."""
-        if ev.type is not _FS_ERROR:
+        if ev.ts_ns > self._seen_ns:  # _saw(), inline: this is the flood path
+            self._seen_ns = ev.ts_ns
+        self._last_seen = self.now()
+        if ev.type is not _FS_ERROR or ev.fs_type not in (None, "ext4"):  # another filesystem's: its own point's
             if self._held:
                 self._held.append(_Held(0.0, ev))
                 return self._release()
             return [ev]
         dev = ev.dev or ""
         ordinal = self._count(dev)
-        if ev.errno is None and not self._held and self._merged_at_once(ev, dev, ordinal):
+        log = (ev.errno is None and self.log and dev in self._mounts
+               and self._rate_of(dev).printed(ev.ts_ns))  # its kernel log line will follow
+        if ev.errno is None and not log and not self._held and self._merged_at_once(ev, dev, ordinal):
             return [ev]
         h = _Held(0.0, ev, ordinal)
         if ev.errno is not None:  # the kprobe rung had it from the arguments
             ev.extra["errno_source"] = ev.rung
             if ev.inode is not None:
                 ev.extra["inode_source"] = ev.rung
+            if ev.block is not None:
+                ev.extra["block_source"] = ev.rung
             if not self._held:
                 return [ev]
             h.ordinal = None
-        elif not self._held and self._complete(h, self.now(), force=False):
-            # The common case, a flood too: fanotify told already (or merged
-            # this error into one it told), or there is nothing to wait for.
-            return [ev]
+        else:
+            h.log = log
+            if not self._held and self._complete(h, self.now(), force=False):
+                # The common case, a flood too: fanotify told already (or merged
+                # this error into one it told), or there is nothing to wait for.
+                return [ev]
         h.since = self.now()
         self._held.append(h)
         return self._release()
 
     def poll(self) -> list[Event]:
+        got = self._read_fanotify()
+        if got:
+            self.on_fanotify(got)
+        self._orphans()
         if not self._held:
             return []
-        self.on_fanotify(self._read_fanotify())
         return self._release()
 
     def flush(self) -> list[Event]:
         self.on_fanotify(self._read_fanotify())
+        self._orphans(force=True)
         return self._release(force=True)
 
     @property
     def holding(self) -> bool:
-        return bool(self._held)
+        return bool(self._held) or any(self._queued.values())
 
     def _count(self, dev: str) -> int | None:
         """This error's place in the superblock's errors_count."""
@@ -260,13 +444,58 @@ class Ext4ErrorDetail:
     def _read_fanotify(self) -> list[FanEvent]:
         return self.fan.read() if self.fan is not None and self.fan.fd >= 0 else []
 
+    def _orphans(self, force: bool = False) -> None:
+        """FAN_FS_ERROR events no traced error took: errors with no
+        tracepoint (__ext4_std_error without its log line). Sure once an event
+        the kernel sent after fsev read it has been seen (a traced error's
+        record comes before its FAN_FS_ERROR event), or once nothing has come
+        for HOLD_S; never while fsev lags behind the kernel in a flood, and
+        never one read while the ring buffer dropped records (_Queued.lossy)."""
+        now = self.now()
+        idle = now - self._last_seen >= HOLD_S
+        for dev, q in self._queued.items():
+            if not q or any(h.ev.dev == dev and self._wants_fanotify(h) for h in self._held):
+                continue
+            while q and (force or self._seen_ns > q[0].read_ns or (idle and now - q[0].since >= HOLD_S)):
+                orphan = q.popleft()
+                if orphan.lossy:
+                    self.withheld += orphan.untold
+                else:
+                    self._held.append(_Held(now, self._fanotify_event(dev, orphan), done=True))
+
+    @staticmethod
+    def _wants_fanotify(h: _Held) -> bool:
+        return (h.ev.type is _FS_ERROR and not (h.done or h.told or h.merged)
+                and (h.std or "errno_source" not in h.ev.extra))
+
+    def _fanotify_event(self, dev: str, q: _Queued) -> Event:
+        ev = self._new_event(dev, "fanotify", errno=q.errno, inode=q.ino or None)
+        if q.errno is not None:
+            ev.extra["errno_source"] = "fanotify"
+        else:
+            ev.extra["errno_merged"] = True
+        if q.ino:
+            ev.extra["inode_source"] = "fanotify"
+        if q.untold > 1:
+            ev.extra["errors_merged"] = q.untold - 1
+        return ev
+
+    def _new_event(self, dev: str, rung: str, ts_ns: int | None = None, **fields: object) -> Event:
+        ev = self._make_event(cls=EventClass.ERR, type=_FS_ERROR, rung=rung, dev=dev, **fields)
+        if ts_ns:
+            ev.ts_ns = ts_ns
+        m = self._mounts.get(dev)
+        if m is not None:
+            ev.mount_point, ev.fs_type, ev.source, ev.mnt_id = m.mount_point, m.fs_type, m.source, m.mnt_id
+        return ev
+
     def _release(self, force: bool = False) -> list[Event]:
         out: list[Event] = []
         now = self.now()
         held = self._held
         while held:
             h = held[0]
-            if h.ev.type is _FS_ERROR and "errno_source" not in h.ev.extra:
+            if h.ev.type is _FS_ERROR and not h.done and (h.std or "errno_source" not in h.ev.extra or h.log):
                 if not self._complete(h, now, force or now - h.since >= HOLD_S):
                     break
             held.popleft()
@@ -274,10 +503,10 @@ class Ext4ErrorDetail:
         return out
 
     def _complete(self, h: _Held, now: float, force: bool) -> bool:
-        """Fill one tracepoint error from fanotify or the superblock; False
-        while it should wait (never when force)."""
+        """Fill one tracepoint error from fanotify, its log line or the
+        superblock; False while it should wait (never when force)."""
         ev, dev = h.ev, h.ev.dev or ""
-        if dev in self._fan_devs and not h.merged:
+        if dev in self._fan_devs and not h.merged and not h.told:
             if not self._queued.get(dev):
                 self.on_fanotify(self._read_fanotify())
             told = self._take(dev, ev)
@@ -286,16 +515,30 @@ class Ext4ErrorDetail:
                     return False
                 self._late[dev] = self._late.get(dev, 0) + 1
             elif told:
-                return True
+                h.told = True
             else:
                 h.merged = True
+                ev.extra["errno_merged"] = True
+        if h.log:  # its kernel log line comes right behind it
+            if not force:
+                return False
+            h.log = False
+            self._rate_of(dev).silenced()
+        h.std = False
+        if h.told:
+            # Block: fanotify has none; the superblock's, if it has recorded
+            # this error by now (no wait for it: told errors go at once).
+            if ev.block is None:
+                got = self._sysfs.get(dev)
+                last = got[1] if got is not None else None
+                if last is not None and self._counted(last, h.ordinal):
+                    fill_from_sysfs(ev, last)
+            return True
         last = self._superblock_error(dev, h, now, force)
         if last is _WAIT:
             return False
-        if h.merged:  # the inode of the last error may be another error's
-            if last is not None and _same_error(ev, last) and last["errno"]:
-                ev.errno = last["errno"]
-                ev.extra["errno_source"] = "sysfs"
+        if h.merged:
+            fill_merged_from_sysfs(ev, last, h.ordinal)
         else:
             fill_from_sysfs(ev, last)
         return True
@@ -303,7 +546,8 @@ class Ext4ErrorDetail:
     def _merged_at_once(self, ev: Event, dev: str, ordinal: int | None) -> bool:
         """The flood's case of _complete, without a _Held or a read: fanotify
         merged this error into the queued event at the head (its first error
-        told already) and the superblock, as last read, has counted it. Then
+        told already), no kernel log line is to come for it, and the
+        superblock, as last read, has counted it. Then
         it completes as _complete would (the superblock's errno if its last
         error is this one) and True; False, having changed nothing, for
         _complete to decide (tests/unit/points/test_ext4_error_detail_fast.py
@@ -321,9 +565,8 @@ class Ext4ErrorDetail:
         head.untold -= 1
         if head.untold <= 0:
             q.popleft()
-        if last is not None and last["errno"] and last.get("func") == ev.function and last.get("line") == ev.line:
-            ev.errno = last["errno"]
-            ev.extra["errno_source"] = "sysfs"
+        ev.extra["errno_merged"] = True
+        fill_merged_from_sysfs(ev, last, ordinal)
         return True
 
     def _take(self, dev: str, ev: Event) -> bool | None:
@@ -335,9 +578,12 @@ class Ext4ErrorDetail:
         head = q[0]
         told = head.errno is not None
         if told:  # the first error of this queued event
-            ev.errno = head.errno
-            ev.extra["errno_source"] = "fanotify"
-            if head.ino:
+            if ev.errno is None:
+                ev.errno = head.errno
+                ev.extra["errno_source"] = "fanotify"
+            # The kernel log line may have come first: fanotify's inode is the
+            # same one, and errno and inode then name one source.
+            if head.ino and (ev.inode is None or ev.extra.get("inode_source") == "kernel_log"):
                 ev.inode = head.ino
                 ev.extra["inode_source"] = "fanotify"
             head.errno = None
@@ -380,15 +626,34 @@ class Ext4ErrorDetail:
             last["errno"] = EXT4_ERRCODE_ERRNO.get(last.get("errcode", 0))
         return last
 
-    def _read_sysfs(self, dev: str) -> dict | None:
+    def _name(self, dev: str) -> str | None:
         if dev not in self._names:
             self._names[dev] = block_dev_name(dev)
-        name = self._names[dev]
+        return self._names[dev]
+
+    def _read_sysfs(self, dev: str) -> dict | None:
+        name = self._name(dev)
         return sysfs_last_error(name) if name else None
 
     def close(self) -> None:
         if self.fan is not None:
             self.fan.close()
+
+
+def _plain_event(**fields: object) -> Event:
+    return Event(seq=0, ts_ns=time.monotonic_ns(), wall_time=time.time(), **fields)  # type: ignore[arg-type]
+
+
+def _bdev_read_only(name: str) -> bool:
+    try:
+        with open(f"/sys/class/block/{name}/ro") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+# The detail rung's target when FAN_FS_ERROR reports XFS errors too (7.0+: fserror_report).
+FAN_XFS = "FAN_FS_ERROR (XFS)"
 
 
 def plan_ext4_error_detail(facts: KernelFacts) -> Rung:
@@ -398,19 +663,29 @@ def plan_ext4_error_detail(facts: KernelFacts) -> Rung:
     if base.kind is RungKind.NONE:
         return Rung(NAME, RungKind.NONE, skipped=("no ext4 error rung",))
     skipped: tuple[str, ...] = ("kprobe: the ext4 error rung is " + base.kind.value,)
+    log = facts.has_tracepoint(CONSOLE_TRACEPOINT)
+    from_log = ("; inode and block from the error's kernel log line while ext4 does not rate-limit it "
+                "(10 lines per 5 s by default)") if log else ""
+    std = ("; __ext4_std_error errors (no tracepoint) from their kernel log line or FAN_FS_ERROR event"
+           if log else "; __ext4_std_error errors (no tracepoint) from their FAN_FS_ERROR event")
     if facts.fanotify_fs_error:
-        return Rung(NAME, RungKind.FANOTIFY, ("FAN_FS_ERROR", "/sys/fs/ext4/*/last_error_*"),
-                    gives="errno and inode of the first error fanotify queued (read at once, so almost every "
-                    "error); else the superblock's last recorded error when its function and line match",
-                    misses="errno and inode of errors merged into one queued fanotify event that the "
-                    "superblock's last error does not describe; after ring-buffer loss, errno may be "
-                    "matched to the wrong error",
+        targets: tuple[str, ...] = ("FAN_FS_ERROR", "/sys/fs/ext4/*/last_error_*")
+        if facts.fserror:
+            targets += (FAN_XFS,)
+        return Rung(NAME, RungKind.FANOTIFY, targets,
+                    gives="errno and inode of the first error fanotify queued (read by a thread of its own the "
+                    "moment it is queued); else the superblock's last recorded error (errno, inode, block) when "
+                    "its function and line match" + from_log + std,
+                    misses="errno of errors merged into one queued fanotify event anyway that the superblock's "
+                    "last error does not describe (marked errno_merged); filesystems with a zero fsid cannot "
+                    "be marked (shown at start); after ring-buffer loss, errno may be matched to the wrong error",
                     skipped=skipped)
     skipped += ("fanotify: no FAN_FS_ERROR (kernel before 5.16)",)
     return Rung(NAME, RungKind.POLLED, ("/sys/fs/ext4/*/last_error_*",),
                 gives="errno, inode, block of the superblock's last recorded error when its function and line "
-                "match the event's",
-                misses="every error but the last of a burst", skipped=skipped)
+                "match the event's" + from_log,
+                misses="every error but the last of a burst past the log's rate limit; __ext4_std_error errors "
+                "without a log line", skipped=skipped)
 
 
 _HELD_POLL_MS = 2  # loop turn while events wait for fanotify
@@ -428,6 +703,9 @@ class DetailMonitor(PointMonitor):
         # Every event of the session passes here: one call, not two.
         self.process = detail.process  # type: ignore[method-assign]
         self._generation = (-1, -1)
+        self._noted = 0
+        if detail.log:
+            ctx.read_kernel_log("ext4", detail.on_log)
         self.mounts_changed()
 
     def mounts_changed(self) -> None:
@@ -436,7 +714,7 @@ class DetailMonitor(PointMonitor):
         if self._generation == generation:
             return
         self._generation = generation
-        self.detail.watch([m for m in ctx.table if m.fs_type == "ext4" and ctx.mount_watched(m)])
+        self.detail.watch([m for m in ctx.table if m.fs_type in ("ext4", "xfs") and ctx.mount_watched(m)])
 
     def process(self, ev: Event) -> list[Event]:
         return self.detail.process(ev)
@@ -453,10 +731,31 @@ class DetailMonitor(PointMonitor):
 
     def wake_fds(self) -> list[int]:
         fan = self.detail.fan
-        return [fan.fd] if fan is not None and fan.fd >= 0 else []
+        if fan is None or fan.fd < 0:
+            return []
+        return [fan.wake_fd] if fan.wake_fd >= 0 else [fan.fd]
+
+    def notes(self) -> list[str]:
+        new = self.detail.notes[self._noted:]
+        self._noted = len(self.detail.notes)
+        return new
 
     def close(self) -> None:
         self.detail.close()
+
+
+def mark_notes(mounts: list[Mount]) -> list[str]:
+    """`fsev doctor`: the mounts among these that FAN_FS_ERROR cannot mark, and why."""
+    try:
+        fan = FsErrorWatch()
+    except OSError:
+        return []  # not root, or no fanotify: doctor says so elsewhere
+    try:
+        d = Ext4ErrorDetail(fan, last_error=lambda dev: None)
+        d.watch([m for m in mounts if m.fs_type == "ext4"])
+        return d.notes
+    finally:
+        fan.close()
 
 
 class Ext4ErrorDetailPoint(Point):
@@ -475,7 +774,14 @@ class Ext4ErrorDetailPoint(Point):
                 fan = FsErrorWatch()
             except OSError:
                 fan = None
-        return DetailMonitor(ctx, Ext4ErrorDetail(fan, ctx.now))
+            else:
+                fan.start_reader()
+        log = ctx.plan.kind(KERNEL_LOG_POINT) is not None
+        rung = ctx.plan.rung(NAME)
+        xfs = rung is not None and FAN_XFS in rung.targets
+        drops = ctx.probes.drops if ctx.probes is not None else None
+        return DetailMonitor(ctx, Ext4ErrorDetail(fan, ctx.now, make_event=ctx.make_event,
+                                                  log=log and kind is not RungKind.KPROBE, xfs=xfs, drops=drops))
 
 
 POINT = Ext4ErrorDetailPoint()

@@ -21,6 +21,7 @@ from fsev.points import (
     enospc,
     ext4_error,
     ext4_error_detail,
+    fserror,
     kernel_log,
     mount_drop,
     mount_topology,
@@ -33,7 +34,7 @@ from fsev.points import (
     xfs_shutdown,
 )
 from fsev.probes import program
-from fsev.probes.ladder import Plan
+from fsev.probes.ladder import Plan, Rung
 from fsev.probes.point import Point
 from fsev.probes.program import ProgramConfig
 
@@ -57,6 +58,7 @@ POINTS: tuple[Point, ...] = (
     btrfs_dev_stats.POINT,
     xfs_error.POINT,
     xfs_shutdown.POINT,
+    fserror.POINT,
 )
 
 
@@ -79,6 +81,7 @@ class ProbePoint(str, enum.Enum):
     BTRFS_DEV_STATS = btrfs_dev_stats.NAME
     XFS_ERROR = xfs_error.NAME
     XFS_SHUTDOWN = xfs_shutdown.NAME
+    FSERROR = fserror.NAME
 
 
 # Threshold points with a kernel rung (thr_other is always polled): what fsev
@@ -138,6 +141,18 @@ decode_runs = _DECODER.decode_runs  # what RingReader.read_runs gives, a batch a
 _DESCRIBE = {p.event_type: p for p in reversed(POINTS) if p.event_type is not None and p.fs_type is None}
 # Points that describe one filesystem's events of a type another point describes too.
 _DESCRIBE_FS = {(p.event_type, p.fs_type): p for p in POINTS if p.event_type is not None and p.fs_type is not None}
+
+
+MODULES = {p.name: p.module for p in POINTS if p.module is not None}
+
+
+def dormant(rung: Rung, mounted_fs_types: "set[str]") -> bool:
+    """A point with nothing to watch (Rung.absent) that misses nothing yet: its
+    module's filesystem is not mounted (a point with no module: never)."""
+    if not rung.absent:
+        return False
+    module = MODULES.get(rung.name)
+    return module is None or module not in mounted_fs_types
 
 
 def describe(ev: Event) -> str:

@@ -92,6 +92,15 @@ def decode_mask(scope: str, mask: int) -> list[str]:
 
 
 # -- the ladder ----------------------------------------------------------------
+ABSENT = "the xfs module is not loaded: no XFS filesystem is mounted (restart fsev after one is)"
+
+
+def xfs_present(facts: KernelFacts) -> bool:
+    """XFS's code is in the running kernel: its oldest tracepoint (xfs_btree_corrupt,
+    4.x) or a function the kprobe rung hooks. Not, while the module is not loaded."""
+    return facts.has_tracepoint(BTREE_TRACEPOINT) or any(f in facts.kprobe_functions for f in KPROBE_FUNCTIONS)
+
+
 def plan_xfs_error(facts: KernelFacts) -> Rung:
     btree = (BTREE_TRACEPOINT,) if facts.raw_tracepoints and facts.btf and facts.has_tracepoint(BTREE_TRACEPOINT) \
         else ()
@@ -107,11 +116,13 @@ def plan_xfs_error(facts: KernelFacts) -> Rung:
         return Rung(NAME, RungKind.KPROBE, fns + btree,
                     gives="corruption and verifier reports with file, line, function and verifier name; "
                           "health marks with their structures" + ("; btree corruption" if btree else ""))
+    absent = "" if xfs_present(facts) else ABSENT
     if not facts.raw_tracepoints or not facts.btf:
-        return Rung(NAME, RungKind.NONE, skipped=skipped + ("raw_tracepoint: no raw tracepoints or no BTF",))
+        return Rung(NAME, RungKind.NONE, absent=absent,
+                    skipped=skipped + ("raw_tracepoint: no raw tracepoints or no BTF",))
     tps = tuple(t for t in HEALTH_TRACEPOINTS if facts.has_tracepoint(t))
     if not tps:
-        return Rung(NAME, RungKind.NONE, skipped=skipped + (
+        return Rung(NAME, RungKind.NONE, absent=absent, skipped=skipped + (
             "raw_tracepoint: no xfs:xfs_*_mark_sick tracepoints (6.13+; is the xfs module loaded?)",))
     return Rung(NAME, RungKind.RAW_TRACEPOINT, tps + btree,
                 gives="health marks (filesystem, allocation/realtime group, inode) with their structures"
@@ -276,6 +287,7 @@ class XfsLogReader(PointMonitor):
 class XfsError(Point):
     name = NAME
     fs_type = FS_TYPE
+    module = FS_TYPE
     record_type = RecordType.XFS_ERROR
     event_type = EventType.FS_ERROR
     classes = frozenset({RecordClass.ERR})

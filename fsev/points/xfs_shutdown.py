@@ -89,7 +89,11 @@ def plan_xfs_shutdown(facts: KernelFacts) -> Rung:
         return Rung(NAME, RungKind.KPROBE, (KPROBE,),
                     gives="the shutdown with its reasons, file and line (the first call per mount)",
                     skipped=skipped)
-    return Rung(NAME, RungKind.NONE, skipped=skipped + (why or "kprobe: no kernel BTF to read xfs_mount",))
+    # No tracepoint and no function of XFS's: the module is not loaded.
+    absent = "" if facts.has_tracepoint(TRACEPOINT) or KPROBE in facts.kprobe_functions else (
+        "the xfs module is not loaded: no XFS filesystem is mounted (restart fsev after one is)")
+    return Rung(NAME, RungKind.NONE, absent=absent,
+                skipped=skipped + (why or "kprobe: no kernel BTF to read xfs_mount",))
 
 
 def describe_shutdown(ev: Event) -> str:
@@ -122,6 +126,7 @@ class ShutdownOnce(PointMonitor):
 
 class XfsShutdown(Point):
     name = NAME
+    module = FS_TYPE
     record_type = RecordType.SHUTDOWN
     event_type = EventType.SHUTDOWN
     classes = frozenset({RecordClass.ERR})

@@ -33,6 +33,11 @@ class Rung:
     # BTF facts beyond struct offsets that the rung's programs read (e.g.
     # "enum:EXT4_FLAGS_EMERGENCY_RO"); resolved with the offsets.
     reads: tuple[str, ...] = ()
+    # Why there is nothing here to watch (kind NONE only): the running kernel
+    # lacks the code the point hooks, not a mechanism to hook it (a function of
+    # a newer kernel; a filesystem module not loaded, so none of its kind is
+    # mounted). "" when the code is there.
+    absent: str = ""
 
     @property
     def usable(self) -> bool:

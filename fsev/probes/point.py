@@ -33,6 +33,7 @@ class KernelTables(Protocol):
 
     def set_keys(self, table: str, keys: list[int]) -> None: ...
     def table_items(self, table: str) -> list[tuple[int, object]]: ...
+    def drops(self) -> int: ...
 
 
 @dataclass
@@ -102,6 +103,11 @@ class PointMonitor:
         session that waits long (fsev serve) ends its wait on them."""
         return []
 
+    def notes(self) -> list[str]:
+        """What the user should know that this half found since last asked
+        (a mount it cannot watch fully, and why): shown on stderr."""
+        return []
+
     def close(self) -> None:
         return None
 
@@ -119,6 +125,10 @@ class Point:
     # The filesystem whose events it describes, where several points make
     # events of one type (fs_error: ext4's and XFS's); None: any.
     fs_type: ClassVar[str | None] = None
+    # The kernel module (a filesystem's) whose code it hooks, where a module
+    # not loaded leaves nothing to watch (Rung.absent) until one of that
+    # filesystem is mounted.
+    module: ClassVar[str | None] = None
     # The classes of its kernel records: its programs are compiled in only
     # when the user asked for one of them.
     classes: ClassVar[frozenset[RecordClass]] = frozenset()

@@ -384,7 +384,12 @@ class Service:
         systemd.notify_ready(self.status_text())  # only now: the probes are attached and the socket serves
         reason = "stopped"
         try:
+            notes = self.session.notes  # what the halves found later (a mount fanotify cannot mark)
             for ev in self.session.events(poll_ms=POLL_MS, last=True):
+                if notes:
+                    for note in notes:
+                        _log(note)
+                    notes.clear()
                 self._emit(ev)
         except FsevError as e:
             reason = f"failed: {e}"

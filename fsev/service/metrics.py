@@ -53,6 +53,7 @@ from fsev import __version__
 from fsev.events import Event, EventType
 from fsev.linux.mountinfo import Mount
 from fsev.points.read_only import EMERGENCY_RO, SHUTDOWN, mount_read_only
+from fsev.points.registry import dormant
 from fsev.probes.ladder import Plan
 from fsev.session.trace import Watch
 from fsev.thresholds.arming import StatfsResult
@@ -380,6 +381,7 @@ class FsMetrics:
             block_io = dict(self._block_io)
             device_errors = dict(self._device_errors)
             kernel_lost = self._kernel_lost
+            mounted = {s.fstype for s in self._fs.values() if s.gone_at is None}
         lost = {"kernel": kernel_lost, "listener": 0, "journal": 0}
         lost.update(self._lost())
         fs = ["device", "mountpoint", "fstype"]
@@ -448,10 +450,12 @@ class FsMetrics:
         for stage in ("kernel", "listener", "journal"):
             lost_f.add_metric([stage], lost.get(stage, 0))
         yield lost_f
-        rungs = GaugeMetricFamily("fsev_probe_rung_info", "The mechanism each probe point uses (1)",
-                                  labels=["point", "rung"])
+        rungs = GaugeMetricFamily("fsev_probe_rung_info", "The mechanism each probe point uses (1); dormant: "
+                                  "rung none because the kernel lacks what the point hooks (a newer kernel's "
+                                  "function; a filesystem module not loaded while none of its kind is watched)",
+                                  labels=["point", "rung", "dormant"])
         for r in self.plan.rungs if self.plan is not None else ():
-            rungs.add_metric([r.point, r.kind.value], 1)
+            rungs.add_metric([r.name, r.kind.value, "true" if dormant(r, mounted) else "false"], 1)
         yield rungs
         yield GaugeMetricFamily("fsev_up", "1 while fsev serve runs (0: the last textfile of a stopped service)",
                                 value=1 if self.up else 0)

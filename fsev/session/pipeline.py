@@ -262,6 +262,9 @@ class EventPipeline:
     def wake_fds(self) -> list[int]:
         return [fd for m in self.monitors for fd in m.wake_fds()]
 
+    def notes(self) -> list[str]:
+        return [n for m in self.monitors for n in m.notes()]
+
     def timeout_ms(self, default: int) -> int:
         """How long the session may block: short while an event waits."""
         return min([default] + [m.timeout_ms(default) for m in self.monitors])

@@ -203,6 +203,9 @@ class TraceSession:
         self.watch = Watch()  # a dynamic session's watched set now
         self._rewatch_lock = threading.Lock()
         self._rewatch_waiters: list[threading.Event] = []
+        # What the halves found since start (attach_notes has those of the
+        # start): the consumer shows them and empties the list.
+        self.notes: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -256,8 +259,12 @@ class TraceSession:
 
     @property
     def attach_notes(self) -> list[str]:
-        """What the loader had to settle for (a raw tracepoint without BTF types)."""
-        return list(self._probes.notes) if self._probes is not None else []
+        """What the loader had to settle for (a raw tracepoint without BTF types),
+        and what the halves found they cannot watch fully (a mount fanotify cannot mark)."""
+        notes = list(self._probes.notes) if self._probes is not None else []
+        if self._pipeline is not None:
+            notes += self._pipeline.notes()
+        return notes
 
     # -- the watched set of a dynamic session (fsev serve) -------------------
     def rewatch(self) -> threading.Event:
@@ -516,6 +523,7 @@ class TraceSession:
         out += self._threshold_events()
         if self._pipeline is not None:
             out += self._pipeline.poll()
+            self.notes += self._pipeline.notes()  # e.g. a mount mounted since that fanotify cannot mark
         out += self._loss_events(time.time())
         return out
 

@@ -85,7 +85,7 @@ def test_replay_json_is_byte_for_byte_what_trace_json_printed_while_recording(wo
     from fsev.points.registry import ProbePoint
 
     points = {p.value for p in ProbePoint}
-    rungs = {line.split(": ")[1]: line.split(": ")[2].split()[0] for line in tr.stderr_lines
+    rungs = {line.split(": ")[1]: line.split(": ")[2].split()[0].rstrip(";") for line in tr.stderr_lines
              if line.count(": ") >= 2 and line.split(": ")[1] in points}
     assert {p["point"]: p["kind"] for p in rec.plan} == rungs
 

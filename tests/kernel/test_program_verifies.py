@@ -23,7 +23,9 @@ KPROBE_FACTS = fake_kernel(
                                 "security_inode_mkdir", "blk_update_request", "__filemap_set_wb_err",
                                 # btrfs errors and transaction aborts
                                 "__btrfs_handle_fs_error", "__btrfs_abort_transaction",
-                                "btrfs_dev_stat_inc_and_print"}),
+                                "btrfs_dev_stat_inc_and_print",
+                                # 7.0+: fserror_report (fsev/points/fserror.py)
+                                "fserror_report"}),
     # the ENOSPC kprobe rung pairs its kprobes with the raw sys_exit; no
     # block/filemap tracepoints, so those points plan their kprobe rungs
     tracepoints=frozenset({"raw_syscalls:sys_exit"}),
@@ -35,7 +37,7 @@ EVENT_POINT_KPROBES = {"kp_ext4_handle_error", "kretp_ext4_handle_error",
                        "kp_reconfigure_super", "kretp_reconfigure_super",
                   "kp_security_inode_create", "kp_security_inode_mkdir", "kp_blk_update_request",
                   "kp___filemap_set_wb_err", "kp___btrfs_handle_fs_error", "kp___btrfs_abort_transaction",
-                  "kp_btrfs_dev_stat_inc_and_print"}
+                  "kp_btrfs_dev_stat_inc_and_print", "kp_fserror_report"}
 
 
 def _offsets(plan, cfg) -> dict[str, int]:

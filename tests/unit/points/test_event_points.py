@@ -330,7 +330,7 @@ def test_fanotify_errno_and_inode_fill_the_first_error_and_merged_ones_fall_back
     b = d.process(_fs_error(function="trigger_test_error", line=0))
     assert len(a) == 1 and (a[0].errno, a[0].inode, a[0].extra) == (
         74, 12, {"errno_source": "fanotify", "inode_source": "fanotify"})
-    assert len(b) == 1 and b[0].errno == 117 and b[0].extra == {"errno_source": "sysfs"}
+    assert len(b) == 1 and b[0].errno == 117 and b[0].extra == {"errno_source": "sysfs", "errno_merged": True}
 
 
 def test_an_error_waits_for_its_fanotify_event_and_keeps_order():
@@ -380,7 +380,7 @@ def test_a_merged_error_waits_until_the_superblock_has_counted_it():
     assert d.poll() == []
     sb.record("trigger_test_error", 129, errcode=5, n=2)  # the work item ran
     now.t += 0.01
-    assert d.poll() == [b] and b.errno == 117 and b.extra == {"errno_source": "sysfs"}
+    assert d.poll() == [b] and b.errno == 117 and b.extra == {"errno_source": "sysfs", "errno_merged": True}
 
 
 def test_a_device_whose_superblock_never_counts_waits_once_then_not_again():
@@ -554,7 +554,8 @@ def test_a_sector_maps_to_its_partition(tmp_path):
 
 EVENT_KEYS = ("read_only", "flag", "cause", "caused_by_seq", "call", "space", "count", "count_total", "storm",
                "sector", "bytes", "rwbs", "blk_status", "disk", "mount_points", "errseq", "action", "from",
-               "mnt_id_unique", "mnt_ns", "errno_source", "inode_source", "block_source",
+               "mnt_id_unique", "mnt_ns", "errno_source", "inode_source", "block_source", "errno_merged",
+               "errors_merged", "std_error", "error_type", "pos", "len",
                # btrfs fs_errors, device_errors
                "transaction_abort", "message", "root", "offset", "logical", "mirror",
                "counters", "totals", "devid", "device")

@@ -126,4 +126,4 @@ def test_a_flood_of_merged_errors_takes_the_flood_path():
     assert fast == _run(script, fast=False)[0]
     assert taken == 998  # all but the first (fanotify told it) and the second (read the superblock)
     assert fast[2] == [(2, 117, 12, {"errno_source": "fanotify", "inode_source": "fanotify"})]
-    assert fast[3] == [(3, 117, None, {"errno_source": "sysfs"})]
+    assert fast[3] == [(3, 117, None, {"errno_merged": True, "errno_source": "sysfs"})]

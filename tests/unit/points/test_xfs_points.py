@@ -14,7 +14,7 @@ from fsev.kernel.records import Field, RecordClass, RecordType, Rung, XfsReport,
 from fsev.linux.mountinfo import MountTable, parse_mountinfo
 from fsev.points import xfs_error, xfs_shutdown
 from fsev.points.read_only import ReadOnlyTracker
-from fsev.points.registry import ProbePoint, decode, describe, plan_probes, preamble, required_offsets
+from fsev.points.registry import ProbePoint, decode, describe, dormant, plan_probes, preamble, required_offsets
 from fsev.points.xfs_error import decode_mask
 from fsev.points.xfs_shutdown import ShutdownOnce, decode_reasons, flags_table
 from fsev.probes.ladder import RungKind
@@ -92,6 +92,16 @@ def test_kprobes_without_the_xfs_module_or_tracepoints_plan_nothing_and_say_why(
     assert any("xfs module" in why for why in r.skipped), r.skipped
     assert plan.kind(ProbePoint.XFS_SHUTDOWN) is None
     assert required_offsets(plan, ALL) == [s for s in required_offsets(plan, ALL) if not s.startswith("xfs")]
+    # Nothing to watch, not a blind spot: dormant (no alert) until an XFS filesystem is watched.
+    shutdown = plan.rung(ProbePoint.XFS_SHUTDOWN)
+    assert r.absent and shutdown is not None and shutdown.absent
+    assert dormant(r, {"ext4", "tmpfs"}) and not dormant(r, {"ext4", "xfs"})
+
+
+def test_the_xfs_module_loaded_without_a_usable_rung_is_not_dormant():
+    r = plan_probes(fake_kernel(kprobes_why_not="off", tracepoints=HEALTH_TPS, raw_tracepoints=False)).rung(
+        ProbePoint.XFS_ERROR)
+    assert r is not None and r.kind is RungKind.NONE and not r.absent and not dormant(r, set())
 
 
 def test_a_kernel_with_neither_kprobes_nor_raw_tracepoints_has_no_xfs_rung():

@@ -372,3 +372,25 @@ def test_textfile_read_only_directory(fm: FsMetrics) -> None:
     finally:
         subprocess.run(["umount", d], check=True)
         os.rmdir(d)
+
+
+def test_a_point_with_nothing_to_watch_is_dormant_until_its_filesystem_is_watched() -> None:
+    """fserror before 7.0 misses nothing; the XFS points planned without the
+    xfs module miss nothing until an XFS filesystem is watched, then they are
+    blind to it (FsevProbeRungDegraded fires: dormant="false")."""
+    plan = Plan((Rung("ext4_error", RungKind.TRACEPOINT),
+                 Rung("fserror", RungKind.NONE, absent="fserror_report is Linux 7.0+"),
+                 Rung("xfs_error", RungKind.NONE, absent="the xfs module is not loaded"),
+                 Rung("block_io_error", RungKind.NONE)))
+    fm = FsMetrics(plan, start=False, log=lambda msg: None)
+    try:
+        fm.set_watch(watch(DATA))
+        assert value(fm, "fsev_probe_rung_info", point="ext4_error", rung="tracepoint", dormant="false") == 1
+        assert value(fm, "fsev_probe_rung_info", point="fserror", rung="none", dormant="true") == 1
+        assert value(fm, "fsev_probe_rung_info", point="xfs_error", rung="none", dormant="true") == 1
+        assert value(fm, "fsev_probe_rung_info", point="block_io_error", rung="none", dormant="false") == 1
+        fm.set_watch(watch(DATA, mount("/x", dev="7:9", fs_type="xfs", source="/dev/loop9")))
+        assert value(fm, "fsev_probe_rung_info", point="xfs_error", rung="none", dormant="false") == 1
+        assert value(fm, "fsev_probe_rung_info", point="fserror", rung="none", dormant="true") == 1
+    finally:
+        fm.close()
