@@ -35,6 +35,7 @@ class KernelFacts:
     ext4_emergency_ro_bit: int | None = None  # EXT4_FLAGS_EMERGENCY_RO in BTF (6.12+)
     ext4_shutdown_bit: int | None = None  # EXT4_FLAGS_SHUTDOWN in BTF (4.10+; an anonymous enum, not always kept)
     ext4_aborted_bit: int | None = None  # EXT4_MF_FS_ABORTED in BTF (up to 6.5)
+    ext4_error_errno_param: int | None = None  # position of __ext4_error's `error` (4 on 5.8-5.10, 5 from 5.11)
 
     def has_tracepoint(self, name: str) -> bool:
         return name in self.tracepoints
@@ -51,6 +52,8 @@ EXT4_SHUTDOWN = "enum:EXT4_FLAGS_SHUTDOWN"
 # Up to 6.5, in ext4_sb_info.s_mount_flags: set with SB_RDONLY, or alone in
 # stable kernels that stopped setting SB_RDONLY after errors (Debian's 6.1).
 EXT4_ABORTED = "enum:EXT4_MF_FS_ABORTED"
+# Where __ext4_error takes its errno: 5.11 put `bool force_ro` before it.
+EXT4_ERROR_ERRNO_PARAM = "param:__ext4_error.error"
 
 
 def _feature_facts() -> dict:
@@ -60,8 +63,8 @@ def _feature_facts() -> dict:
     try:
         from fsev.kernel.btf import BtfError, resolve  # imported only here: gathering needs it, planning not
 
-        got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN, EXT4_ABORTED],
-                      modules=("ext4",))
+        got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN, EXT4_ABORTED,
+                       EXT4_ERROR_ERRNO_PARAM], modules=("ext4",))
     except (ImportError, OSError, ValueError, BtfError):  # no BTF: fsev cannot trace anyway
         return out
     out["fanotify_fs_error"] = got[FANOTIFY_FS_ERROR_TYPE] is not None
@@ -69,6 +72,7 @@ def _feature_facts() -> dict:
     out["ext4_emergency_ro_bit"] = got[EXT4_EMERGENCY_RO]
     out["ext4_shutdown_bit"] = got[EXT4_SHUTDOWN]
     out["ext4_aborted_bit"] = got[EXT4_ABORTED]
+    out["ext4_error_errno_param"] = got[EXT4_ERROR_ERRNO_PARAM]
     return out
 
 

@@ -33,6 +33,9 @@ class Rung:
     # BTF facts beyond struct offsets that the rung's programs read (e.g.
     # "enum:EXT4_FLAGS_EMERGENCY_RO"); resolved with the offsets.
     reads: tuple[str, ...] = ()
+    # Argument positions the rung's kprobe programs read, where they moved
+    # between kernels: (macro name, PT_REGS_PARMn index), chosen by plan().
+    args: tuple[tuple[str, int], ...] = ()
 
     @property
     def usable(self) -> bool:

@@ -209,6 +209,24 @@ def test_preamble_for_kprobes_carries_btf_offsets_and_arg_positions():
     assert ("cleanup_mnt", "kp_cleanup_mnt") in kprobe_attachments(plan, cfg)
 
 
+@pytest.mark.parametrize(("release", "btf_param", "errno_arg"), [
+    ("5.10.0-32-cloud-amd64", None, 4),   # Debian 11, no BTF answer: the 5.8-5.10 order by release
+    ("5.10.0-32-cloud-amd64", 4, 4),      # Debian 11's BTF prototype says the same
+    ("5.10.0-32-cloud-amd64", 5, 5),      # a stable backport of force_ro: the prototype wins
+    ("6.1.0-13-cloud-amd64", None, 5),
+    ("6.12.48+deb13-cloud-amd64", 5, 5),
+])
+def test_ext4_error_errno_argument_follows_the_kernel(release, btf_param, errno_arg):
+    kernel = fake_kernel(release=release, kprobes=True, kprobe_functions=KPROBE_KERNEL.kprobe_functions,
+                         tracepoints=KPROBE_KERNEL.tracepoints, ext4_error_errno_param=btf_param)
+    plan = plan_probes(kernel)
+    cfg = ProgramConfig(classes=frozenset({RecordClass.ERR}), watch_all=True)
+    p = preamble(plan, cfg, {s: i * 8 for i, s in enumerate(required_offsets(plan))})
+    assert f"#define ARG___EXT4_ERROR_ERRNO(ctx) PT_REGS_PARM{errno_arg}(ctx)" in p
+    assert f"#define ARG___EXT4_ERROR_BLOCK(ctx) PT_REGS_PARM{errno_arg + 1}(ctx)" in p
+    assert f"argument {errno_arg}" in plan.rung("ext4_error").gives
+
+
 def test_ring_buffer_pages_must_be_a_power_of_two():
     with pytest.raises(ValueError):
         ProgramConfig(classes=frozenset(), watch_all=True, ringbuf_pages=3)
