@@ -46,6 +46,11 @@ class SuperState:
     thr_depth: int = 0  # 0 above L1, 1 at/below L1, 2 at/below L2
     tracker: ThresholdState | None = None  # follows statfs between threshold events
     avail_event: int | None = None  # available blocks from the last threshold event
+    # Read-only after an error, as a read_only event said (its flag): latched
+    # until an event says read-write again. 6.12-6.14 show ext4's emergency_ro
+    # nowhere in mountinfo, and after it ext4 drops further errors, so neither
+    # the mount table nor the error counter can tell it later.
+    ro_after_error: str | None = None
 
 
 @dataclass(slots=True)
@@ -53,11 +58,13 @@ class MountRow:
     mount: Mount
     stats: FsStats | None = None
     shadowed: bool = False  # another mount sits on top of the same mount point
+    ro_after_error: bool = False  # its superblock's SuperState.ro_after_error
 
     @property
     def emergency_ro(self) -> bool:
         """ext4 after an error with errors=remount-ro: statfs still says rw."""
-        return "emergency_ro" in self.mount.super_options or "emergency_ro" in self.mount.options
+        return self.ro_after_error or "emergency_ro" in self.mount.super_options \
+            or "emergency_ro" in self.mount.options
 
     @property
     def read_only(self) -> bool:
@@ -155,9 +162,23 @@ class TopModel:
                     st.last_error = ErrorNote(ev.function, ev.line, ev.errno_name, ev.wall_time)
                 elif ev.type is EventType.THRESHOLD:
                     self._apply_threshold(st, ev)
+                elif ev.type is EventType.READ_ONLY:
+                    self._apply_read_only(st, ev)
         self.feed.add(ev)
         if self.frozen_feed is not None:
             self.new_while_paused += 1
+
+    def _apply_read_only(self, st: SuperState, ev: Event) -> None:
+        x = ev.extra
+        if x.get("read_only") and x.get("cause") == "error":
+            st.ro_after_error = x.get("flag") or "read_only"
+        elif x.get("read_only") is False:
+            st.ro_after_error = None
+        else:
+            return
+        for row in self.rows:
+            if row.mount.dev == st.dev:
+                row.ro_after_error = st.ro_after_error is not None
 
     @staticmethod
     def _apply_threshold(st: SuperState, ev: Event) -> None:
@@ -223,6 +244,7 @@ class TopModel:
             del self.supers[dev]  # unmounted: its events stay in the feed
         for row in rows:
             st = self._super(row.mount.dev)
+            row.ro_after_error = st.ro_after_error is not None
             es = ext4.get(row.mount.dev)
             if es is not None:
                 st.errors_recorded = es.errors_count
