@@ -227,6 +227,21 @@ def test_ext4_error_errno_argument_follows_the_kernel(release, btf_param, errno_
     assert f"argument {errno_arg}" in plan.rung("ext4_error").gives
 
 
+def test_ext4_shutdown_bit_at_its_known_value_when_btf_dropped_the_enum():
+    """Debian 13's 6.12 BTF has ext4_sb_info.s_ext4_flags but no EXT4_FLAGS_*
+    enum; errors=remount-ro sets only EXT4_FLAGS_SHUTDOWN there."""
+    kernel = fake_kernel(release="6.12.117+deb13-cloud-amd64", kprobes=True,
+                         kprobe_functions={"ext4_handle_error", "reconfigure_super"},
+                         ext4_shutdown_bit=1, ext4_shutdown_known=True)
+    plan = plan_probes(kernel)
+    cfg = ProgramConfig(classes=frozenset({RecordClass.ERR}), watch_all=True)
+    specs = required_offsets(plan, cfg)
+    assert "ext4_sb_info.s_ext4_flags" in specs and "enum:EXT4_FLAGS_SHUTDOWN" not in specs
+    p = preamble(plan, cfg, {s: 8 for s in specs})
+    assert "#define OFF_ENUM_EXT4_FLAGS_SHUTDOWN 1" in p
+    assert "its known value" in plan.rung("read_only").gives
+
+
 def test_ring_buffer_pages_must_be_a_power_of_two():
     with pytest.raises(ValueError):
         ProgramConfig(classes=frozenset(), watch_all=True, ringbuf_pages=3)
