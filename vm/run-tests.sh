@@ -18,7 +18,7 @@
 # Environment: FSEV_VM_SELECTION (a file of node ids to run instead of
 # vm/guest-selection.py's; tests/vm/conftest.py passes the list it expects),
 # FSEV_VM_CACHE (default /var/cache/fsev-vm), FSEV_VM_TIMEOUT
-# (seconds for the whole guest run, default 1200), FSEV_VM_PYTEST_ARGS (extra
+# (seconds for the whole guest run, default 2400), FSEV_VM_PYTEST_ARGS (extra
 # arguments for the guest's pytest), FSEV_VM_VERBOSE=1 (stream the console to
 # stderr; the default when stderr is a terminal), FSEV_VM_KEEP=1 (keep the
 # overlay and work disk).
@@ -28,7 +28,7 @@ REPO=$(cd "$HERE/.." && pwd)
 export FSEV_VM_CACHE=${FSEV_VM_CACHE:-/var/cache/fsev-vm}
 GUEST=${2:-debian12}
 OUT=${1:-$FSEV_VM_CACHE/last-run-$GUEST}
-LIMIT=${FSEV_VM_TIMEOUT:-1200}
+LIMIT=${FSEV_VM_TIMEOUT:-2400}
 T0=$(date +%s)
 say() { printf 'fsev vm (%s): %s\n' "$GUEST" "$*" >&2; }
 

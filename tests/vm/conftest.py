@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_SCRIPT = REPO / "vm" / "run-tests.sh"
 SELECTION_SCRIPT = REPO / "vm" / "guest-selection.py"
 EXIT_CANNOT_RUN = 77
-# vm/run-tests.sh stops the guest itself at FSEV_VM_TIMEOUT (default 20 min);
+# vm/run-tests.sh stops the guest itself at FSEV_VM_TIMEOUT (default 40 min);
 # this only catches the script itself hanging, image build included.
-SCRIPT_LIMIT_S = int(os.environ.get("FSEV_VM_TIMEOUT", "1200")) + 1800 + 120
+SCRIPT_LIMIT_S = int(os.environ.get("FSEV_VM_TIMEOUT", "2400")) + 1800 + 120
 
 
 def all_guests() -> list[tuple[str, str]]:
@@ -291,6 +291,10 @@ def pytest_generate_tests(metafunc):
         ids = expected_guest_tests(metafunc.config)
         metafunc.parametrize(["guest", "guest_test"], [(g, n) for g in guests for n in ids],
                              ids=[f"{g}-{n}" for g in guests for n in ids])
+    elif "ladder_point" in metafunc.fixturenames:  # tests/vm/test_ladder.py: a row per guest and point
+        table = metafunc.module.LADDER
+        pairs = [(g, p) for g in guests for p in table.get(g, {})]
+        metafunc.parametrize(["guest", "ladder_point"], pairs, ids=[f"{g}-{p}" for g, p in pairs])
     elif "guest" in metafunc.fixturenames:
         metafunc.parametrize("guest", guests)
 
