@@ -39,6 +39,7 @@ class KernelFacts:
     # anonymous enum is gone from Debian 13's 6.12 BTF, s_ext4_flags is not.
     ext4_shutdown_known: bool = False
     ext4_error_errno_param: int | None = None  # position of __ext4_error's `error` (4 on 5.8-5.10, 5 from 5.11)
+    folio: bool = True  # struct folio in BTF (5.16+): mm_lru_insertion & co take one (before: a page)
 
     def has_tracepoint(self, name: str) -> bool:
         return name in self.tracepoints
@@ -61,6 +62,7 @@ EXT4_ABORTED = "enum:EXT4_MF_FS_ABORTED"
 # errors=remount-ro sets this bit and nothing else (6.7-6.14).
 EXT4_FLAGS_SHUTDOWN_VALUE = 1
 EXT4_FLAGS_FIELD = "ext4_sb_info.s_ext4_flags"
+FOLIO_TYPE = "sizeof:folio"  # 5.16+
 # Where __ext4_error takes its errno: 5.11 put `bool force_ro` before it.
 EXT4_ERROR_ERRNO_PARAM = "param:__ext4_error.error"
 
@@ -73,7 +75,7 @@ def _feature_facts() -> dict:
         from fsev.kernel.btf import BtfError, resolve  # imported only here: gathering needs it, planning not
 
         got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN, EXT4_ABORTED,
-                       EXT4_ERROR_ERRNO_PARAM, EXT4_FLAGS_FIELD], modules=("ext4",))
+                       EXT4_ERROR_ERRNO_PARAM, EXT4_FLAGS_FIELD, FOLIO_TYPE], modules=("ext4",))
     except (ImportError, OSError, ValueError, BtfError):  # no BTF: fsev cannot trace anyway
         return out
     out["fanotify_fs_error"] = got[FANOTIFY_FS_ERROR_TYPE] is not None
@@ -84,6 +86,7 @@ def _feature_facts() -> dict:
         out["ext4_shutdown_bit"], out["ext4_shutdown_known"] = EXT4_FLAGS_SHUTDOWN_VALUE, True
     out["ext4_aborted_bit"] = got[EXT4_ABORTED]
     out["ext4_error_errno_param"] = got[EXT4_ERROR_ERRNO_PARAM]
+    out["folio"] = got[FOLIO_TYPE] is not None
     return out
 
 

@@ -22,7 +22,8 @@ EXPECTED_SKIPS: dict[str, tuple[str, ...]] = {
     # 5.10: no FAN_FS_ERROR (5.16), no statmount/listmount (6.8), no ext4
     # emergency_ro or shutdown flag after errors (6.7/6.12).
     "debian11": _BEFORE_6_15 + (r"FAN_FS_ERROR|fanotify.*(5\.16|fs.error)", r"statmount|listmount",
-                                r"EXT4_FLAGS_(EMERGENCY_RO|SHUTDOWN)|before 6\.(7|12)"),
+                                r"EXT4_FLAGS_(EMERGENCY_RO|SHUTDOWN)|before 6\.(7|12)",
+                                r"no known pair of shmem accounting functions"),
     # 6.1: no statmount/listmount, no emergency_ro; shmem_inode_acct_block inlined.
     "debian12": _BEFORE_6_15 + (r"statmount|listmount", r"EXT4_FLAGS_EMERGENCY_RO|before 6\.12",
                                 r"shmem_inode_acct_blocks?"),

@@ -17,13 +17,13 @@ pytestmark = pytest.mark.vm
 # guest -> point -> (rung, texts that must appear in the rung's gives/misses/skipped)
 LADDER: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     # 5.10: no FAN_FS_ERROR (5.16), no block:block_rq_error, no shmem accounting
-    # function pair fsev knows, __ext4_error without force_ro, no ext4
+    # function pair fsev knows and no struct folio (the raw rung's), __ext4_error without force_ro, no ext4
     # emergency_ro or shutdown flag after errors, no fanotify mount marks.
     "debian11": {
         "ext4_error": ("kprobe", ("errno is argument 4 (its BTF prototype)",)),
         "ext4_error_detail": ("kprobe", ()),
         "mount_drop": ("kprobe", ()),
-        "thr_tmpfs": ("raw_tracepoint", ("no known pair of shmem accounting functions",)),
+        "thr_tmpfs": ("polled", ("no known pair of shmem accounting functions", "no struct folio")),
         "thr_ext4": ("raw_tracepoint", ()),
         "thr_other": ("polled", ()),
         "read_only": ("kprobe", ("no EXT4_FLAGS_EMERGENCY_RO",)),

@@ -242,6 +242,15 @@ def test_ext4_shutdown_bit_at_its_known_value_when_btf_dropped_the_enum():
     assert "its known value" in plan.rung("read_only").gives
 
 
+def test_tmpfs_without_folios_or_a_shmem_pair_is_polled():
+    """Debian 11's 5.10: no shmem accounting pair fsev knows, and the page cache
+    tracepoints pass a struct page, not the folio the raw rung reads."""
+    kernel = fake_kernel(release="5.10.0-32-cloud-amd64", kprobes=True, folio=False,
+                         tracepoints={"filemap:mm_filemap_delete_from_page_cache", "pagemap:mm_lru_insertion"})
+    rung = plan_probes(kernel).rung("thr_tmpfs")
+    assert rung.kind.value == "polled" and any("no struct folio" in s for s in rung.skipped), rung
+
+
 def test_ring_buffer_pages_must_be_a_power_of_two():
     with pytest.raises(ValueError):
         ProgramConfig(classes=frozenset(), watch_all=True, ringbuf_pages=3)
