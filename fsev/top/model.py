@@ -22,7 +22,7 @@ RATE_WINDOW_S = 5
 SORT_KEYS = ("severity", "usage", "avail", "errors", "mount")
 
 
-@dataclass(slots=True)
+@dataclass
 class ErrorNote:
     """The last fs error of a superblock, from an event or from ext4's record."""
 
@@ -33,7 +33,7 @@ class ErrorNote:
     historical: bool = False
 
 
-@dataclass(slots=True)
+@dataclass
 class SuperState:
     """What fsev learned about one superblock (keyed by device: bind mounts share it)."""
 
@@ -53,7 +53,7 @@ class SuperState:
     ro_after_error: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass
 class MountRow:
     mount: Mount
     stats: FsStats | None = None

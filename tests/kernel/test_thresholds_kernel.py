@@ -161,7 +161,7 @@ def test_each_watched_superblock_reports_its_own_crossings():
             assert t.stop() == 0
     evs = thr_events(t)
     assert [(e["mount_point"], e["pid"], e["level"], e["direction"]) for e in evs] == [
-        (mp, pid, "L1", "down") for mp, pid in zip(mps, pids, strict=False)]
+        (mp, pid, "L1", "down") for mp, pid in zip(mps, pids)]
 
 
 def test_a_writer_busy_while_fsev_arms_is_seen(monkeypatch):

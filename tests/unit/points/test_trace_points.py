@@ -299,6 +299,6 @@ def test_struct_format_is_derived_from_the_ctypes_mirror():
     r = record(ts_ns=1, ino=2, block=3, value=4, type=5, cls=6, rung=7, fields=8, dev=9, pid=10, tgid=11,
                err=-12, line=13, mnt_id=14, level=15, direction=16, comm=b"c", func=b"f", path=b"p")
     assert RECORD_STRUCT.size == RECORD_SIZE
-    got = dict(zip(RECORD_FIELDS, RECORD_STRUCT.unpack(bytes(r)), strict=False))
+    got = dict(zip(RECORD_FIELDS, RECORD_STRUCT.unpack(bytes(r))))
     assert [got[k] for k in RECORD_FIELDS[:16]] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, -12, 13, 14, 15, 16]
     assert got["comm"].rstrip(b"\0") == b"c" and got["path"].rstrip(b"\0") == b"p"
