@@ -282,7 +282,7 @@ def overhead(name: str, mount_ctx, nbytes: int, fsync: bool, thr: str, blocks: i
         return statistics.median(r[i] for r in runs_)
 
     mb, ma = med(base, 0), med(armed, 0)
-    paired = [(a[1] / b[1] - 1) * 100 for b, a in zip(base, armed, strict=False)]
+    paired = [(a[1] / b[1] - 1) * 100 for b, a in zip(base, armed)]
     cb, ca = med(base, 1), med(armed, 1)
     return {
         "name": name, "bytes": nbytes, "fsync": fsync, "thr": thr, "pairs": len(base),

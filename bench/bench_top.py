@@ -167,7 +167,7 @@ def load(rate: float, seconds: float, env: dict[str, str] | None = None) -> dict
         mem = memory_mb(top.pid)
         top.keys("q")
         rc = top.exit_status()
-    gaps = [b - a for a, b in zip(changes, changes[1:], strict=False)]
+    gaps = [b - a for a, b in zip(changes, changes[1:])]
     span = changes[-1] - changes[0] if len(changes) > 1 else 0.0
     steady = sorted(rates)[len(rates) // 2] if rates else 0.0
     return {

@@ -166,7 +166,11 @@ static __always_inline int enospc_at_exit(void *regs)
 	struct enospc_state *s = enospc_states.lookup_or_try_init(&dev, &zero);
 	if (!s)
 		return 0;
-	u64 n = __sync_fetch_and_add(&s->failures, 1) + 1;
+	/* No fetch: before 5.12 BPF has no atomic that returns a value (bcc's
+	 * LLVM on Debian 11 refuses "Invalid usage of the XADD return value").
+	 * The count stays exact; a record may show a neighbour's increment too. */
+	__sync_fetch_and_add(&s->failures, 1);
+	u64 n = s->failures;
 	u64 now = bpf_ktime_get_ns();
 	u64 last = s->last_ns;
 	u64 id = bpf_get_current_pid_tgid();

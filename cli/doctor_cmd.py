@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from rich.console import Console
@@ -50,7 +51,7 @@ def _device_counters(console: Console) -> None:
     console.print(t)
 
 
-def run_doctor() -> int:
+def run_doctor(as_json: bool = False) -> int:
     console = Console(highlight=False)
     checks: list[Check] = [
         Check("kernel", True, f"{os.uname().release} {os.uname().version}"),
@@ -62,6 +63,30 @@ def run_doctor() -> int:
         check_bcc(),
         _service_check(),
     ]
+    facts = kernel_facts()
+    plan = plan_probes(facts)
+    # Only the foundation's points are required; a health point without a
+    # rung here (e.g. no block:block_rq_error on an old kernel) is shown, not fatal.
+    required = (ProbePoint.EXT4_ERROR, ProbePoint.MOUNT_DROP)
+    failed = [c for c in checks if not c.ok] + [r for r in plan.rungs if not r.usable and r.point in required]
+    notes: list[str] = []
+    if plan.kind(ProbePoint.EXT4_ERROR_DETAIL) is RungKind.FANOTIFY:
+        from fsev.linux.mountinfo import MountTable
+        from fsev.points.ext4_error_detail import mark_notes
+
+        notes = mark_notes(list(MountTable.read()))
+    if as_json:
+        # The same checks and plan, for scripts and the VM test's ladder table
+        # (tests/vm/test_ladder.py): the rung of each point and why.
+        print(json.dumps({
+            "kernel": os.uname().release,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks],
+            "plan": [{"point": r.name, "rung": r.kind.value, "targets": list(r.targets), "gives": r.gives,
+                      "misses": r.misses, "skipped": list(r.skipped), "absent": r.absent} for r in plan.rungs],
+            "notes": notes,
+            "can_trace": not failed,
+        }, indent=1))
+        return 1 if failed else 0
     t = Table(title="fsev doctor", show_lines=False)
     t.add_column("check")
     t.add_column("result")
@@ -70,8 +95,6 @@ def run_doctor() -> int:
         t.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail if c.ok else f"{c.detail}\nfix: {c.fix}")
     console.print(t)
 
-    facts = kernel_facts()
-    plan = plan_probes(facts)
     p = Table(title="probe plan (richest rung this kernel offers)")
     p.add_column("probe point")
     p.add_column("rung")
@@ -86,17 +109,9 @@ def run_doctor() -> int:
         p.add_row(r.name, r.kind.value, ", ".join(r.targets) or "-", why or "-")
     console.print(p)
     _device_counters(console)
-    if plan.kind(ProbePoint.EXT4_ERROR_DETAIL) is RungKind.FANOTIFY:
-        from fsev.linux.mountinfo import MountTable
-        from fsev.points.ext4_error_detail import mark_notes
+    for note in notes:
+        console.print(f"[yellow]note[/]: {note}")
 
-        for note in mark_notes(list(MountTable.read())):
-            console.print(f"[yellow]note[/]: {note}")
-
-    # Only the foundation's points are required; a health point without a
-    # rung here (e.g. no block:block_rq_error on an old kernel) is shown, not fatal.
-    required = (ProbePoint.EXT4_ERROR, ProbePoint.MOUNT_DROP)
-    failed = [c for c in checks if not c.ok] + [r for r in plan.rungs if not r.usable and r.point in required]
     if failed:
         console.print("[red]fsev cannot trace on this host[/]: fix the rows marked FAIL above.")
         return 1

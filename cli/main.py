@@ -85,6 +85,9 @@ def top(
     thr: Optional[str] = ThrOpt,
     thr_hysteresis: Optional[str] = HystOpt,
     once: bool = typer.Option(False, "--once", help="Print one snapshot and exit (no terminal needed)."),
+    window: Optional[float] = typer.Option(None, "--window", metavar="S",
+                                           help="With --once: collect events S seconds before the snapshot "
+                                           "(default 0.5)."),
     all_mounts: bool = typer.Option(False, "--all", help="Show pseudo filesystems (proc, sysfs, cgroup, ...) too."),
     sort: str = typer.Option("severity", "--sort", help="Order of the mounts: severity, usage, avail, errors, mount."),
     record: Optional[str] = RecordOpt,
@@ -103,20 +106,23 @@ def top(
         raise typer.Exit(run_top_review(TopRequest(
             mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
             once=once, all=all_mounts, sort=sort, record=record_to(record, "top"),
-            from_file=from_file, speed=speed,
+            from_file=from_file, speed=speed, window=window,
         )))
     raise typer.Exit(run_top(TopRequest(
         mounts=mount or [], events=events, thr=thr, thr_hysteresis=thr_hysteresis,
         once=once, all=all_mounts, sort=sort, record=record_to(record, "top"), standalone=standalone,
+        window=window,
     )))
 
 
 @app.command()
-def doctor() -> None:
+def doctor(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: the checks and the probe plan."),
+) -> None:
     """Check this host: kernel, BTF, tracefs, headers, bcc, and the rung of each probe point."""
     from .doctor_cmd import run_doctor
 
-    raise typer.Exit(run_doctor())
+    raise typer.Exit(run_doctor(as_json))
 
 
 # -- journals: record, replay, report (cli/record_cmd.py, cli/journal_cmd.py) ----

@@ -46,6 +46,7 @@ class TopRequest:
     from_file: str | None = None  # --from: review a journal
     standalone: bool = False  # never a running service's events
     speed: float | None = None
+    window: float | None = None  # --once: seconds of events before the snapshot (default ONCE_WINDOW_S)
     # what the journal header reads (recording_options): top has no count/duration
     count: None = None
     duration: None = None
@@ -93,6 +94,8 @@ def _check_sort(req: TopRequest) -> None:
 
 
 def _check_terminal(req: TopRequest, no_tty: str) -> None:
+    if req.window is not None and not (req.once and req.window > 0):
+        raise FsevError("--window needs --once and a positive number of seconds")
     if not req.once and not _is_tty():
         raise FsevError(no_tty)
 
@@ -102,7 +105,8 @@ def _show(app_class: type[TopApp], session: Any, model: TopModel, req: TopReques
     """The live screen, or with --once one snapshot on stdout."""
     if req.once:
         width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else ONCE_WIDTH
-        return app_class(session, model, Console(highlight=False, width=width), recorder=recorder).run_once()
+        app = app_class(session, model, Console(highlight=False, width=width), recorder=recorder)
+        return app.run_once() if req.window is None else app.run_once(req.window)
     return app_class(session, model, recorder=recorder).run()
 
 

@@ -54,9 +54,12 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import bcc' 2>/dev/nu
   mkdir -p "$(dirname "$VENV")"
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-# What fsev imports (pyproject's dependencies). One line: vm/build-image.sh
-# reads the guest's wheel list from it (and from install-test-deps.sh's).
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "rich>=13" "typer>=0.9"
+# What fsev imports (pyproject's dependencies), and the build backend the
+# install of fsev below uses (--no-build-isolation): Debian 11's setuptools (52)
+# cannot read pyproject's [project] table, and from Python 3.12 on a venv has
+# no setuptools at all unless python3-setuptools is installed. One line:
+# vm/build-image.sh reads the guest's wheel list from it (and from install-test-deps.sh's).
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "rich>=13" "typer>=0.9" "setuptools>=61"
 # The project itself: always reinstalled, so the installed copy is this tree
 # (without setuptools' build/ of an earlier install, which would ship modules
 # that have since moved or gone).

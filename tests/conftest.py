@@ -25,3 +25,34 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_root)
         if "kprobe" in item.keywords and not _kprobes():
             item.add_marker(skip_kp)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Inside a VM guest (FSEV_VM_GUEST=1) a skip is a failure unless its
+    reason is a lack that guest's kernel really has (tests/support/guests.py):
+    there the kernel is known, so any other skip hides a missing feature."""
+    outcome = yield
+    rep = outcome.get_result()
+    from support.guests import IN_GUEST, RELEASE, skip_allowed
+
+    if not (IN_GUEST and rep.skipped) or hasattr(rep, "wasxfail"):
+        return
+    reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+    if skip_allowed(reason):
+        return
+    rep.outcome = "failed"
+    rep.longrepr = (f"skipped inside the VM guest {RELEASE or '?'}, whose kernel should have what this test "
+                    f"needs: {reason} (tests/support/guests.py lists the skips each guest may take)")
+
+
+def pytest_runtest_logreport(report):
+    """Inside a VM guest, a failure's text goes to the serial console at once:
+    a guest stopped at its time limit writes no junit and no summary."""
+    from support.guests import IN_GUEST
+
+    if IN_GUEST and report.failed:
+        import sys
+
+        sys.stderr.write(f"\n--- fsev-vm failure: {report.nodeid} ({report.when}) ---\n"
+                         f"{report.longreprtext[-4000:]}\n--- end ---\n")

@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Builds, or finds in its cache, the Debian 12 image that vm/run-tests.sh boots
-# under qemu: a stock distribution kernel (Debian's cloud flavour, which has
-# kprobes and fentry) with its matching headers, bcc, and a wheelhouse of the
-# PyPI packages install.sh wants, so the guest installs fsev with no network.
+# Builds, or finds in its cache, the image of one Debian release that
+# vm/run-tests.sh boots under qemu: a stock distribution kernel (Debian's cloud
+# flavour, which has kprobes and fentry) with its matching headers, the test
+# material, and, for the guest to install fsev itself with no network the way
+# the README says (`make install`): the .debs scripts/install.sh installs (bcc,
+# venv, pip, ...) in a local apt repository that is the image's only apt
+# source, and the PyPI wheels install.sh and install-test-deps.sh want in a
+# wheelhouse that /etc/pip.conf points pip at. Nothing of fsev's own install
+# (packages, venv) is made here: the guest's `make install` does all of it.
 #
-#   vm/build-image.sh            prints the image directory on its last line
+#   vm/build-image.sh [GUEST]    prints the image directory on its last line
+#
+# GUEST: debian11 (bullseye, 5.10), debian12 (bookworm, 6.1; the default) or
+# debian13 (trixie, 6.12); vm/guests lists them.
 #
 # The image directory holds rootfs.img (raw ext4, never written to: runs boot
 # a qcow2 overlay of it), vmlinuz, initrd.img and kernel-release. It is keyed by
 # a hash of this script, vm/provision.sh, the package list and the wheel specs,
-# so a change to any of them builds a new one; older ones are removed.
+# so a change to any of them builds a new one; older ones of the same guest are
+# removed (each guest keeps its own: image-<guest>-<hash>).
 #
 # Exit 77 (and the reason on stderr and in $FSEV_VM_SKIP_FILE, if set) when the
 # image cannot be built on this machine: not root, tools missing, or no network
@@ -21,11 +30,14 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 CACHE=${FSEV_VM_CACHE:-/var/cache/fsev-vm}
-SUITE=${FSEV_VM_SUITE:-bookworm}
+GUEST=${1:-debian12}
+SUITE=$(awk -v g="$GUEST" '$1 == g { print $2 }' "$HERE/guests")
+[ -n "$SUITE" ] || { echo "fsev vm image: unknown guest $GUEST (vm/guests lists them)" >&2; exit 2; }
+SUITE=${FSEV_VM_SUITE:-$SUITE}
 IMAGE_SIZE=4G
 WHEELS_IN_GUEST=/opt/fsev-wheels
 T0=$(date +%s)
-say() { printf 'fsev vm image: %s\n' "$*" >&2; }
+say() { printf 'fsev vm image (%s): %s\n' "$GUEST" "$*" >&2; }
 skip() {
   say "cannot build the image here: $*"
   [ -n "${FSEV_VM_SKIP_FILE:-}" ] && printf '%s\n' "$*" >"$FSEV_VM_SKIP_FILE"
@@ -38,27 +50,31 @@ for tool in debootstrap mkfs.ext4 chroot sha256sum flock; do
 done
 
 PKGS=$(bash "$HERE/provision.sh" --packages image)
+USER_PKGS=$(bash "$HERE/provision.sh" --packages user)
 
 # The PyPI packages: what install.sh and install-test-deps.sh pip-install
 # (their quoted requirement specifiers: the guest runs the tests, so it needs
-# both; this list if they have none), and, in the wheelhouse only, the build
-# backend, in case a pip install ever builds in isolation.
+# both; not the linters, which only the build machines run: lines that name
+# FSEV_VM_GUEST; this list if they have none), and, in the wheelhouse only, the
+# build backend, in case a pip install ever builds in isolation.
 install_specs() {
   local f specs=""
   for f in "$REPO/scripts/install.sh" "$REPO/scripts/install-test-deps.sh"; do
     [ -r "$f" ] || continue
-    specs="$specs $(grep -E 'pip install' "$f" | grep -v -e '--no-deps' \
+    specs="$specs $(grep -E 'pip install' "$f" | grep -v -e '--no-deps' -e FSEV_VM_GUEST \
               | grep -oE '"[A-Za-z][A-Za-z0-9._-]*[^"$]*"' | tr -d '"' | tr '\n' ' ')" || true
   done
   specs=$(echo $specs)
   echo "${specs:-rich>=13 typer>=0.9 pytest>=7 hypothesis>=6}"
 }
 SPECS=$(install_specs)
-WHEEL_SPECS="$SPECS setuptools>=61 wheel"
-VENV=/opt/fsev/venv      # the Makefile's $(PREFIX)/venv
+# pip download evaluates requirement markers (python_version < "3.11") for the
+# host's Python, not --python-version's: what older guests' Pythons need on top
+# (pytest's and hypothesis' backports) is named here.
+WHEEL_SPECS="$SPECS setuptools>=61 wheel exceptiongroup>=1 tomli>=1 typing_extensions>=4"
 
-KEY=$( { cat "$HERE/build-image.sh" "$HERE/provision.sh"; echo "$SUITE|$PKGS|$SPECS"; } | sha256sum | cut -c1-16)
-OUT=$CACHE/image-$KEY
+KEY=$( { cat "$HERE/build-image.sh" "$HERE/provision.sh"; echo "$SUITE|$PKGS|$USER_PKGS|$SPECS"; } | sha256sum | cut -c1-16)
+OUT=$CACHE/image-$GUEST-$KEY
 if [ -e "$OUT/ready" ]; then
   say "cached: $OUT ($(cat "$OUT/kernel-release"))"
   echo "$OUT"
@@ -66,8 +82,9 @@ if [ -e "$OUT/ready" ]; then
 fi
 
 mkdir -p "$CACHE"
-exec 9>"$CACHE/.lock"
-flock -w 1800 9 || { say "another build holds $CACHE/.lock"; exit 1; }
+# One lock per guest: the three images may build at the same time.
+exec 9>"$CACHE/.lock-$GUEST"
+flock -w 1800 9 || { say "another build holds $CACHE/.lock-$GUEST"; exit 1; }
 if [ -e "$OUT/ready" ]; then echo "$OUT"; exit 0; fi   # built while we waited
 
 # The host's own apt mirror (it may be a local proxy), else debootstrap's default.
@@ -100,15 +117,16 @@ remove_build() {
 }
 # A build killed outright (SIGKILL, power loss) leaves its directory: we hold
 # the lock, so any other build-* here is such a leftover.
-for stale in "$CACHE"/build-*; do [ -d "$stale" ] && remove_build "$stale"; done
+for stale in "$CACHE"/build-"$GUEST"-*; do [ -d "$stale" ] && remove_build "$stale"; done
 
-WORK=$CACHE/build-$KEY.$$
+WORK=$CACHE/build-$GUEST-$KEY.$$
 ROOT=$WORK/root
 trap 'remove_build "$WORK"' EXIT
-mkdir -p "$WORK/out" "$CACHE/debs"
+DEBS=$CACHE/debs-$SUITE
+mkdir -p "$WORK/out" "$DEBS"
 
 say "debootstrap $SUITE (minbase) with: $PKGS"
-if ! debootstrap --variant=minbase --cache-dir="$CACHE/debs" --include="${PKGS// /,}" \
+if ! debootstrap --variant=minbase --cache-dir="$DEBS" --include="${PKGS// /,}" \
       "$SUITE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1; then
   tail -n 20 "$WORK/debootstrap.log" >&2
   if grep -qE "Couldn't download|Failed getting release|Temporary failure resolving|Could not resolve" "$WORK/debootstrap.log"; then
@@ -128,17 +146,46 @@ done
 mount -t proc proc "$ROOT/proc"
 mount -t sysfs sysfs "$ROOT/sys"
 FSEV_PROVISION_IMAGE=1 chroot "$ROOT" /bin/bash /tmp/fsev/vm/provision.sh >&2
+
+# The local apt repository: the .debs `apt-get install` of install.sh's
+# packages would fetch on this image (dependencies included, recommends not:
+# the image says APT::Install-Recommends "false", as minimal and container
+# images do), indexed, and made the image's only apt source, so that in the
+# guest install.sh's own `apt-get update && apt-get install` runs offline.
+say "local apt repository for: $USER_PKGS"
+REPO_IN_GUEST=/opt/fsev-apt
+# shellcheck disable=SC2086
+chroot "$ROOT" /bin/sh -ec "
+  printf 'APT::Install-Recommends \"false\";\n' >/etc/apt/apt.conf.d/90fsev-vm-no-recommends
+  apt-get update -qq
+  rm -f /var/cache/apt/archives/*.deb
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --download-only $USER_PKGS >/dev/null
+  mkdir -p $REPO_IN_GUEST
+  mv /var/cache/apt/archives/*.deb $REPO_IN_GUEST/
+  cd $REPO_IN_GUEST
+  apt-ftparchive packages . >Packages
+  apt-ftparchive release . >Release
+  rm -f /etc/apt/sources.list.d/*
+  echo 'deb [trusted=yes] file:$REPO_IN_GUEST ./' >/etc/apt/sources.list
+  rm -rf /var/lib/apt/lists/*
+  apt-get update -qq
+  apt-get install -s -qq $USER_PKGS >/dev/null" >&2
+say "local apt repository: $(ls "$ROOT$REPO_IN_GUEST"/*.deb | wc -l) .debs"
 umount "$ROOT/proc" "$ROOT/sys"
 rm -rf "$ROOT/tmp/fsev"
 
 # Wheels for the guest's Python (pure-Python packages, so the host's pip
 # fetches them; --python-version pins the guest's, whatever the host runs).
+# From PyPI, without the host's pip configuration (FSEV_VM_PIP_CONFIG names one
+# to use): a host's local indexes hold wheels for its own Python, and for
+# another Python pip backtracks through them for as long as an hour (measured:
+# Python 3.9 wheels, 2 s from PyPI alone).
 GUEST_PY=$(chroot "$ROOT" /usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 PIP=/usr/bin/python3
 "$PIP" -m pip --version >/dev/null 2>&1 || PIP=python3
 say "wheels for Python $GUEST_PY: $WHEEL_SPECS"
 # shellcheck disable=SC2086
-if ! "$PIP" -m pip download -q --disable-pip-version-check --only-binary=:all: \
+if ! PIP_CONFIG_FILE=${FSEV_VM_PIP_CONFIG:-/dev/null} "$PIP" -m pip download -q --disable-pip-version-check --only-binary=:all: \
       --python-version "$GUEST_PY" --implementation cp --platform manylinux2014_x86_64 --platform any \
       -d "$ROOT$WHEELS_IN_GUEST" $WHEEL_SPECS >"$WORK/pip.log" 2>&1; then
   tail -n 5 "$WORK/pip.log" >&2
@@ -148,17 +195,10 @@ if ! "$PIP" -m pip download -q --disable-pip-version-check --only-binary=:all: \
   say "pip download failed"; exit 1
 fi
 
-# The venv install.sh makes, made here once with install.sh's own commands:
-# under TCG, creating it and pip-installing into it take the guest minutes.
-# install.sh in the guest keeps a venv that imports bcc, finds its
-# requirements satisfied, and only (re)installs fsev itself.
-mount -t proc proc "$ROOT/proc"
-# shellcheck disable=SC2086
-chroot "$ROOT" env PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELS_IN_GUEST" /bin/sh -ec "
-  /usr/bin/python3 -m venv --system-site-packages $VENV
-  $VENV/bin/python -c 'import bcc'
-  $VENV/bin/python -m pip install -q --disable-pip-version-check $(printf "'%s' " $SPECS)" >&2
-umount "$ROOT/proc"
+# pip in the guest (any pip, the venv's included) takes its packages from the
+# wheelhouse: the guest has no network, and install.sh's pip commands run as written.
+printf '[global]\nno-index = true\nfind-links = %s\ndisable-pip-version-check = true\n' \
+  "$WHEELS_IN_GUEST" >"$ROOT/etc/pip.conf"
 
 # PID 1 of the guest: mount the basics and the work disk, then hand over to the
 # project's own vm/guest-init.sh from that disk, so changing what the guest
@@ -183,8 +223,7 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\tfsev-vm\n::1\tlocalhost ip6-localhost i
 printf '/dev/vda\t/\text4\trw\t0\t1\n' >"$ROOT/etc/fstab"
 : >"$ROOT/etc/resolv.conf"            # the guest has no network
 rm -f "$ROOT"/var/cache/apt/archives/*.deb
-rm -rf "$ROOT"/var/lib/apt/lists/*_Packages "$ROOT"/var/lib/apt/lists/*_Release
-printf 'key=%s\nsuite=%s\nbuilt=%s\n' "$KEY" "$SUITE" "$(date -u +%FT%TZ)" >"$ROOT/etc/fsev-vm-image"
+printf 'key=%s\nguest=%s\nsuite=%s\nbuilt=%s\n' "$KEY" "$GUEST" "$SUITE" "$(date -u +%FT%TZ)" >"$ROOT/etc/fsev-vm-image"
 
 KVER=$(ls "$ROOT/boot" | sed -n 's/^vmlinuz-//p' | sort -V | tail -n 1)
 [ -n "$KVER" ] && [ -e "$ROOT/boot/initrd.img-$KVER" ] || { say "no kernel or initrd in $ROOT/boot"; exit 1; }
@@ -202,8 +241,9 @@ touch "$WORK/out/ready"
 
 rm -rf "$OUT"
 mv "$WORK/out" "$OUT"
-for old in "$CACHE"/image-*; do
-  [ "$old" = "$OUT" ] || rm -rf "$old"
+# Older images of this guest, and those of the one-guest layout (image-<hash>).
+for old in "$CACHE"/image-"$GUEST"-* "$CACHE"/image-????????????????; do
+  [ -d "$old" ] && [ "$old" != "$OUT" ] && rm -rf "$old"
 done
 say "built $OUT (kernel $KVER) in $(( $(date +%s) - T0 )) s"
 echo "$OUT"

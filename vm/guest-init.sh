@@ -1,8 +1,10 @@
 #!/bin/bash
 # Runs as PID 1 inside the test VM (exec'd by the image's fsev-vm-init, from the
-# work disk that vm/run-tests.sh made): finish booting, install fsev the way
-# `make install` does, run the real-kernel tests (pytest -m kprobe), leave the
-# results on the work disk, power off. Everything also goes to the serial
+# work disk that vm/run-tests.sh made): finish booting, install fsev with the
+# README's own command (`make install`, here as part of `make test-deps`: apt
+# from the image's local repository, pip from its wheelhouse, the venv made by
+# scripts/install.sh), run the real-kernel tests (vm/guest-selection.sh), leave
+# the results on the work disk, power off. Everything also goes to the serial
 # console, which the host keeps as console.log.
 #
 # PID 1 must never exit (that panics the kernel), so there is no `set -e`:
@@ -58,30 +60,51 @@ fact config_kprobes "$(grep -s '^CONFIG_KPROBES=' "/boot/config-$K" | cut -d= -f
 fact btf "$([ -e /sys/kernel/btf/vmlinux ] && echo yes || echo no)"
 fact headers "$([ -e "/lib/modules/$K/build/include/generated/autoconf.h" ] && echo yes || echo no)"
 fact image "$(sed -n 's/^key=//p' /etc/fsev-vm-image 2>/dev/null)"
+GUEST=$(sed -n 's/^guest=//p' /etc/fsev-vm-image 2>/dev/null)
+fact guest "${GUEST:-?}"
+fact debian "$(cat /etc/debian_version 2>/dev/null)"
+fact system_python "$(/usr/bin/python3 -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)"
 fact booted_s "$(uptime_s)"
 say "guest kernel $K, kprobe_events: $(sed -n 's/^kprobe_events=//p' "$R/facts"), booted in $(uptime_s) s"
 
-# Install exactly as `make install` does. The guest has no network: pip takes
-# the wheels baked into the image (pip reads these two variables itself).
-export PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/fsev-wheels
-export FSEV_VM_GUEST=1
-say "make install"
-make -C "$S" install 2>&1 | tee "$R/install.log"
+# Install as a user does: the README's `make install`, run by `make test-deps`
+# (which then adds what the tests need). The guest has no network and needs
+# none: apt's only source is the image's local repository (vm/build-image.sh),
+# pip's /etc/pip.conf names the wheelhouse. Nothing of fsev's is preinstalled.
+# FSEV_VM_GUEST=1 tells the tests (and install-test-deps.sh) they are in a
+# guest, FSEV_VM_RELEASE which one (tests/support/guests.py: the skips each
+# release may have).
+export FSEV_VM_GUEST=1 FSEV_VM_RELEASE="$GUEST"
+fact python3_bpfcc "$(dpkg-query -W -f='${Version}' python3-bpfcc 2>/dev/null || echo absent)"
+say "make test-deps (make install, then the test tools)"
+make -C "$S" test-deps 2>&1 | tee "$R/install.log"
 install_rc=${PIPESTATUS[0]}
+fact python3_bpfcc_installed "$(dpkg-query -W -f='${Version}' python3-bpfcc 2>/dev/null || echo absent)"
 echo "$install_rc" >"$R/install.rc"
 fact installed_s "$(uptime_s)"
 
 if [ "$install_rc" = 0 ]; then
   VENV=${FSEV_VENV:-/opt/fsev/venv}
-  # The probe plan this kernel gets (which rung per probe point), for the host's log.
+  fact python "$("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])' 2>&1)"
+  fact bcc "$("$VENV/bin/python" -c 'import bcc, importlib; print(getattr(bcc, "__version__", None) or importlib.import_module("bcc.version").__version__)' 2>&1 | tail -n 1)"
+  fact fsev "$("$VENV/bin/fsev" --version 2>&1 | tail -n 1)"
+  # The probe plan this kernel gets (which rung per probe point, and why):
+  # the text for the host's log, the JSON for tests/vm/test_ladder.py.
+  T_DOCTOR=$(uptime_s)
   COLUMNS=120 timeout 300 "$VENV/bin/fsev" doctor >"$R/doctor.txt" 2>&1
   echo "$?" >"$R/doctor.rc"
+  timeout 300 "$VENV/bin/fsev" doctor --json >"$R/doctor.json" 2>"$R/doctor-json.err"
+  fact doctor_s "$(awk -v a="$T_DOCTOR" -v b="$(uptime_s)" 'BEGIN { printf "%.0f", b - a }')"
   cat "$R/doctor.txt"
-  say "pytest -m kprobe (limit ${FSEV_VM_PYTEST_TIMEOUT} s)"
+  # What to run: the node ids the host expects back (vm/guest-selection.py,
+  # written by vm/run-tests.sh).
+  mapfile -t SELECTION <"$W/selection"
+  say "pytest: ${#SELECTION[@]} tests (limit ${FSEV_VM_PYTEST_TIMEOUT} s)"
+  fact pytest_started_s "$(uptime_s)"
   # tests/vm is the host side of this run: it would boot a VM inside the VM.
   # shellcheck disable=SC2086
   (cd "$S" && timeout -k 10 "$FSEV_VM_PYTEST_TIMEOUT" "$VENV/bin/pytest" -p no:cacheprovider -v -rA \
-      -m kprobe --ignore=tests/vm --junitxml="$R/junit.xml" $FSEV_VM_PYTEST_ARGS tests) \
+      --ignore=tests/vm --junitxml="$R/junit.xml" $FSEV_VM_PYTEST_ARGS "${SELECTION[@]}") \
       2>&1 | tee "$R/pytest.log"
   echo "${PIPESTATUS[0]}" >"$R/pytest.rc"
 else

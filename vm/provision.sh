@@ -7,6 +7,11 @@
 #
 #   provision.sh                   install what is missing (root; needs the archive)
 #   provision.sh --packages [image]  print the list, one line, space-separated
+#   provision.sh --packages user   only what scripts/install.sh installs
+#
+# The image (FSEV_PROVISION_IMAGE=1, `--packages image`) leaves out what
+# scripts/install.sh installs (its PKGS= line): the guest installs those itself,
+# from a local apt repository in the image, as a user's `make install` would.
 #
 # The list is this file's own plus the PKGS="..." lines of scripts/install.sh
 # (what fsev needs to run) and scripts/install-test-deps.sh (what the tests
@@ -21,24 +26,29 @@ SRC=${FSEV_SRC:-$(cd "$HERE/.." && pwd)}
 # What the guest needs beyond install.sh: make (the suite is run as
 # `make install` / `make test`), udev (loop partitions, by-label links) and the
 # test material named in shared/ENVIRONMENT.md.
-BASE="make udev kmod procps e2fsprogs mount util-linux python3-bpfcc python3-venv python3-pip ca-certificates"
+BASE="make udev kmod procps e2fsprogs mount util-linux python3 ca-certificates"
 # Only the image boots a kernel chosen here: Debian's cloud flavour, with the
 # headers that match it, so bcc finds /lib/modules/$(uname -r)/build for real
 # (no stand-in). A Vagrant box keeps its own kernel; install.sh fetches its
 # matching headers.
-IMAGE_ONLY="linux-image-cloud-amd64 linux-headers-cloud-amd64 initramfs-tools"
+# apt-utils: apt-ftparchive, to index the image's local apt repository.
+IMAGE_ONLY="linux-image-cloud-amd64 linux-headers-cloud-amd64 initramfs-tools apt-utils"
+
+pkgs_line() { sed -n 's/^PKGS="\([^"$]*\)".*/\1/p' "$1" | head -n 1; }
+user_packages() { [ -r "$SRC/scripts/install.sh" ] && pkgs_line "$SRC/scripts/install.sh"; }
 
 install_sh_packages() {
   local f
   for f in "$SRC/scripts/install.sh" "$SRC/scripts/install-test-deps.sh"; do
+    [ -n "${1:-}" ] && [ "$f" = "$SRC/scripts/install.sh" ] && continue
     [ -r "$f" ] || continue
-    sed -n 's/^PKGS="\([^"$]*\)".*/\1/p' "$f" | head -n 1
+    pkgs_line "$f"
   done
 }
 
 packages() {
   local p list=""
-  for p in $BASE $(install_sh_packages) ${1:+$IMAGE_ONLY}; do
+  for p in $BASE $(install_sh_packages ${1:-}) ${1:+$IMAGE_ONLY}; do
     case " $list " in *" $p "*) ;; *) list="$list $p" ;; esac
   done
   echo "${list# }"
@@ -46,7 +56,11 @@ packages() {
 
 case "${1:-}" in
   --packages)
-    if [ "${2:-}" = image ]; then packages image; else packages; fi
+    case "${2:-}" in
+      image) packages image ;;
+      user) echo $(user_packages) ;;
+      *) packages ;;
+    esac
     exit 0 ;;
   "") ;;
   *) echo "usage: $0 [--packages [image]]" >&2; exit 2 ;;

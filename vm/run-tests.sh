@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs fsev's real-kernel tests (pytest -m kprobe) on a stock Debian 12 kernel:
-# builds or reuses the image (vm/build-image.sh), copies this tree onto a fresh
+# Runs fsev's real-kernel tests (vm/guest-selection.py: every `kprobe` test and
+# the files vm/guest-tests lists) on the stock kernel of one Debian release:
+# builds or reuses its image (vm/build-image.sh), copies this tree onto a fresh
 # work disk, boots a throwaway qcow2 overlay of the image under qemu TCG, and
 # brings the results back from the work disk.
 #
-#   vm/run-tests.sh [OUTDIR]        (root)
+#   vm/run-tests.sh [OUTDIR [GUEST]]    (root; GUEST as in vm/guests, default debian12)
 #
 # OUTDIR (default $FSEV_VM_CACHE/last-run, emptied first) receives console.log
 # (the guest's serial console), timings, and results/: facts, uname-r,
@@ -14,8 +15,10 @@
 # junit.xml); 77 the VM cannot run on this machine (OUTDIR/skip-reason says
 # why); anything else is an error (OUTDIR/error says what).
 #
-# Environment: FSEV_VM_CACHE (default /var/cache/fsev-vm), FSEV_VM_TIMEOUT
-# (seconds for the whole guest run, default 1200), FSEV_VM_PYTEST_ARGS (extra
+# Environment: FSEV_VM_SELECTION (a file of node ids to run instead of
+# vm/guest-selection.py's; tests/vm/conftest.py passes the list it expects),
+# FSEV_VM_CACHE (default /var/cache/fsev-vm), FSEV_VM_TIMEOUT
+# (seconds for the whole guest run, default 2400), FSEV_VM_PYTEST_ARGS (extra
 # arguments for the guest's pytest), FSEV_VM_VERBOSE=1 (stream the console to
 # stderr; the default when stderr is a terminal), FSEV_VM_KEEP=1 (keep the
 # overlay and work disk).
@@ -23,10 +26,11 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 export FSEV_VM_CACHE=${FSEV_VM_CACHE:-/var/cache/fsev-vm}
-OUT=${1:-$FSEV_VM_CACHE/last-run}
-LIMIT=${FSEV_VM_TIMEOUT:-1200}
+GUEST=${2:-debian12}
+OUT=${1:-$FSEV_VM_CACHE/last-run-$GUEST}
+LIMIT=${FSEV_VM_TIMEOUT:-2400}
 T0=$(date +%s)
-say() { printf 'fsev vm: %s\n' "$*" >&2; }
+say() { printf 'fsev vm (%s): %s\n' "$GUEST" "$*" >&2; }
 
 mkdir -p "$OUT"
 # Only what an earlier run left: OUTDIR may hold other files (the host test's run.log).
@@ -40,14 +44,14 @@ done
 
 # 1. The image (cached). Exit 77 from the build passes through as a skip.
 set +e
-IMAGE=$(FSEV_VM_SKIP_FILE="$OUT/skip-reason" bash "$HERE/build-image.sh" | tail -n 1)
+IMAGE=$(FSEV_VM_SKIP_FILE="$OUT/skip-reason" bash "$HERE/build-image.sh" "$GUEST" | tail -n 1)
 rc=${PIPESTATUS[0]}
 set -e
 [ "$rc" = 77 ] && { say "skipped: $(cat "$OUT/skip-reason" 2>/dev/null)"; exit 77; }
 [ "$rc" = 0 ] && [ -e "$IMAGE/ready" ] || fail "vm/build-image.sh failed (exit $rc)"
 T_IMAGE=$(date +%s)
 
-RUN=$(mktemp -d "$FSEV_VM_CACHE/run.XXXXXX")
+RUN=$(mktemp -d "$FSEV_VM_CACHE/run-$GUEST.XXXXXX")
 QPID="" TPID=""
 cleanup() {
   if [ -n "$QPID" ] && kill -0 "$QPID" 2>/dev/null; then
@@ -71,6 +75,14 @@ else
   tar -C "$REPO" --exclude=.git --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - . \
     | tar -xf - -C "$RUN/work/src"
 fi
+# The tests to run: the host's list, else the same list made here.
+if [ -n "${FSEV_VM_SELECTION:-}" ]; then
+  cp "$FSEV_VM_SELECTION" "$RUN/work/selection"
+else
+  "${FSEV_VENV:-/opt/fsev/venv}/bin/python" "$HERE/guest-selection.py" >"$RUN/work/selection" \
+    || fail "vm/guest-selection.py failed"
+fi
+[ -s "$RUN/work/selection" ] || fail "no test selected for the guest"
 {
   printf 'FSEV_VM_PYTEST_TIMEOUT=%q\n' "$(( LIMIT > 300 ? LIMIT - 180 : LIMIT * 2 / 3 ))"
   printf 'FSEV_VM_PYTEST_ARGS=%q\n' "${FSEV_VM_PYTEST_ARGS:-}"
@@ -83,7 +95,7 @@ qemu-img create -q -f qcow2 -F raw -b "$IMAGE/rootfs.img" "$RUN/root.qcow2"
 # the guest needs none, and must not reach for one.
 say "booting $(cat "$IMAGE/kernel-release") under qemu TCG (limit $LIMIT s)"
 T_BOOT=$(date +%s)
-qemu-system-x86_64 -accel tcg -m 2048 -smp 2 -nographic -no-reboot -nic none \
+qemu-system-x86_64 -accel tcg -m 2048 -smp "${FSEV_VM_SMP:-2}" -nographic -no-reboot -nic none \
   -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" \
   -append "console=ttyS0 root=/dev/vda rw init=/usr/local/sbin/fsev-vm-init panic=-1 quiet" \
   -drive "file=$RUN/root.qcow2,format=qcow2,if=virtio" \

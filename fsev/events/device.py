@@ -14,7 +14,7 @@ MINORBITS = 20  # the kernel-internal dev_t: major << 20 | minor (not the usersp
 _MINOR_MASK = (1 << MINORBITS) - 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Device:
     major: int
     minor: int

@@ -52,7 +52,7 @@ def errno_name(err: int | None) -> str | None:
     return errno_mod.errorcode.get(err, f"E{err}")
 
 
-@dataclass(slots=True)
+@dataclass
 class Event:
     """One filesystem health event.
 

@@ -50,7 +50,7 @@ def _scalar(v: Any) -> str | None:
 
 def _optional_text(values: tuple[Any, ...]) -> str | None:
     out = []
-    for key, v in zip(_KEYS, values, strict=False):
+    for key, v in zip(_KEYS, values):
         if v is None:
             continue
         text = _scalar(v)

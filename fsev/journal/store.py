@@ -435,7 +435,7 @@ class Journal:
         except sqlite3.Error as e:
             raise self._read_error(e) from None
         keys = ("recording", "event", "source", "lost", "lost_total", "since_wall_time", "wall_time")
-        return [dict(zip(keys, r, strict=False)) for r in rows]
+        return [dict(zip(keys, r)) for r in rows]
 
     def _read_error(self, e: Exception) -> JournalError:
         if isinstance(e, sqlite3.Error):

@@ -107,7 +107,9 @@ def _parse(s: str, now: float) -> float | None:
         return now - sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(m[1] or m[2]))
     if _DATE.match(s):
         # The rest of ISO 8601 (T or a space; seconds, fractions, a zone are optional).
-        when = dt.datetime.fromisoformat(s.upper().replace("Z", "+00:00"))
+        # (Python before 3.11 reads only 3 or 6 digits of a fraction: give it 6.)
+        when = dt.datetime.fromisoformat(re.sub(r"\.(\d+)", lambda f: "." + f[1].ljust(6, "0")[:6],
+                                                s.upper().replace("Z", "+00:00")))
         return when.timestamp()  # naive: local time
     return None
 

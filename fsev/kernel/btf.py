@@ -259,6 +259,23 @@ class Btf:
     def has_func(self, name: str) -> bool:
         return bool(self._by_name(name, (FUNC,)))
 
+    def func_param(self, func: str, param: str) -> int:
+        """1-based position of the parameter named `param` in the prototype
+        of function `func` (what PT_REGS_PARMn reads): argument orders move
+        between kernel versions and stable backports, the prototype tells."""
+        offs = set(self._str_offs(param))
+        for tid in self._by_name(func, (FUNC,)):
+            proto = self._words[self._info(tid)[3] + 2]
+            kind, _, vlen, i = self._info(proto)
+            if kind != FUNC_PROTO:
+                continue
+            names = self._words[i + 3:i + 3 + 2 * vlen:2]  # (name_off, type) per parameter
+            for n, off in enumerate(names, 1):
+                if off in offs:
+                    return n
+            raise _Absent(f"kernel BTF: {func} has no parameter {param!r}")
+        raise _Absent(f"kernel BTF has no function {func!r}")
+
     def raw_tp_btf_id(self, tracepoint: str) -> int | None:
         """Type id of vmlinux's `btf_trace_<tracepoint>` typedef: what a BTF-typed
         raw tracepoint program (tp_btf) names as its attach_btf_id. None for a
@@ -318,7 +335,8 @@ def resolve(specs: Iterable[str], *, btf_path: str = VMLINUX, cache_dir: str = C
             modules: Iterable[str] = ()) -> dict[str, int | None]:
     """Answer specs from BTF, cached per kernel build so a warm start parses nothing.
 
-    "struct.member..." -> byte offset, "func:NAME" -> 1, "sizeof:NAME" -> size,
+    "struct.member..." -> byte offset, "func:NAME" -> 1, "param:FUNC.NAME" ->
+    1-based position of FUNC's parameter NAME, "sizeof:NAME" -> size,
     "enum:NAME" -> value, "tp_btf:TRACEPOINT" -> vmlinux type id of its
     btf_trace_ typedef, "tp_args:TRACEPOINT" -> how many arguments it passes;
     None when this kernel lacks it (a bitfield, having no byte offset, counts
@@ -352,6 +370,9 @@ def _answer(btf: Btf, spec: str) -> int | None:
             return btf.offsetof(spec)
         if kind == "func":
             return 1 if btf.has_func(name) else None
+        if kind == "param":
+            func, _, param = name.partition(".")
+            return btf.func_param(func, param)
         if kind == "sizeof":
             return btf.sizeof(name)
         if kind == "enum":
@@ -362,7 +383,7 @@ def _answer(btf: Btf, spec: str) -> int | None:
             return btf.raw_tp_arg_count(name)
     except _Absent:
         return None
-    raise BtfError(f"bad spec {spec!r}: want struct.member, func:, sizeof:, enum:, tp_btf: or tp_args:")
+    raise BtfError(f"bad spec {spec!r}: want struct.member, func:, param:, sizeof:, enum:, tp_btf: or tp_args:")
 
 
 def _read_cache(path: str, key: str) -> dict[str, int | None]:

@@ -36,6 +36,11 @@ class KernelFacts:
     ext4_emergency_ro_bit: int | None = None  # EXT4_FLAGS_EMERGENCY_RO in BTF (6.12+)
     ext4_shutdown_bit: int | None = None  # EXT4_FLAGS_SHUTDOWN in BTF (4.10+; an anonymous enum, not always kept)
     ext4_aborted_bit: int | None = None  # EXT4_MF_FS_ABORTED in BTF (up to 6.5)
+    # True when ext4_shutdown_bit is EXT4_FLAGS_SHUTDOWN_VALUE, not BTF's: the
+    # anonymous enum is gone from Debian 13's 6.12 BTF, s_ext4_flags is not.
+    ext4_shutdown_known: bool = False
+    ext4_error_errno_param: int | None = None  # position of __ext4_error's `error` (4 on 5.8-5.10, 5 from 5.11)
+    folio: bool = True  # struct folio in BTF (5.16+): mm_lru_insertion & co take one (before: a page)
 
     def has_tracepoint(self, name: str) -> bool:
         return name in self.tracepoints
@@ -53,6 +58,15 @@ EXT4_SHUTDOWN = "enum:EXT4_FLAGS_SHUTDOWN"
 # Up to 6.5, in ext4_sb_info.s_mount_flags: set with SB_RDONLY, or alone in
 # stable kernels that stopped setting SB_RDONLY after errors (Debian's 6.1).
 EXT4_ABORTED = "enum:EXT4_MF_FS_ABORTED"
+# EXT4_FLAGS_SHUTDOWN's value in every kernel that has it (enum { RESIZING,
+# SHUTDOWN, ... } since 4.10): used when BTF dropped the anonymous enum but
+# has ext4_sb_info.s_ext4_flags, as Debian 13's 6.12 does (measured), where
+# errors=remount-ro sets this bit and nothing else (6.7-6.14).
+EXT4_FLAGS_SHUTDOWN_VALUE = 1
+EXT4_FLAGS_FIELD = "ext4_sb_info.s_ext4_flags"
+FOLIO_TYPE = "sizeof:folio"  # 5.16+
+# Where __ext4_error takes its errno: 5.11 put `bool force_ro` before it.
+EXT4_ERROR_ERRNO_PARAM = "param:__ext4_error.error"
 
 
 def _feature_facts() -> dict:
@@ -63,7 +77,7 @@ def _feature_facts() -> dict:
         from fsev.kernel.btf import BtfError, resolve  # imported only here: gathering needs it, planning not
 
         got = resolve([FANOTIFY_FS_ERROR_TYPE, FANOTIFY_MNT_TYPE, FSERROR_TYPE, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN,
-                       EXT4_ABORTED], modules=("ext4",))
+                       EXT4_ABORTED, EXT4_ERROR_ERRNO_PARAM, EXT4_FLAGS_FIELD, FOLIO_TYPE], modules=("ext4",))
     except (ImportError, OSError, ValueError, BtfError):  # no BTF: fsev cannot trace anyway
         return out
     out["fanotify_fs_error"] = got[FANOTIFY_FS_ERROR_TYPE] is not None
@@ -71,7 +85,11 @@ def _feature_facts() -> dict:
     out["fserror"] = got[FSERROR_TYPE] is not None
     out["ext4_emergency_ro_bit"] = got[EXT4_EMERGENCY_RO]
     out["ext4_shutdown_bit"] = got[EXT4_SHUTDOWN]
+    if got[EXT4_SHUTDOWN] is None and got[EXT4_FLAGS_FIELD] is not None:
+        out["ext4_shutdown_bit"], out["ext4_shutdown_known"] = EXT4_FLAGS_SHUTDOWN_VALUE, True
     out["ext4_aborted_bit"] = got[EXT4_ABORTED]
+    out["ext4_error_errno_param"] = got[EXT4_ERROR_ERRNO_PARAM]
+    out["folio"] = got[FOLIO_TYPE] is not None
     return out
 
 

@@ -29,7 +29,25 @@ import mmap
 import os
 import platform
 import select
+import sys
 import threading
+
+if sys.version_info >= (3, 10):
+    from os import EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfd_read, eventfd_write  # novermin
+else:  # Python 3.9 (Debian 11) has no os.eventfd: the same syscall through libc
+    EFD_CLOEXEC, EFD_NONBLOCK = os.O_CLOEXEC, os.O_NONBLOCK
+
+    def eventfd(initval: int, flags: int = EFD_CLOEXEC) -> int:
+        fd = ctypes.CDLL(None, use_errno=True).eventfd(initval, flags)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return int(fd)
+
+    def eventfd_read(fd: int) -> int:
+        return int.from_bytes(os.read(fd, 8), sys.byteorder)
+
+    def eventfd_write(fd: int, value: int) -> None:
+        os.write(fd, value.to_bytes(8, sys.byteorder))
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -97,8 +115,8 @@ class RingReader:
         # configuration changes).
         self._nudge = -1
         try:
-            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-            self._nudge = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+            self._nudge = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
             self._epoll = select.epoll()
             self._epoll.register(map_fd, select.EPOLLIN)
             self._epoll.register(self._wake, select.EPOLLIN)
@@ -133,7 +151,7 @@ class RingReader:
                 self._idle.notify_all()
                 if not self._closed:
                     try:
-                        os.eventfd_read(self._nudge)
+                        eventfd_read(self._nudge)
                     except BlockingIOError:
                         pass
 
@@ -141,7 +159,7 @@ class RingReader:
         """Make a wait() in progress, or the next one, return now; once."""
         with self._lock:
             if not self._closed:
-                os.eventfd_write(self._nudge, 1)
+                eventfd_write(self._nudge, 1)
 
     def wake_on(self, fd: int, events: int) -> None:
         """Let wait() also return when fd is ready for events (epoll flags):
@@ -156,7 +174,7 @@ class RingReader:
         step of closing, for a closer that must first let a consumer leave."""
         with self._lock:
             if not self._closed:
-                os.eventfd_write(self._wake, 1)
+                eventfd_write(self._wake, 1)
 
     def pending(self) -> bool:
         with self._lock:
@@ -263,7 +281,7 @@ class RingReader:
             _libc.munmap(self._prod_addr, self._prod_len)
             _libc.munmap(self._cons_addr, PAGE)
             self._prod_addr = self._cons_addr = self._data = 0
-            os.eventfd_write(self._wake, 1)
+            eventfd_write(self._wake, 1)
             # A wait() still in epoll.poll() would be polling a closed (or
             # reused) fd number if the epoll were closed under it.
             self._idle.wait_for(lambda: self._waiting == 0)

@@ -38,7 +38,7 @@ _LOCATION = re.compile(r"(?P<function>[A-Za-z_][A-Za-z0-9_.]*):(?P<line>\d+): ?(
 PREFIXES = (b"EXT4", b"BTRF", b"XFS ")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LogLine:
     """One kernel log line of a filesystem, with the task that printed it."""
 
@@ -105,7 +105,7 @@ _EXT4_BLOCK = re.compile(r"block (\d+): ")
 _EXT4_COMM = re.compile(r"comm (.*?): ")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Ext4Fields:
     inode: int | None
     block: int | None

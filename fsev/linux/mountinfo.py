@@ -18,7 +18,7 @@ PSEUDO_FS_TYPES = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Mount:
     mnt_id: int
     parent_id: int

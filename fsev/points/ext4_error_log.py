@@ -39,7 +39,7 @@ _STD_ERROR_N = re.compile(r"error (-?\d+)$")  # the default: snprintf("error %d"
 _GROUP = re.compile(r"group (\d+), (?:inode (\d+): )?(?:block (\d+):)?")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Ext4LogError:
     """One ext4 error line: where, and what ext4 printed of it."""
 

@@ -22,12 +22,18 @@ from typing import Callable
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.device import Device
-from fsev.kernel.facts import EXT4_ABORTED, EXT4_EMERGENCY_RO, EXT4_SHUTDOWN, KernelFacts
+from fsev.kernel.facts import (
+    EXT4_ABORTED,
+    EXT4_EMERGENCY_RO,
+    EXT4_FLAGS_SHUTDOWN_VALUE,
+    EXT4_SHUTDOWN,
+    KernelFacts,
+)
 from fsev.kernel.records import Call, RecordClass, RecordType, RoBits
 from fsev.linux.mountinfo import Mount, MountTable
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, raw_tp_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
-from fsev.probes.program import ProgramConfig
+from fsev.probes.program import ProgramConfig, offset_macro
 
 NAME = "read_only"
 RAW_SYS_EXIT = "raw_syscalls:sys_exit"  # raw: sys_exit(struct pt_regs *, long ret)
@@ -45,6 +51,9 @@ OFFSETS = {
     RungKind.RAW_TRACEPOINT: _RO,
     RungKind.KPROBE: (*_RO, "fs_context.root", "dentry.d_sb"),
 }
+
+# rung.reads: EXT4_FLAGS_SHUTDOWN at its known value (no BTF enum to resolve).
+SHUTDOWN_KNOWN = f"known:EXT4_FLAGS_SHUTDOWN={EXT4_FLAGS_SHUTDOWN_VALUE}"
 
 EMERGENCY_RO = "emergency_ro"  # ext4 6.12+, after an error with errors=remount-ro
 SHUTDOWN = "shutdown"  # ext4 shut down (errors=remount-ro on 6.7-6.11, the ioctl), or a `shutdown` event (XFS)
@@ -268,7 +277,9 @@ def ro_flag_description(facts: KernelFacts) -> str:
     if facts.ext4_aborted_bit is not None:
         flags.append(f"ext4_sb_info.s_mount_flags EXT4_MF_FS_ABORTED ({facts.ext4_aborted_bit}; up to 6.5)")
     if facts.ext4_shutdown_bit is not None:
-        flags.append(f"ext4_sb_info.s_ext4_flags EXT4_FLAGS_SHUTDOWN ({facts.ext4_shutdown_bit}; 6.7-6.11, backports)")
+        known = ", its known value: BTF has no EXT4_FLAGS_* enum" if facts.ext4_shutdown_known else ""
+        flags.append(f"ext4_sb_info.s_ext4_flags EXT4_FLAGS_SHUTDOWN ({facts.ext4_shutdown_bit}{known}; "
+                     "6.7-6.14, backports)")
     if facts.ext4_emergency_ro_bit is not None:
         flags.append(f"EXT4_FLAGS_EMERGENCY_RO ({facts.ext4_emergency_ro_bit}; 6.12+)")
     else:
@@ -278,8 +289,9 @@ def ro_flag_description(facts: KernelFacts) -> str:
 
 def plan_read_only(facts: KernelFacts) -> Rung:
     flag = ro_flag_description(facts)
+    shutdown = SHUTDOWN_KNOWN if facts.ext4_shutdown_known else EXT4_SHUTDOWN
     reads = tuple(spec for spec, bit in ((EXT4_EMERGENCY_RO, facts.ext4_emergency_ro_bit),
-                                         (EXT4_SHUTDOWN, facts.ext4_shutdown_bit),
+                                         (shutdown, facts.ext4_shutdown_bit),
                                          (EXT4_ABORTED, facts.ext4_aborted_bit)) if bit is not None)
     admin = "; admin remounts ro/rw from /proc/self/mountinfo changes and mount(2) calls"
     why = kprobe_skip_reason(facts, (RO_KPROBE,))
@@ -380,9 +392,17 @@ class ReadOnly(Point):
         for spec in (EXT4_EMERGENCY_RO, EXT4_SHUTDOWN):
             if spec in rung.reads:
                 specs += [*_RO_EXT4_FLAGS, spec]
+        if SHUTDOWN_KNOWN in rung.reads:
+            specs += _RO_EXT4_FLAGS  # the bit comes from defines()
         if EXT4_ABORTED in rung.reads:
             specs += [*_RO_EXT4_MOUNT_FLAGS, EXT4_ABORTED]
         return tuple(specs)
+
+    def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
+        d = super().defines(rung, config)
+        if rung is not None and SHUTDOWN_KNOWN in rung.reads and self.offsets(rung, config):
+            d.append((offset_macro(EXT4_SHUTDOWN), str(EXT4_FLAGS_SHUTDOWN_VALUE)))
+        return d
 
     def kprobes(self, rung: Rung, config: ProgramConfig) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []

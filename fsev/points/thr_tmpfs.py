@@ -90,6 +90,9 @@ def plan_thr_tmpfs(facts: KernelFacts) -> Rung:
         skipped += ("kprobe: no known pair of shmem accounting functions is traceable "
                     f"(tried {', '.join(SHMEM_FUNCTIONS)})",)
     why = raw_tp_skip_reason(facts, SHMEM_TRACEPOINTS)
+    if why is None and not facts.folio:
+        # Debian 11's 5.10: the tracepoints pass a struct page, the programs read a folio.
+        why = "raw_tracepoint: no struct folio in BTF (a kernel before 5.16: the page cache tracepoints pass pages)"
     if why is None:
         return Rung(
             NAME, RungKind.RAW_TRACEPOINT, tuple(t.split(":")[1] for t in SHMEM_TRACEPOINTS),

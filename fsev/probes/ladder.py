@@ -38,6 +38,9 @@ class Rung:
     # a newer kernel; a filesystem module not loaded, so none of its kind is
     # mounted). "" when the code is there.
     absent: str = ""
+    # Argument positions the rung's kprobe programs read, where they moved
+    # between kernels: (macro name, PT_REGS_PARMn index), chosen by plan().
+    args: tuple[tuple[str, int], ...] = ()
 
     @property
     def usable(self) -> bool:

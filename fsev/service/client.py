@@ -60,7 +60,7 @@ def _read_reply(sock: socket.socket, buf: bytearray, timeout: float) -> dict[str
         sock.settimeout(left)
         try:
             got = sock.recv(65536)
-        except TimeoutError:
+        except socket.timeout:  # TimeoutError from Python 3.10; not before
             continue
         if not got:
             raise FsevError("the service closed the connection without an answer")

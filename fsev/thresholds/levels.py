@@ -22,7 +22,7 @@ class ThresholdError(ValueError):
     """A malformed or impossible --thr; str() is the one-line message."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LevelSpec:
     """One level as written: blocks, a size in bytes, or a percentage."""
 
@@ -38,7 +38,7 @@ class LevelSpec:
         return int(total_blocks * self.amount / 100)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ThresholdSpec:
     l1: LevelSpec
     l2: LevelSpec | None
@@ -48,7 +48,7 @@ class ThresholdSpec:
         return self.l1.text + ("," + self.l2.text if self.l2 else "")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Levels:
     """Levels in available blocks, ready for the state machine."""
 
@@ -135,7 +135,7 @@ def resolve_levels(spec: ThresholdSpec, block_size: int, total_blocks: int, hyst
     return Levels(l1, l2, hysteresis)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Crossing:
     level: int  # 1 or 2
     level_blocks: int

@@ -27,7 +27,7 @@ EXT4_ERRCODES: dict[int, tuple[str, int | None]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FsStats:
     """statvfs of one mount, in f_frsize blocks."""
 
@@ -55,7 +55,7 @@ class FsStats:
         return self.blocks * self.block_size
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RecordedError:
     """One of ext4's two recorded errors (first or last), as its superblock keeps it."""
 
@@ -71,7 +71,7 @@ class RecordedError:
         return EXT4_ERRCODES.get(self.errcode, (f"code {self.errcode}", None))[0]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Ext4ErrorState:
     """/sys/fs/ext4/<dev>/{errors_count,first_error_*,last_error_*}."""
 

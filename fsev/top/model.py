@@ -23,7 +23,7 @@ RATE_WINDOW_S = 5
 SORT_KEYS = ("severity", "usage", "avail", "errors", "mount")
 
 
-@dataclass(slots=True)
+@dataclass
 class ErrorNote:
     """The last fs error of a superblock, from an event or from ext4's record."""
 
@@ -35,7 +35,7 @@ class ErrorNote:
     detail: str | None = None  # what the error was, where it names no function (XFS health marks)
 
 
-@dataclass(slots=True)
+@dataclass
 class SuperState:
     """What fsev learned about one superblock (keyed by device: bind mounts share it)."""
 
@@ -48,21 +48,28 @@ class SuperState:
     thr_depth: int = 0  # 0 above L1, 1 at/below L1, 2 at/below L2
     tracker: ThresholdState | None = None  # follows statfs between threshold events
     avail_event: int | None = None  # available blocks from the last threshold event
-    # Read-only after an error, as a read_only event told it: mountinfo may
-    # not show it (ext4 aborted; a filesystem shut down: XFS).
-    ro_error: str | None = None
+    # Read-only after an error, as a read_only event said (its flag): latched
+    # until an event says read-write again. Mountinfo may never show it
+    # (6.12-6.14: ext4's emergency_ro; ext4's aborted state; an XFS shutdown),
+    # and after it ext4 drops further errors, so neither the mount table nor
+    # the error counter can tell it later.
+    ro_after_error: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass
 class MountRow:
     mount: Mount
     stats: FsStats | None = None
     shadowed: bool = False  # another mount sits on top of the same mount point
+    ro_after_error: bool = False  # its superblock's SuperState.ro_after_error
 
     @property
     def emergency_ro(self) -> bool:
-        """ext4 after an error with errors=remount-ro: statfs still says rw."""
-        return "emergency_ro" in self.mount.super_options or "emergency_ro" in self.mount.options
+        """Read-only after an error: ext4's emergency_ro in mountinfo (statfs
+        still says rw), or latched from a read_only event of cause error (any
+        filesystem: also where mountinfo shows nothing)."""
+        return self.ro_after_error or "emergency_ro" in self.mount.super_options \
+            or "emergency_ro" in self.mount.options
 
     @property
     def read_only(self) -> bool:
@@ -74,8 +81,7 @@ def ro_by_error(row: MountRow, st: SuperState | None) -> bool:
     a read_only event that said so: btrfs's SB_RDONLY after an abort shows in
     mountinfo too; a shutdown (XFS) or ext4's aborted state shows nowhere but
     in the event."""
-    return row.emergency_ro or (st is not None and st.ro_error is not None
-                                and (row.read_only or st.ro_error in ("shutdown", "aborted")))
+    return row.emergency_ro or (st is not None and st.ro_after_error is not None)
 
 
 def severity(row: MountRow, st: SuperState | None) -> int:
@@ -168,16 +174,25 @@ class TopModel:
                     st.errors += 1
                     st.last_error = ErrorNote(ev.function, ev.line, ev.errno_name, ev.wall_time,
                                               detail=None if ev.function else describe(ev) or None)
-                elif ev.type is EventType.READ_ONLY:
-                    if not ev.extra.get("read_only"):
-                        st.ro_error = None  # read-write again (never reported after a kernel-only state)
-                    elif ev.extra.get("cause") == "error":
-                        st.ro_error = ev.extra.get("flag") or "ro"
                 elif ev.type is EventType.THRESHOLD:
                     self._apply_threshold(st, ev)
+                elif ev.type is EventType.READ_ONLY:
+                    self._apply_read_only(st, ev)
         self.feed.add(ev)
         if self.frozen_feed is not None:
             self.new_while_paused += 1
+
+    def _apply_read_only(self, st: SuperState, ev: Event) -> None:
+        x = ev.extra
+        if x.get("read_only") and x.get("cause") == "error":
+            st.ro_after_error = x.get("flag") or "read_only"
+        elif x.get("read_only") is False:
+            st.ro_after_error = None
+        else:
+            return
+        for row in self.rows:
+            if row.mount.dev == st.dev:
+                row.ro_after_error = st.ro_after_error is not None
 
     @staticmethod
     def _apply_threshold(st: SuperState, ev: Event) -> None:
@@ -243,6 +258,7 @@ class TopModel:
             del self.supers[dev]  # unmounted: its events stay in the feed
         for row in rows:
             st = self._super(row.mount.dev)
+            row.ro_after_error = st.ro_after_error is not None
             es = ext4.get(row.mount.dev)
             if es is not None:
                 st.errors_recorded = es.errors_count

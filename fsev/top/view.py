@@ -220,7 +220,7 @@ def _layout(columns: tuple[Column, ...], cells: list[list[Text]], width: int) ->
     def total(widths: list[int]) -> int:
         return sum(widths[i] for i in keep) + GAP * (len(keep) - 1)
 
-    mins = [min(c.min, n) if c.shrink else n for c, n in zip(columns, nat, strict=False)]
+    mins = [min(c.min, n) if c.shrink else n for c, n in zip(columns, nat)]
     for i in sorted((i for i, c in enumerate(columns) if c.drop), key=lambda i: columns[i].drop):
         if total(mins) > width:
             keep.remove(i)
@@ -255,7 +255,7 @@ def mounts_table(model: TopModel, width: int, now: float, max_rows: int | None =
         head.append((" " * GAP if k else "") + (c.title.rjust(w) if c.right else c.title.ljust(w)))
     head.pad_right(max(0, width - head.cell_len))
     lines = [head]
-    for (r, st), row_cells in zip(pairs, cells, strict=False):
+    for (r, st), row_cells in zip(pairs, cells):
         line = Text(no_wrap=True, overflow="ellipsis")
         for k, (c, i, w) in enumerate(layout):
             if k:

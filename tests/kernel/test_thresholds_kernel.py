@@ -161,7 +161,7 @@ def test_each_watched_superblock_reports_its_own_crossings():
             assert t.stop() == 0
     evs = thr_events(t)
     assert [(e["mount_point"], e["pid"], e["level"], e["direction"]) for e in evs] == [
-        (mp, pid, "L1", "down") for mp, pid in zip(mps, pids, strict=False)]
+        (mp, pid, "L1", "down") for mp, pid in zip(mps, pids)]
 
 
 def test_a_writer_busy_while_fsev_arms_is_seen(monkeypatch):
@@ -323,6 +323,12 @@ def test_tmpfs_four_crossings_on_the_kprobe_rung():
     """In the stock-kernel VM: shmem's accounting functions of that kernel (6.1:
     shmem_alloc_and_acct_folio / shmem_recalc_inode) carry the tmpfs rung, its
     inode the cached key."""
+    from fsev.points.registry import plan_probes
+    from fsev.session.trace import kernel_facts
+
+    rung = plan_probes(kernel_facts()).rung("thr_tmpfs")
+    if rung is None or rung.kind.value != "kprobe":  # Debian 11's 5.10: no pair fsev knows
+        pytest.skip(f"no tmpfs kprobe rung on this kernel: {'; '.join(rung.skipped if rung else ())}")
     with tmpfs("8m") as mp:
         four_crossings(mp, "kprobe", slow=6)
 

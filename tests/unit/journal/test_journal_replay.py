@@ -86,7 +86,7 @@ def test_speed_replays_at_a_multiple_of_the_recorded_pace(jpath):
     evs = [fs_error(i + 1, wall=1_700_000_000.0 + i * 0.6 - (i + 1) / 1000) for i in range(4)]  # 0.6 s apart
     write_journal(jpath, evs)
     at2 = _arrivals(["replay", jpath, "--json", "--speed", "2"])
-    gaps = [b - a for a, b in zip(at2, at2[1:], strict=False)]
+    gaps = [b - a for a, b in zip(at2, at2[1:])]
     assert all(0.2 <= g <= 0.5 for g in gaps), gaps  # 0.3 s each
     fast = _arrivals(["replay", jpath, "--json"])
     assert fast[-1] - fast[0] < 0.2
@@ -195,7 +195,7 @@ def test_consumer_on_stdout_repeats_at_most_the_line_in_flight_per_kill(jpath):
             break
     seen: list[str] = []
     repeats = 0
-    for _prev, run in zip([None] + runs, runs, strict=False):
+    for _prev, run in zip([None] + runs, runs):
         if run and seen and run[0] == seen[-1]:
             repeats += 1
             run = run[1:]

@@ -226,7 +226,7 @@ def test_a_format_1_journal_reads_as_it_is_and_upgrades_when_opened_for_writing(
         assert j.version == FORMAT_VERSION == 2
         rows = j.conn.execute("SELECT first_time, last_time, bytes, length(CAST(events AS BLOB)) FROM segment"
                               " ORDER BY first").fetchall()
-        for seg, (t0, t1, size, length) in zip(segs, rows, strict=True):
+        for seg, (t0, t1, size, length) in zip(segs, rows):
             assert (t0, t1, size) == (seg[0].wall_time, seg[-1].wall_time, length)
         j.ack("siem", 20)
         res = trim(j, Retention(10**9, 2.5 * STEP, 10**10), T0 + 5 * STEP)

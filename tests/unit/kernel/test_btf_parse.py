@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fsev.kernel import btf as btf_mod
-from fsev.kernel.btf import Btf, BtfError, resolve
+from fsev.kernel.btf import Btf, BtfError, _answer, resolve
 
 # Kind numbers from the kernel's Documentation/bpf/btf.rst, spelled out again
 # here so the encoder does not trust the module under test.
@@ -366,3 +366,19 @@ def test_raw_tracepoint_argument_counts_from_the_btf_trace_typedef(tmp_path: Pat
     got = resolve(["tp_args:ext4_da_reserve_space", "tp_args:old_tp", "tp_args:nope"],
                   btf_path=str(tmp_path / "vmlinux"), cache_dir=str(tmp_path / "c"), modules=("ext4",))
     assert got == {"tp_args:ext4_da_reserve_space": 2, "tp_args:old_tp": 1, "tp_args:nope": None}
+def _ext4_error_btf(force_ro: bool) -> Btf:
+    """__ext4_error's prototype as 5.8-5.10 (no force_ro) or 5.11+ declares it."""
+    w = BtfWriter()
+    int_t = w.int_("int", 4)
+    params = ["sb", "function", "line"] + (["force_ro"] if force_ro else []) + ["error", "block", "fmt"]
+    proto = w.add(K_FUNC_PROTO, "", 0, vlen=len(params), tail=tuple(x for p in params for x in (w.s(p), int_t)))
+    w.add(K_FUNC, "__ext4_error", proto, vlen=1)
+    return Btf(w.blob())
+
+
+def test_func_param_positions_follow_the_prototype() -> None:
+    assert _ext4_error_btf(force_ro=False).func_param("__ext4_error", "error") == 4
+    assert _ext4_error_btf(force_ro=True).func_param("__ext4_error", "error") == 5
+    assert _answer(_ext4_error_btf(force_ro=True), "param:__ext4_error.block") == 6
+    assert _answer(_ext4_error_btf(force_ro=True), "param:__ext4_error.nonesuch") is None
+    assert _answer(_ext4_error_btf(force_ro=True), "param:no_such_func.error") is None

@@ -24,7 +24,7 @@ import pytest
 
 from fsev.kernel import ringbuf
 from fsev.kernel.closing import CloseGuard
-from fsev.kernel.ringbuf import HDR_SZ, PAGE, RingReader
+from fsev.kernel.ringbuf import EFD_CLOEXEC, HDR_SZ, PAGE, RingReader, eventfd
 
 
 # -- CloseGuard ----------------------------------------------------------------
@@ -115,7 +115,7 @@ class _Ring:
         self.fd = os.memfd_create("fsev-ring-stand-in")
         os.ftruncate(self.fd, 2 * PAGE + 2 * SIZE)
         self.mem = mmap.mmap(self.fd, 2 * PAGE + 2 * SIZE)
-        self.notify = os.eventfd(0, os.EFD_CLOEXEC)  # what epoll watches for the memfd
+        self.notify = eventfd(0, EFD_CLOEXEC)  # what epoll watches for the memfd
         self.prod = 0
 
     def produce(self, n: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from importlib import metadata
 
 from fsev.probes.program import bpf_dir
@@ -25,7 +26,9 @@ def test_bpf_sources_are_found_inside_the_installed_package():
 
 
 def test_console_script_and_version():
-    eps = [e for e in metadata.entry_points(group="console_scripts") if e.name == "fsev"]
+    scripts = (metadata.entry_points(group="console_scripts") if sys.version_info >= (3, 10)
+               else metadata.entry_points()["console_scripts"])  # Python 3.9: a dict of groups
+    eps = [e for e in scripts if e.name == "fsev"]
     assert [e.value for e in eps] == ["fsev.cli.main:run"]
     r = subprocess.run([FSEV, "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == f"fsev {metadata.version('fsev')}"

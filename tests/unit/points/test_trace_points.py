@@ -209,6 +209,48 @@ def test_preamble_for_kprobes_carries_btf_offsets_and_arg_positions():
     assert ("cleanup_mnt", "kp_cleanup_mnt") in kprobe_attachments(plan, cfg)
 
 
+@pytest.mark.parametrize(("release", "btf_param", "errno_arg"), [
+    ("5.10.0-32-cloud-amd64", None, 4),   # Debian 11, no BTF answer: the 5.8-5.10 order by release
+    ("5.10.0-32-cloud-amd64", 4, 4),      # Debian 11's BTF prototype says the same
+    ("5.10.0-32-cloud-amd64", 5, 5),      # a stable backport of force_ro: the prototype wins
+    ("6.1.0-13-cloud-amd64", None, 5),
+    ("6.12.48+deb13-cloud-amd64", 5, 5),
+])
+def test_ext4_error_errno_argument_follows_the_kernel(release, btf_param, errno_arg):
+    kernel = fake_kernel(release=release, kprobes=True, kprobe_functions=KPROBE_KERNEL.kprobe_functions,
+                         tracepoints=KPROBE_KERNEL.tracepoints, ext4_error_errno_param=btf_param)
+    plan = plan_probes(kernel)
+    cfg = ProgramConfig(classes=frozenset({RecordClass.ERR}), watch_all=True)
+    p = preamble(plan, cfg, {s: i * 8 for i, s in enumerate(required_offsets(plan))})
+    assert f"#define ARG___EXT4_ERROR_ERRNO(ctx) PT_REGS_PARM{errno_arg}(ctx)" in p
+    assert f"#define ARG___EXT4_ERROR_BLOCK(ctx) PT_REGS_PARM{errno_arg + 1}(ctx)" in p
+    assert f"argument {errno_arg}" in plan.rung("ext4_error").gives
+
+
+def test_ext4_shutdown_bit_at_its_known_value_when_btf_dropped_the_enum():
+    """Debian 13's 6.12 BTF has ext4_sb_info.s_ext4_flags but no EXT4_FLAGS_*
+    enum; errors=remount-ro sets only EXT4_FLAGS_SHUTDOWN there."""
+    kernel = fake_kernel(release="6.12.117+deb13-cloud-amd64", kprobes=True,
+                         kprobe_functions={"ext4_handle_error", "reconfigure_super"},
+                         ext4_shutdown_bit=1, ext4_shutdown_known=True)
+    plan = plan_probes(kernel)
+    cfg = ProgramConfig(classes=frozenset({RecordClass.ERR}), watch_all=True)
+    specs = required_offsets(plan, cfg)
+    assert "ext4_sb_info.s_ext4_flags" in specs and "enum:EXT4_FLAGS_SHUTDOWN" not in specs
+    p = preamble(plan, cfg, {s: 8 for s in specs})
+    assert "#define OFF_ENUM_EXT4_FLAGS_SHUTDOWN 1" in p
+    assert "its known value" in plan.rung("read_only").gives
+
+
+def test_tmpfs_without_folios_or_a_shmem_pair_is_polled():
+    """Debian 11's 5.10: no shmem accounting pair fsev knows, and the page cache
+    tracepoints pass a struct page, not the folio the raw rung reads."""
+    kernel = fake_kernel(release="5.10.0-32-cloud-amd64", kprobes=True, folio=False,
+                         tracepoints={"filemap:mm_filemap_delete_from_page_cache", "pagemap:mm_lru_insertion"})
+    rung = plan_probes(kernel).rung("thr_tmpfs")
+    assert rung.kind.value == "polled" and any("no struct folio" in s for s in rung.skipped), rung
+
+
 def test_ring_buffer_pages_must_be_a_power_of_two():
     with pytest.raises(ValueError):
         ProgramConfig(classes=frozenset(), watch_all=True, ringbuf_pages=3)
@@ -257,6 +299,6 @@ def test_struct_format_is_derived_from_the_ctypes_mirror():
     r = record(ts_ns=1, ino=2, block=3, value=4, type=5, cls=6, rung=7, fields=8, dev=9, pid=10, tgid=11,
                err=-12, line=13, mnt_id=14, level=15, direction=16, comm=b"c", func=b"f", path=b"p")
     assert RECORD_STRUCT.size == RECORD_SIZE
-    got = dict(zip(RECORD_FIELDS, RECORD_STRUCT.unpack(bytes(r)), strict=False))
+    got = dict(zip(RECORD_FIELDS, RECORD_STRUCT.unpack(bytes(r))))
     assert [got[k] for k in RECORD_FIELDS[:16]] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, -12, 13, 14, 15, 16]
     assert got["comm"].rstrip(b"\0") == b"c" and got["path"].rstrip(b"\0") == b"p"

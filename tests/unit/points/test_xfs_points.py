@@ -4,6 +4,8 @@ reasons), and the read-only state a shutdown leaves."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from support.kernels import fake_kernel, raw_record
 
@@ -292,7 +294,7 @@ def test_the_log_reader_is_made_on_the_raw_tracepoint_rung_only():
     from fsev.linux.kernel_log import parse_line
     line = parse_line("XFS (loop1): Metadata CRC error detected at xfs_dir3_block_read_verify+0x9e/0x100, "
                       "xfs_dir3_block block 0x78 ", ts_ns=5, pid=3, comm="ls")
-    line = line.__class__(**{**{f: getattr(line, f) for f in line.__slots__}, "dev": "7:1"})
+    line = dataclasses.replace(line, dev="7:1")
     (ev,) = reader.read(line)
     assert ev.type is EventType.FS_ERROR and ev.rung == "kernel_log" and ev.ts_ns == 5
     assert ev.wall_time == here.clock.wall(5)

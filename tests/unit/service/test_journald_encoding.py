@@ -196,7 +196,7 @@ def test_retries_back_off_while_there_is_no_socket(tmp_path):
         now[0] += 0.5
         sink.emit(fs_error(1))
     assert sink.dropped == 200
-    gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
     assert len(tries) < 12 and gaps == sorted(gaps), tries
 
 

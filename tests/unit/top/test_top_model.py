@@ -213,3 +213,23 @@ def test_compiler_mappings_found_in_proc_maps():
     ])
     assert compiler_mappings(maps) == [(0x7f0000000000, 0x7f0000100000), (0x7f0000100000, 0x7f0000900000),
                                        (0x7f0001000000, 0x7f0001200000)]
+
+
+def test_read_only_after_an_error_stays_latched_without_mountinfo_or_new_errors():
+    """6.12-6.14: ext4's emergency_ro is in no mountinfo, and ext4 drops every
+    later error: only the read_only event tells, and top must keep telling."""
+    m = model()
+    row = next(r for r in m.rows if r.mount.mount_point == "/srv/data")
+    assert not row.emergency_ro
+    m.apply(ev(), NOW)
+    m.apply(ev(typ=EventType.READ_ONLY, dev="7:0", mount_point="/srv/data", rung="kprobe",
+               extra={"read_only": True, "flag": "emergency_ro", "cause": "error", "caused_by_seq": 1}), NOW)
+    for _ in range(3):  # mountinfo still says rw; the screen refreshes; counters are cleared
+        m.update_mounts(mounts(), STATS)
+        m.key("c")
+    row = next(r for r in m.rows if r.mount.mount_point == "/srv/data")
+    assert row.emergency_ro and row.read_only and m.supers["7:0"].ro_after_error == "emergency_ro"
+    assert m.supers["7:0"].errors == 0  # the latch is no counter
+    m.apply(ev(cls=EventClass.INFO, typ=EventType.READ_ONLY, dev="7:0", mount_point="/srv/data",
+               extra={"read_only": False, "cause": "remount"}), NOW)
+    assert not next(r for r in m.rows if r.mount.mount_point == "/srv/data").emergency_ro
