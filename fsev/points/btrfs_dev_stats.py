@@ -246,6 +246,7 @@ class DevStatsMonitor(PointMonitor):
 
 class BtrfsDevStats(Point):
     name = NAME
+    module = "btrfs"
     record_type = RecordType.BTRFS_DEV_STAT
     event_type = EventType.DEVICE_ERRORS
     classes = frozenset({RecordClass.ERR})

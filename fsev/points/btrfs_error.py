@@ -213,6 +213,7 @@ class BtrfsErrorMonitor(PointMonitor):
 
 class BtrfsError(Point):
     name = NAME
+    module = "btrfs"
     record_type = RecordType.BTRFS_ERROR
     event_type = EventType.FS_ERROR
     classes = frozenset({RecordClass.ERR})
