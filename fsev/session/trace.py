@@ -115,7 +115,7 @@ def poll_timeout_ms(poll_ms: int, due_s: float | None) -> int:
 
 
 def kernel_facts() -> KernelFacts:
-    return gather(set(ALL_TRACEPOINTS), set(ALL_KPROBE_FUNCTIONS))
+    return gather(set(ALL_TRACEPOINTS), set(ALL_KPROBE_FUNCTIONS), BTF_MODULES)
 
 
 def resolve_offsets(plan: Plan, config: ProgramConfig | None = None) -> dict[str, int]:
