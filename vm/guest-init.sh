@@ -36,7 +36,9 @@ mnt bpf bpf /sys/fs/bpf
 mnt cgroup2 cgroup2 /sys/fs/cgroup
 ln -sfn /proc/self/fd /dev/fd
 hostname fsev-vm
-for m in loop fuse; do modprobe -q "$m" 2>/dev/null; done
+# xfs and btrfs too: loaded as on a host that mounts them, so fsev doctor's
+# plan (tests/vm/test_ladder.py) shows the rungs their points take there.
+for m in loop fuse xfs btrfs; do modprobe -q "$m" 2>/dev/null; done
 # udev: loop partitions and /dev/disk links for tests that mount by label.
 if [ -x /lib/systemd/systemd-udevd ]; then
   /lib/systemd/systemd-udevd --daemon

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Iterable
 
 TRACEFS = os.environ.get("FSEV_TRACEFS", "/sys/kernel/tracing")
 BTF_PATH = os.environ.get("FSEV_BTF_PATH", "/sys/kernel/btf/vmlinux")
@@ -41,9 +42,17 @@ class KernelFacts:
     ext4_shutdown_known: bool = False
     ext4_error_errno_param: int | None = None  # position of __ext4_error's `error` (4 on 5.8-5.10, 5 from 5.11)
     folio: bool = True  # struct folio in BTF (5.16+): mm_lru_insertion & co take one (before: a page)
+    # Loaded modules (of those fsev's points hook) whose types are in no BTF:
+    # module BTF is 5.11+, so on 5.10 btrfs's and xfs's structs cannot be read
+    # and a rung reading them cannot start. Built-in code is in vmlinux's BTF.
+    modules_without_btf: frozenset[str] = field(default_factory=frozenset)
 
     def has_tracepoint(self, name: str) -> bool:
         return name in self.tracepoints
+
+    def module_btf(self, module: str) -> bool:
+        """The module's structs can be read (its BTF, or built in)."""
+        return self.btf and module not in self.modules_without_btf
 
 
 # Types that exist exactly when the feature does.
@@ -117,8 +126,16 @@ def _traceable(functions: set[str]) -> set[str]:
     return found - _kprobe_blacklist()
 
 
-def gather(tracepoints: set[str], kprobe_functions: set[str]) -> KernelFacts:
-    """Read the kernel's facts for the probe points fsev may use."""
+def _modules_without_btf(modules: Iterable[str]) -> frozenset[str]:
+    """Loaded modules (initstate: a module, not built in) with no BTF of their own."""
+    btf_dir = os.path.dirname(BTF_PATH)
+    return frozenset(m for m in modules if os.path.exists(f"/sys/module/{m}/initstate")
+                     and not os.path.exists(os.path.join(btf_dir, m)))
+
+
+def gather(tracepoints: set[str], kprobe_functions: set[str], modules: Iterable[str] = ()) -> KernelFacts:
+    """Read the kernel's facts for the probe points fsev may use (modules: the
+    ones whose structs they read, registry.BTF_MODULES)."""
     release = os.uname().release
     tracefs = os.path.isdir(os.path.join(TRACEFS, "events"))
     kprobes = os.path.exists(KPROBE_PMU) or os.path.exists(os.path.join(TRACEFS, "kprobe_events"))
@@ -136,4 +153,5 @@ def gather(tracepoints: set[str], kprobe_functions: set[str]) -> KernelFacts:
         tracepoints=tps,
         btf=os.path.exists(BTF_PATH),
         tracefs=tracefs,
+        modules_without_btf=_modules_without_btf(modules),
     )

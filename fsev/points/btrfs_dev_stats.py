@@ -46,7 +46,7 @@ from fsev.linux.btrfs import COUNTERS, SYSFS, Filesystem, Member, read_counters
 from fsev.linux.kernel_log import LogLine
 from fsev.linux.mountinfo import MountTable
 from fsev.points.btrfs_fs import FS_TYPE, BtrfsMounts, WatchedBtrfs
-from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
+from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, module_btf_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig
 
@@ -69,7 +69,7 @@ _GIVES = ("write, read, flush, corruption and generation error counts of each me
 
 
 def plan_btrfs_dev_stats(facts: KernelFacts) -> Rung:
-    why = kprobe_skip_reason(facts, (KPROBE,))
+    why = kprobe_skip_reason(facts, (KPROBE,)) or module_btf_skip_reason(facts, "btrfs", "kprobe")
     if why is None:
         return Rung(NAME, RungKind.KPROBE, (KPROBE, *_TARGETS),
                     gives=_GIVES + "each count btrfs prints (kprobe: with the counting task), btrfs log lines, "
@@ -246,6 +246,7 @@ class DevStatsMonitor(PointMonitor):
 
 class BtrfsDevStats(Point):
     name = NAME
+    module = "btrfs"
     record_type = RecordType.BTRFS_DEV_STAT
     event_type = EventType.DEVICE_ERRORS
     classes = frozenset({RecordClass.ERR})

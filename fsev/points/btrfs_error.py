@@ -43,7 +43,7 @@ from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import TEXT_LEN, RecordClass, RecordType
 from fsev.linux.kernel_log import LogLine
 from fsev.points.btrfs_fs import FS_TYPE, BtrfsMounts
-from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
+from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, module_btf_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 
 NAME = "btrfs_error"
@@ -65,7 +65,7 @@ _LOG_MISSES = ("lines btrfs rate-limited (100 per 5 s per level); aborts after t
 
 
 def plan_btrfs_error(facts: KernelFacts) -> Rung:
-    why = kprobe_skip_reason(facts, (HANDLE_FS_ERROR,))
+    why = kprobe_skip_reason(facts, (HANDLE_FS_ERROR,)) or module_btf_skip_reason(facts, "btrfs", "kprobe")
     csum = ("; checksum failures from the kernel log (printk:console)"
             if facts.has_tracepoint(CONSOLE_TRACEPOINT) else "")
     if why is None:
@@ -213,6 +213,7 @@ class BtrfsErrorMonitor(PointMonitor):
 
 class BtrfsError(Point):
     name = NAME
+    module = "btrfs"
     record_type = RecordType.BTRFS_ERROR
     event_type = EventType.FS_ERROR
     classes = frozenset({RecordClass.ERR})

@@ -144,6 +144,10 @@ _DESCRIBE_FS = {(p.event_type, p.fs_type): p for p in POINTS if p.event_type is 
 
 
 MODULES = {p.name: p.module for p in POINTS if p.module is not None}
+# The modules whose BTF struct offsets may come from (/sys/kernel/btf/<module>)
+# on distribution kernels: ext4's (a module on Debian; many points read its
+# structs) and every point's own.
+BTF_MODULES = tuple(dict.fromkeys(("ext4", *MODULES.values())))
 
 
 def dormant(rung: Rung, mounted_fs_types: "set[str]") -> bool:

@@ -13,10 +13,13 @@ Ladder:
   TRACEPOINT_PROBE for xfs_group_mark_* (its `enum xfs_group_type` field is an
   incomplete type to it), so the arguments are read at BTF offsets instead.
 Both attach xfs:xfs_btree_corrupt where it exists (raw: the buffer gives the
-btree's name, its level and the allocation group). On the raw tracepoint
-rung the user-space half reads XFS's kernel log lines (point kernel_log) for
-what only they tell there: the verifier and the function of a verifier
-failure, the file and line of an internal error (XfsLogReader).
+btree's name, its level and the allocation group), and both read xfs's
+structs, so both need the module's BTF (5.11+). On the raw tracepoint rung
+the user-space half reads XFS's kernel log lines (point kernel_log) for what
+only they tell there: the verifier and the function of a verifier failure,
+the file and line of an internal error (XfsLogReader).
+- tracepoint: those lines alone (printk:console), where neither rung can run
+  (Debian 11's 5.10: no module BTF; an xfs module loaded after fsev started).
 
 "healthy" marks (scrub or repair found or made a structure good) are left
 out: an admin's tool asked for them and reports them itself, and a cleared
@@ -35,7 +38,8 @@ from fsev.events import Event, EventClass, EventType
 from fsev.events.device import Device
 from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import FSEV_H, FUNC_LEN, RecordClass, RecordType, XfsReport, XfsScope, c_string
-from fsev.probes.ladder import Rung, RungKind
+from fsev.points.kernel_log import CONSOLE_TRACEPOINT
+from fsev.probes.ladder import Rung, RungKind, module_btf_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig
 
@@ -102,34 +106,46 @@ def xfs_present(facts: KernelFacts) -> bool:
 
 
 def plan_xfs_error(facts: KernelFacts) -> Rung:
-    btree = (BTREE_TRACEPOINT,) if facts.raw_tracepoints and facts.btf and facts.has_tracepoint(BTREE_TRACEPOINT) \
-        else ()
+    no_btf = module_btf_skip_reason(facts, "xfs", "kprobe")
+    btree = (BTREE_TRACEPOINT,) if facts.raw_tracepoints and no_btf is None \
+        and facts.has_tracepoint(BTREE_TRACEPOINT) else ()
     skipped: tuple[str, ...] = ()
     if not facts.kprobes:
         skipped += (f"kprobe: {facts.kprobes_why_not or 'kprobes unavailable'}",)
     elif missing := [f for f in KPROBE_REQUIRED if f not in facts.kprobe_functions]:
         skipped += (f"kprobe: {', '.join(missing)} not traceable (is the xfs module loaded?)",)
-    elif not facts.btf:
-        skipped += ("kprobe: no kernel BTF to read xfs_mount and xfs_buf",)
+    elif no_btf:
+        skipped += (no_btf,)
     else:
         fns = tuple(f for f in KPROBE_FUNCTIONS if f in facts.kprobe_functions)
         return Rung(NAME, RungKind.KPROBE, fns + btree,
                     gives="corruption and verifier reports with file, line, function and verifier name; "
                           "health marks with their structures" + ("; btree corruption" if btree else ""))
-    absent = "" if xfs_present(facts) else ABSENT
-    if not facts.raw_tracepoints or not facts.btf:
-        return Rung(NAME, RungKind.NONE, absent=absent,
-                    skipped=skipped + ("raw_tracepoint: no raw tracepoints or no BTF",))
     tps = tuple(t for t in HEALTH_TRACEPOINTS if facts.has_tracepoint(t))
-    if not tps:
-        return Rung(NAME, RungKind.NONE, absent=absent, skipped=skipped + (
-            "raw_tracepoint: no xfs:xfs_*_mark_sick tracepoints (6.13+; is the xfs module loaded?)",))
-    return Rung(NAME, RungKind.RAW_TRACEPOINT, tps + btree,
-                gives="health marks (filesystem, allocation/realtime group, inode) with their structures"
-                      + ("; btree corruption with btree, level and group" if btree else ""),
-                misses="the check's file, line and function except where XFS's kernel log line gives them "
-                       "(point kernel_log: lines may be rate-limited or cut short)",
-                skipped=skipped)
+    if not facts.raw_tracepoints:
+        skipped += ("raw_tracepoint: no raw tracepoints",)
+    elif no_btf and tps:
+        skipped += (no_btf.replace("kprobe:", "raw_tracepoint:", 1),)
+    elif not tps:
+        skipped += ("raw_tracepoint: no xfs:xfs_*_mark_sick tracepoints (6.13+; is the xfs module loaded?)",)
+    else:
+        return Rung(NAME, RungKind.RAW_TRACEPOINT, tps + btree,
+                    gives="health marks (filesystem, allocation/realtime group, inode) with their structures"
+                          + ("; btree corruption with btree, level and group" if btree else ""),
+                    misses="the check's file, line and function except where XFS's kernel log line gives them "
+                           "(point kernel_log: lines may be rate-limited or cut short)",
+                    skipped=skipped)
+    if facts.has_tracepoint(CONSOLE_TRACEPOINT):
+        # Also for a module loaded after fsev started: its lines come all the same.
+        return Rung(NAME, RungKind.TRACEPOINT, (CONSOLE_TRACEPOINT,),
+                    gives="XFS's corruption and verifier reports from its kernel log lines (the kernel_log "
+                          "point): function, errno, inode or block and verifier",
+                    misses="health marks and their structures, btree corruption; reports the console's rate "
+                           "limit drops or that are cut short",
+                    skipped=skipped)
+    absent = "" if xfs_present(facts) else ABSENT
+    return Rung(NAME, RungKind.NONE, absent=absent,
+                skipped=skipped + (f"tracepoint: {CONSOLE_TRACEPOINT} not present",))
 
 
 def _modern_groups(rung: Rung) -> bool:
@@ -260,8 +276,9 @@ def log_fields(body: str, truncated: bool = False) -> dict | None:
 
 
 class XfsLogReader(PointMonitor):
-    """On the raw tracepoint rung: XFS's verifier and corruption lines (which
-    name the function that found the damage) as fs_errors of rung kernel_log."""
+    """On the raw tracepoint and tracepoint rungs: XFS's verifier and
+    corruption lines (which name the function that found the damage) as
+    fs_errors of rung kernel_log."""
 
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
@@ -291,12 +308,16 @@ class XfsError(Point):
     record_type = RecordType.XFS_ERROR
     event_type = EventType.FS_ERROR
     classes = frozenset({RecordClass.ERR})
-    tracepoints = frozenset(HEALTH_TRACEPOINTS + (BTREE_TRACEPOINT,))
+    tracepoints = frozenset(HEALTH_TRACEPOINTS + (BTREE_TRACEPOINT, CONSOLE_TRACEPOINT))
     kprobe_functions = frozenset(KPROBE_FUNCTIONS)
     switches = {RungKind.KPROBE: "FSEV_XFS_ERROR_KPROBE", RungKind.RAW_TRACEPOINT: "FSEV_XFS_ERROR_RAW_TP"}
 
     def plan(self, facts: KernelFacts) -> Rung:
         return plan_xfs_error(facts)
+
+    def compiled(self, rung: Rung, config: ProgramConfig | None) -> bool:
+        # The tracepoint rung is the kernel_log point's program: none of its own.
+        return rung.kind in self.switches and super().compiled(rung, config)
 
     def defines(self, rung: Rung | None, config: ProgramConfig) -> list[tuple[str, str]]:
         d = super().defines(rung, config)
@@ -329,7 +350,8 @@ class XfsError(Point):
 
     def monitor(self, ctx: SessionContext) -> PointMonitor | None:
         # The kprobe rung reads the same from the functions' arguments.
-        if EventClass.ERR not in ctx.classes or ctx.plan.kind(NAME) is not RungKind.RAW_TRACEPOINT:
+        if EventClass.ERR not in ctx.classes or ctx.plan.kind(NAME) not in (RungKind.RAW_TRACEPOINT,
+                                                                            RungKind.TRACEPOINT):
             return None
         if ctx.plan.kind("kernel_log") is None:
             return None

@@ -11,7 +11,10 @@ Ladder: the raw tracepoint xfs:xfs_force_shutdown (fires once, as the
 filesystem goes down), else a kprobe on xfs_do_force_shutdown (every call,
 also on a filesystem already down: the user-space half reports the first
 per mount). The tracepoint comes first here: it is exact, and the kprobe
-adds nothing to it.
+adds nothing to it. Both read xfs_mount, so both need the xfs module's BTF
+(5.11+). Else the line xfs_do_force_shutdown prints (the kernel_log point,
+printk:console): reasons from its flags, the caller, file and line where the
+line is not cut short; it also serves a module loaded after fsev started.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import re
 from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import TRACEFS, KernelFacts
 from fsev.kernel.records import RecordClass, RecordType, c_string
-from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason
+from fsev.linux.kernel_log import LogLine
+from fsev.points.kernel_log import CONSOLE_TRACEPOINT
+from fsev.points.kernel_log import NAME as KERNEL_LOG_POINT
+from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, module_btf_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 
 NAME = "xfs_shutdown"
@@ -79,21 +85,54 @@ def decode_reasons(flags: int, table: dict[int, str] | None = None) -> list[str]
 
 def plan_xfs_shutdown(facts: KernelFacts) -> Rung:
     skipped: tuple[str, ...] = ()
-    if facts.raw_tracepoints and facts.btf and facts.has_tracepoint(TRACEPOINT):
+    no_btf = module_btf_skip_reason(facts, "xfs", "raw_tracepoint")
+    if facts.raw_tracepoints and no_btf is None and facts.has_tracepoint(TRACEPOINT):
         return Rung(NAME, RungKind.RAW_TRACEPOINT, (TRACEPOINT,),
                     gives="the shutdown with its reasons, file and line, once per filesystem")
-    skipped += (f"raw_tracepoint: {TRACEPOINT} not present (or no raw tracepoints / BTF; "
-                "is the xfs module loaded?)",)
-    why = kprobe_skip_reason(facts, (KPROBE,))
-    if why is None and facts.btf:
+    skipped += (no_btf if no_btf and facts.has_tracepoint(TRACEPOINT) else
+                f"raw_tracepoint: {TRACEPOINT} not present (or no raw tracepoints; is the xfs module loaded?)",)
+    why = kprobe_skip_reason(facts, (KPROBE,)) or module_btf_skip_reason(facts, "xfs", "kprobe")
+    if why is None:
         return Rung(NAME, RungKind.KPROBE, (KPROBE,),
                     gives="the shutdown with its reasons, file and line (the first call per mount)",
+                    skipped=skipped)
+    skipped += (why,)
+    if facts.has_tracepoint(CONSOLE_TRACEPOINT):
+        return Rung(NAME, RungKind.TRACEPOINT, (CONSOLE_TRACEPOINT,),
+                    gives="the shutdown from the line XFS prints (the kernel_log point): reasons, caller, file "
+                          "and line",
+                    misses="file and line where the line is cut short (fsev keeps 111 bytes of it); a shutdown "
+                           "whose line the console's rate limit drops; before 5.18, a shutdown a user asked for "
+                           "(xfs_io shutdown, the GOINGDOWN ioctl), which XFS did not log",
                     skipped=skipped)
     # No tracepoint and no function of XFS's: the module is not loaded.
     absent = "" if facts.has_tracepoint(TRACEPOINT) or KPROBE in facts.kprobe_functions else (
         "the xfs module is not loaded: no XFS filesystem is mounted (restart fsev after one is)")
     return Rung(NAME, RungKind.NONE, absent=absent,
-                skipped=skipped + (why or "kprobe: no kernel BTF to read xfs_mount",))
+                skipped=skipped + (f"tracepoint: {CONSOLE_TRACEPOINT} not present",))
+
+
+# xfs_do_force_shutdown's line (fs/xfs/xfs_fsops.c). 5.18+ alerts once, as
+# the filesystem goes down: "WHY (0xFLAGS) detected at CALLER+0x../0x.. [xfs]
+# (FILE:LINE).  Shutting down filesystem." Before, a notice on every call:
+# "xfs_do_force_shutdown(0xFLAGS) called from line LINE of file FILE.  Return
+# address = ...".
+_ALERT_LINE = re.compile(r"[A-Za-z/ -]+ \(0x(?P<flags>[0-9a-f]+)\) detected at (?P<fn>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+"
+                         r"(?: \[\w+\])?(?: \((?P<file>[^:()\s]+):(?P<line>\d+)\))?")
+_CALL_LINE = re.compile(r"xfs_do_force_shutdown\(0x(?P<flags>[0-9a-f]+)\) called from line (?P<line>\d+) of file "
+                        r"(?P<file>\S+?)\.(?:\s|$)")
+
+
+def shutdown_fields(body: str) -> dict | None:
+    """flags, and function, file and line where given, of XFS's shutdown line; None for other lines."""
+    m = _ALERT_LINE.match(body) or _CALL_LINE.match(body)
+    if m is None:
+        return None
+    got = m.groupdict()
+    out: dict = {"flags": int(got["flags"], 16), "function": got.get("fn")}
+    if got.get("line"):
+        out["file"], out["line"] = got["file"], int(got["line"])
+    return out
 
 
 def describe_shutdown(ev: Event) -> str:
@@ -104,9 +143,15 @@ def describe_shutdown(ev: Event) -> str:
     return text
 
 
+# Rungs that see every call of xfs_do_force_shutdown: the kprobe, and before
+# 5.18 the line it prints.
+_EVERY_CALL = frozenset({RungKind.KPROBE.value, "kernel_log"})
+
+
 class ShutdownOnce(PointMonitor):
-    """The kprobe rung sees every call of xfs_do_force_shutdown: the first per
-    mount goes on, later ones (the filesystem is down already) are dropped."""
+    """The kprobe rung sees every call of xfs_do_force_shutdown (as does its
+    log line before 5.18): the first per mount goes on, later ones (the
+    filesystem is down already) are dropped."""
 
     handles = frozenset({EventType.SHUTDOWN})
 
@@ -115,7 +160,7 @@ class ShutdownOnce(PointMonitor):
         self._down: dict[str, int] = {}  # dev -> mnt_id of the mount it went down in
 
     def process(self, ev: Event) -> list[Event]:
-        if ev.rung != RungKind.KPROBE.value or ev.dev is None:
+        if ev.rung not in _EVERY_CALL or ev.dev is None:
             return [ev]
         mnt = ev.mnt_id if ev.mnt_id is not None else -1
         if self._down.get(ev.dev) == mnt:
@@ -124,13 +169,38 @@ class ShutdownOnce(PointMonitor):
         return [ev]
 
 
+class ShutdownLogReader(ShutdownOnce):
+    """The kernel log rung: a shutdown event from XFS's line, the first per mount."""
+
+    def __init__(self, ctx: SessionContext) -> None:
+        super().__init__(ctx)
+        ctx.read_kernel_log(FS_TYPE, self.read)
+
+    def read(self, line: LogLine) -> list[Event]:
+        got = shutdown_fields(line.body)
+        if got is None or line.dev is None:
+            return []
+        ev = self.ctx.make_event(cls=EventClass.ERR, type=EventType.SHUTDOWN, rung="kernel_log", dev=line.dev,
+                                 fs_type=FS_TYPE, pid=line.pid, tgid=line.tgid, comm=line.comm,
+                                 function=got["function"], line=got.get("line"),
+                                 extra={"reasons": decode_reasons(got["flags"])})
+        if got.get("file"):
+            ev.extra["file"] = got["file"]
+        ev.ts_ns, ev.wall_time = line.ts_ns, self.ctx.clock.wall(line.ts_ns)  # when XFS printed it
+        mounts = self.ctx.table.by_dev(*(int(x) for x in line.dev.split(":")))
+        if mounts:
+            m = next((m for m in mounts if self.ctx.mount_watched(m)), mounts[0])
+            ev.mount_point, ev.source, ev.mnt_id = m.mount_point, m.source, m.mnt_id
+        return self.process(ev)
+
+
 class XfsShutdown(Point):
     name = NAME
     module = FS_TYPE
     record_type = RecordType.SHUTDOWN
     event_type = EventType.SHUTDOWN
     classes = frozenset({RecordClass.ERR})
-    tracepoints = frozenset({TRACEPOINT})
+    tracepoints = frozenset({TRACEPOINT, CONSOLE_TRACEPOINT})
     kprobe_functions = frozenset({KPROBE})
     switches = {RungKind.RAW_TRACEPOINT: "FSEV_XFS_SHUTDOWN_RAW_TP", RungKind.KPROBE: "FSEV_XFS_SHUTDOWN_KPROBE"}
     rung_offsets = {RungKind.RAW_TRACEPOINT: OFFSETS, RungKind.KPROBE: OFFSETS}
@@ -150,9 +220,12 @@ class XfsShutdown(Point):
         return describe_shutdown(ev)
 
     def monitor(self, ctx: SessionContext) -> PointMonitor | None:
-        if EventClass.ERR not in ctx.classes or ctx.plan.kind(NAME) is not RungKind.KPROBE:
+        kind = ctx.plan.kind(NAME)
+        if EventClass.ERR not in ctx.classes:
             return None
-        return ShutdownOnce(ctx)
+        if kind is RungKind.TRACEPOINT and ctx.plan.kind(KERNEL_LOG_POINT) is not None:
+            return ShutdownLogReader(ctx)
+        return ShutdownOnce(ctx) if kind is RungKind.KPROBE else None
 
 
 POINT = XfsShutdown()

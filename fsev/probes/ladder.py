@@ -81,6 +81,16 @@ def kprobe_skip_reason(facts: KernelFacts, required: tuple[str, ...]) -> str | N
     return None
 
 
+def module_btf_skip_reason(facts: KernelFacts, module: str, rung: str) -> str | None:
+    """Why a rung that reads this module's structs cannot be used here; None if it can."""
+    if not facts.btf:
+        return f"{rung}: no kernel BTF to read {module}'s structs"
+    if not facts.module_btf(module):
+        return (f"{rung}: the {module} module has no BTF (module BTF is Linux 5.11+), so its structs "
+                "cannot be read safely")
+    return None
+
+
 def raw_tp_skip_reason(facts: KernelFacts, tracepoints: tuple[str, ...], x86_64: bool = False) -> str | None:
     """Why raw tracepoints on these events cannot be used here; None if they can.
     x86_64: the program decodes x86-64 syscall numbers and pt_regs (raw sys_exit)."""

@@ -125,9 +125,10 @@ class Point:
     # The filesystem whose events it describes, where several points make
     # events of one type (fs_error: ext4's and XFS's); None: any.
     fs_type: ClassVar[str | None] = None
-    # The kernel module (a filesystem's) whose code it hooks, where a module
-    # not loaded leaves nothing to watch (Rung.absent) until one of that
-    # filesystem is mounted.
+    # The kernel module (a filesystem's) whose code it hooks: its BTF gives the
+    # point's struct offsets (registry.BTF_MODULES), and while it is not
+    # loaded the point may have nothing to watch (Rung.absent) until a
+    # filesystem of its kind is mounted.
     module: ClassVar[str | None] = None
     # The classes of its kernel records: its programs are compiled in only
     # when the user asked for one of them.

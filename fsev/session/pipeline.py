@@ -21,7 +21,7 @@ from fsev.events.clock import Clock
 from fsev.events.device import Device
 from fsev.events.numbering import EventNumbers
 from fsev.linux.mountinfo import Mount, MountTable
-from fsev.points.registry import POINTS
+from fsev.points.registry import MODULES, POINTS
 from fsev.probes.ladder import Plan
 from fsev.probes.point import KernelTables, PointMonitor, SessionContext
 
@@ -112,6 +112,51 @@ def _poll_order(monitors: list[PointMonitor]) -> list[PointMonitor]:
     return placed
 
 
+class DormantPoints(PointMonitor):
+    """Points planned with nothing to watch because their filesystem's module
+    was not loaded when fsev started (Rung.absent): fsev cannot attach to a
+    module loaded later, so a watched filesystem of that kind mounted since is
+    untraced by them. Says so once per mount (stderr, the service's log); the
+    metric's dormant label turns false for it too."""
+
+    def __init__(self, ctx: SessionContext, points: dict[str, list[str]]) -> None:
+        self.ctx = ctx
+        self._points = points  # module -> its points planned absent
+        self._told: set[tuple[int, str]] = set()  # (mnt_id, mount point)
+        self._notes: list[str] = []
+        self._generation = (ctx.table.generation, ctx.watch_generation)  # mounts at start: the plan saw them
+
+    @classmethod
+    def of(cls, ctx: SessionContext) -> list[PointMonitor]:
+        points: dict[str, list[str]] = {}
+        for r in ctx.plan.rungs:
+            module = MODULES.get(r.name)
+            if r.absent and module is not None:
+                points.setdefault(module, []).append(r.name)
+        return [cls(ctx, points)] if points else []
+
+    def mounts_changed(self) -> None:
+        ctx = self.ctx
+        generation = (ctx.table.generation, ctx.watch_generation)
+        if generation == self._generation:
+            return
+        self._generation = generation
+        for m in ctx.table:
+            names = self._points.get(m.fs_type)
+            if names and (m.mnt_id, m.mount_point) not in self._told and ctx.mount_watched(m):
+                self._told.add((m.mnt_id, m.mount_point))
+                self._notes.append(f"{m.mount_point} ({m.dev}): {m.fs_type} mounted after fsev started without the "
+                                   f"{m.fs_type} module loaded: {', '.join(names)} cannot trace it until fsev restarts")
+
+    def poll(self) -> list[Event]:
+        self.mounts_changed()  # fsev serve re-watches without calling it
+        return []
+
+    def notes(self) -> list[str]:
+        out, self._notes = self._notes, []
+        return out
+
+
 class EventPipeline:
     def __init__(self, plan: Plan, classes: frozenset[EventClass], table: MountTable, clock: Clock,
                  watched: list[Mount], probes: KernelTables | None, numbers: EventNumbers,
@@ -131,7 +176,8 @@ class EventPipeline:
         self.ctx = ctx = SessionContext(plan=plan, classes=classes, table=table, clock=clock, watched=list(watched),
                                         probes=probes, now=now, make_event=clock.user_event,
                                         mount_watched=self._mount_watched, dynamic=dynamic)
-        self.monitors = _poll_order([m for p in POINTS if (m := p.monitor(ctx)) is not None])
+        self.monitors = _poll_order([m for p in POINTS if (m := p.monitor(ctx)) is not None]
+                                    + DormantPoints.of(ctx))
         self._order = next((m for m in self.monitors if m.orders), None)
         self._handler: dict[EventType, PointMonitor] = {t: m for m in self.monitors for t in m.handles}
         self._observers: dict[EventType, list[PointMonitor]] = {}

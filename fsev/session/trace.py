@@ -32,6 +32,7 @@ from fsev.linux.mountinfo import Mount, MountTable
 from fsev.points.registry import (
     ALL_KPROBE_FUNCTIONS,
     ALL_TRACEPOINTS,
+    BTF_MODULES,
     GATED_PROGRAMS,
     KERNEL_THR_POINTS,
     decode_runs,
@@ -114,7 +115,7 @@ def poll_timeout_ms(poll_ms: int, due_s: float | None) -> int:
 
 
 def kernel_facts() -> KernelFacts:
-    return gather(set(ALL_TRACEPOINTS), set(ALL_KPROBE_FUNCTIONS))
+    return gather(set(ALL_TRACEPOINTS), set(ALL_KPROBE_FUNCTIONS), BTF_MODULES)
 
 
 def resolve_offsets(plan: Plan, config: ProgramConfig | None = None) -> dict[str, int]:
@@ -123,7 +124,7 @@ def resolve_offsets(plan: Plan, config: ProgramConfig | None = None) -> dict[str
         return {}
     from fsev.kernel.btf import resolve  # imported only when a rung reads kernel structs
 
-    got = resolve(specs, modules=("ext4", "btrfs", "xfs"))  # modules on distribution kernels
+    got = resolve(specs, modules=BTF_MODULES)
     missing = [s for s in specs if got.get(s) is None]
     if missing:
         raise FsevError(f"kernel BTF lacks {', '.join(missing)}: cannot read those structs safely")

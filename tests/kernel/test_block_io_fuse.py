@@ -3,20 +3,17 @@ FUSE and answers EIO for an armed byte range (tests/support/fuse_disk.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
-import tempfile
 import time
 from typing import Iterator
 
 import pytest
-from support.fuse_disk import FuseDisk, fuse_disk
+from support.fuse_disk import BLOCK, FuseDisk, fresh_ext4, fuse_disk, itable_block
 
-from fsev.testing.kernel_rig import FsevTrace, run, unmount
+from fsev.testing.kernel_rig import FsevTrace, run
 
 pytestmark = pytest.mark.root
-BLOCK = 4096
 
 
 @pytest.fixture(scope="module")
@@ -26,43 +23,12 @@ def disk() -> Iterator[FuseDisk]:
         yield d
 
 
-@contextlib.contextmanager
-def ext4_on(disk: FuseDisk, options: str, files: int = 0) -> Iterator[str]:
-    """A fresh ext4 on the FUSE disk, with /d/f0.. created, remounted so no
-    inode or block of it is cached."""
-    disk.disarm()
-    mp = tempfile.mkdtemp(prefix="fsev-fuse-ext4-")
-    try:
-        # No lazy init: its zeroing (write-zeroes, which FUSE refuses) would
-        # fail requests of its own.
-        run("mkfs.ext4", "-q", "-F", "-b", str(BLOCK), "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
-            disk.loop)
-        run("mount", disk.loop, mp)
-        if files:
-            os.mkdir(os.path.join(mp, "d"))
-            for i in range(files):
-                open(os.path.join(mp, "d", f"f{i}"), "w").close()
-        run("umount", mp)
-        run("mount", "-o", options, disk.loop, mp)
-        run("blockdev", "--flushbufs", disk.loop)
-        yield mp
-    finally:
-        disk.disarm()
-        unmount(mp)
-        os.rmdir(mp)
-
-
-def _itable_block(disk: FuseDisk, ino: int) -> int:
-    out = run("debugfs", "-R", f"imap <{ino}>", disk.loop).stdout
-    return int(out.split("located at block")[1].split(",")[0])
-
-
 def test_io_error_on_an_inode_table_block_gives_block_error_then_ext4_error_then_read_only(disk):
-    with ext4_on(disk, "errors=remount-ro", files=100) as mp:
+    with fresh_ext4(disk, "errors=remount-ro", files=100) as mp:
         victim = os.path.join(mp, "d", "f90")
         # Inode numbers are known before the mount: 12 is the first free one.
         ino = 12 + 1 + 90  # /d, then f0..f90
-        block = _itable_block(disk, ino)
+        block = itable_block(disk, ino)
         with FsevTrace(["--mount", mp, "--events", "err"]) as t:
             t.wait_attached()
             disk.arm("read", block * BLOCK, BLOCK)
@@ -87,7 +53,7 @@ def test_io_error_on_an_inode_table_block_gives_block_error_then_ext4_error_then
 
 
 def test_a_failed_write_back_gives_a_writeback_error_on_the_file(disk):
-    with ext4_on(disk, "errors=continue") as mp:
+    with fresh_ext4(disk, "errors=continue") as mp:
         path = os.path.join(mp, "data")
         with open(path, "wb") as f:
             f.write(os.urandom(BLOCK))

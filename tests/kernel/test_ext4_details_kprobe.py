@@ -12,18 +12,16 @@ import contextlib
 import mmap
 import os
 import subprocess
-import tempfile
 import time
 from typing import Iterator
 
 import pytest
-from support.fuse_disk import FuseDisk, fuse_disk
+from support.fuse_disk import BLOCK, FuseDisk, fresh_ext4, fuse_disk, journal_extents
 
-from fsev.testing.kernel_rig import FsevTrace, ext4, run, unmount
+from fsev.testing.kernel_rig import FsevTrace, ext4, run
 
 pytestmark = [pytest.mark.root, pytest.mark.kprobe]
 ATTACH_S = 300  # bcc compiles slowly under emulation
-BLOCK = 4096
 
 
 def _has_symbol(name: str) -> bool:
@@ -55,29 +53,13 @@ def _errors(t: FsevTrace, mp: str) -> list[dict]:
     return [e for e in t.events() if e["type"] == "fs_error" and e.get("mount_point") == mp]
 
 
-@contextlib.contextmanager
-def _fresh(disk: FuseDisk, options: str) -> Iterator[str]:
-    disk.disarm()
-    mp = tempfile.mkdtemp(prefix="fsev-ext4k-fuse-")
-    try:
-        run("mkfs.ext4", "-q", "-F", "-b", str(BLOCK), "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
-            disk.loop)
-        run("mount", "-o", options, disk.loop, mp)
-        time.sleep(0.5)
-        yield mp
-    finally:
-        disk.disarm()
-        unmount(mp)
-        os.rmdir(mp)
-
-
 def test_a_std_error_comes_from_its_kprobe(trace, disk):
     assert _rung(trace, "ext4_error") == "kprobe", trace.stderr_lines
-    with _fresh(disk, "errors=continue,dirsync") as mp:
-        ext = run("debugfs", "-R", "stat <8>", disk.loop).stdout.split("EXTENTS:")[1].split()
-        spans = [p.split(":")[1].rstrip(",").partition("-") for p in ext]
-        first = min(int(a) for a, _, _ in spans)
-        last = max(int(b or a) for a, _, b in spans) + 1
+    with fresh_ext4(disk, "errors=continue,dirsync") as mp:
+        journal = journal_extents(disk)
+        first = min(b for b, _ in journal)
+        last = max(b + c for b, c in journal)
+        time.sleep(0.5)
         disk.arm("write", first * BLOCK, (last - first) * BLOCK)
         with contextlib.suppress(OSError):
             os.mkdir(os.path.join(mp, "new"))  # dirsync: waits for the commit that fails
@@ -101,7 +83,8 @@ def test_fserror_folds_into_the_ext4_error_and_stands_alone_for_a_direct_io_erro
         errors = _errors(trace, fs.mount_point)
     assert len(errors) == 1 and errors[0]["function"] == "htree_dirblock_to_tree", errors
 
-    with _fresh(disk, "errors=continue") as mp:
+    with fresh_ext4(disk, "errors=continue") as mp:
+        time.sleep(0.5)
         path = os.path.join(mp, "data")
         with open(path, "wb") as f:
             f.write(os.urandom(4 * BLOCK))

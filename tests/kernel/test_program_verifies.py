@@ -8,7 +8,7 @@ import pytest
 from support.kernels import fake_kernel
 
 from fsev.kernel.records import RecordClass
-from fsev.points.registry import kprobe_attachments, plan_probes, source
+from fsev.points.registry import BTF_MODULES, kprobe_attachments, plan_probes, source
 from fsev.probes.program import ProgramConfig, bpf_dir
 
 pytestmark = pytest.mark.root
@@ -48,7 +48,7 @@ def _offsets(plan, cfg) -> dict[str, int]:
     from fsev.points.registry import required_offsets
 
     specs = required_offsets(plan, cfg)
-    got = resolve(specs, modules=("ext4", "btrfs"))
+    got = resolve(specs, modules=BTF_MODULES)
     missing = [s for s in specs if got[s] is None and not s.startswith("enum:")]
     assert not missing, missing
     return {s: (1 if got[s] is None else int(got[s])) for s in specs}

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
+from fsev.testing.kernel_rig import unmount
+
 SIZE = 64 << 20
 
 
@@ -134,6 +136,52 @@ def stop_fuse_server(server: subprocess.Popen, mount_point: str, work: str) -> N
     for d in (mount_point, work):
         with contextlib.suppress(OSError):
             os.rmdir(d)
+
+
+BLOCK = 4096  # the ext4 block size the tests make, so byte ranges are block * BLOCK
+
+
+@contextlib.contextmanager
+def fresh_ext4(disk: FuseDisk, options: str, files: int = 0) -> Iterator[str]:
+    """A fresh ext4 on the FUSE disk, with /d/f0.. created, mounted with
+    options after a remount and a flush, so no inode or block of it is cached.
+    Inode numbers are known: 12 is /d, 13 + i is /d/f<i>."""
+    disk.disarm()
+    mp = tempfile.mkdtemp(prefix="fsev-fuse-ext4-")
+    try:
+        # No lazy init: its zeroing (write-zeroes, which FUSE refuses) would
+        # fail requests of its own.
+        _run("mkfs.ext4", "-q", "-F", "-b", str(BLOCK), "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
+             disk.loop)
+        _run("mount", disk.loop, mp)
+        if files:
+            os.mkdir(os.path.join(mp, "d"))
+            for i in range(files):
+                open(os.path.join(mp, "d", f"f{i}"), "w").close()
+        _run("umount", mp)
+        _run("mount", "-o", options, disk.loop, mp)
+        _run("blockdev", "--flushbufs", disk.loop)
+        yield mp
+    finally:
+        disk.disarm()
+        unmount(mp)
+        os.rmdir(mp)
+
+
+def itable_block(disk: FuseDisk, ino: int) -> int:
+    """The inode table block that holds inode ino (debugfs)."""
+    out = _run("debugfs", "-R", f"imap <{ino}>", disk.loop).stdout
+    return int(out.split("located at block")[1].split(",")[0])
+
+
+def journal_extents(disk: FuseDisk) -> list[tuple[int, int]]:
+    """The journal's (first block, count) extents (debugfs)."""
+    ext = _run("debugfs", "-R", "stat <8>", disk.loop).stdout.split("EXTENTS:")[1].split()
+    out = []
+    for part in ext:
+        first, _, last = part.split(":")[1].rstrip(",").partition("-")
+        out.append((int(first), int(last or first) - int(first) + 1))
+    return out
 
 
 @contextlib.contextmanager

@@ -26,15 +26,19 @@ def topology_scenario(attach_timeout: float = 60) -> tuple[list[dict], tuple[str
         with FsevTrace(["--events", "info"]) as t:
             t.wait_attached(timeout=attach_timeout)
             rung = _rung_for(t, "mount_topology")
-            run("mount", "-t", "tmpfs", "-o", "size=1m", "fsev-topo", a)
-            run("mount", "--bind", a, b)
-            run("mount", "--move", b, c)
-            run("mount", "-o", "remount,ro", a)
+            # mount(2) itself: util-linux 2.39+ (Debian 13) uses the new mount API,
+            # which fsev reports by its calls (move_mount "attach", fsconfig
+            # "reconfigure"), not by these actions.
+            classic = {**os.environ, "LIBMOUNT_FORCE_MOUNT2": "always"}
+            run("mount", "-t", "tmpfs", "-o", "size=1m", "fsev-topo", a, env=classic)
+            run("mount", "--bind", a, b, env=classic)
+            run("mount", "--move", b, c, env=classic)
+            run("mount", "-o", "remount,ro", a, env=classic)
             time.sleep(0.3)
             run("umount", c)
             run("umount", a)
             subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                            f"mount -t tmpfs -o size=1m fsev-ns {ns_dir} && exit"], check=True)
+                            f"mount -t tmpfs -o size=1m fsev-ns {ns_dir} && exit"], check=True, env=classic)
             t.wait_for(lambda e: any(x["type"] == "umount" and x.get("cause") == "namespace_teardown" for x in e),
                        timeout=5 if rung == "fanotify" else 2)
             time.sleep(0.3)

@@ -33,6 +33,13 @@ LADDER: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "wb_error": ("raw_tracepoint", ()),
         "mount_topology": ("tracepoint", ("no FAN_MARK_MNTNS",)),
         "kernel_log": ("tracepoint", ()),
+        # No module BTF: btrfs's and xfs's structs cannot be read, so their
+        # kprobe and raw tracepoint rungs give way to their kernel log lines.
+        "btrfs_error": ("tracepoint", ("printk:console", "module has no BTF (module BTF is Linux 5.11+)")),
+        "btrfs_dev_stats": ("polled", ("module has no BTF (module BTF is Linux 5.11+)",)),
+        "xfs_error": ("tracepoint", ("printk:console", "module has no BTF (module BTF is Linux 5.11+)")),
+        "xfs_shutdown": ("tracepoint", ("printk:console",)),
+        "fserror": ("none", ("Linux 7.0+",)),
     },
     # 6.1: shmem_inode_acct_blocks absent and shmem_inode_acct_block inlined
     # (the shmem_alloc_and_acct_folio pair instead); ext4 sets
@@ -50,6 +57,12 @@ LADDER: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "wb_error": ("raw_tracepoint", ()),
         "mount_topology": ("tracepoint", ("no FAN_MARK_MNTNS",)),
         "kernel_log": ("tracepoint", ()),
+        # xfs_ag_mark_sick (before 6.13's groups); no xfs:xfs_force_shutdown tracepoint yet.
+        "btrfs_error": ("kprobe", ("__btrfs_handle_fs_error",)),
+        "btrfs_dev_stats": ("kprobe", ("btrfs_dev_stat_inc_and_print",)),
+        "xfs_error": ("kprobe", ("xfs_corruption_error", "xfs_ag_mark_sick")),
+        "xfs_shutdown": ("kprobe", ("xfs_do_force_shutdown", "xfs:xfs_force_shutdown not present")),
+        "fserror": ("none", ("Linux 7.0+",)),
     },
     # 6.12: errors=remount-ro sets EXT4_FLAGS_SHUTDOWN only (EMERGENCY_RO and
     # its mountinfo word are 6.15), and its BTF has no EXT4_FLAGS_* enum: the
@@ -67,6 +80,12 @@ LADDER: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "wb_error": ("raw_tracepoint", ()),
         "mount_topology": ("tracepoint", ("no FAN_MARK_MNTNS",)),
         "kernel_log": ("tracepoint", ()),
+        # 6.12's xfs.ko has the xfs_force_shutdown tracepoint (read from the image's module).
+        "btrfs_error": ("kprobe", ("__btrfs_handle_fs_error",)),
+        "btrfs_dev_stats": ("kprobe", ("btrfs_dev_stat_inc_and_print",)),
+        "xfs_error": ("kprobe", ("xfs_corruption_error",)),
+        "xfs_shutdown": ("raw_tracepoint", ("xfs:xfs_force_shutdown",)),
+        "fserror": ("none", ("Linux 7.0+",)),
     },
 }
 

@@ -9,7 +9,7 @@ from support.kernels import TRACEPOINTS_ONLY
 
 from fsev.events import EventType
 from fsev.kernel.records import RecordType
-from fsev.points.registry import POINTS, ProbePoint, plan_probes
+from fsev.points.registry import BTF_MODULES, POINTS, ProbePoint, plan_probes
 from fsev.probes.program import MAIN_SOURCE, bpf_dir
 
 
@@ -25,6 +25,13 @@ def test_the_plan_names_its_rungs_by_the_enum():
 def test_every_kernel_record_type_and_event_type_has_a_point():
     assert {p.record_type for p in POINTS if p.record_type} == set(RecordType) - {RecordType.NONE}
     assert {p.event_type for p in POINTS if p.event_type} == set(EventType) - {EventType.LOSS}
+
+
+def test_struct_offsets_come_from_the_btf_of_every_module_a_point_hooks():
+    """A point of a filesystem built as a module reads its structs from
+    /sys/kernel/btf/<module>; one missing here fails at start on stock kernels."""
+    assert BTF_MODULES[0] == "ext4" and len(set(BTF_MODULES)) == len(BTF_MODULES)
+    assert {"btrfs", "xfs"} <= set(BTF_MODULES) and {p.module for p in POINTS if p.module} <= set(BTF_MODULES)
 
 
 def test_each_point_with_c_has_its_file_included_and_its_switches_read_there():

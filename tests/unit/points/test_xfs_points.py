@@ -317,3 +317,70 @@ def test_a_mount_id_reused_for_a_new_mount_starts_without_the_old_shutdown():
     ro.on_shutdown(_shutdown(9, mnt_id=50), _make)
     (ev,) = ro.poll(_make)
     assert ev.extra["caused_by_seq"] == 9 and ev.mount_point == "/mnt/other"
+
+
+# -- kernels whose xfs module has no BTF (5.10), and the kernel log rungs ------------
+
+# Debian 11's 5.10 with xfs and btrfs loaded: kprobes and their functions, but
+# no module BTF (5.11+), so neither rung that reads their structs can start.
+DEBIAN_510 = fake_kernel(release="5.10.0-30-cloud-amd64", kprobes=True,
+                         kprobe_functions={"xfs_corruption_error", "xfs_buf_verifier_error", "xfs_do_force_shutdown",
+                                           "__btrfs_handle_fs_error", "__btrfs_abort_transaction",
+                                           "btrfs_dev_stat_inc_and_print"},
+                         tracepoints={xfs_error.BTREE_TRACEPOINT, "printk:console"},
+                         modules_without_btf=frozenset({"xfs", "btrfs"}))
+
+
+def test_modules_without_btf_plan_the_kernel_log_and_read_no_struct_of_theirs():
+    plan = plan_probes(DEBIAN_510)
+    for point, kind in ((ProbePoint.XFS_ERROR, RungKind.TRACEPOINT), (ProbePoint.XFS_SHUTDOWN, RungKind.TRACEPOINT),
+                        (ProbePoint.BTRFS_ERROR, RungKind.TRACEPOINT), (ProbePoint.BTRFS_DEV_STATS, RungKind.POLLED)):
+        r = plan.rung(point)
+        assert r is not None and r.kind is kind, (point, r)
+        assert any("module has no BTF (module BTF is Linux 5.11+)" in why for why in r.skipped), (point, r.skipped)
+    assert not [s for s in required_offsets(plan, ALL) if s.startswith(("xfs", "btrfs"))]
+    # With the BTF there, the same kernel plans the kprobes.
+    there = plan_probes(dataclasses.replace(DEBIAN_510, modules_without_btf=frozenset()))
+    assert there.kind(ProbePoint.XFS_ERROR) is RungKind.KPROBE and there.kind(ProbePoint.BTRFS_ERROR) is RungKind.KPROBE
+
+
+def test_shutdown_lines_of_5_10_and_of_5_18_on_give_reasons_and_place():
+    old = xfs_shutdown.shutdown_fields("xfs_do_force_shutdown(0x8) called from line 1097 of file fs/xfs/xfs_trans.c. "
+                                       "Return address = 00000000a1b2c3d4")
+    assert old == {"flags": 8, "function": None, "file": "fs/xfs/xfs_trans.c", "line": 1097}
+    new = xfs_shutdown.shutdown_fields("Corruption of in-memory data (0x8) detected at xfs_trans_cancel+0x128/0x150 "
+                                       "[xfs] (fs/xfs/xfs_trans.c:1097).  Shutting down filesystem.")
+    assert new == {"flags": 8, "function": "xfs_trans_cancel", "file": "fs/xfs/xfs_trans.c", "line": 1097}
+    cut = xfs_shutdown.shutdown_fields("Metadata I/O Error (0x1) detected at xfs_trans_read_buf_map+0x1e5/0x2b0 "
+                                       "[xfs] (fs/xfs/xfs_tr")  # 111 bytes kept: the place is cut off
+    assert cut == {"flags": 1, "function": "xfs_trans_read_buf_map"}
+    assert xfs_shutdown.shutdown_fields("Please unmount the filesystem and rectify the problem(s)") is None
+    assert xfs_shutdown.decode_reasons(8, xfs_shutdown.SHUTDOWN_REASONS) == ["corruption"]
+
+
+def test_the_shutdown_log_reader_reports_the_first_call_per_mount():
+    from fsev.events.clock import Clock as C
+    from fsev.linux.kernel_log import parse_line
+    from fsev.probes.point import SessionContext
+
+    facts = dataclasses.replace(DEBIAN_510, tracepoints=DEBIAN_510.tracepoints | {"printk:console"})
+    here = SessionContext(plan=plan_probes(facts), classes=frozenset({EventClass.ERR}),
+                          table=MountTable(parse_mountinfo(MI)), clock=C(), watched=[], probes=None,
+                          now=lambda: 0.0, make_event=C().user_event, mount_watched=lambda m: True)
+    reader = xfs_shutdown.POINT.monitor(here)
+    assert isinstance(reader, xfs_shutdown.ShutdownLogReader) and reader.read in here.log_readers["xfs"]
+
+    def line(text: str):  # noqa: ANN202
+        got = parse_line("XFS (loop1): " + text, ts_ns=7, pid=3, comm="cp")
+        assert got is not None
+        return dataclasses.replace(got, dev="7:1")
+
+    (ev,) = reader.read(line("xfs_do_force_shutdown(0x2) called from line 1263 of file fs/xfs/xfs_log.c. "
+                             "Return address = 0000000012345678"))
+    assert ev.type is EventType.SHUTDOWN and ev.rung == "kernel_log" and ev.ts_ns == 7 and ev.comm == "cp"
+    assert ev.extra["reasons"] == ["log_io"] or ev.extra["reasons"] == xfs_shutdown.decode_reasons(2)
+    assert ev.extra["file"] == "fs/xfs/xfs_log.c" and ev.line == 1263 and ev.mount_point == "/mnt/x"
+    # 5.10 prints it on every call: the filesystem is down already.
+    assert reader.read(line("xfs_do_force_shutdown(0x8) called from line 1097 of file fs/xfs/xfs_trans.c. "
+                            "Return address = 0000000012345678")) == []
+    assert reader.read(line("Please unmount the filesystem and rectify the problem(s)")) == []

@@ -113,3 +113,27 @@ def test_unwatched_classes_are_dropped_before_they_are_numbered(rig):
 def test_halves_poll_before_those_that_observe_what_they_make():
     holder, watcher, mounts = Holder(), Watcher(), Mounts()
     assert _poll_order([watcher, mounts, holder]) == [holder, mounts, watcher]
+
+
+def test_a_filesystem_mounted_after_a_start_without_its_module_is_noted_once(tmp_path):
+    """The XFS points were planned with nothing to watch (no xfs module): an
+    XFS filesystem mounted since is untraced by them, and fsev says so."""
+    from fsev.probes.ladder import Rung, RungKind
+
+    mi = tmp_path / "mountinfo"
+    mi.write_text(MOUNTINFO)
+    table = MountTable.read(str(mi))
+    plan = Plan((Rung("xfs_error", RungKind.NONE, absent="the xfs module is not loaded"),
+                 Rung("xfs_shutdown", RungKind.NONE, absent="the xfs module is not loaded"),
+                 Rung("block_io_error", RungKind.NONE)))
+    p = EventPipeline(plan, ALL_CLASSES, table, Clock(), [], None, EventNumbers())
+    p.mounts_changed()
+    assert p.notes() == []  # the mounts at start: the plan saw them
+    mi.write_text(MOUNTINFO + "37 25 7:1 / /mnt/x rw,relatime shared:2 - xfs /dev/loop1 rw\n")
+    table.refresh()
+    p.mounts_changed()
+    (note,) = p.notes()
+    assert note.startswith("/mnt/x (7:1): xfs mounted after fsev started") and "xfs_error, xfs_shutdown" in note
+    table.refresh()
+    p.mounts_changed()
+    assert p.notes() == []  # once per mount
