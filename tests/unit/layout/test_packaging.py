@@ -29,6 +29,6 @@ def test_console_script_and_version():
     scripts = (metadata.entry_points(group="console_scripts") if sys.version_info >= (3, 10)
                else metadata.entry_points()["console_scripts"])  # Python 3.9: a dict of groups
     eps = [e for e in scripts if e.name == "fsev"]
-    assert [e.value for e in eps] == ["fsev.cli.main:run"]
+    assert [e.value for e in eps] == ["fsev.cli.entry:run"]  # cli/entry.py, then cli/main.py
     r = subprocess.run([FSEV, "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == f"fsev {metadata.version('fsev')}"
