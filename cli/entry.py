@@ -17,10 +17,14 @@ from pathlib import Path
 EARLY_COMMANDS = frozenset({"trace", "top", "record", "serve"})
 
 
-def _include_dir() -> Path:
-    from fsev.probes.program import bpf_dir
+def include_dir() -> Path:
+    """fsev.probes.program.bpf_dir() for an installed package, without
+    importing it (the record mirror and the ladder, 30 ms, on the way to the
+    compile). early.take() compares the two: were they ever to differ, the
+    session would compile as before (tests/unit/layout/test_packaging.py)."""
+    import fsev
 
-    return bpf_dir()
+    return Path(fsev.__file__).parent / "bpf"
 
 
 def _no_service() -> bool:
@@ -38,7 +42,7 @@ def begin_early_compile(argv: list[str]) -> bool:
     from fsev.kernel import early
 
     own = "--standalone" in argv or argv[0] == "serve"  # probes of its own whatever runs
-    return early.begin(argv, str(Path(fsev.__file__).resolve().parent), _include_dir,
+    return early.begin(argv, str(Path(fsev.__file__).resolve().parent), include_dir,
                        wanted=None if own else _no_service)
 
 

@@ -6,7 +6,6 @@ import concurrent.futures
 import contextlib
 import ctypes
 import os
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
@@ -30,26 +29,17 @@ if TYPE_CHECKING:
 RecordSink = Callable[[bytes], bool]
 
 
-# bcc 0.26 is not safe to enter from two threads at once: two compiles on two
-# threads crashed the process (measured: a segfault in the first run). The
-# early compile (fsev/kernel/early.py) runs on a thread, so every compile and
-# every module teardown holds this.
-_BCC_LOCK = threading.Lock()
-
-
-def compile_program(text: str, include_dir: Path) -> Any:
-    """bcc's compile and load of the whole text (tracepoint programs attach as it loads them)."""
-    from bcc import BPF
-
-    with _BCC_LOCK:
-        return BPF(text=text.encode(), cflags=[f"-I{include_dir}", "-Wno-unused-function"])
+# Every compile and every module teardown holds early.BCC_LOCK (bcc 0.26 is
+# not safe to enter from two threads at once), and compiles with the same
+# flags wherever it starts: early.compile_program.
+compile_program = early.compile_program
 
 
 def discard_program(b: Any) -> None:
     """Detach and free a compiled program nobody will use (fsev.kernel.early)."""
     with contextlib.suppress(Exception):
         _detach_all(b, [])
-        with _BCC_LOCK:
+        with early.BCC_LOCK:
             b.cleanup()
 
 
@@ -399,7 +389,7 @@ class KernelProbes:
         if b is not None:
             ids = _prog_ids(fn.fd for fn in getattr(b, "funcs", {}).values())
             _detach_all(b, links)
-            with _BCC_LOCK:
+            with early.BCC_LOCK:
                 b.cleanup()
             self.bpf = None
             _wait_freed(ids)

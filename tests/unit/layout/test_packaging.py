@@ -25,6 +25,12 @@ def test_bpf_sources_are_found_inside_the_installed_package():
     assert (d / "fsev.h").is_file() and (d / "fsev.bpf.c").is_file()
 
 
+def test_the_early_compile_finds_the_c_where_the_session_does():
+    from fsev.cli.entry import include_dir
+
+    assert include_dir() == bpf_dir()
+
+
 def test_console_script_and_version():
     scripts = (metadata.entry_points(group="console_scripts") if sys.version_info >= (3, 10)
                else metadata.entry_points()["console_scripts"])  # Python 3.9: a dict of groups
