@@ -136,8 +136,8 @@ def _import_bcc() -> None:
 
 
 # How long begin() lets the compile's thread run alone: its Python part (the
-# imports of bcc and the loader, 25 ms) is on the way to the compile, and
-# sharing the GIL with the command's own imports made it take twice as long.
+# import of bcc, 25 ms) is on the way to the compile, and sharing the GIL with
+# the command's own imports (typer's) made it take twice as long.
 # The command loses nothing by waiting: it waits for the compile later anyway.
 HEAD_START_S = 0.25
 
@@ -182,7 +182,7 @@ class EarlyCompile:
 
 class Slot:
     """The process's start-up state: the key of its command line and the
-    compile begun for it (fsev.cli.main.run sets it up; nothing else does)."""
+    compile begun for it (cli/entry.py sets it up; nothing else does)."""
 
     def __init__(self) -> None:
         self.key: str | None = None
@@ -236,10 +236,13 @@ def compiled(text: str) -> None:
     if not enabled():
         return
     with _SLOT.lock:
-        k, cached = _SLOT.key, _SLOT.cached
-        if k is None or cached == text:
+        k, cached, _SLOT.key = _SLOT.key, _SLOT.cached, None  # once per command
+        if k is None:
             return
-        _SLOT.cached = text
+    if cached == text:  # still in use: the last to be pruned (pruning goes by age)
+        with contextlib.suppress(OSError):
+            os.utime(cache_dir() / f"{k}{SUFFIX}")
+        return
     write_cached(k, text)
 
 

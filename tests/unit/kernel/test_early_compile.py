@@ -160,14 +160,16 @@ def test_switched_off_or_not_root_reads_and_writes_nothing(monkeypatch, tmp_path
     assert not (tmp_path / "programs").exists()
 
 
-def test_an_unchanged_text_is_not_written_again(tmp_path):
+def test_an_unchanged_text_is_not_written_again_but_counts_as_used(tmp_path):
     fc = FakeCompiler()
     _begin(fc)
     early.compiled("TEXT")
     path = tmp_path / "programs" / next(p.name for p in (tmp_path / "programs").iterdir())
     os.utime(path, (1000, 1000))
+    inode = path.stat().st_ino
     early.reset()
     _begin(fc)
     early.take("TEXT", INC, fc.discard)
     early.compiled("TEXT")
-    assert path.stat().st_mtime == 1000
+    assert path.stat().st_ino == inode and path.stat().st_mtime > 1000  # touched, not replaced
+    assert path.read_text() == "TEXT"
