@@ -173,3 +173,18 @@ def test_an_unchanged_text_is_not_written_again_but_counts_as_used(tmp_path):
     early.compiled("TEXT")
     assert path.stat().st_ino == inode and path.stat().st_mtime > 1000  # touched, not replaced
     assert path.read_text() == "TEXT"
+
+
+def test_the_console_script_begins_only_for_commands_that_compile(monkeypatch):
+    from fsev.cli import entry
+
+    begun: list[tuple[list[str], bool]] = []
+    monkeypatch.setattr(early, "begin", lambda argv, pkg, inc, wanted=None: begun.append((list(argv), wanted)) or True)
+    assert not entry.begin_early_compile([])
+    assert not entry.begin_early_compile(["doctor"])
+    assert not entry.begin_early_compile(["replay", "--json"])
+    assert entry.begin_early_compile(["trace", "--json", "--standalone"])
+    assert entry.begin_early_compile(["trace", "--json"])
+    assert entry.begin_early_compile(["serve"])
+    # --standalone and serve compile whatever runs; plain trace only if no service answers.
+    assert [w is None for _, w in begun] == [True, False, True]
