@@ -188,3 +188,27 @@ def test_the_console_script_begins_only_for_commands_that_compile(monkeypatch):
     assert entry.begin_early_compile(["serve"])
     # --standalone and serve compile whatever runs; plain trace only if no service answers.
     assert [w is None for _, w in begun] == [True, False, True]
+
+
+@pytest.mark.skipif(not early._can_renice(), reason="raising a thread's priority back needs CAP_SYS_NICE")
+def test_the_commands_thread_yields_the_cpu_while_the_compile_runs_and_only_then():
+    me = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, me)
+    seen: list[int] = []
+    go = threading.Event()
+
+    class Watching(FakeCompiler):
+        def compile(self, text: str, inc: Path) -> object:
+            go.wait(5)  # begin() has returned: the command's thread yields by now
+            seen.append(os.getpriority(os.PRIO_PROCESS, me))
+            return super().compile(text, inc)
+
+    fc = Watching(delay=0.0)
+    _begin(fc)
+    early.compiled("TEXT")
+    early.reset()
+    assert _begin(fc)
+    go.set()
+    assert early.take("TEXT", INC, fc.discard) == ("program", "TEXT")
+    assert seen == [min(19, before + early.YIELD_NICE)]
+    assert os.getpriority(os.PRIO_PROCESS, me) == before  # back once the compile ended
