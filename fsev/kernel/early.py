@@ -284,8 +284,20 @@ def take(text: str, include_dir: Path, discard: Callable[[Any], None]) -> Any:
     if early.text == text and early.include_dir == include_dir and early.program is not None:
         return early.program
     if early.program is not None:
-        threading.Thread(target=discard, args=(early.program,), name="fsev-early-discard", daemon=True).start()
+        t = threading.Thread(target=discard, args=(early.program,), name="fsev-early-discard", daemon=True)
+        t.start()
+        _DISCARDS.append(t)
     return None
+
+
+_DISCARDS: list[threading.Thread] = []
+
+
+def wait_discarded(timeout: float = 5.0) -> None:
+    """Until programs compiled from another text are freed: a session's
+    teardown waits for them too, so that nothing of fsev stays loaded once it exits."""
+    while _DISCARDS:
+        _DISCARDS.pop().join(timeout)
 
 
 def compiled(text: str) -> None:

@@ -38,9 +38,11 @@ compile_program = early.compile_program
 def discard_program(b: Any) -> None:
     """Detach and free a compiled program nobody will use (fsev.kernel.early)."""
     with contextlib.suppress(Exception):
+        ids = _prog_ids(fn.fd for fn in getattr(b, "funcs", {}).values())
         _detach_all(b, [])
         with early.BCC_LOCK:
             b.cleanup()
+        _wait_freed(ids)
 
 
 def bcc_available() -> tuple[bool, str]:
@@ -393,6 +395,7 @@ class KernelProbes:
                 b.cleanup()
             self.bpf = None
             _wait_freed(ids)
+        early.wait_discarded()
 
 
 def _detach_all(b: object, fds: list[int]) -> None:

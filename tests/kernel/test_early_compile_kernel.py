@@ -18,7 +18,7 @@ from fsev.linux.mountinfo import MountTable
 from fsev.probes.program import bpf_dir
 from fsev.session.selection import resolve_mounts
 from fsev.session.trace import TraceOptions, TraceSession
-from fsev.testing.kernel_rig import FsevTrace, ext4
+from fsev.testing.kernel_rig import FsevTrace, ext4, live_prog_ids
 
 pytestmark = pytest.mark.root
 
@@ -110,3 +110,38 @@ def test_fsev_trace_leaves_its_text_and_runs_on_it_again(tmp_path):
         assert err["dev"] == fs.dev and err["function"] == "trigger_test_error" and err["errno"]
         # Its text was the cached one (so the early program was the one used): not written again.
         assert list(cache.iterdir()) == [entry] and entry.stat().st_ino == inode and entry.read_text() == text
+
+
+def test_a_stale_text_is_compiled_early_but_never_used_and_leaves_nothing_loaded(cache):
+    from fsev.kernel.loader import _prog_ids
+
+    with ext4() as fs:
+        opts = lambda: TraceOptions(mounts=resolve_mounts([fs.mount_point], MountTable.read()),  # noqa: E731
+                                    classes=frozenset({EventClass.ERR}))
+        _begin()
+        first = TraceSession(opts())
+        try:
+            first.start()
+        finally:
+            first.close()
+        (entry,) = cache.iterdir()
+        entry.write_text(entry.read_text() + "\n/* a text this session does not build */\n")
+        early.reset()
+        assert _begin()
+        running = early.running_compile()
+        assert running is not None
+        running.wait()
+        assert running.program is not None
+        stale = _prog_ids(fn.fd for fn in running.program.funcs.values())
+        assert stale and stale <= live_prog_ids()  # compiled, loaded, attached
+        s = TraceSession(opts())
+        try:
+            s.start()
+            assert s._probes is not None and not s._probes.compiled_early
+            fs.trigger_errors(1)
+            ev = _fs_error(s, fs.dev)
+            assert ev is not None and ev.errno is not None
+        finally:
+            s.close()
+        assert not stale & live_prog_ids()  # the stale program was detached and freed
+        assert "does not build" not in entry.read_text()  # the cache holds the session's text now
