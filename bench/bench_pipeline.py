@@ -272,9 +272,9 @@ def latency(fs, src: str, n: int = 1000) -> dict:  # noqa: ANN001
             "10 errors per 5 s, or the writer descheduled) give their line late to fsev and to the floor alike: "
             "ext4 queues FAN_FS_ERROR after the print, and the ring's wake-up of the consumer comes no sooner. "
             "after_quick_write is the consumer's own share. held_to_the_bound: errors that waited the whole "
-            "HOLD_S for a detail (seen: a kernel log line ext4's rate limit said would come and that was not "
-            "matched, though dmesg has it). read_after_write: the figure as the bench took it before (the "
-            "line read once the raising write had returned)."}
+            "HOLD_S for a detail (seen before rate_model() read err_ratelimit_interval_ms as jiffies: a kernel "
+            "log line fsev expected and ext4 did not print). read_after_write: the figure as the bench took "
+            "it before (the line read once the raising write had returned)."}
 
 
 # -- flood --------------------------------------------------------------------
