@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from fsev.errors import FsevError
-from fsev.kernel import ringbuf, tp_btf
+from fsev.kernel import early, ringbuf, tp_btf
 from fsev.kernel.closing import CloseGuard
 from fsev.kernel.records import PATH_LEN, RECORD_SIZE, THR_SLOTS, ThrState
 from fsev.kernel.ringbuf import RingReader
@@ -27,6 +27,22 @@ if TYPE_CHECKING:
 # ring_buffer_poll() comes back. Under a flood, libbpf would otherwise keep
 # consuming for ever inside one poll, and nothing could stop or emit.
 RecordSink = Callable[[bytes], bool]
+
+
+# Every compile and every module teardown holds early.BCC_LOCK (bcc 0.26 is
+# not safe to enter from two threads at once), and compiles with the same
+# flags wherever it starts: early.compile_program.
+compile_program = early.compile_program
+
+
+def discard_program(b: Any) -> None:
+    """Detach and free a compiled program nobody will use (fsev.kernel.early)."""
+    with contextlib.suppress(Exception):
+        ids = _prog_ids(fn.fd for fn in getattr(b, "funcs", {}).values())
+        _detach_all(b, [])
+        with early.BCC_LOCK:
+            b.cleanup()
+        _wait_freed(ids)
 
 
 def bcc_available() -> tuple[bool, str]:
@@ -56,10 +72,10 @@ class KernelProbes:
         ok, why = bcc_available()
         if not ok:
             raise FsevError(f"cannot import bcc ({why}); install python3-bpfcc (sudo make install)")
-        from bcc import BPF
 
         # First: the failure paths below close() through it.
         self._guard = CloseGuard()
+        self.compiled_early = False  # the program came from fsev.kernel.early's compile
         self._reader: RingReader | None = None
         self._drops = 0
         self._on_record = on_record
@@ -76,7 +92,11 @@ class KernelProbes:
         self.notes: list[str] = []
         try:
             # Tracepoint programs (TRACEPOINT_PROBE) attach as bcc loads them.
-            self.bpf = BPF(text=text.encode(), cflags=[f"-I{include_dir}", "-Wno-unused-function"])
+            # The same text may have been compiling since the command began
+            # (fsev/kernel/early.py): then that program, when it is done.
+            got = early.take(text, include_dir, discard_program)
+            self.compiled_early = got is not None
+            self.bpf = got if got is not None else compile_program(text, include_dir)
         except Exception as e:
             raise FsevError(f"the kernel or bcc refused fsev's BPF program: {_one_line(e)} "
                             "(see `fsev doctor`; `fsev trace --print-bpf` shows the C)") from None
@@ -96,6 +116,7 @@ class KernelProbes:
         except Exception as e:
             self.close()
             raise FsevError(f"attaching fsev's probes failed: {_one_line(e)}") from None
+        early.compiled(text)  # the next run of this command line starts with it
 
     def _gate(self, prog: str, attach: Callable[[], None], detach: Callable[[], None]) -> None:
         hook = self._gated.get(prog)
@@ -370,9 +391,11 @@ class KernelProbes:
         if b is not None:
             ids = _prog_ids(fn.fd for fn in getattr(b, "funcs", {}).values())
             _detach_all(b, links)
-            b.cleanup()
+            with early.BCC_LOCK:
+                b.cleanup()
             self.bpf = None
             _wait_freed(ids)
+        early.wait_discarded()
 
 
 def _detach_all(b: object, fds: list[int]) -> None:

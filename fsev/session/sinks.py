@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Protocol
-
-from rich.console import Console
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Protocol
 
 from fsev.events import Event, EventClass, EventType
 from fsev.events.inert import inert
 from fsev.events.json_line import event_json
+
+if TYPE_CHECKING:
+    # Imported where a human line is made: `fsev trace --json` never needs
+    # rich, and its 17 ms of imports came before the session's start.
+    from rich.console import Console
+    from rich.text import Text
 
 CLASS_STYLE = {
     EventClass.ERR: "bold red",
@@ -69,6 +72,8 @@ def describe(ev: Event) -> str:
 
 
 def human_line(ev: Event) -> Text:
+    from rich.text import Text
+
     t = Text(no_wrap=True, overflow="ellipsis")
     clock = time.strftime("%H:%M:%S", time.localtime(ev.wall_time)) + f".{int(ev.wall_time * 1000) % 1000:03d}"
     t.append(clock + " ")
@@ -88,6 +93,8 @@ def human_line(ev: Event) -> Text:
 
 class HumanSink:
     def __init__(self, console: Console | None = None) -> None:
+        from rich.console import Console
+
         self.console = console or Console(highlight=False, soft_wrap=True)
 
     def emit(self, ev: Event) -> None:

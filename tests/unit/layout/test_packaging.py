@@ -25,10 +25,16 @@ def test_bpf_sources_are_found_inside_the_installed_package():
     assert (d / "fsev.h").is_file() and (d / "fsev.bpf.c").is_file()
 
 
+def test_the_early_compile_finds_the_c_where_the_session_does():
+    from fsev.cli.entry import include_dir
+
+    assert include_dir() == bpf_dir()
+
+
 def test_console_script_and_version():
     scripts = (metadata.entry_points(group="console_scripts") if sys.version_info >= (3, 10)
                else metadata.entry_points()["console_scripts"])  # Python 3.9: a dict of groups
     eps = [e for e in scripts if e.name == "fsev"]
-    assert [e.value for e in eps] == ["fsev.cli.main:run"]
+    assert [e.value for e in eps] == ["fsev.cli.entry:run"]  # cli/entry.py, then cli/main.py
     r = subprocess.run([FSEV, "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == f"fsev {metadata.version('fsev')}"

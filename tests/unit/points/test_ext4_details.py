@@ -303,3 +303,32 @@ def test_a_fanotify_event_read_ahead_of_a_lagging_ring_waits_for_its_traced_erro
     ev = _error(ts_ns=int(95e9))  # the traced error it belongs to, at last
     assert d.process(ev) == [ev] and ev.extra == {"errno_source": "fanotify"}
     assert not d.holding
+
+
+def test_the_rate_limit_interval_in_sysfs_is_read_as_jiffies(tmp_path):
+    """ext4's err_ratelimit_interval_ms holds jiffies (5 * HZ by default): 1250
+    on a HZ=250 kernel is ext4's 5 s, not 1.25 s (fsev waited for lines that
+    never came, 0.5 s each, when it took the number as ms)."""
+    import gzip
+
+    from fsev.points.ext4_error_log import kernel_hz, rate_model
+
+    d = tmp_path / "loop9"
+    d.mkdir()
+    (d / "err_ratelimit_interval_ms").write_text("1250\n")
+    (d / "err_ratelimit_burst").write_text("10\n")
+    assert rate_model("loop9", str(tmp_path), hz=250).interval_ns == 5_000_000_000
+    assert rate_model("loop9", str(tmp_path), hz=1000).interval_ns == 1_250_000_000
+    assert rate_model("loop9", str(tmp_path), hz=None).interval_ns == 1_250_000_000  # HZ unknown: as before
+    assert rate_model("missing", str(tmp_path), hz=250).interval_ns == 5_000_000_000  # ext4's default
+    r = rate_model("loop9", str(tmp_path), hz=250)
+    assert [r.printed(i * 100_000_000) for i in range(12)] == [True] * 10 + [False] * 2  # 1.2 s: one window
+    assert r.printed(5_000_000_000)  # 5 s on: the next window
+    cfg = tmp_path / "config.gz"
+    with gzip.open(cfg, "wt") as f:
+        f.write("# CONFIG_HZ_1000 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n")
+    plain = tmp_path / "config"
+    plain.write_text("CONFIG_HZ=1000\n")
+    assert kernel_hz((str(cfg),)) == 250
+    assert kernel_hz((str(tmp_path / "none.gz"), str(plain))) == 1000
+    assert kernel_hz((str(tmp_path / "none"),)) is None
