@@ -4,12 +4,15 @@ Return probes (kretp_*) are BPF_PROG_TYPE_KPROBE programs too."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from support.kernels import fake_kernel
 
 from fsev.kernel.records import RecordClass
 from fsev.points.registry import BTF_MODULES, kprobe_attachments, plan_probes, source
 from fsev.probes.program import ProgramConfig, bpf_dir
+from fsev.session.trace import kernel_facts
 
 pytestmark = pytest.mark.root
 
@@ -58,12 +61,16 @@ def _offsets(plan, cfg) -> dict[str, int]:
 def test_kprobe_programs_pass_the_verifier(watch_all):
     from bcc import BPF
 
-    plan = plan_probes(KPROBE_FACTS)
+    # A module this kernel has without BTF (btrfs on 5.10) has no kprobe rung
+    # to build: its structs cannot be read (the plan gives way to its log lines).
+    no_btf = kernel_facts().modules_without_btf
+    plan = plan_probes(dataclasses.replace(KPROBE_FACTS, modules_without_btf=no_btf))
+    want = {n for n in EVENT_POINT_KPROBES if "btrfs" not in n} if "btrfs" in no_btf else EVENT_POINT_KPROBES
     cfg = ProgramConfig(classes=ALL, watch_all=watch_all)
     b = BPF(text=source(plan, cfg, _offsets(plan, cfg)).encode(), cflags=[f"-I{bpf_dir()}"])
     try:
         names = [prog for _, prog in kprobe_attachments(plan, cfg)]
-        assert len(names) == 5 + len(EVENT_POINT_KPROBES) and EVENT_POINT_KPROBES <= set(names)
+        assert len(names) == 5 + len(want) and want <= set(names), names
         for name in names:
             fn = b.load_func(name.encode(), BPF.KPROBE)
             assert fn.fd >= 0

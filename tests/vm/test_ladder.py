@@ -57,11 +57,12 @@ LADDER: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "wb_error": ("raw_tracepoint", ()),
         "mount_topology": ("tracepoint", ("no FAN_MARK_MNTNS",)),
         "kernel_log": ("tracepoint", ()),
-        # xfs_ag_mark_sick (before 6.13's groups); no xfs:xfs_force_shutdown tracepoint yet.
+        # xfs_ag_mark_sick (before 6.13's groups); Debian's 6.1 has the
+        # xfs_force_shutdown tracepoint (a stable backport, as the guest found).
         "btrfs_error": ("kprobe", ("__btrfs_handle_fs_error",)),
         "btrfs_dev_stats": ("kprobe", ("btrfs_dev_stat_inc_and_print",)),
         "xfs_error": ("kprobe", ("xfs_corruption_error", "xfs_ag_mark_sick")),
-        "xfs_shutdown": ("kprobe", ("xfs_do_force_shutdown", "xfs:xfs_force_shutdown not present")),
+        "xfs_shutdown": ("raw_tracepoint", ("xfs:xfs_force_shutdown",)),
         "fserror": ("none", ("Linux 7.0+",)),
     },
     # 6.12: errors=remount-ro sets EXT4_FLAGS_SHUTDOWN only (EMERGENCY_RO and

@@ -30,8 +30,9 @@ XFS_618_FUNCTIONS = {"xfs_corruption_error", "xfs_buf_verifier_error", "xfs_inod
 HERE = fake_kernel(release="6.18", kprobes_why_not="no CONFIG_KPROBES", tracepoints=HEALTH_TPS)
 # A stock 6.18 (kprobes and the tracepoints).
 STOCK_618 = fake_kernel(release="6.18", kprobes=True, kprobe_functions=XFS_618_FUNCTIONS, tracepoints=HEALTH_TPS)
-# Debian 12's 6.1 with the xfs module loaded: kprobes, xfs_ag_mark_sick, none
-# of the 6.13+ health tracepoints (nor, as planned here, the shutdown one).
+# A 6.1 with the xfs module loaded: kprobes, xfs_ag_mark_sick, none of the
+# 6.13+ health tracepoints, nor the shutdown one (Debian 12's current 6.1 has
+# that one, a stable backport: tests/vm/test_ladder.py).
 DEBIAN_61 = fake_kernel(release="6.1.0-13-amd64", kprobes=True,
                         kprobe_functions={"xfs_corruption_error", "xfs_buf_verifier_error",
                                           "xfs_inode_verifier_error", "xfs_fs_mark_sick", "xfs_ag_mark_sick",
