@@ -43,6 +43,7 @@ from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import TEXT_LEN, RecordClass, RecordType
 from fsev.linux.kernel_log import LogLine
 from fsev.points.btrfs_fs import FS_TYPE, BtrfsMounts
+from fsev.points.kernel_log import event_of_line
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, module_btf_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 
@@ -57,7 +58,6 @@ HANDLE_FS_ERROR = "__btrfs_handle_fs_error"
 ABORT_TRANSACTION = "__btrfs_abort_transaction"
 CONSOLE_TRACEPOINT = "printk:console"
 KPROBE_OFFSETS = ("super_block.s_dev", "super_block.s_flags", "btrfs_fs_info.sb", "btrfs_trans_handle.fs_info")
-LOG_RUNG = "kernel_log"  # the rung name of events made from log lines
 
 _LOG_MISSES = ("lines btrfs rate-limited (100 per 5 s per level); aborts after the first since mount "
                "(no 'Transaction aborted' line: an fs_error without transaction_abort); "
@@ -191,13 +191,8 @@ class BtrfsLogReader:
             own = self._aborts.pop(line.pid, None)
             if own is not None:  # the task's next error line after its marker is the abort's, or none is
                 own[2] = True
-        ev = self.ctx.make_event(cls=EventClass.ERR, type=EventType.FS_ERROR, rung=LOG_RUNG, dev=m.dev,
-                                 mount_point=m.mount_point, fs_type=m.fs_type, source=m.source, mnt_id=m.mnt_id,
-                                 pid=line.pid, tgid=line.tgid, comm=line.comm, function=got.function,
-                                 line=got.line, errno=got.errno, inode=got.inode, extra=extra)
-        ev.ts_ns = line.ts_ns
-        ev.wall_time = self.ctx.clock.wall(line.ts_ns)
-        return [ev]
+        return [event_of_line(self.ctx, line, EventType.FS_ERROR, m.fs_type, mount=m, function=got.function,
+                              line=got.line, errno=got.errno, inode=got.inode, extra=extra)]
 
 
 class BtrfsErrorMonitor(PointMonitor):

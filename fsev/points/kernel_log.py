@@ -33,10 +33,13 @@ own state (fsev/session/pipeline.py routes KERNEL_LOG events past it).
 
 from __future__ import annotations
 
-from fsev.events import Event, EventType
+from typing import Any
+
+from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import TEXT_LEN, RecordClass, RecordType
 from fsev.linux.kernel_log import LogLine, parse_line
+from fsev.linux.mountinfo import Mount
 from fsev.probes.ladder import Rung, RungKind
 from fsev.probes.point import Point, PointMonitor, SessionContext
 
@@ -52,6 +55,25 @@ def plan_kernel_log(facts: KernelFacts) -> Rung:
                     misses="lines the filesystem rate-limited; text past "
                            f"{TEXT_LEN - 1} bytes")
     return Rung(NAME, RungKind.NONE, skipped=(f"tracepoint: {CONSOLE_TRACEPOINT} not present",))
+
+
+def event_of_line(ctx: SessionContext, log: LogLine, event_type: EventType, fs_type: str,
+                  mount: Mount | None = None, **fields: Any) -> Event:
+    """An err event made from one of a filesystem's log lines (rung
+    kernel_log), for the readers of other points: the printing task's, stamped
+    when the kernel printed the line, on `mount` (btrfs names its filesystem
+    by a member device: its reader finds the mount), else on the watched mount
+    of the line's device, else the first mount of it, else on none."""
+    if mount is None and log.dev is not None:
+        major, minor = (int(x) for x in log.dev.split(":"))
+        mounts = ctx.table.by_dev(major, minor)
+        mount = next((m for m in mounts if ctx.mount_watched(m)), mounts[0]) if mounts else None
+    ev = ctx.make_event(cls=EventClass.ERR, type=event_type, rung=NAME, dev=mount.dev if mount else log.dev,
+                        fs_type=fs_type, pid=log.pid, tgid=log.tgid, comm=log.comm, **fields)
+    if mount is not None:
+        ev.mount_point, ev.source, ev.mnt_id = mount.mount_point, mount.source, mount.mnt_id
+    ev.ts_ns, ev.wall_time = log.ts_ns, ctx.clock.wall(log.ts_ns)
+    return ev
 
 
 class KernelLogMonitor(PointMonitor):

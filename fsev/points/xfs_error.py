@@ -35,10 +35,10 @@ import re
 from typing import TYPE_CHECKING
 
 from fsev.events import Event, EventClass, EventType
-from fsev.events.device import Device
 from fsev.kernel.facts import KernelFacts
 from fsev.kernel.records import FSEV_H, FUNC_LEN, RecordClass, RecordType, XfsReport, XfsScope, c_string
-from fsev.points.kernel_log import CONSOLE_TRACEPOINT
+from fsev.points.kernel_log import CONSOLE_TRACEPOINT, event_of_line
+from fsev.points.xfs_fs import ABSENT, FS_TYPE, xfs_present
 from fsev.probes.ladder import Rung, RungKind, module_btf_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 from fsev.probes.program import ProgramConfig
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from fsev.linux.kernel_log import LogLine
 
 NAME = "xfs_error"
-FS_TYPE = "xfs"
 
 # Kernel functions of the kprobe rung. Signatures (read from the kernel
 # source; the same in 6.1 and 6.18, checked against 6.18's BTF):
@@ -96,15 +95,6 @@ def decode_mask(scope: str, mask: int) -> list[str]:
 
 
 # -- the ladder ----------------------------------------------------------------
-ABSENT = "the xfs module is not loaded: no XFS filesystem is mounted (restart fsev after one is)"
-
-
-def xfs_present(facts: KernelFacts) -> bool:
-    """XFS's code is in the running kernel: its oldest tracepoint (xfs_btree_corrupt,
-    4.x) or a function the kprobe rung hooks. Not, while the module is not loaded."""
-    return facts.has_tracepoint(BTREE_TRACEPOINT) or any(f in facts.kprobe_functions for f in KPROBE_FUNCTIONS)
-
-
 def plan_xfs_error(facts: KernelFacts) -> Rung:
     no_btf = module_btf_skip_reason(facts, "xfs", "kprobe")
     btree = (BTREE_TRACEPOINT,) if facts.raw_tracepoints and no_btf is None \
@@ -288,17 +278,9 @@ class XfsLogReader(PointMonitor):
         got = log_fields(line.body, line.truncated)
         if got is None or line.dev is None:
             return []
-        ev = self.ctx.make_event(cls=EventClass.ERR, type=EventType.FS_ERROR, rung="kernel_log", dev=line.dev,
-                                 fs_type=FS_TYPE, pid=line.pid, tgid=line.tgid, comm=line.comm,
-                                 function=got["function"], line=got.get("line"), errno=got.get("errno"),
-                                 inode=got.get("inode"), extra=got["extra"])
-        ev.ts_ns, ev.wall_time = line.ts_ns, self.ctx.clock.wall(line.ts_ns)  # when XFS printed it
-        d = Device.parse(line.dev)
-        mounts = self.ctx.table.by_dev(d.major, d.minor)
-        if mounts:
-            m = next((m for m in mounts if self.ctx.mount_watched(m)), mounts[0])
-            ev.mount_point, ev.source, ev.mnt_id = m.mount_point, m.source, m.mnt_id
-        return [ev]
+        return [event_of_line(self.ctx, line, EventType.FS_ERROR, FS_TYPE, function=got["function"],
+                              line=got.get("line"), errno=got.get("errno"), inode=got.get("inode"),
+                              extra=got["extra"])]
 
 
 class XfsError(Point):

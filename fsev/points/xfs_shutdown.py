@@ -27,13 +27,13 @@ from fsev.events import Event, EventClass, EventType
 from fsev.kernel.facts import TRACEFS, KernelFacts
 from fsev.kernel.records import RecordClass, RecordType, c_string
 from fsev.linux.kernel_log import LogLine
-from fsev.points.kernel_log import CONSOLE_TRACEPOINT
+from fsev.points.kernel_log import CONSOLE_TRACEPOINT, event_of_line
 from fsev.points.kernel_log import NAME as KERNEL_LOG_POINT
+from fsev.points.xfs_fs import ABSENT, FS_TYPE, xfs_present
 from fsev.probes.ladder import Rung, RungKind, kprobe_skip_reason, module_btf_skip_reason
 from fsev.probes.point import Point, PointMonitor, SessionContext
 
 NAME = "xfs_shutdown"
-FS_TYPE = "xfs"
 TRACEPOINT = "xfs:xfs_force_shutdown"  # raw: (mp, int ptag, int flags, const char *fname, int line_num)
 # void xfs_do_force_shutdown(struct xfs_mount *mp, uint32_t flags, char *fname, int lnnum)
 # (the same in 6.1 and 6.18)
@@ -105,9 +105,7 @@ def plan_xfs_shutdown(facts: KernelFacts) -> Rung:
                            "whose line the console's rate limit drops; before 5.18, a shutdown a user asked for "
                            "(xfs_io shutdown, the GOINGDOWN ioctl), which XFS did not log",
                     skipped=skipped)
-    # No tracepoint and no function of XFS's: the module is not loaded.
-    absent = "" if facts.has_tracepoint(TRACEPOINT) or KPROBE in facts.kprobe_functions else (
-        "the xfs module is not loaded: no XFS filesystem is mounted (restart fsev after one is)")
+    absent = "" if xfs_present(facts) else ABSENT
     return Rung(NAME, RungKind.NONE, absent=absent,
                 skipped=skipped + (f"tracepoint: {CONSOLE_TRACEPOINT} not present",))
 
@@ -180,17 +178,10 @@ class ShutdownLogReader(ShutdownOnce):
         got = shutdown_fields(line.body)
         if got is None or line.dev is None:
             return []
-        ev = self.ctx.make_event(cls=EventClass.ERR, type=EventType.SHUTDOWN, rung="kernel_log", dev=line.dev,
-                                 fs_type=FS_TYPE, pid=line.pid, tgid=line.tgid, comm=line.comm,
-                                 function=got["function"], line=got.get("line"),
-                                 extra={"reasons": decode_reasons(got["flags"])})
+        ev = event_of_line(self.ctx, line, EventType.SHUTDOWN, FS_TYPE, function=got["function"],
+                           line=got.get("line"), extra={"reasons": decode_reasons(got["flags"])})
         if got.get("file"):
             ev.extra["file"] = got["file"]
-        ev.ts_ns, ev.wall_time = line.ts_ns, self.ctx.clock.wall(line.ts_ns)  # when XFS printed it
-        mounts = self.ctx.table.by_dev(*(int(x) for x in line.dev.split(":")))
-        if mounts:
-            m = next((m for m in mounts if self.ctx.mount_watched(m)), mounts[0])
-            ev.mount_point, ev.source, ev.mnt_id = m.mount_point, m.source, m.mnt_id
         return self.process(ev)
 
 
