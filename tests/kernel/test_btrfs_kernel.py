@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import time
-from typing import Iterator
 
 import pytest
 from support.btrfs_rig import (
@@ -34,15 +33,7 @@ from fsev.testing.kernel_rig import FsevTrace, run
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture(scope="module")
-def trace() -> Iterator[FsevTrace]:
-    with FsevTrace(["--events", "err"]) as t:
-        t.wait_attached()
-        yield t
-        t.stop()
-
-
-def test_a_data_checksum_failure_gives_corruption_counts_and_the_inode(trace):
+def test_a_data_checksum_failure_gives_corruption_counts_and_the_inode(err_trace):
     with btrfs_image("fsev-btrfs-csum-") as (img, loop, mp):
         run("mount", loop, mp)
         path = os.path.join(mp, "f")
@@ -61,7 +52,7 @@ def test_a_data_checksum_failure_gives_corruption_counts_and_the_inode(trace):
         drop_caches()
         reader = subprocess.run(["cat", path], capture_output=True)
         assert reader.returncode != 0 and b"Input/output error" in reader.stderr  # the checksum failed
-        evs = trace.wait_for(lambda evs: ours(evs, mp, "device_errors") and ours(evs, mp, "fs_error"), timeout=15)
+        evs = err_trace.wait_for(lambda evs: ours(evs, mp, "device_errors") and ours(evs, mp, "fs_error"), timeout=15)
         counts = ours(evs, mp, "device_errors")
         errors = ours(evs, mp, "fs_error")
     assert counts, evs
@@ -79,7 +70,7 @@ def test_a_data_checksum_failure_gives_corruption_counts_and_the_inode(trace):
     assert "transaction_abort" not in e
 
 
-def test_a_damaged_tree_block_is_an_fs_error_named_by_its_logical_address(trace):
+def test_a_damaged_tree_block_is_an_fs_error_named_by_its_logical_address(err_trace):
     with btrfs_image("fsev-btrfs-meta-") as (img, loop, mp):
         run("mount", loop, mp)
         # Enough entries that the filesystem tree has leaves below its root
@@ -100,13 +91,13 @@ def test_a_damaged_tree_block_is_an_fs_error_named_by_its_logical_address(trace)
         assert len(os.listdir(mp)) == 400
         for name in os.listdir(mp):
             os.stat(os.path.join(mp, name))
-        evs = trace.wait_for(lambda evs: [e for e in ours(evs, mp, "fs_error")
+        evs = err_trace.wait_for(lambda evs: [e for e in ours(evs, mp, "fs_error")
                                           if e.get("message") == "checksum verify failed"], timeout=15)
         fsid = run("btrfs", "filesystem", "show", mp).stdout.split("uuid: ")[1].split()[0]
         with open(f"/sys/fs/btrfs/{fsid}/devinfo/1/error_stats") as f:
             corrupted = int(re.search(r"corruption_errs (\d+)", f.read()).group(1))
         time.sleep(0.6)  # past the prompt readings after the line
-        evs = trace.events()
+        evs = err_trace.events()
     meta = [e for e in ours(evs, mp, "fs_error") if e.get("message") == "checksum verify failed"]
     assert meta and meta[0]["logical"] == victim and meta[0]["mirror"] == 1, evs
     assert meta[0]["rung"] == "kernel_log" and "inode" not in meta[0]
@@ -116,7 +107,7 @@ def test_a_damaged_tree_block_is_an_fs_error_named_by_its_logical_address(trace)
     assert bool(counts) == (corrupted > 0), (corrupted, counts)
 
 
-def test_write_errors_during_commit_abort_the_transaction_and_turn_it_read_only(trace):
+def test_write_errors_during_commit_abort_the_transaction_and_turn_it_read_only(err_trace):
     pytest.importorskip("fusepy", reason="needs Debian's python3-fusepy")
     devs: list[str] = []
 
@@ -125,11 +116,11 @@ def test_write_errors_during_commit_abort_the_transaction_and_turn_it_read_only(
         time.sleep(BASELINE_WAIT_S)
 
     with fuse_disk() as disk, aborted_transaction(disk, settle) as mp:
-        evs = trace.wait_for(lambda evs: ours(evs, mp, "read_only") and ours(evs, mp, "device_errors")
+        evs = err_trace.wait_for(lambda evs: ours(evs, mp, "read_only") and ours(evs, mp, "device_errors")
                              and [e for e in ours(evs, mp, "fs_error") if e.get("transaction_abort")], timeout=15)
         assert "ro" in MountTable.read().by_mount_point(mp).super_options
         time.sleep(1.2)  # past the read_only point's last mountinfo check: room for a duplicate
-        evs = trace.events()
+        evs = err_trace.events()
         loop, loop_dev = disk.loop, disk.dev
     errors = ours(evs, mp, "fs_error")
     aborts = [e for e in errors if e.get("transaction_abort")]

@@ -29,14 +29,6 @@ pytestmark = pytest.mark.root
 FAN_READER = str(Path(__file__).resolve().parents[1] / "support" / "fan_reader.py")
 
 
-@pytest.fixture(scope="module")
-def trace() -> Iterator[FsevTrace]:
-    with FsevTrace(["--events", "err"]) as t:
-        t.wait_attached()
-        yield t
-        t.stop()
-
-
 def _errors(t: FsevTrace, mount_point: str) -> list[dict]:
     return [e for e in t.events() if e["type"] == "fs_error" and e.get("mount_point") == mount_point]
 
@@ -92,7 +84,7 @@ def _mounted(image: str, mp: str, options: str, read_only: bool = False) -> Iter
         run("losetup", "-d", loop, check=False)
 
 
-def test_zero_uuid_read_only_device_gets_the_inode_from_the_kernel_log_and_a_cannot_mark_note(trace):
+def test_zero_uuid_read_only_device_gets_the_inode_from_the_kernel_log_and_a_cannot_mark_note(err_trace):
     with _image() as (work, image):
         run("e2fsck", "-fy", image, check=False)
         run("tune2fs", "-U", "clear", image)
@@ -104,7 +96,7 @@ def test_zero_uuid_read_only_device_gets_the_inode_from_the_kernel_log_and_a_can
             time.sleep(0.3)  # the trace sees the new mount (a mount-table change)
             ls = subprocess.run(["ls", os.path.join(mp, "d")], capture_output=True, text=True)
             assert ls.returncode != 0 and "Bad message" in ls.stderr
-            got = trace.wait_for(lambda e: [x for x in e if x.get("mount_point") == mp and x["type"] == "fs_error"])
+            got = err_trace.wait_for(lambda e: [x for x in e if x.get("mount_point") == mp and x["type"] == "fs_error"])
             assert Path(f"/sys/fs/ext4/{os.path.basename(loop)}/errors_count").read_text().strip() == "0"
             doctor = subprocess.run([FSEV, "doctor"], capture_output=True, text=True,
                                     env={**os.environ, "COLUMNS": "400"})
@@ -112,13 +104,13 @@ def test_zero_uuid_read_only_device_gets_the_inode_from_the_kernel_log_and_a_can
     assert err["function"] == "htree_dirblock_to_tree" and err["comm"] == "ls"
     assert err["inode"] == ino and err["inode_source"] == "kernel_log", err
     assert "errno" not in err  # neither fanotify nor sysfs could tell it, and the line does not say
-    notes = [l for l in trace.stderr_lines if mp in l and "cannot mark" in l]
-    assert notes and "zero fsid" in notes[0] and "read-only" in notes[0], trace.stderr_lines[-5:]
+    notes = [l for l in err_trace.stderr_lines if mp in l and "cannot mark" in l]
+    assert notes and "zero fsid" in notes[0] and "read-only" in notes[0], err_trace.stderr_lines[-5:]
     said = " ".join(doctor.stdout.split())
     assert f"note: {mp} " in said and "zero fsid" in said, doctor.stdout[-2000:]
 
 
-def test_no_errno_is_lost_to_merging_that_an_independent_reader_got(trace):
+def test_no_errno_is_lost_to_merging_that_an_independent_reader_got(err_trace):
     n = 300
     with ext4() as fs:
         reader = subprocess.Popen([sys.executable, FAN_READER, fs.mount_point], stdout=subprocess.PIPE, text=True,
@@ -131,9 +123,9 @@ def test_no_errno_is_lost_to_merging_that_an_independent_reader_got(trace):
                     f.write("fsev test\n")
                     f.flush()
                     time.sleep(0.001)
-            trace.wait_for(lambda e: len([x for x in e if x.get("mount_point") == fs.mount_point]) >= n, timeout=20)
+            err_trace.wait_for(lambda e: len([x for x in e if x.get("mount_point") == fs.mount_point]) >= n, timeout=20)
             time.sleep(0.6)
-            errors = _errors(trace, fs.mount_point)
+            errors = _errors(err_trace, fs.mount_point)
         finally:
             reader.terminate()
             out, _ = reader.communicate(timeout=10)
@@ -159,7 +151,7 @@ def disk() -> Iterator[FuseDisk]:
         yield d
 
 
-def test_a_block_ext4_recorded_is_given(trace, disk):
+def test_a_block_ext4_recorded_is_given(err_trace, disk):
     # An inode table block that fails to read: __ext4_get_inode_loc raises
     # the error with that block, prints it and records it in the superblock.
     with fresh_ext4(disk, "errors=continue", files=100) as mp:
@@ -169,17 +161,17 @@ def test_a_block_ext4_recorded_is_given(trace, disk):
         disk.arm("read", block * BLOCK, BLOCK)
         st = subprocess.run(["stat", os.path.join(mp, "d", "f90")], capture_output=True, text=True)
         assert st.returncode != 0
-        trace.wait_for(lambda e: any(x.get("mount_point") == mp and x["type"] == "fs_error" for x in e))
+        err_trace.wait_for(lambda e: any(x.get("mount_point") == mp and x["type"] == "fs_error" for x in e))
         time.sleep(0.3)
-        errors = _errors(trace, mp)
-    assert errors, trace.stderr_lines[-3:]
+        errors = _errors(err_trace, mp)
+    assert errors, err_trace.stderr_lines[-3:]
     err = errors[0]
     assert err["function"].startswith("__ext4_get_inode_loc") and err["inode"] == ino, err
     assert err["block"] == block and err["block_source"] in ("kernel_log", "sysfs"), err
     assert err["errno"] == 5 and err["errno_source"] in ("fanotify", "sysfs")
 
 
-def test_a_failed_journal_write_gives_a_std_error_event(trace, disk):
+def test_a_failed_journal_write_gives_a_std_error_event(err_trace, disk):
     # dirsync: mkdir waits for its transaction's commit, so the failed
     # journal write comes back to it: __ext4_journal_stop -> __ext4_std_error(-EIO).
     with fresh_ext4(disk, "errors=continue,dirsync") as mp:
@@ -190,9 +182,9 @@ def test_a_failed_journal_write_gives_a_std_error_event(trace, disk):
         disk.arm("write", first * BLOCK, (last - first) * BLOCK)
         with contextlib.suppress(OSError):
             os.mkdir(os.path.join(mp, "new"))
-        trace.wait_for(lambda e: any(x.get("mount_point") == mp and x.get("std_error") for x in e))
+        err_trace.wait_for(lambda e: any(x.get("mount_point") == mp and x.get("std_error") for x in e))
         time.sleep(0.6)  # its FAN_FS_ERROR event is its own: no second event for it
-        errors = _errors(trace, mp)
+        errors = _errors(err_trace, mp)
     std = [e for e in errors if e.get("std_error")]
     assert std, errors
     err = std[0]

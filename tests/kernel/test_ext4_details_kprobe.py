@@ -21,20 +21,11 @@ from support.fuse_disk import BLOCK, FuseDisk, fresh_ext4, fuse_disk, journal_ex
 from fsev.testing.kernel_rig import FsevTrace, ext4, run
 
 pytestmark = [pytest.mark.root, pytest.mark.kprobe]
-ATTACH_S = 300  # bcc compiles slowly under emulation
 
 
 def _has_symbol(name: str) -> bool:
     with open("/proc/kallsyms") as f:
         return any(line.split()[2] == name for line in f if len(line.split()) >= 3)
-
-
-@pytest.fixture(scope="module")
-def trace() -> Iterator[FsevTrace]:
-    with FsevTrace(["--events", "err"]) as t:
-        t.wait_attached(timeout=ATTACH_S)
-        yield t
-        t.stop()
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +44,8 @@ def _errors(t: FsevTrace, mp: str) -> list[dict]:
     return [e for e in t.events() if e["type"] == "fs_error" and e.get("mount_point") == mp]
 
 
-def test_a_std_error_comes_from_its_kprobe(trace, disk):
-    assert _rung(trace, "ext4_error") == "kprobe", trace.stderr_lines
+def test_a_std_error_comes_from_its_kprobe(err_trace, disk):
+    assert _rung(err_trace, "ext4_error") == "kprobe", err_trace.stderr_lines
     with fresh_ext4(disk, "errors=continue,dirsync") as mp:
         journal = journal_extents(disk)
         first = min(b for b, _ in journal)
@@ -63,24 +54,24 @@ def test_a_std_error_comes_from_its_kprobe(trace, disk):
         disk.arm("write", first * BLOCK, (last - first) * BLOCK)
         with contextlib.suppress(OSError):
             os.mkdir(os.path.join(mp, "new"))  # dirsync: waits for the commit that fails
-        trace.wait_for(lambda e: any(x.get("mount_point") == mp and x.get("function") == "ext4_mkdir" for x in e),
+        err_trace.wait_for(lambda e: any(x.get("mount_point") == mp and x.get("function") == "ext4_mkdir" for x in e),
                        timeout=30)
         time.sleep(1)
-        errors = _errors(trace, mp)
+        errors = _errors(err_trace, mp)
     std = [e for e in errors if e.get("function") == "ext4_mkdir"]
     assert std, errors
     assert std[0]["rung"] == "kprobe" and std[0]["errno"] == 5 and std[0]["errno_source"] == "kprobe"
 
 
 @pytest.mark.skipif(not _has_symbol("fserror_report"), reason="fserror_report is Linux 7.0+")
-def test_fserror_folds_into_the_ext4_error_and_stands_alone_for_a_direct_io_error(trace, disk):
-    assert _rung(trace, "fserror") == "kprobe", trace.stderr_lines
+def test_fserror_folds_into_the_ext4_error_and_stands_alone_for_a_direct_io_error(err_trace, disk):
+    assert _rung(err_trace, "fserror") == "kprobe", err_trace.stderr_lines
     with ext4(options="errors=continue", corrupt_dir=True) as fs:
         time.sleep(0.5)
         subprocess.run(["ls", os.path.join(fs.mount_point, "d")], capture_output=True)
-        trace.wait_for(lambda e: _errors(trace, fs.mount_point), timeout=30)
+        err_trace.wait_for(lambda e: _errors(err_trace, fs.mount_point), timeout=30)
         time.sleep(1)  # room for the report it folds
-        errors = _errors(trace, fs.mount_point)
+        errors = _errors(err_trace, fs.mount_point)
     assert len(errors) == 1 and errors[0]["function"] == "htree_dirblock_to_tree", errors
 
     with fresh_ext4(disk, "errors=continue") as mp:
@@ -100,9 +91,9 @@ def test_fserror_folds_into_the_ext4_error_and_stands_alone_for_a_direct_io_erro
                 os.preadv(fd, [buf], BLOCK)
         finally:
             os.close(fd)
-        trace.wait_for(lambda e: any(x.get("mount_point") == mp and x.get("function") == "fserror_report"
+        err_trace.wait_for(lambda e: any(x.get("mount_point") == mp and x.get("function") == "fserror_report"
                                      for x in e), timeout=30)
-        errors = _errors(trace, mp)
+        errors = _errors(err_trace, mp)
     (rep,) = [e for e in errors if e.get("function") == "fserror_report"]
     assert rep["rung"] == "kprobe" and rep["errno"] == 5 and rep["inode"] == ino
     assert rep["error_type"] == "directio_read" and rep["pos"] == BLOCK and rep["len"] == BLOCK
