@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from fsev.errors import FsevError
 from fsev.kernel import early, ringbuf, tp_btf
 from fsev.kernel.closing import CloseGuard
+from fsev.kernel.libc import libc
 from fsev.kernel.records import PATH_LEN, RECORD_SIZE, THR_SLOTS, ThrState
 from fsev.kernel.ringbuf import RingReader
 from fsev.kernel.thr_slots import reset_gate, thr_slot_for
@@ -452,10 +453,10 @@ def _wait_freed(ids: set[int]) -> None:
     nr = _NR_BPF.get(os.uname().machine)
     if not ids or nr is None:
         return
-    libc = ctypes.CDLL(None, use_errno=True)
+    c = libc()
     deadline = time.monotonic() + FREE_WAIT_S
     while ids and time.monotonic() < deadline:
-        ids = {i for i in ids if _prog_loaded(libc, nr, i)}
+        ids = {i for i in ids if _prog_loaded(c, nr, i)}
         if ids:
             time.sleep(0.02)
 

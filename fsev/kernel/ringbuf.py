@@ -24,7 +24,6 @@ wait() returns at once.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import os
 import platform
@@ -32,13 +31,15 @@ import select
 import sys
 import threading
 
+from fsev.kernel.libc import libc
+
 if sys.version_info >= (3, 10):
     from os import EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfd_read, eventfd_write  # novermin
 else:  # Python 3.9 (Debian 11) has no os.eventfd: the same syscall through libc
     EFD_CLOEXEC, EFD_NONBLOCK = os.O_CLOEXEC, os.O_NONBLOCK
 
     def eventfd(initval: int, flags: int = EFD_CLOEXEC) -> int:
-        fd = ctypes.CDLL(None, use_errno=True).eventfd(initval, flags)
+        fd = libc().eventfd(initval, flags)
         if fd < 0:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         return int(fd)
@@ -54,7 +55,7 @@ DISCARD_BIT = 1 << 30
 HDR_SZ = 8
 PAGE = mmap.PAGESIZE
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = libc()
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
 _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)

@@ -18,6 +18,8 @@ import os
 import platform
 import struct
 
+from fsev.kernel.libc import libc
+
 # bpf(2) by architecture (include/uapi/asm-generic/unistd.h and arch tables).
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "ppc64": 361, "s390x": 351}
 BPF_PROG_LOAD = 5
@@ -35,7 +37,7 @@ _PROG_LOAD = struct.Struct("<IIQQIIQII16sIIIIQIIQII")
 _ATTR_SIZE = 128
 _LOG_SIZE = 1 << 16
 
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = libc()
 
 
 class TpBtfError(Exception):

@@ -8,7 +8,6 @@ Debian 12's copy predates the mount ones, so they are spelled out here.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import select
@@ -16,6 +15,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
+from fsev.kernel.libc import libc
 from fsev.kernel.records import FSEV_H
 
 FAN_CLOEXEC = 0x00000001
@@ -52,7 +52,7 @@ _ERROR = struct.Struct("<iI")  # error, error_count
 _MNT = struct.Struct("<Q")  # mnt_id (the 64-bit unique id)
 _MNT_AT = 8  # the u64 is 8-aligned: 4 bytes of padding follow the header
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = libc()
 _libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
 _libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
 

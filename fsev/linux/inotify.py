@@ -6,9 +6,10 @@ behind it is torn down, i.e. when a lazily unmounted mount's last user exits.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
+
+from fsev.kernel.libc import libc
 
 IN_UNMOUNT = 0x00002000
 IN_IGNORED = 0x00008000
@@ -19,7 +20,7 @@ IN_NONBLOCK = 0o4000
 # ignore notifications, which the kernel sends regardless of the mask, arrive.
 _QUIET_MASK = 0x00000400
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = libc()
 _HDR = struct.Struct("iIII")
 
 

@@ -9,7 +9,8 @@ and will not run again until exit. Both can go back; afterwards RSS is ~55 MB.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+
+from fsev.kernel.libc import libc
 
 MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now (data kept; a later touch faults them back in)
 COMPILER_LIBRARIES = ("libLLVM", "libclang")
@@ -17,7 +18,7 @@ COMPILER_LIBRARIES = ("libLLVM", "libclang")
 
 def _libc() -> ctypes.CDLL | None:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc()
     except OSError:
         return None
 
@@ -41,11 +42,11 @@ def shed_compiler_memory(maps_path: str = "/proc/self/maps") -> None:
     pages are dropped and re-read from the library if anything touches them
     (bcc's cleanup at exit does, briefly). Nothing here can fail fsev.
     """
-    libc = _libc()
-    if libc is None:
+    c = _libc()
+    if c is None:
         return
     try:
-        libc.malloc_trim(0)  # glibc only
+        c.malloc_trim(0)  # glibc only
     except AttributeError:
         pass
     try:
@@ -53,7 +54,7 @@ def shed_compiler_memory(maps_path: str = "/proc/self/maps") -> None:
             ranges = compiler_mappings(f.read())
     except OSError:
         return
-    madvise = libc.madvise
+    madvise = c.madvise
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     for start, end in ranges:
         madvise(start, end - start, MADV_PAGEOUT)  # EINVAL on kernels before 5.4: harmless

@@ -7,10 +7,11 @@ Layouts are include/uapi/linux/mount.h's (struct statmount, mnt_id_req).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 from dataclasses import dataclass
+
+from fsev.kernel.libc import libc
 
 NR_STATMOUNT = 457  # the generic syscall table: x86-64, arm64, ...
 NR_LISTMOUNT = 458
@@ -32,7 +33,7 @@ _SM_STR = 512
 _OFF_MNT_POINT = 108
 _OFF_SB_SOURCE = 124
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = libc()
 _libc.syscall.restype = ctypes.c_long
 
 
