@@ -57,14 +57,15 @@ RING_PAGES = 4096  # 16 MiB: what the issue measured with
 RATES = (100_000, 250_000, 0)  # 0: the writer's maximum
 USER_SPACE_RUNGS = frozenset({"fanotify", "kernel_log"})  # fs_errors made without a ring record
 
-# The floor's process: bcc alone over fsev's program text. argv: source file,
-# include dir, watched dev_t, mode ("attach": print "ready" once attached and
-# exit; "lines": one line per record, its ts_ns, flushed).
+# The floor's process: bcc alone over fsev's program text, with fsev's compile
+# flags. argv: source file, include dir, watched dev_t, mode ("attach": print
+# "ready" once attached and exit; "lines": one line per record, its ts_ns,
+# flushed), then the flags (fsev.kernel.early.CFLAGS).
 FLOOR = r"""
 import ctypes, sys, time
 from bcc import BPF
 text, inc, dev, mode = open(sys.argv[1]).read(), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-b = BPF(text=text.encode(), cflags=["-I" + inc, "-Wno-unused-function"])
+b = BPF(text=text.encode(), cflags=["-I" + inc, *sys.argv[5:]])
 try:
     t = b["watched_devs"]
     t[t.Key(dev)] = t.Leaf(0xff)
@@ -122,9 +123,10 @@ def _dev_t(fs) -> int:  # noqa: ANN001
 
 
 def _floor_proc(src: str, fs, mode: str) -> subprocess.Popen:  # noqa: ANN001
+    from fsev.kernel.early import CFLAGS
     from fsev.probes.program import bpf_dir
 
-    return subprocess.Popen([sys.executable, "-c", FLOOR, src, str(bpf_dir()), str(_dev_t(fs)), mode],
+    return subprocess.Popen([sys.executable, "-c", FLOOR, src, str(bpf_dir()), str(_dev_t(fs)), mode, *CFLAGS],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
@@ -359,10 +361,11 @@ def flood_floor(fs, counter: Counter, src: str, rate: float) -> dict:  # noqa: A
     """bcc's own consumer of the same program: a callback that counts."""
     from bcc import BPF
 
+    from fsev.kernel.early import cflags
     from fsev.kernel.records import Record, RecordType
     from fsev.probes.program import bpf_dir
 
-    b = BPF(text=src.encode(), cflags=[f"-I{bpf_dir()}", "-Wno-unused-function"])
+    b = BPF(text=src.encode(), cflags=cflags(bpf_dir()))
     try:
         t = b["watched_devs"]
         t[t.Key(_dev_t(fs))] = t.Leaf(0xFF)

@@ -9,6 +9,7 @@
  * Load-time macros of that preamble this file reads (set by fsev/probes/program.py
  * preamble()):
  *   FSEV_RINGBUF_PAGES   ring buffer size in pages (a power of two)
+ *   FSEV_KPROBES         1: some point is compiled on its kprobe rung
  *   FSEV_CLASS_MASK      bit (1 << class) of each class the user asked for
  *                        (FSEV_CLASS_BIT): new_record() of another class is 0
  *   FSEV_WATCH_ALL       1: every mount; 0: only the devs in watched_devs, for
@@ -26,7 +27,12 @@
 #ifndef FSEV_COMMON_H
 #define FSEV_COMMON_H
 
+/* struct pt_regs, for kprobe programs' PT_REGS_PARMn(); the other programs
+ * read registers at BTF offsets (OFF_PT_REGS_*). 130 headers that bcc parses
+ * three times: included only where a kprobe needs them. */
+#if FSEV_KPROBES
 #include <uapi/linux/ptrace.h>
+#endif
 #include "fsev.h"
 
 BPF_RINGBUF_OUTPUT(events, FSEV_RINGBUF_PAGES);
@@ -102,16 +108,22 @@ static __always_inline struct fsev_record *new_record(u32 type, u32 cls, u32 run
 /* dst = *(typeof(dst) *)(base + off), or 0 where that cannot be read. */
 #define READ_KERNEL(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(base) + (off))
 
-/* Every call site of bpf_probe_read_user{,_str} costs bcc about 50 ms of
- * compile time (measured: it rewrites each one); all go through these two. */
+/* The user-memory helpers, called through pointers of fsev's own names. At
+ * the first call bcc sees by the name bpf_probe_read_user{,_str}, it reads
+ * the whole of /proc/kallsyms into a table again to learn whether the kernel
+ * has that helper: 45 ms of every compile here (measured). Every kernel fsev
+ * runs on has it (5.5+; the ring buffer needs 5.8), so bcc is not asked. */
+static long (*fsev_read_user_str)(void *dst, u32 size, const void *src) = (void *)BPF_FUNC_probe_read_user_str;
+static long (*fsev_read_user)(void *dst, u32 size, const void *src) = (void *)BPF_FUNC_probe_read_user;
+
 static __always_inline long user_str(void *dst, u32 size, const void *src)
 {
-	return bpf_probe_read_user_str(dst, size, src);
+	return fsev_read_user_str(dst, size, src);
 }
 
 static __always_inline long user_read(void *dst, u32 size, const void *src)
 {
-	return bpf_probe_read_user(dst, size, src);
+	return fsev_read_user(dst, size, src);
 }
 
 /* Pointer chasing through kernel structs. Each returns 0 for a null pointer

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from fsev.kernel.records import RecordClass, class_mask
-from fsev.probes.ladder import Plan
+from fsev.probes.ladder import Plan, RungKind
 
 if TYPE_CHECKING:
     from fsev.probes.point import Point
@@ -71,8 +71,13 @@ def preamble(points: Iterable["Point"], plan: Plan, config: ProgramConfig, offse
         ("FSEV_CLASS_MASK", hex(class_mask(set(config.classes)))),
         ("FSEV_WATCH_ALL", "1" if config.watch_all else "0"),
     ]
+    kprobes = False
     for p in points:
         d += p.defines(plan.rung(p.name), config)
+        kprobes = kprobes or p.compiled_as(plan.rung(p.name), config, RungKind.KPROBE)
+    # bpf/common.h includes the kernel's ptrace.h (struct pt_regs, 130 headers
+    # that bcc parses three times: 25 ms of the compile) only for kprobes.
+    d.append(("FSEV_KPROBES", "1" if kprobes else "0"))
     lines = [f"#define {k} {v}" for k, v in dict(d).items()]
     for spec, off in sorted(offsets.items()):
         lines.append(f"#define {offset_macro(spec)} {off}")

@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 from support.kernels import fake_kernel
 
+from fsev.kernel.early import cflags
 from fsev.kernel.records import RecordClass
 from fsev.points.registry import BTF_MODULES, kprobe_attachments, plan_probes, source
 from fsev.probes.program import ProgramConfig, bpf_dir
@@ -67,7 +68,7 @@ def test_kprobe_programs_pass_the_verifier(watch_all):
     plan = plan_probes(dataclasses.replace(KPROBE_FACTS, modules_without_btf=no_btf))
     want = {n for n in EVENT_POINT_KPROBES if "btrfs" not in n} if "btrfs" in no_btf else EVENT_POINT_KPROBES
     cfg = ProgramConfig(classes=ALL, watch_all=watch_all)
-    b = BPF(text=source(plan, cfg, _offsets(plan, cfg)).encode(), cflags=[f"-I{bpf_dir()}"])
+    b = BPF(text=source(plan, cfg, _offsets(plan, cfg)).encode(), cflags=cflags(bpf_dir()))
     try:
         names = [prog for _, prog in kprobe_attachments(plan, cfg)]
         assert len(names) == 5 + len(want) and want <= set(names), names

@@ -9,6 +9,7 @@ import pytest
 from support.kernels import TRACEPOINTS_ONLY
 
 from fsev.kernel import records
+from fsev.kernel.early import cflags
 from fsev.kernel.records import Record, RecordClass
 from fsev.points.registry import plan_probes, source
 from fsev.probes.program import ProgramConfig, bpf_dir
@@ -24,7 +25,7 @@ def compiled():
 
     facts = TRACEPOINTS_ONLY
     cfg = ProgramConfig(classes=frozenset(RecordClass(c) for c in (1, 2, 3, 4)), watch_all=True)
-    b = BPF(text=source(plan_probes(facts), cfg, {}).encode(), cflags=[f"-I{bpf_dir()}"])
+    b = BPF(text=source(plan_probes(facts), cfg, {}).encode(), cflags=cflags(bpf_dir()))
     try:
         yield _get_event_class(b[b"events"])
     finally:

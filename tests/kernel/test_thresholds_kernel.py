@@ -482,6 +482,7 @@ def test_tmpfs_kprobe_rung_programs_pass_the_verifier_here(funcs):
     from support.kernels import fake_kernel
 
     from fsev.kernel.btf import resolve
+    from fsev.kernel.early import cflags
     from fsev.kernel.records import RecordClass
     from fsev.points.registry import ALL_TRACEPOINTS, ProbePoint, plan_probes, required_offsets, source
     from fsev.probes.program import ProgramConfig, bpf_dir
@@ -492,7 +493,7 @@ def test_tmpfs_kprobe_rung_programs_pass_the_verifier_here(funcs):
     cfg = ProgramConfig(classes=frozenset({RecordClass.THR}), watch_all=False,
                         thr_points=frozenset({ProbePoint.THR_TMPFS}))
     offsets = {s: int(v) for s, v in resolve(required_offsets(plan, cfg)).items()}
-    b = BPF(text=source(plan, cfg, offsets), cflags=[f"-I{bpf_dir()}", "-Wno-unused-function"])
+    b = BPF(text=source(plan, cfg, offsets), cflags=cflags(bpf_dir()))
     try:
         for fn in ("kp_thr_shmem_acct", "kp_thr_shmem_unacct"):
             b.load_func(fn, BPF.KPROBE)

@@ -222,6 +222,7 @@ def test_the_kprobe_rungs_programs_pass_this_kernels_verifier():
     from support.kernels import fake_kernel
 
     from fsev.kernel.btf import resolve
+    from fsev.kernel.early import cflags
     from fsev.kernel.records import RecordClass
     from fsev.points.registry import kprobe_attachments, plan_probes, required_offsets, source
     from fsev.probes.program import ProgramConfig, bpf_dir
@@ -235,7 +236,7 @@ def test_the_kprobe_rungs_programs_pass_this_kernels_verifier():
     specs = required_offsets(plan, cfg)
     got = resolve(specs, modules=("xfs",))
     assert not [s for s in specs if got[s] is None]
-    b = BPF(text=source(plan, cfg, {s: int(got[s]) for s in specs}).encode(), cflags=[f"-I{bpf_dir()}"])
+    b = BPF(text=source(plan, cfg, {s: int(got[s]) for s in specs}).encode(), cflags=cflags(bpf_dir()))
     try:
         names = [prog for _, prog in kprobe_attachments(plan, cfg)]
         assert set(names) == {f"kp_{f}" for f in XFS_KPROBE_FUNCTIONS}

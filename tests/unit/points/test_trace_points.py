@@ -196,6 +196,7 @@ def test_preamble_for_the_tracepoint_rungs_needs_no_offsets():
     assert "#define FSEV_MOUNT_DROP_TRACEPOINT 0" in p  # info not asked for: not even compiled
     assert "#define FSEV_CLASS_MASK 0x8" in p and "#define FSEV_WATCH_ALL 0" in p
     assert "#define FSEV_RINGBUF_PAGES 8" in p
+    assert "#define FSEV_KPROBES 0" in p  # no kprobe program: bpf/common.h skips ptrace.h
 
 
 def test_preamble_for_kprobes_carries_btf_offsets_and_arg_positions():
@@ -207,6 +208,7 @@ def test_preamble_for_kprobes_carries_btf_offsets_and_arg_positions():
     assert "#define OFF_MOUNT_MNT_MNT_SB" in p and "#define ATTACH___EXT4_ERROR_INODE 1" in p
     assert "#define ARG___EXT4_ERROR_ERRNO(ctx) PT_REGS_PARM5(ctx)" in p
     assert ("cleanup_mnt", "kp_cleanup_mnt") in kprobe_attachments(plan, cfg)
+    assert "#define FSEV_KPROBES 1" in p  # struct pt_regs for PT_REGS_PARMn()
 
 
 @pytest.mark.parametrize(("release", "btf_param", "errno_arg"), [
