@@ -16,13 +16,6 @@ MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now (data kept; a later tou
 COMPILER_LIBRARIES = ("libLLVM", "libclang")
 
 
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return libc()
-    except OSError:
-        return None
-
-
 def compiler_mappings(maps_text: str) -> list[tuple[int, int]]:
     """Address ranges of the compiler libraries in a /proc/<pid>/maps text."""
     out = []
@@ -42,9 +35,7 @@ def shed_compiler_memory(maps_path: str = "/proc/self/maps") -> None:
     pages are dropped and re-read from the library if anything touches them
     (bcc's cleanup at exit does, briefly). Nothing here can fail fsev.
     """
-    c = _libc()
-    if c is None:
-        return
+    c = libc()
     try:
         c.malloc_trim(0)  # glibc only
     except AttributeError:
