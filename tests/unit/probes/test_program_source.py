@@ -61,3 +61,29 @@ def test_header_numbers_are_the_kernel_abi_ones():
     assert FSEV_H.FSEV_MAX_ERRNO == 4095 and FSEV_H.FSEV_AT_FDCWD == -100
     assert (FSEV_H.FSEV_MS_BIND, FSEV_H.FSEV_MS_MOVE, FSEV_H.FSEV_MNT_DETACH) == (4096, 8192, 2)
     assert FSEV_H.FSEV_CLONE_NEWNS == 0x20000 and FSEV_H.FSEV_FSCONFIG_CMD_RECONFIGURE == 7
+
+
+def _code(text: str) -> str:
+    """The C without its comments."""
+    return re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
+
+
+def test_no_program_calls_what_makes_bcc_read_kallsyms_again():
+    """A call bcc sees by the name bpf_probe_read_user{,_str} makes it read
+    all of /proc/kallsyms again (45 ms of every compile): user memory is read
+    through common.h's user_read()/user_str() only."""
+    cfg = ProgramConfig(classes=frozenset(RecordClass), watch_all=True)
+    code = _code(source(plan_probes(TP_FACTS), cfg, {}))
+    assert not re.findall(r"\bbpf_probe_read_user(?:_str)?\s*\(", code)
+    assert "BPF_FUNC_probe_read_user_str" in code and "BPF_FUNC_probe_read_user;" in code
+
+
+def test_ptrace_h_is_read_only_for_kprobe_programs():
+    """130 headers bcc parses three times: behind FSEV_KPROBES, which only a
+    plan with a kprobe rung sets (tests/unit/points/test_trace_points.py)."""
+    cfg = ProgramConfig(classes=frozenset(RecordClass), watch_all=True)
+    lines = _code(source(plan_probes(TP_FACTS), cfg, {})).splitlines()
+    at = next(i for i, line in enumerate(lines) if "#include <uapi/linux/ptrace.h>" in line)
+    assert [line.strip() for line in lines[at - 1:at + 2]] == ["#if FSEV_KPROBES", "#include <uapi/linux/ptrace.h>",
+                                                              "#endif"]
+    assert "#define FSEV_KPROBES 0" in lines
