@@ -19,6 +19,7 @@ follows that limit, so an error waits for its line only while one will come.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -119,7 +120,9 @@ def kernel_hz(paths: tuple[str, ...] | None = None) -> int | None:
     return None
 
 
-_HZ: list[int | None] = []  # kernel_hz(), read once
+@functools.lru_cache(maxsize=1)
+def _running_kernel_hz() -> int | None:
+    return kernel_hz()
 
 
 def rate_model(name: str, root: str = "/sys/fs/ext4", hz: int | None = -1) -> RateModel:
@@ -132,19 +135,18 @@ def rate_model(name: str, root: str = "/sys/fs/ext4", hz: int | None = -1) -> Ra
     made fsev expect a line every 1.25 s that never came, an error held
     HOLD_S (0.5 s) each time. hz: the kernel's CONFIG_HZ (-1: read it; None:
     unknown, the number is taken as ms)."""
-    def read(key: str, default: int) -> int:
+    def read(key: str) -> int | None:
         try:
             with open(os.path.join(root, name, key)) as f:
                 return int(f.read().strip())
         except (OSError, ValueError):
-            return -1 if key.endswith("_ms") else default
+            return None
     if hz == -1:
-        if not _HZ:
-            _HZ.append(kernel_hz())
-        hz = _HZ[0]
-    jiffies = read("err_ratelimit_interval_ms", DEFAULT_INTERVAL_MS)
-    if jiffies < 0:
+        hz = _running_kernel_hz()
+    jiffies = read("err_ratelimit_interval_ms")
+    if jiffies is None:
         interval_ms = DEFAULT_INTERVAL_MS
     else:
         interval_ms = jiffies * 1000 // hz if hz else jiffies
-    return RateModel(interval_ms, read("err_ratelimit_burst", DEFAULT_BURST))
+    burst = read("err_ratelimit_burst")
+    return RateModel(interval_ms, DEFAULT_BURST if burst is None else burst)
