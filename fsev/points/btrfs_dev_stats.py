@@ -69,7 +69,7 @@ _GIVES = ("write, read, flush, corruption and generation error counts of each me
 
 
 def plan_btrfs_dev_stats(facts: KernelFacts) -> Rung:
-    why = kprobe_skip_reason(facts, (KPROBE,)) or module_btf_skip_reason(facts, "btrfs", "kprobe")
+    why = kprobe_skip_reason(facts, (KPROBE,)) or module_btf_skip_reason(facts, FS_TYPE, "kprobe")
     if why is None:
         return Rung(NAME, RungKind.KPROBE, (KPROBE, *_TARGETS),
                     gives=_GIVES + "each count btrfs prints (kprobe: with the counting task), btrfs log lines, "
@@ -246,7 +246,7 @@ class DevStatsMonitor(PointMonitor):
 
 class BtrfsDevStats(Point):
     name = NAME
-    module = "btrfs"
+    module = FS_TYPE
     record_type = RecordType.BTRFS_DEV_STAT
     event_type = EventType.DEVICE_ERRORS
     classes = frozenset({RecordClass.ERR})

@@ -65,7 +65,7 @@ _LOG_MISSES = ("lines btrfs rate-limited (100 per 5 s per level); aborts after t
 
 
 def plan_btrfs_error(facts: KernelFacts) -> Rung:
-    why = kprobe_skip_reason(facts, (HANDLE_FS_ERROR,)) or module_btf_skip_reason(facts, "btrfs", "kprobe")
+    why = kprobe_skip_reason(facts, (HANDLE_FS_ERROR,)) or module_btf_skip_reason(facts, FS_TYPE, "kprobe")
     csum = ("; checksum failures from the kernel log (printk:console)"
             if facts.has_tracepoint(CONSOLE_TRACEPOINT) else "")
     if why is None:
@@ -208,7 +208,7 @@ class BtrfsErrorMonitor(PointMonitor):
 
 class BtrfsError(Point):
     name = NAME
-    module = "btrfs"
+    module = FS_TYPE
     record_type = RecordType.BTRFS_ERROR
     event_type = EventType.FS_ERROR
     classes = frozenset({RecordClass.ERR})

@@ -96,7 +96,7 @@ def decode_mask(scope: str, mask: int) -> list[str]:
 
 # -- the ladder ----------------------------------------------------------------
 def plan_xfs_error(facts: KernelFacts) -> Rung:
-    no_btf = module_btf_skip_reason(facts, "xfs", "kprobe")
+    no_btf = module_btf_skip_reason(facts, FS_TYPE, "kprobe")
     btree = (BTREE_TRACEPOINT,) if facts.raw_tracepoints and no_btf is None \
         and facts.has_tracepoint(BTREE_TRACEPOINT) else ()
     skipped: tuple[str, ...] = ()
@@ -114,8 +114,8 @@ def plan_xfs_error(facts: KernelFacts) -> Rung:
     tps = tuple(t for t in HEALTH_TRACEPOINTS if facts.has_tracepoint(t))
     if not facts.raw_tracepoints:
         skipped += ("raw_tracepoint: no raw tracepoints",)
-    elif no_btf and tps:
-        skipped += (no_btf.replace("kprobe:", "raw_tracepoint:", 1),)
+    elif (raw_no_btf := module_btf_skip_reason(facts, FS_TYPE, "raw_tracepoint")) and tps:
+        skipped += (raw_no_btf,)
     elif not tps:
         skipped += ("raw_tracepoint: no xfs:xfs_*_mark_sick tracepoints (6.13+; is the xfs module loaded?)",)
     else:

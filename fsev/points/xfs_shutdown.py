@@ -85,13 +85,13 @@ def decode_reasons(flags: int, table: dict[int, str] | None = None) -> list[str]
 
 def plan_xfs_shutdown(facts: KernelFacts) -> Rung:
     skipped: tuple[str, ...] = ()
-    no_btf = module_btf_skip_reason(facts, "xfs", "raw_tracepoint")
+    no_btf = module_btf_skip_reason(facts, FS_TYPE, "raw_tracepoint")
     if facts.raw_tracepoints and no_btf is None and facts.has_tracepoint(TRACEPOINT):
         return Rung(NAME, RungKind.RAW_TRACEPOINT, (TRACEPOINT,),
                     gives="the shutdown with its reasons, file and line, once per filesystem")
     skipped += (no_btf if no_btf and facts.has_tracepoint(TRACEPOINT) else
                 f"raw_tracepoint: {TRACEPOINT} not present (or no raw tracepoints; is the xfs module loaded?)",)
-    why = kprobe_skip_reason(facts, (KPROBE,)) or module_btf_skip_reason(facts, "xfs", "kprobe")
+    why = kprobe_skip_reason(facts, (KPROBE,)) or module_btf_skip_reason(facts, FS_TYPE, "kprobe")
     if why is None:
         return Rung(NAME, RungKind.KPROBE, (KPROBE,),
                     gives="the shutdown with its reasons, file and line (the first call per mount)",
@@ -143,7 +143,7 @@ def describe_shutdown(ev: Event) -> str:
 
 # Rungs that see every call of xfs_do_force_shutdown: the kprobe, and before
 # 5.18 the line it prints.
-_EVERY_CALL = frozenset({RungKind.KPROBE.value, "kernel_log"})
+_EVERY_CALL = frozenset({RungKind.KPROBE.value, KERNEL_LOG_POINT})
 
 
 class ShutdownOnce(PointMonitor):
